@@ -1,0 +1,1 @@
+"""Dask orchestration, workflow files and the ``rnnenc`` command line."""

@@ -1,0 +1,119 @@
+"""The ``rnnenc`` command line: one subcommand per stage, each defined in its own module.
+
+A stage module in ``workflows/`` provides ``HELP`` (one line), ``add_arguments(parser)`` and
+``main(args) -> int``. Modules are imported only when their subcommand runs, so ``rnnenc
+ingest`` never pays for importing torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from pipeline.errors import UserError
+
+# subcommand -> (module, one-line help used in the top-level listing)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "ingest": ("workflows.ingest", "tokenise, clean and shard a parallel corpus into Parquet"),
+    "select": ("workflows.select", "Moore-Lewis / Axelrod data selection with KenLM"),
+    "vocab": ("workflows.vocab", "build the source and target vocabularies"),
+    "phrase-table": ("workflows.phrase_table", "import a Moses phrase table into Parquet"),
+    "phrases": ("workflows.phrases", "extract and score a phrase table from an aligned corpus"),
+    "train": ("workflows.train", "train the RNN encoder-decoder on a phrase table"),
+    "rescore": ("workflows.rescore", "add the RNN score and unknown-word count to a phrase table"),
+    "export": ("workflows.export", "write a Parquet phrase table as a Moses phrase table + moses.ini"),
+    "run": ("workflows.run", "run a whole YAML workflow, skipping up-to-date stages"),
+    "regenerate": ("workflows.regenerate", "rebuild a selected subset byte-identically from its manifest"),
+    "demo": ("workflows.demo", "generate demo data and run the whole workflow on it"),
+}
+
+log = logging.getLogger("rnnenc")
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("common options")
+    group.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    group.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
+
+
+def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("Dask cluster")
+    group.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                       help="join this Dask scheduler (default: $DASK_SCHEDULER_ADDRESS, "
+                            "else start a local cluster)")
+    group.add_argument("--workers", type=int, metavar="N",
+                       help="local cluster only: number of worker processes (default: one per core)")
+
+
+def _load(command: str):
+    module_name = COMMANDS[command][0]
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            return None
+        raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rnnenc",
+        description="The Cho et al. (2014) RNN Encoder-Decoder pipeline for phrase-based SMT, on Dask.",
+        epilog="Run 'rnnenc COMMAND --help' for a command's options.")
+    parser.add_argument("--version", action="version", version=f"rnnenc {_version()}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command, (_module, summary) in COMMANDS.items():
+        module = _load(command)
+        available = module is not None
+        sub = subparsers.add_parser(
+            command, help=summary if available else f"{summary} (not available yet)",
+            description=(module.__doc__ or summary) if available else
+            f"{summary}. This stage has not landed in this version of rnnenc yet.",
+            formatter_class=argparse.RawDescriptionHelpFormatter)
+        if available:
+            module.add_arguments(sub)
+        add_common_arguments(sub)
+    return parser
+
+
+def _version() -> str:
+    from pipeline import __version__
+    return __version__
+
+
+def configure_logging(debug: bool, quiet: bool) -> None:
+    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s rnnenc %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S", force=True)
+    for noisy in ("distributed", "asyncio", "fsspec", "datasets", "urllib3", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if debug else logging.ERROR)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help(sys.stderr)
+        return 2
+    configure_logging(args.debug, args.quiet)
+    module = _load(args.command)
+    if module is None:
+        print(f"rnnenc: error: '{args.command}' has not landed in this version of rnnenc yet", file=sys.stderr)
+        return 2
+    try:
+        return int(module.main(args) or 0)
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"rnnenc: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("rnnenc: interrupted; completed outputs are kept, partial ones discarded", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
