@@ -1,0 +1,246 @@
+"""The RNN Encoder-Decoder of Cho et al. (2014), read top to bottom next to the paper.
+
+Shapes: B pairs, S source steps, T target steps (incl. the end-of-phrase ``</s>``), E the
+embedding size (the paper's rank-100 input factorisation), H the GRU size, M the maxout units.
+
+Encoder  h_t = GRU(e(x_t), h_{t-1}),  c = h_S  (last hidden state of the source + ``</s>``)
+Decoder  h'_0 = tanh(W c + b)
+         h'_t = GRU([e(y_{t-1}); c], h'_{t-1})          e(y_0) = 0
+         c enters the input, update and reset signals through the input matrix: this is
+         GroundHog's / dl4mt's conditioning (c projected without bias, outside the reset
+         gate), and one fused ``nn.GRU`` call runs the whole teacher-forced decoder.
+Output   s_t = O_h h'_t + O_y e(y_{t-1}) + O_c c        (2M units)
+         m_t = maxout over adjacent pairs of s_t           (M units)
+         p(y_t | y_<t, x) = softmax(G_o (G_r m_t) + b_o)   (rank-E factorised softmax)
+log p(y | x) = sum over target tokens, ``</s>`` included, no length normalisation
+(GroundHog ``score.py``).
+
+GRU form: torch's, i.e. n = tanh(W_n x + b_in + r * (U_n h + b_hn)), the reset applied after
+U (cuDNN, dl4mt, the paper's first arXiv version); see REFERENCE.md §1-2.
+
+Sources and targets both end with ``</s>`` (GroundHog appends it to both sides).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pipeline.errors import UserError
+from pipeline.vocab import EOS_ID, PAD_ID, Vocabulary
+
+MODEL_FORMAT = "rnnenc-encdec-1"
+
+
+@dataclass
+class EncoderDecoderConfig:
+    """Sizes of the model; the defaults are the paper's (vocabulary sizes include specials)."""
+
+    src_vocab_size: int = 15_003
+    tgt_vocab_size: int = 15_003
+    embedding: int = 100  # word embeddings = rank of the input factorisation
+    hidden: int = 1000  # GRU units, encoder and decoder
+    maxout: int = 500  # maxout units of the deep output
+    maxout_pieces: int = 2
+    output_rank: int = 100  # rank of the factorised softmax
+
+    def to_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Batch:
+    """Padded id tensors; every row of ``src``/``tgt`` ends with ``</s>`` then ``<pad>``s."""
+
+    src: Tensor  # (B, S) long
+    src_lengths: Tensor  # (B,) long, incl. </s>
+    tgt: Tensor  # (B, T) long
+    tgt_lengths: Tensor  # (B,) long, incl. </s>
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(*(t.to(device, non_blocking=True) for t in dataclasses.astuple(self)))
+
+    @property
+    def n_target_tokens(self) -> int:
+        return int(self.tgt_lengths.sum())
+
+
+def pad_ids(sequences: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
+    """(padded (B, L) long tensor, lengths (B,)) from lists of ids."""
+    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
+    if len(sequences) == 0 or int(lengths.min()) == 0:
+        raise ValueError("cannot batch an empty sequence")
+    padded = torch.full((len(sequences), int(lengths.max())), PAD_ID, dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        padded[i, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+    return padded, lengths
+
+
+def make_batch(sources: Sequence[Sequence[str]], targets: Sequence[Sequence[str]],
+               src_vocab: Vocabulary, tgt_vocab: Vocabulary) -> Batch:
+    """Token lists -> Batch: unknown words -> ``<unk>``, ``</s>`` appended to both sides."""
+    if len(sources) != len(targets):
+        raise ValueError(f"{len(sources)} sources but {len(targets)} targets")
+    src, src_lengths = pad_ids([src_vocab.encode(s, add_eos=True) for s in sources])
+    tgt, tgt_lengths = pad_ids([tgt_vocab.encode(t, add_eos=True) for t in targets])
+    return Batch(src, src_lengths, tgt, tgt_lengths)
+
+
+class EncoderDecoder(nn.Module):
+    def __init__(self, config: EncoderDecoderConfig):
+        super().__init__()
+        self.config = config
+        E, H, M, K, R = (config.embedding, config.hidden, config.maxout, config.maxout_pieces,
+                         config.output_rank)
+        # encoder
+        self.src_embed = nn.Embedding(config.src_vocab_size, E, padding_idx=PAD_ID)
+        self.encoder = nn.GRU(E, H, batch_first=True)
+        # decoder: input [e(y_{t-1}); c], initial state tanh(W c + b)
+        self.tgt_embed = nn.Embedding(config.tgt_vocab_size, E, padding_idx=PAD_ID)
+        self.init_state = nn.Linear(H, H)
+        self.decoder = nn.GRU(E + H, H, batch_first=True)
+        # deep output: one bias for s; O_y and O_c without
+        self.out_h = nn.Linear(H, K * M)
+        self.out_y = nn.Linear(E, K * M, bias=False)
+        self.out_c = nn.Linear(H, K * M, bias=False)
+        self.out_rank = nn.Linear(M, R, bias=False)
+        self.out_vocab = nn.Linear(R, config.tgt_vocab_size)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Weights N(0, 0.01^2); recurrent matrices orthogonal per gate; biases 0 (the paper's)."""
+        for name, p in self.named_parameters():
+            if name.endswith("weight_hh_l0"):
+                with torch.no_grad():
+                    for block in p.chunk(3, dim=0):  # r, z, n gates
+                        u, _, _ = torch.linalg.svd(torch.randn(block.shape, dtype=torch.float64))
+                        block.copy_(u.to(p.dtype))
+            elif p.dim() >= 2:
+                nn.init.normal_(p, 0.0, 0.01)
+            else:
+                nn.init.zeros_(p)
+        with torch.no_grad():
+            self.src_embed.weight[PAD_ID].zero_()
+            self.tgt_embed.weight[PAD_ID].zero_()
+
+    def encode(self, src: Tensor, src_lengths: Tensor) -> Tensor:
+        """c: (B, H), the encoder's hidden state after the last real source token."""
+        states, _ = self.encoder(self.src_embed(src))  # (B, S, H); GRU is causal, so pads after
+        return states[torch.arange(src.shape[0], device=src.device), src_lengths - 1]  # don't matter
+
+    def decode(self, c: Tensor, tgt: Tensor) -> tuple[Tensor, Tensor]:
+        """Teacher-forced decoder states h'_t (B, T, H) and the previous words' embeddings (B, T, E)."""
+        B, T = tgt.shape
+        prev = F.pad(self.tgt_embed(tgt[:, :-1]), (0, 0, 1, 0))  # e(y_0) = 0
+        inputs = torch.cat([prev, c.unsqueeze(1).expand(B, T, c.shape[-1])], dim=-1)
+        h0 = torch.tanh(self.init_state(c)).unsqueeze(0)
+        states, _ = self.decoder(inputs, h0)
+        return states, prev
+
+    def readout(self, states: Tensor, prev: Tensor, c_out: Tensor) -> Tensor:
+        """Logits over the target vocabulary from h'_t, e(y_{t-1}) and O_c c (any leading dims)."""
+        s = self.out_h(states) + self.out_y(prev) + c_out
+        m = s.unflatten(-1, (self.config.maxout, self.config.maxout_pieces)).amax(-1)
+        return self.out_vocab(self.out_rank(m))
+
+    def token_logprobs(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """(log p of each real target token (N,), pair index of each (N,)), in row-major order.
+
+        The readout and the softmax run only over real (non-pad) positions: on the CPU the
+        rank-100 x 15k softmax, not the recurrence, is the costly part.
+        """
+        c = self.encode(batch.src, batch.src_lengths)
+        states, prev = self.decode(c, batch.tgt)
+        mask = torch.arange(batch.tgt.shape[1], device=c.device) < batch.tgt_lengths.unsqueeze(1)
+        pair = torch.arange(c.shape[0], device=c.device).repeat_interleave(batch.tgt_lengths)
+        logits = self.readout(states[mask], prev[mask], self.out_c(c)[pair])
+        return -F.cross_entropy(logits.float(), batch.tgt[mask], reduction="none"), pair
+
+    def forward(self, batch: Batch) -> Tensor:
+        """log p(target | source) per pair (B,), summed over tokens incl. ``</s>``."""
+        logp, pair = self.token_logprobs(batch)
+        return torch.zeros(batch.tgt.shape[0], dtype=logp.dtype, device=logp.device).index_add_(0, pair, logp)
+
+    def loss(self, batch: Batch) -> Tensor:
+        """Summed token negative log-likelihood of the batch (the paper's training cost)."""
+        logp, _ = self.token_logprobs(batch)
+        return -logp.sum()
+
+
+def model_flops(config: EncoderDecoderConfig, src_tokens: int, tgt_tokens: int, pairs: int) -> int:
+    """FLOPs (2 per multiply-add) of one forward pass's matrix products over real tokens.
+
+    Training (forward + backward) costs three times this. Padding steps are not counted.
+    """
+    E, H, M, K, R, V = (config.embedding, config.hidden, config.maxout, config.maxout_pieces,
+                        config.output_rank, config.tgt_vocab_size)
+    encoder = src_tokens * 3 * H * (E + H)
+    decoder = pairs * H * H + tgt_tokens * 3 * H * (E + H + H)
+    output = pairs * H * K * M + tgt_tokens * (H * K * M + E * K * M + M * R + R * V)
+    return 2 * (encoder + decoder + output)
+
+
+def save_model(path: str | os.PathLike, model: EncoderDecoder, src_vocab: Vocabulary, tgt_vocab: Vocabulary,
+               extra: dict[str, Any] | None = None) -> None:
+    """One file with the config, both vocabularies and the weights (on CPU), written atomically."""
+    path = Path(path)
+    payload = {
+        "format": MODEL_FORMAT,
+        "config": model.config.to_dict(),
+        "src_vocab": src_vocab.to_dict(),
+        "tgt_vocab": tgt_vocab.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "extra": extra or {},
+    }
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_model(path: str | os.PathLike, device: torch.device | str = "cpu"
+               ) -> tuple[EncoderDecoder, Vocabulary, Vocabulary]:
+    """(model in eval mode on ``device``, source vocabulary, target vocabulary)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: model file not found")
+    try:
+        payload = torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a truncated or foreign file
+        raise UserError(f"{path}: not a readable rnnenc model ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+        raise UserError(f"{path}: not an rnnenc model file (format {MODEL_FORMAT} expected)")
+    config = EncoderDecoderConfig(**payload["config"])
+    src_vocab = Vocabulary.from_dict(payload["src_vocab"])
+    tgt_vocab = Vocabulary.from_dict(payload["tgt_vocab"])
+    if (len(src_vocab), len(tgt_vocab)) != (config.src_vocab_size, config.tgt_vocab_size):
+        raise UserError(f"{path}: vocabulary sizes do not match the model's config")
+    model = EncoderDecoder(config)
+    model.load_state_dict(payload["state_dict"])
+    return model.to(device).eval(), src_vocab, tgt_vocab
+
+
+@torch.no_grad()
+def score_pairs(model: EncoderDecoder, sources: Sequence[Sequence[str]], targets: Sequence[Sequence[str]],
+                src_vocab: Vocabulary, tgt_vocab: Vocabulary, batch_size: int = 256) -> Tensor:
+    """log p(target | source) for each pair (float32 CPU tensor), in input order."""
+    device = next(model.parameters()).device
+    scores = []
+    for start in range(0, len(sources), batch_size):
+        batch = make_batch(sources[start:start + batch_size], targets[start:start + batch_size],
+                           src_vocab, tgt_vocab).to(device)
+        scores.append(model(batch).float().cpu())
+    return torch.cat(scores) if scores else torch.zeros(0)
+
+
+__all__ = ["EOS_ID", "Batch", "EncoderDecoder", "EncoderDecoderConfig", "load_model", "make_batch",
+           "model_flops", "pad_ids", "save_model", "score_pairs"]

@@ -1,0 +1,149 @@
+"""The encoder-decoder against the paper's equations, its initialisation and its model file."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pipeline.errors import UserError
+from pipeline.model import (
+    EncoderDecoder,
+    EncoderDecoderConfig,
+    load_model,
+    make_batch,
+    model_flops,
+    save_model,
+    score_pairs,
+)
+from pipeline.vocab import EOS_ID, Vocabulary
+
+SRC = Vocabulary("the a cat dog sat on mat red".split(), lang="en")
+TGT = Vocabulary("le la chat chien assis sur tapis rouge".split(), lang="fr")
+PAIRS = [("the cat", "le chat"), ("a red dog sat", "un chien rouge assis"), ("mat", "tapis"),
+         ("the cat sat on the mat", "le chat assis sur le tapis </s>"), ("zebra", "zèbre")]
+
+
+def tiny_model(seed: int = 0) -> EncoderDecoder:
+    torch.manual_seed(seed)
+    config = EncoderDecoderConfig(src_vocab_size=len(SRC), tgt_vocab_size=len(TGT), embedding=4,
+                                  hidden=6, maxout=5, output_rank=3)
+    model = EncoderDecoder(config)
+    with torch.no_grad():  # non-zero biases and larger weights, so every term shows
+        for p in model.parameters():
+            p.normal_(0.0, 0.5)
+    return model.eval()
+
+
+def batch_of(pairs):
+    return make_batch([s.split() for s, _ in pairs], [t.split() for _, t in pairs], SRC, TGT)
+
+
+def reference_logprob(model: EncoderDecoder, src: list[int], tgt: list[int]) -> float:
+    """log p(tgt | src) straight from the equations, one step at a time, in float64."""
+    P = {k: v.detach().double() for k, v in model.state_dict().items()}
+    sig = torch.sigmoid
+
+    def gru(prefix, x, h):
+        W_r, W_z, W_n = P[f"{prefix}.weight_ih_l0"].chunk(3)
+        U_r, U_z, U_n = P[f"{prefix}.weight_hh_l0"].chunk(3)
+        b_r, b_z, b_n = P[f"{prefix}.bias_ih_l0"].chunk(3)
+        c_r, c_z, c_n = P[f"{prefix}.bias_hh_l0"].chunk(3)
+        r = sig(W_r @ x + b_r + U_r @ h + c_r)
+        z = sig(W_z @ x + b_z + U_z @ h + c_z)
+        h_tilde = torch.tanh(W_n @ x + b_n + r * (U_n @ h + c_n))
+        return z * h + (1 - z) * h_tilde
+
+    H = model.config.hidden
+    h = torch.zeros(H, dtype=torch.float64)
+    for word in src:
+        h = gru("encoder", P["src_embed.weight"][word], h)
+    c = h
+    h = torch.tanh(P["init_state.weight"] @ c + P["init_state.bias"])
+    y_prev = torch.zeros(model.config.embedding, dtype=torch.float64)
+    total = 0.0
+    for word in tgt:
+        h = gru("decoder", torch.cat([y_prev, c]), h)
+        s = P["out_h.weight"] @ h + P["out_h.bias"] + P["out_y.weight"] @ y_prev + P["out_c.weight"] @ c
+        m = torch.stack([s[2 * i: 2 * i + 2].max() for i in range(model.config.maxout)])
+        logits = P["out_vocab.weight"] @ (P["out_rank.weight"] @ m) + P["out_vocab.bias"]
+        total += float(logits[word] - torch.logsumexp(logits, 0))
+        y_prev = P["tgt_embed.weight"][word]
+    return total
+
+
+def test_matches_the_equations():
+    model = tiny_model()
+    batch = batch_of(PAIRS)
+    got = model(batch)
+    for i, (s, t) in enumerate(PAIRS):
+        src = SRC.encode(s.split(), add_eos=True)
+        tgt = TGT.encode(t.split(), add_eos=True)
+        assert tgt[-1] == EOS_ID
+        assert got[i].item() == pytest.approx(reference_logprob(model, src, tgt), abs=1e-5)
+    assert model.loss(batch).item() == pytest.approx(-got.sum().item(), rel=1e-6)
+
+
+def test_scores_do_not_depend_on_the_batch():
+    model = tiny_model()
+    together = model(batch_of(PAIRS))
+    alone = torch.cat([model(batch_of([pair])) for pair in PAIRS])
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=0)
+
+
+def test_initialisation_is_the_papers():
+    torch.manual_seed(0)
+    config = EncoderDecoderConfig(src_vocab_size=300, tgt_vocab_size=400, embedding=20, hidden=50,
+                                  maxout=30, output_rank=20)
+    model = EncoderDecoder(config)
+    for name, p in model.named_parameters():
+        if name.endswith("weight_hh_l0"):
+            for block in p.detach().chunk(3):
+                torch.testing.assert_close(block @ block.T, torch.eye(50), atol=1e-5, rtol=0)
+        elif p.dim() == 1:
+            assert torch.count_nonzero(p) == 0, name
+        else:
+            assert 0.008 < p.detach().std().item() < 0.012, name
+    assert torch.count_nonzero(model.src_embed.weight[0]) == 0
+    # an untrained model spreads probability almost uniformly over the target vocabulary
+    logp = model(make_batch([["a"]], [["b", "c"]], Vocabulary(["a"]), Vocabulary(["b", "c"])))
+    assert logp.item() == pytest.approx(3 * -math.log(400), rel=0.01)
+
+
+def test_model_file_round_trip(tmp_path):
+    model = tiny_model()
+    save_model(tmp_path / "model.pt", model, SRC, TGT)
+    loaded, src_vocab, tgt_vocab = load_model(tmp_path / "model.pt", "cpu")
+    assert src_vocab.itos == SRC.itos and tgt_vocab.itos == TGT.itos and tgt_vocab.lang == "fr"
+    assert loaded.config == model.config
+    sources = [s.split() for s, _ in PAIRS]
+    targets = [t.split() for _, t in PAIRS]
+    # same weights, same batching: bit-identical scores
+    torch.testing.assert_close(score_pairs(loaded, sources, targets, src_vocab, tgt_vocab),
+                               model(batch_of(PAIRS)).detach(), atol=0, rtol=0)
+    torch.testing.assert_close(score_pairs(loaded, sources, targets, src_vocab, tgt_vocab, batch_size=2),
+                               model(batch_of(PAIRS)).detach(), atol=1e-5, rtol=0)
+
+
+def test_bad_model_files_are_user_errors(tmp_path):
+    model = tiny_model()
+    save_model(tmp_path / "model.pt", model, SRC, TGT)
+    data = (tmp_path / "model.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="cut.pt: not a readable rnnenc model"):
+        load_model(tmp_path / "cut.pt")
+    torch.save({"something": 1}, tmp_path / "other.pt")
+    with pytest.raises(UserError, match="other.pt: not an rnnenc model file"):
+        load_model(tmp_path / "other.pt")
+    with pytest.raises(UserError, match="missing.pt: model file not found"):
+        load_model(tmp_path / "missing.pt")
+
+
+def test_flop_count_at_the_papers_size():
+    config = EncoderDecoderConfig()
+    # one pair, 1 source token, 1 target token: hand count of each product
+    E, H, V = 100, 1000, 15_003
+    expected = 2 * (3 * H * (E + H) + H * H + 3 * H * (E + 2 * H) + H * 1000 * 2 + E * 1000 + 500 * 100
+                    + 100 * V)
+    assert model_flops(config, 1, 1, 1) == expected
