@@ -37,7 +37,7 @@ def dask_client(scheduler: str | None = None, n_workers: int | None = None,
     n_workers = n_workers or os.cpu_count() or 1
     log.info("starting a local Dask cluster: %d worker process(es), 1 thread each", n_workers)
     with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                      memory_limit=memory_limit, dashboard_address=None,
+                      memory_limit=memory_limit, dashboard_address=":0",
                       silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         yield client
 

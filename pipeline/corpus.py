@@ -1,0 +1,306 @@
+"""Reading parallel corpora in every supported shape, as bounded batches of raw pairs.
+
+Supported inputs: a pair of plain-text files (one sentence a line; .gz/.bz2/.xz/.zst read
+transparently), a two-column TSV, Parquet with source/target columns, and a Hugging Face
+dataset (a local ``save_to_disk`` directory or a hub name, in the ``{"translation": {...}}``
+shape of wmt14 or with one column per language).
+
+Every reader yields ``RawBatch``es of at most ``batch_rows`` pairs, each pair with its 1-based
+line (or row) number in its input, so memory is bounded by the batch whatever the corpus size.
+Malformed input (invalid UTF-8 under ``invalid_utf8="reject"``, a TSV line without exactly
+two columns, a null value) raises ``UserError("file:line: reason")`` under ``on_error="fail"``
+and is returned in ``RawBatch.rejects`` under ``on_error="skip"``.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import lzma
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.errors import UserError, located
+
+InvalidUtf8 = Literal["replace", "reject"]
+OnError = Literal["fail", "skip"]
+InputKind = Literal["text", "tsv", "parquet", "hf"]
+
+RAW_SCHEMA = pa.schema([("source", pa.string()), ("target", pa.string()), ("line", pa.int64())])
+REJECT_SCHEMA = pa.schema([("corpus", pa.string()), ("line", pa.int64()), ("reason", pa.string()),
+                           ("source", pa.string()), ("target", pa.string())])
+
+
+@dataclass(frozen=True)
+class CorpusInput:
+    """One parallel corpus to read. ``paths``: (src, tgt) for text, (file,) otherwise."""
+
+    kind: InputKind
+    paths: tuple[str, ...]
+    name: str
+    source_column: str | None = None  # parquet/hf: defaults to the language code, then "source"
+    target_column: str | None = None
+    hf_config: str | None = None
+    hf_split: str = "train"
+
+    def describe(self) -> str:
+        return " + ".join(self.paths)
+
+
+@dataclass
+class RawBatch:
+    """Up to ``batch_rows`` raw pairs of one input, plus the rejected ones among them."""
+
+    source: list[str] = field(default_factory=list)
+    target: list[str] = field(default_factory=list)
+    line: list[int] = field(default_factory=list)
+    rejects: list[tuple[int, str, str, str]] = field(default_factory=list)  # line, reason, src, tgt
+    invalid_utf8_replaced: int = 0
+
+    def __len__(self) -> int:
+        return len(self.line)
+
+    def table(self) -> pa.Table:
+        return pa.table({"source": self.source, "target": self.target, "line": self.line}, schema=RAW_SCHEMA)
+
+
+def open_binary(path: str | Path) -> IO[bytes]:
+    """Open a file for reading bytes, decompressing .gz/.bz2/.xz/.zst by suffix."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix == ".gz":
+        return gzip.open(path, "rb")
+    if suffix == ".bz2":
+        return bz2.open(path, "rb")
+    if suffix == ".xz":
+        return lzma.open(path, "rb")
+    if suffix == ".zst":
+        import zstandard
+
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
+    return open(path, "rb")
+
+
+def _decode(raw: bytes, policy: InvalidUtf8) -> tuple[str | None, bool]:
+    """(text, replaced); text is None when the line is rejected for invalid UTF-8."""
+    raw = raw.rstrip(b"\r\n")
+    try:
+        return raw.decode("utf-8"), False
+    except UnicodeDecodeError:
+        if policy == "replace":
+            return raw.decode("utf-8", errors="replace"), True
+        return None, False
+
+
+class _Batcher:
+    """Accumulates pairs and rejects; hands out a RawBatch every ``batch_rows`` lines read."""
+
+    def __init__(self, batch_rows: int, on_error: OnError):
+        self.batch_rows = batch_rows
+        self.on_error = on_error
+        self.batch = RawBatch()
+        self.lines_in_batch = 0
+
+    def add(self, line: int, source: str, target: str) -> None:
+        self.batch.source.append(source)
+        self.batch.target.append(target)
+        self.batch.line.append(line)
+        self.lines_in_batch += 1
+
+    def reject(self, path: str, line: int, reason: str, source: str, target: str) -> None:
+        if self.on_error == "fail":
+            raise located(path, line, f"{reason} (use --on-error skip to write such lines to a rejects file)")
+        self.batch.rejects.append((line, reason, source, target))
+        self.lines_in_batch += 1
+
+    def full(self) -> bool:
+        return self.lines_in_batch >= self.batch_rows
+
+    def take(self) -> RawBatch:
+        batch, self.batch, self.lines_in_batch = self.batch, RawBatch(), 0
+        return batch
+
+
+def _count_remaining(handle: IO[bytes]) -> int:
+    return sum(1 for _ in handle)
+
+
+def read_text_pair(src_path: str, tgt_path: str, batch_rows: int, invalid_utf8: InvalidUtf8 = "replace",
+                   on_error: OnError = "fail") -> Iterator[RawBatch]:
+    """Read two line-aligned text files in lockstep; unequal line counts are an error."""
+    batcher = _Batcher(batch_rows, on_error)
+    with open_binary(src_path) as src, open_binary(tgt_path) as tgt:
+        line = 0
+        while True:
+            raw_src = src.readline()
+            raw_tgt = tgt.readline()
+            if not raw_src or not raw_tgt:
+                if raw_src or raw_tgt:
+                    src_count = line + (1 + _count_remaining(src) if raw_src else 0)
+                    tgt_count = line + (1 + _count_remaining(tgt) if raw_tgt else 0)
+                    raise UserError(f"{src_path} has {src_count} lines but {tgt_path} has {tgt_count}: "
+                                    "the two sides of a parallel corpus must have the same number of lines")
+                break
+            line += 1
+            source, src_fixed = _decode(raw_src, invalid_utf8)
+            target, tgt_fixed = _decode(raw_tgt, invalid_utf8)
+            if source is None or target is None:
+                bad_path = src_path if source is None else tgt_path
+                batcher.reject(bad_path, line, "invalid UTF-8",
+                               raw_src.decode("utf-8", "replace").rstrip("\r\n"),
+                               raw_tgt.decode("utf-8", "replace").rstrip("\r\n"))
+            else:
+                batcher.batch.invalid_utf8_replaced += src_fixed + tgt_fixed
+                batcher.add(line, source, target)
+            if batcher.full():
+                yield batcher.take()
+    if batcher.lines_in_batch:
+        yield batcher.take()
+
+
+def read_tsv(path: str, batch_rows: int, invalid_utf8: InvalidUtf8 = "replace",
+             on_error: OnError = "fail") -> Iterator[RawBatch]:
+    """Read ``source<TAB>target`` lines; any other number of columns is malformed."""
+    batcher = _Batcher(batch_rows, on_error)
+    with open_binary(path) as handle:
+        for line, raw in enumerate(handle, start=1):
+            text, fixed = _decode(raw, invalid_utf8)
+            if text is None:
+                batcher.reject(path, line, "invalid UTF-8", raw.decode("utf-8", "replace").rstrip("\r\n"), "")
+            else:
+                columns = text.split("\t")
+                if len(columns) != 2:
+                    batcher.reject(path, line, f"expected 2 tab-separated columns, found {len(columns)}", text, "")
+                else:
+                    batcher.batch.invalid_utf8_replaced += fixed
+                    batcher.add(line, columns[0], columns[1])
+            if batcher.full():
+                yield batcher.take()
+    if batcher.lines_in_batch:
+        yield batcher.take()
+
+
+def _pick_column(available: list[str], explicit: str | None, lang: str, fallback: str, where: str) -> str:
+    for candidate in ([explicit] if explicit else [lang, fallback]):
+        if candidate in available:
+            return candidate
+    wanted = explicit or f"'{lang}' or '{fallback}'"
+    raise UserError(f"{where}: no column {wanted} (columns: {', '.join(available)})")
+
+
+def _columns_to_batches(rows: Iterator[tuple[list, list]], where: str, batch_rows: int,
+                        on_error: OnError) -> Iterator[RawBatch]:
+    batcher = _Batcher(batch_rows, on_error)
+    row = 0
+    for sources, targets in rows:
+        for source, target in zip(sources, targets, strict=True):
+            row += 1
+            if source is None or target is None:
+                side = "source" if source is None else "target"
+                batcher.reject(where, row, f"row {row}: null {side}", source or "", target or "")
+            else:
+                batcher.add(row, source, target)
+            if batcher.full():
+                yield batcher.take()
+    if batcher.lines_in_batch:
+        yield batcher.take()
+
+
+def parquet_files(path: str | Path) -> list[Path]:
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.rglob("*.parquet"))
+        if not files:
+            raise UserError(f"{path}: directory holds no .parquet files")
+        return files
+    if not path.is_file():
+        raise UserError(f"{path}: no such file or directory")
+    return [path]
+
+
+def read_parquet(path: str, source_lang: str, target_lang: str, batch_rows: int,
+                 source_column: str | None = None, target_column: str | None = None,
+                 on_error: OnError = "fail") -> Iterator[RawBatch]:
+    """Read source/target string columns of a Parquet file or directory, row group by row group."""
+    files = parquet_files(path)
+    schema_names = pq.read_schema(files[0]).names
+    src_col = _pick_column(schema_names, source_column, source_lang, "source", path)
+    tgt_col = _pick_column(schema_names, target_column, target_lang, "target", path)
+
+    def rows() -> Iterator[tuple[list, list]]:
+        for file in files:
+            for batch in pq.ParquetFile(file).iter_batches(batch_size=batch_rows, columns=[src_col, tgt_col]):
+                yield batch.column(0).to_pylist(), batch.column(1).to_pylist()
+
+    yield from _columns_to_batches(rows(), path, batch_rows, on_error)
+
+
+def load_hf_dataset(name_or_path: str, config: str | None, split: str):
+    """A local ``save_to_disk`` directory, else a hub dataset (streamed, not downloaded whole)."""
+    import datasets
+
+    local = Path(name_or_path)
+    if local.exists():
+        try:
+            loaded = datasets.load_from_disk(str(local))
+        except FileNotFoundError as exc:
+            raise UserError(f"{local}: not a dataset saved with save_to_disk ({exc})") from None
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise UserError(f"{local}: no split '{split}' (splits: {', '.join(loaded)})")
+            loaded = loaded[split]
+        return loaded
+    try:
+        return datasets.load_dataset(name_or_path, config, split=split, streaming=True)
+    except Exception as exc:  # the hub raises many types; all mean "cannot load this name"
+        raise UserError(f"{name_or_path}: cannot load Hugging Face dataset: {exc}") from None
+
+
+def read_hf(name_or_path: str, source_lang: str, target_lang: str, batch_rows: int,
+            config: str | None = None, split: str = "train", source_column: str | None = None,
+            target_column: str | None = None, on_error: OnError = "fail") -> Iterator[RawBatch]:
+    """Read a Hugging Face dataset: ``translation`` dicts (wmt14 shape) or one column per side."""
+    dataset = load_hf_dataset(name_or_path, config, split)
+    names = list(dataset.column_names or [])
+    if "translation" in names and not (source_column or target_column):
+        def rows() -> Iterator[tuple[list, list]]:
+            for batch in dataset.iter(batch_size=batch_rows):
+                pairs = batch["translation"]
+                missing = [lang for lang in (source_lang, target_lang) if pairs and lang not in pairs[0]]
+                if missing:
+                    raise UserError(f"{name_or_path}: translation entries have no '{missing[0]}' "
+                                    f"(languages: {', '.join(pairs[0])})")
+                yield [p.get(source_lang) for p in pairs], [p.get(target_lang) for p in pairs]
+    else:
+        src_col = _pick_column(names, source_column, source_lang, "source", name_or_path)
+        tgt_col = _pick_column(names, target_column, target_lang, "target", name_or_path)
+
+        def rows() -> Iterator[tuple[list, list]]:
+            for batch in dataset.iter(batch_size=batch_rows):
+                yield batch[src_col], batch[tgt_col]
+
+    yield from _columns_to_batches(rows(), name_or_path, batch_rows, on_error)
+
+
+def read_batches(corpus: CorpusInput, source_lang: str, target_lang: str, batch_rows: int,
+                 invalid_utf8: InvalidUtf8 = "replace", on_error: OnError = "fail") -> Iterator[RawBatch]:
+    """Dispatch to the reader for ``corpus.kind``."""
+    if corpus.kind == "text":
+        return read_text_pair(corpus.paths[0], corpus.paths[1], batch_rows, invalid_utf8, on_error)
+    if corpus.kind == "tsv":
+        return read_tsv(corpus.paths[0], batch_rows, invalid_utf8, on_error)
+    if corpus.kind == "parquet":
+        return read_parquet(corpus.paths[0], source_lang, target_lang, batch_rows,
+                            corpus.source_column, corpus.target_column, on_error)
+    if corpus.kind == "hf":
+        return read_hf(corpus.paths[0], source_lang, target_lang, batch_rows, corpus.hf_config,
+                       corpus.hf_split, corpus.source_column, corpus.target_column, on_error)
+    raise UserError(f"unknown input kind '{corpus.kind}'")

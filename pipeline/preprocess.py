@@ -1,0 +1,135 @@
+"""Per-pair preprocessing: Moses punctuation normalisation, tokenisation, cleaning.
+
+Tokenisation is sacremoses' port of Moses ``tokenizer.perl`` with Moses escaping (``|`` becomes
+``&#124;`` and so on), so the ``|||`` separator stays unambiguous downstream. Cleaning follows
+Moses ``clean-corpus-n.perl``: a pair is dropped when a side has fewer than ``min_tokens`` or
+more than ``max_tokens`` tokens, or when one side is more than ``max_ratio`` times longer than
+the other. Every dropped pair is returned with its reason.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from sacremoses import MosesPunctNormalizer, MosesTokenizer
+
+from pipeline.corpus import REJECT_SCHEMA
+
+CORPUS_SCHEMA = pa.schema([
+    ("source", pa.string()), ("target", pa.string()),
+    ("source_tokens", pa.int32()), ("target_tokens", pa.int32()),
+    ("corpus", pa.string()), ("line", pa.int64()),
+])
+
+EMPTY = "empty side"
+TOO_LONG = "too long"
+TOO_SHORT = "too short"
+RATIO = "length ratio"
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    source_lang: str
+    target_lang: str
+    lowercase: bool = False
+    normalize_punctuation: bool = True
+    min_tokens: int = 1
+    max_tokens: int = 80
+    max_ratio: float = 9.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@functools.lru_cache(maxsize=8)
+def _tokenizer(lang: str) -> MosesTokenizer:
+    return MosesTokenizer(lang=lang)
+
+
+@functools.lru_cache(maxsize=8)
+def _normalizer(lang: str) -> MosesPunctNormalizer:
+    return MosesPunctNormalizer(lang=lang)
+
+
+def tokenize(text: str, lang: str, lowercase: bool = False, normalize_punctuation: bool = True) -> str:
+    """One sentence normalised, tokenised and Moses-escaped, tokens joined by single spaces."""
+    if normalize_punctuation:
+        text = _normalizer(lang).normalize(text)
+    tokens = _tokenizer(lang).tokenize(text, escape=True, return_str=True)
+    tokens = " ".join(tokens.split())
+    return tokens.lower() if lowercase else tokens
+
+
+def clean_reason(source_tokens: int, target_tokens: int, config: PreprocessConfig) -> str | None:
+    """Why clean-corpus-n would drop a pair with these lengths, or None to keep it."""
+    if source_tokens == 0 or target_tokens == 0:
+        return EMPTY
+    if source_tokens < config.min_tokens or target_tokens < config.min_tokens:
+        return TOO_SHORT
+    if source_tokens > config.max_tokens or target_tokens > config.max_tokens:
+        return TOO_LONG
+    if source_tokens / target_tokens > config.max_ratio or target_tokens / source_tokens > config.max_ratio:
+        return RATIO
+    return None
+
+
+def preprocess_table(raw: pa.Table, corpus: str, config: PreprocessConfig) -> tuple[pa.Table, list[dict], Counter]:
+    """Tokenise and clean one partition of raw pairs (columns source, target, line).
+
+    Returns the kept pairs (``CORPUS_SCHEMA``), the dropped ones as reject records, and the
+    counts of dropped pairs by reason.
+    """
+    kept: dict[str, list] = {name: [] for name in CORPUS_SCHEMA.names}
+    rejects: list[dict] = []
+    dropped: Counter = Counter()
+    for source, target, line in zip(raw.column("source").to_pylist(), raw.column("target").to_pylist(),
+                                    raw.column("line").to_pylist(), strict=True):
+        source_tok = tokenize(source, config.source_lang, config.lowercase, config.normalize_punctuation)
+        target_tok = tokenize(target, config.target_lang, config.lowercase, config.normalize_punctuation)
+        n_source = len(source_tok.split()) if source_tok else 0
+        n_target = len(target_tok.split()) if target_tok else 0
+        reason = clean_reason(n_source, n_target, config)
+        if reason is not None:
+            dropped[reason] += 1
+            rejects.append({"corpus": corpus, "line": line, "reason": reason, "source": source, "target": target})
+            continue
+        kept["source"].append(source_tok)
+        kept["target"].append(target_tok)
+        kept["source_tokens"].append(n_source)
+        kept["target_tokens"].append(n_target)
+        kept["corpus"].append(corpus)
+        kept["line"].append(line)
+    return pa.table(kept, schema=CORPUS_SCHEMA), rejects, dropped
+
+
+def _write_parquet_atomic(table: pa.Table, path: str | Path) -> None:
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    pq.write_table(table, tmp, compression="zstd", row_group_size=50_000)
+    tmp.replace(path)
+
+
+def preprocess_shard(raw_path: str, out_path: str, rejects_path: str, corpus: str,
+                     config: PreprocessConfig) -> dict[str, Any]:
+    """Worker task: read a raw shard, write its tokenised part and its rejects; return counts.
+
+    Files are written under temporary names and renamed, so a killed worker never leaves a
+    part that looks complete (Dask reruns the task elsewhere).
+    """
+    raw = pq.read_table(raw_path)
+    table, rejects, dropped = preprocess_table(raw, corpus, config)
+    _write_parquet_atomic(table, out_path)
+    _write_parquet_atomic(pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA), rejects_path)
+    return {
+        "pairs_in": raw.num_rows,
+        "pairs_out": table.num_rows,
+        "source_words": int(pc.sum(table.column("source_tokens")).as_py() or 0),
+        "target_words": int(pc.sum(table.column("target_tokens")).as_py() or 0),
+        "dropped": dict(dropped),
+    }

@@ -1,0 +1,233 @@
+"""Corpus ingestion: every reader, every bad-input case, atomic outputs, a real 2-worker cluster."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import json
+import lzma
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from pipeline.artifacts import is_complete, read_manifest
+from pipeline.corpus import CorpusInput
+from pipeline.errors import UserError
+from pipeline.preprocess import PreprocessConfig, tokenize
+from workflows.ingest import ingest
+
+CONFIG = PreprocessConfig(source_lang="en", target_lang="fr")
+EN = ["Hello, world!", "It's a |test| <b>.", "", "one two three", "short", "x " * 100, "a b c d e f g h i j"]
+FR = ["Bonjour, monde !", "C'est un |test|.", "vide", "un deux trois", "court", "y", "a"]
+# line 3: empty source; line 6: 100 tokens (too long); line 7: ratio 10 > 9
+
+
+def read_corpus(out: Path) -> pa.Table:
+    return pa.concat_tables(pq.read_table(p) for p in sorted(out.glob("part-*.parquet")))
+
+
+def write_pair(tmp: Path, en: list[str], fr: list[str], opener=open, suffix: str = "") -> tuple[str, str]:
+    paths = []
+    for lang, lines in (("en", en), ("fr", fr)):
+        path = tmp / f"corpus.{lang}{suffix}"
+        with opener(path, "wb") as handle:
+            handle.write("".join(line + "\n" for line in lines).encode())
+        paths.append(str(path))
+    return paths[0], paths[1]
+
+
+def zst_open(path, mode):
+    return zstandard.open(path, mode)
+
+
+@pytest.mark.parametrize("opener,suffix", [(open, ""), (gzip.open, ".gz"), (bz2.open, ".bz2"),
+                                           (lzma.open, ".xz"), (zst_open, ".zst")])
+def test_text_pair_every_compression(tmp_path, dask_client, opener, suffix):
+    src, tgt = write_pair(tmp_path, EN, FR, opener, suffix)
+    report = ingest(dask_client, [CorpusInput("text", (src, tgt), "c")], tmp_path / "out", CONFIG,
+                    rows_per_part=3, quiet=True)
+    table = read_corpus(tmp_path / "out")
+    assert table.column("line").to_pylist() == [1, 2, 4, 5]
+    assert table.column("source").to_pylist()[:2] == ["Hello , world !", "It &apos;s a &#124; test &#124; &lt; b &gt; ."]
+    assert table.column("target").to_pylist()[0] == "Bonjour , monde !"
+    assert table.column("source_tokens").to_pylist() == [4, 10, 3, 1]
+    assert report["dropped_by_reason"] == {"empty side": 1, "too long": 1, "length ratio": 1}
+    assert report["lines_read"] == 7 and report["pairs_written"] == 4 and report["parts"] == 3
+    manifest = read_manifest(tmp_path / "out")
+    assert manifest["counts"]["pairs_written"] == 4
+    assert {Path(r["path"]).name for r in manifest["inputs"]} == {Path(src).name, Path(tgt).name}
+    assert all(len(r["hash"]) == 32 for r in manifest["inputs"])
+
+
+def test_tsv_parquet_and_hf_readers_agree(tmp_path, dask_client):
+    tsv = tmp_path / "c.tsv"
+    tsv.write_text("".join(f"{e}\t{f}\n" for e, f in zip(EN, FR, strict=True)))
+    pq.write_table(pa.table({"en": EN, "fr": FR}), tmp_path / "c.parquet")
+    import datasets
+
+    datasets.Dataset.from_dict({"translation": [{"en": e, "fr": f} for e, f in zip(EN, FR, strict=True)]}) \
+        .save_to_disk(str(tmp_path / "hf_translation"))
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"source": EN, "target": FR})}) \
+        .save_to_disk(str(tmp_path / "hf_columns"))
+    src, tgt = write_pair(tmp_path, EN, FR)
+    inputs = {
+        "text": CorpusInput("text", (src, tgt), "c"),
+        "tsv": CorpusInput("tsv", (str(tsv),), "c"),
+        "parquet": CorpusInput("parquet", (str(tmp_path / "c.parquet"),), "c"),
+        "hf_translation": CorpusInput("hf", (str(tmp_path / "hf_translation"),), "c"),
+        "hf_columns": CorpusInput("hf", (str(tmp_path / "hf_columns"),), "c"),
+    }
+    tables = {}
+    for kind, corpus in inputs.items():
+        ingest(dask_client, [corpus], tmp_path / kind, CONFIG, rows_per_part=4, quiet=True)
+        tables[kind] = read_corpus(tmp_path / kind)
+    for kind, table in tables.items():
+        assert table.equals(tables["text"]), kind
+
+
+def test_several_corpora_are_kept_apart(tmp_path, dask_client):
+    src, tgt = write_pair(tmp_path, EN, FR)
+    tsv = tmp_path / "news.tsv"
+    tsv.write_text("Good morning .\tBonjour .\n")
+    report = ingest(dask_client, [CorpusInput("text", (src, tgt), "europarl"), CorpusInput("tsv", (str(tsv),), "news")],
+                    tmp_path / "out", CONFIG, rows_per_part=100, quiet=True)
+    table = read_corpus(tmp_path / "out")
+    assert table.column("corpus").to_pylist() == ["europarl"] * 4 + ["news"]
+    assert table.column("line").to_pylist()[-1] == 1
+    assert report["corpora"]["news"]["pairs_out"] == 1 and report["parts"] == 2
+
+
+def test_unequal_line_counts_name_both_files_and_write_nothing(tmp_path, dask_client):
+    src, tgt = write_pair(tmp_path, EN, FR[:5])
+    with pytest.raises(UserError, match=r"corpus\.en has 7 lines but .*corpus\.fr has 5"):
+        ingest(dask_client, [CorpusInput("text", (src, tgt), "c")], tmp_path / "out", CONFIG, quiet=True)
+    assert not (tmp_path / "out").exists()
+    assert not list(tmp_path.glob("out.tmp-*"))
+
+
+def test_invalid_utf8_replaced_or_rejected(tmp_path, dask_client):
+    (tmp_path / "c.en").write_bytes(b"good line\nbad \xff line\nlast\n")
+    (tmp_path / "c.fr").write_bytes(b"bonne\nmauvaise\nfin\n")
+    corpus = [CorpusInput("text", (str(tmp_path / "c.en"), str(tmp_path / "c.fr")), "c")]
+    report = ingest(dask_client, corpus, tmp_path / "replaced", CONFIG, quiet=True)
+    assert report["invalid_utf8_replaced"] == 1 and report["pairs_written"] == 3
+    assert "\ufffd" in read_corpus(tmp_path / "replaced").column("source").to_pylist()[1]
+
+    with pytest.raises(UserError, match=r"c\.en:2: invalid UTF-8"):
+        ingest(dask_client, corpus, tmp_path / "failed", CONFIG, invalid_utf8="reject", quiet=True)
+    assert not (tmp_path / "failed").exists()
+
+    report = ingest(dask_client, corpus, tmp_path / "skipped", CONFIG, invalid_utf8="reject", on_error="skip",
+                    quiet=True)
+    assert report["dropped_by_reason"] == {"invalid UTF-8": 1} and report["pairs_written"] == 2
+    with gzip.open(tmp_path / "skipped" / "rejects.tsv.gz", "rt") as handle:
+        rows = [line.rstrip("\n").split("\t") for line in handle]
+    assert rows[1][:3] == ["c", "2", "invalid UTF-8"]
+
+
+def test_malformed_tsv_and_null_parquet(tmp_path, dask_client):
+    tsv = tmp_path / "c.tsv"
+    tsv.write_text("a\tb\nonly one column\nc\td\te\nf\tg\n")
+    with pytest.raises(UserError, match=r"c\.tsv:2: expected 2 tab-separated columns, found 1"):
+        ingest(dask_client, [CorpusInput("tsv", (str(tsv),), "c")], tmp_path / "o1", CONFIG, quiet=True)
+    rejects = tmp_path / "elsewhere" / "rejects.tsv.gz"
+    report = ingest(dask_client, [CorpusInput("tsv", (str(tsv),), "c")], tmp_path / "o2", CONFIG,
+                    on_error="skip", rejects_path=rejects, quiet=True)
+    assert report["dropped_by_reason"] == {"expected 2 tab-separated columns, found 1": 1,
+                                           "expected 2 tab-separated columns, found 3": 1}
+    with gzip.open(rejects, "rt") as handle:
+        assert len(handle.readlines()) == 3
+
+    pq.write_table(pa.table({"source": ["a", None], "target": ["b", "c"]}), tmp_path / "n.parquet")
+    with pytest.raises(UserError, match=r"n\.parquet:2: row 2: null source"):
+        ingest(dask_client, [CorpusInput("parquet", (str(tmp_path / "n.parquet"),), "n")], tmp_path / "o3",
+               CONFIG, quiet=True)
+    with pytest.raises(UserError, match="no column 'en' or 'source'"):
+        pq.write_table(pa.table({"x": ["a"], "y": ["b"]}), tmp_path / "x.parquet")
+        ingest(dask_client, [CorpusInput("parquet", (str(tmp_path / "x.parquet"),), "x")], tmp_path / "o4",
+               CONFIG, quiet=True)
+
+
+def test_cleaning_options_and_lowercase():
+    assert tokenize("Hello, World «quoted»", "en", lowercase=True) == 'hello , world &quot; quoted &quot;'
+    from pipeline.preprocess import clean_reason
+
+    config = PreprocessConfig("en", "fr", max_tokens=5, max_ratio=2)
+    assert clean_reason(6, 6, config) == "too long"
+    assert clean_reason(3, 1, config) == "length ratio"
+    assert clean_reason(2, 1, config) is None
+    assert clean_reason(0, 1, config) == "empty side"
+
+
+def test_output_independent_of_workers_and_failed_rerun_keeps_old_output(tmp_path, dask_client):
+    from distributed import Client, LocalCluster
+
+    en = [f"sentence number {i} , with words ." for i in range(50)]
+    fr = [f"phrase numéro {i} , avec des mots ." for i in range(50)]
+    src, tgt = write_pair(tmp_path, en, fr)
+    corpus = [CorpusInput("text", (src, tgt), "c")]
+    ingest(dask_client, corpus, tmp_path / "two", CONFIG, rows_per_part=7, quiet=True)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False) as cluster, Client(cluster) as one:
+        ingest(one, corpus, tmp_path / "one", CONFIG, rows_per_part=7, quiet=True)
+    for a, b in zip(sorted((tmp_path / "one").glob("part-*")), sorted((tmp_path / "two").glob("part-*")),
+                    strict=True):
+        assert a.read_bytes() == b.read_bytes()
+    # A failing rerun into the same directory leaves the completed output as it was.
+    before = read_manifest(tmp_path / "two")
+    (tmp_path / "short.fr").write_text("x\n")
+    with pytest.raises(UserError):
+        ingest(dask_client, [CorpusInput("text", (src, str(tmp_path / "short.fr")), "c")], tmp_path / "two",
+               CONFIG, quiet=True)
+    assert read_manifest(tmp_path / "two") == before
+
+
+def test_killed_ingest_leaves_no_trusted_output(tmp_path):
+    en = [f"line {i} with a few words ." for i in range(20000)]
+    src, tgt = write_pair(tmp_path, en, en)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "workflows.cli", "ingest", "--src", src, "--tgt", tgt,
+                             "--src-lang", "en", "--tgt-lang", "fr", "--out", str(out), "--workers", "1",
+                             "--rows-per-part", "500", "--quiet"], start_new_session=True)
+    deadline = time.time() + 60
+    while not list(tmp_path.glob("out.tmp-*/part-00001.parquet")):
+        assert time.time() < deadline and proc.poll() is None, "ingest did not start writing parts"
+        time.sleep(0.05)
+    import os
+
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not is_complete(out)
+    assert not out.exists()
+
+
+def test_cli_user_error_is_one_line_without_traceback(tmp_path):
+    src, tgt = write_pair(tmp_path, EN, FR[:2])
+    cmd = [sys.executable, "-m", "workflows.cli", "ingest", "--src", src, "--tgt", tgt, "--src-lang", "en",
+           "--tgt-lang", "fr", "--out", str(tmp_path / "out"), "--workers", "1", "--quiet"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert errors == [f"rnnenc: error: {src} has 7 lines but {tgt} has 2: the two sides of a parallel "
+                      "corpus must have the same number of lines"]
+    debug = subprocess.run(cmd + ["--debug"], capture_output=True, text=True, timeout=120)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_cli_ingest_through_two_worker_cluster(tmp_path, dask_address):
+    src, tgt = write_pair(tmp_path, EN, FR)
+    result = subprocess.run([sys.executable, "-m", "workflows.cli", "ingest", "--src", src, "--tgt", tgt,
+                             "--src-lang", "en", "--tgt-lang", "fr", "--out", str(tmp_path / "out"),
+                             "--scheduler", dask_address, "--rows-per-part", "2", "--on-error", "skip"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "ingested 4 of 7 pairs into 4 part(s)" in result.stdout
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["rejects_written"] == 3
+    assert read_corpus(tmp_path / "out").num_rows == 4
