@@ -1,0 +1,43 @@
+# `make demo` and `make test` install whatever is missing (a virtualenv in .venv, the package,
+# KenLM's lmplz/build_binary built once into ~/.cache/rnnenc), then run. Both are idempotent:
+# a second run installs nothing.
+PYTHON ?= python3
+VENV ?= .venv
+# CPU machines: the CPU build of torch. On a GPU cluster install a CUDA torch into the venv first
+# (e.g. `.venv/bin/pip install torch --index-url https://download.pytorch.org/whl/cu124`)
+# and run `make TORCH= test`: an installed torch is then kept.
+TORCH ?= torch==2.13.0
+STAMP := $(VENV)/.rnnenc-installed
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: all install kenlm test demo lint bench clean-artifacts
+
+all: test
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	@if [ -n "$(TORCH)" ]; then $(BIN)/python -m pip install -q "$(TORCH)"; fi
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $@
+
+install: $(STAMP)
+
+kenlm: $(STAMP)
+	@PYTHON=$(BIN)/python bash scripts/build_kenlm.sh >/dev/null
+
+test: install kenlm
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+demo: install kenlm
+	$(BIN)/rnnenc demo
+
+lint: install
+	$(BIN)/ruff check pipeline workflows tests benchmarks
+
+bench: install kenlm
+	@for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+clean-artifacts:
+	rm -rf artifacts/*/
