@@ -1,0 +1,182 @@
+"""KenLM n-gram language models: finding the toolchain, training, loading, scoring.
+
+Training pipes text into ``lmplz`` (modified Kneser-Ney) and binarises the ARPA with
+``build_binary`` (probing), because ``kenlm.Model`` mmaps a binary file read-only (shared by
+every process on a machine) but parses an ARPA into private memory.
+
+Cross-entropy convention (REFERENCE.md section 4, the project's choice): a sentence of ``n``
+tokens has ``H(s) = -log10 p(s </s> | <s>) / (n + 1)``, i.e. ``-Model.score(s, bos=True,
+eos=True) / (n + 1)``, which is what ``kenlm.Model.perplexity`` exponentiates.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import kenlm
+
+from pipeline.errors import UserError
+
+log = logging.getLogger("rnnenc")
+
+TOOLS = ("lmplz", "build_binary")
+BUILD_HINT = ("build them with scripts/build_kenlm.sh (needs cmake, g++, boost, zlib: sudo apt-get install "
+              "cmake build-essential libboost-program-options-dev libboost-system-dev libboost-thread-dev "
+              "zlib1g-dev libbz2-dev liblzma-dev), or set KENLM_BIN to a directory holding lmplz and build_binary")
+# lmplz's message when modified Kneser-Ney discounts cannot be estimated (tiny or artificial data).
+_BAD_DISCOUNT_MARKERS = ("discount_fallback", "BadDiscountException", "Kneser-Ney discounts")
+
+
+def _has_tools(directory: Path) -> bool:
+    return all(os.access(directory / tool, os.X_OK) for tool in TOOLS)
+
+
+def find_kenlm_bin() -> Path:
+    """The directory holding ``lmplz`` and ``build_binary``.
+
+    Looked up in order: ``$KENLM_BIN``; the cache of scripts/build_kenlm.sh
+    (``${RNNENC_CACHE:-~/.cache/rnnenc}/kenlm-*/bin``, newest version first); ``PATH``.
+    """
+    explicit = os.environ.get("KENLM_BIN")
+    if explicit:
+        if _has_tools(Path(explicit)):
+            return Path(explicit)
+        raise UserError(f"KENLM_BIN={explicit}: no executable lmplz and build_binary there; {BUILD_HINT}")
+    cache = Path(os.environ.get("RNNENC_CACHE") or Path.home() / ".cache" / "rnnenc")
+    for candidate in sorted(cache.glob("kenlm-*/bin"), reverse=True):
+        if _has_tools(candidate):
+            return candidate
+    found = [shutil.which(tool) for tool in TOOLS]
+    if all(found) and Path(found[0]).parent == Path(found[1]).parent:
+        return Path(found[0]).parent
+    raise UserError(f"KenLM's lmplz and build_binary were not found (KENLM_BIN, {cache}/kenlm-*/bin, PATH); "
+                    f"{BUILD_HINT}")
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    """How ``lmplz`` runs. ``memory`` is its ``-S`` (GNU sort syntax: 1G, 20%)."""
+
+    order: int = 4
+    memory: str = "1G"
+    temp_dir: str | None = None  # lmplz -T; default: beside the output model
+
+
+@dataclass(frozen=True)
+class TrainedLM:
+    path: str
+    order: int
+    discount_fallback: bool
+
+
+def _run_lmplz(bin_dir: Path, text_files: Iterable[str | os.PathLike], arpa: Path, config: LMConfig,
+               temp_dir: Path, vocab_file: str | os.PathLike | None, fallback: bool) -> subprocess.CompletedProcess:
+    command = [str(bin_dir / "lmplz"), "-o", str(config.order), "-S", config.memory,
+               "-T", str(temp_dir) + os.sep, "--arpa", str(arpa)]
+    if vocab_file is not None:
+        command += ["--limit_vocab_file", str(vocab_file)]
+    if fallback:
+        command.append("--discount_fallback")
+    # stderr goes to a file, not a pipe: lmplz's progress output could fill a pipe while we
+    # are still feeding it stdin, and both sides would block.
+    with tempfile.TemporaryFile(dir=temp_dir) as errors:
+        with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                              stderr=errors) as process:
+            try:
+                for text_file in text_files:
+                    with open(text_file, "rb") as handle:
+                        shutil.copyfileobj(handle, process.stdin, 1 << 20)
+            except BrokenPipeError:
+                pass  # lmplz died early; its stderr says why
+            finally:
+                try:
+                    process.stdin.close()
+                except BrokenPipeError:
+                    pass
+            process.wait()
+        errors.seek(0)
+        stderr = errors.read()
+    return subprocess.CompletedProcess(command, process.returncode, b"", stderr)
+
+
+def train_lm(text_files: Iterable[str | os.PathLike], out_path: str | os.PathLike, config: LMConfig = LMConfig(),
+             vocab_file: str | os.PathLike | None = None) -> TrainedLM:
+    """Train an order-``config.order`` model on the concatenated ``text_files`` into a binary file.
+
+    ``vocab_file`` restricts the model to those words (``--limit_vocab_file``): n-grams with
+    other words are pruned, so two models sharing the file assign comparable probabilities.
+    When lmplz cannot estimate discounts (tiny data) it is rerun with ``--discount_fallback``
+    and a warning is logged.
+    """
+    text_files = [str(p) for p in text_files]
+    out_path = Path(out_path)
+    bin_dir = find_kenlm_bin()
+    if not any(Path(p).stat().st_size for p in text_files):
+        raise UserError(f"{out_path}: no text to train a language model on")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="lmplz-", dir=config.temp_dir or out_path.parent) as tmp:
+        arpa = Path(tmp) / "model.arpa"
+        fallback = False
+        result = _run_lmplz(bin_dir, text_files, arpa, config, Path(tmp), vocab_file, fallback)
+        message = result.stderr.decode(errors="replace")
+        if result.returncode != 0 and any(marker in message for marker in _BAD_DISCOUNT_MARKERS):
+            log.warning("%s: too little data for Kneser-Ney discount estimation; retrying lmplz with "
+                        "--discount_fallback (the model will be weak)", out_path)
+            fallback = True
+            result = _run_lmplz(bin_dir, text_files, arpa, config, Path(tmp), vocab_file, fallback)
+            message = result.stderr.decode(errors="replace")
+        if result.returncode != 0:
+            tail = " | ".join(message.strip().splitlines()[-3:])
+            raise UserError(f"{out_path}: lmplz failed (exit {result.returncode}): {tail}")
+        partial = out_path.with_name(out_path.name + ".partial")
+        built = subprocess.run([str(bin_dir / "build_binary"), "-S", config.memory, "-T", str(tmp) + os.sep,
+                                "probing", str(arpa), str(partial)], capture_output=True)
+        if built.returncode != 0:
+            partial.unlink(missing_ok=True)
+            tail = " | ".join(built.stderr.decode(errors="replace").strip().splitlines()[-3:])
+            raise UserError(f"{out_path}: build_binary failed (exit {built.returncode}): {tail}")
+        os.replace(partial, out_path)
+    return TrainedLM(path=str(out_path), order=config.order, discount_fallback=fallback)
+
+
+@functools.lru_cache(maxsize=16)
+def load_model(path: str) -> kenlm.Model:
+    """The model at ``path``, loaded once per process (binary models are mmapped, shared)."""
+    if not Path(path).is_file():
+        raise UserError(f"{path}: language model not found")
+    try:
+        return kenlm.Model(path)
+    except (OSError, RuntimeError) as exc:
+        raise UserError(f"{path}: cannot read language model ({str(exc).splitlines()[0][:200]})") from None
+
+
+def check_model(path: str | os.PathLike) -> None:
+    """Raise a UserError naming ``path`` unless it is a readable KenLM model."""
+    load_model(str(path))
+
+
+def cross_entropy(model: kenlm.Model, sentence: str, n_tokens: int | None = None) -> float:
+    """Per-word cross-entropy (log10) of a tokenised sentence, ``</s>`` counted as a word."""
+    if n_tokens is None:
+        n_tokens = len(sentence.split())
+    return -model.score(sentence, bos=True, eos=True) / (n_tokens + 1)
+
+
+def perplexity(model: kenlm.Model, sentences: Iterable[str]) -> float:
+    """Corpus perplexity: 10 ** (total -log10 p over all sentences / total words incl. ``</s>``)."""
+    total, words = 0.0, 0
+    for sentence in sentences:
+        total -= model.score(sentence, bos=True, eos=True)
+        words += len(sentence.split()) + 1
+    if words == 0:
+        raise UserError("perplexity of an empty text")
+    return math.pow(10.0, total / words)

@@ -1,0 +1,512 @@
+"""Cross-entropy-difference data selection (Moore & Lewis 2010; Axelrod et al. 2011).
+
+Scoring is kept apart from deciding, as in OpusFilter:
+
+* *scoring* (``score_partition``): for each pair of a pool partition, per side,
+  ``H_in(s) - H_out(s)`` with ``H`` the per-word cross-entropy of ``pipeline.lm``; the method
+  ``moore-lewis`` uses one side, ``axelrod`` sums both sides. Lower is more in-domain. The
+  scores are written beside the pairs, one score part per pool part.
+* *deciding* (``find_cut``, ``keep_partition``): the pairs are totally ordered by the key
+  ``(score, xxh3_64(source TAB target), corpus, line)``, which depends on nothing but the pair,
+  so the selection is the same whatever the partitioning or the number of workers. A budget
+  (pairs or words) is met by the longest prefix of that order whose weight fits; the prefix is
+  found exactly without gathering the pool: per-partition histograms of the key narrow an
+  interval holding the first excluded pair (64-bit integer bins over a sortable encoding of
+  the float score, then over the hash), until few enough pairs remain to sort on the driver.
+  Each partition then keeps the rows whose key is below that first excluded key.
+
+Functions taking a ``mapper`` run their per-partition work through it: ``mapper(func, items,
+desc=..., **kwargs)`` returns ``[func(item, **kwargs) for item in items]`` in order, on a Dask
+cluster in ``workflows`` (``workflows.cluster.map_partitions``) or serially. This module never
+creates a Dask client.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import xxhash
+
+from pipeline import lm
+from pipeline.errors import UserError
+
+Method = Literal["moore-lewis", "axelrod"]
+Side = Literal["source", "target"]
+METHODS: tuple[str, ...] = ("moore-lewis", "axelrod")
+PART_GLOB = "part-*.parquet"
+_SIGN = np.uint64(1 << 63)
+_HIST_BITS = 16  # 65,536 bins a round: at most four rounds per 64-bit level
+MAX_CANDIDATES = 200_000
+
+
+class Mapper(Protocol):
+    def __call__(self, func: Callable[..., Any], items: Sequence[Any], *, desc: str, **kwargs: Any) -> list[Any]: ...
+
+
+def serial_mapper(func: Callable[..., Any], items: Sequence[Any], *, desc: str = "", **kwargs: Any) -> list[Any]:
+    """A mapper running every task in this process (small inputs, tests)."""
+    return [func(item, **kwargs) for item in items]
+
+
+# --------------------------------------------------------------------------------------------
+# Corpora
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """An ingested corpus directory: its parts in corpus order and its languages."""
+
+    path: str
+    parts: tuple[str, ...]
+    source_lang: str
+    target_lang: str
+
+    def column(self, lang: str) -> Side:
+        """``"source"`` or ``"target"``: the column holding ``lang``."""
+        if lang == self.source_lang:
+            return "source"
+        if lang == self.target_lang:
+            return "target"
+        raise UserError(f"{self.path}: language '{lang}' is not in this corpus "
+                        f"({self.source_lang}-{self.target_lang})")
+
+
+def open_corpus(path: str | Path) -> Corpus:
+    """Read an ``rnnenc ingest`` output directory (parts + manifest.json languages)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"{path}: not a corpus directory")
+    manifest_path = path / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{manifest_path}: missing; an incomplete corpus is never read") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{manifest_path}: unreadable ({exc})") from None
+    config = manifest.get("config") or {}
+    langs = config.get("source_lang"), config.get("target_lang")
+    if not all(isinstance(lang, str) and lang for lang in langs):
+        raise UserError(f"{manifest_path}: config has no source_lang/target_lang")
+    parts = tuple(str(p) for p in sorted(path.glob(PART_GLOB)))
+    if not parts:
+        raise UserError(f"{path}: no {PART_GLOB} files")
+    return Corpus(str(path), parts, langs[0], langs[1])
+
+
+def export_side(spec: str | Path, lang: str, out_file: str | Path) -> tuple[int, int, set[str]]:
+    """Write one side of an in-domain or dev set as tokenised text, one sentence a line.
+
+    ``spec`` is an ingested corpus directory or a plain-text prefix (``spec.<lang>`` holds
+    tokenised sentences). Returns (lines, tokens, vocabulary). An empty set is a UserError.
+    """
+    spec = Path(spec)
+    lines = tokens = 0
+    vocab: set[str] = set()
+    with open(out_file, "w", encoding="utf-8", newline="\n") as out:
+        if spec.is_dir():
+            corpus = open_corpus(spec)
+            column = corpus.column(lang)
+            where = corpus.path
+            for part in corpus.parts:
+                for sentence in pq.read_table(part, columns=[column]).column(column).to_pylist():
+                    words = (sentence or "").split()
+                    lines += 1
+                    tokens += len(words)
+                    vocab.update(words)
+                    out.write(" ".join(words) + "\n")
+        else:
+            text = Path(f"{spec}.{lang}")
+            where = str(text)
+            if not text.is_file():
+                raise UserError(f"{text}: no such file (the '{lang}' side of {spec})")
+            with open(text, encoding="utf-8", errors="strict") as handle:
+                try:
+                    for lines, sentence in enumerate(handle, 1):  # noqa: B007 - the count is the result
+                        words = sentence.split()
+                        tokens += len(words)
+                        vocab.update(words)
+                        out.write(" ".join(words) + "\n")
+                except UnicodeDecodeError as exc:
+                    raise UserError(f"{text}:{lines + 1}: invalid UTF-8 ({exc.reason})") from None
+    if tokens == 0:
+        raise UserError(f"{where}: the '{lang}' side is empty")
+    return lines, tokens, vocab
+
+
+def write_vocab(vocab: set[str], path: str | Path) -> None:
+    """Write a vocabulary for lmplz --limit_vocab_file, one word a line, in byte order."""
+    Path(path).write_text("".join(f"{w}\n" for w in sorted(vocab, key=lambda w: w.encode())), encoding="utf-8")
+
+
+# --------------------------------------------------------------------------------------------
+# Per-partition tasks that precede scoring
+
+
+def count_partition(part: str) -> dict[str, int]:
+    """Pairs and tokens of a pool partition."""
+    table = pq.read_table(part, columns=["source_tokens", "target_tokens"])
+    return {"pairs": table.num_rows,
+            "source_tokens": int(pa.compute.sum(table["source_tokens"]).as_py() or 0),
+            "target_tokens": int(pa.compute.sum(table["target_tokens"]).as_py() or 0)}
+
+
+def _uniform(seed: int, corpus: Sequence[str], line: Sequence[int]) -> np.ndarray:
+    # A per-pair draw that depends on (seed, corpus, line) only, not on the partitioning.
+    draws = [xxhash.xxh3_64_intdigest(f"{c}\t{n}".encode(), seed=seed) for c, n in zip(corpus, line, strict=True)]
+    return np.asarray(draws, dtype=np.uint64).astype(np.float64) / 2.0**64
+
+
+def sample_partition(task: tuple[str, str], sides: Sequence[Side], rate: float, seed: int) -> dict[str, int]:
+    """Write the seeded random sample of a pool partition: ``<prefix>.<side>`` text files.
+
+    ``task`` is (pool part, output prefix). Each pair is kept with probability ``rate``.
+    """
+    part, prefix = task
+    table = pq.read_table(part, columns=["corpus", "line", *sides, *(f"{s}_tokens" for s in sides)])
+    keep = _uniform(seed, table["corpus"].to_pylist(), table["line"].to_pylist()) < rate
+    counts = {"pairs": int(keep.sum())}
+    for side in sides:
+        _write_lines(f"{prefix}.{side}", table[side].filter(pa.array(keep)).to_pylist())
+        counts[f"{side}_tokens"] = int(np.asarray(table[f"{side}_tokens"])[keep].sum())
+    return counts
+
+
+def _write_lines(path: str, lines: list[str]) -> None:
+    with open(path, "w", encoding="utf-8", newline="\n") as out:
+        if lines:
+            out.write("\n".join(lines))
+            out.write("\n")
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring
+
+
+@dataclass(frozen=True)
+class SideModels:
+    """The two models of one side; the paths must exist on every worker."""
+
+    side: Side
+    in_domain: str
+    out_domain: str
+
+
+def sortable_key(scores: np.ndarray) -> np.ndarray:
+    """Map float64 scores to uint64 keys with the same order (the IEEE-754 sign trick)."""
+    scores = np.asarray(scores, dtype=np.float64) + 0.0  # -0.0 -> 0.0
+    if np.isnan(scores).any():
+        raise ValueError("NaN selection score")
+    bits = scores.view(np.uint64)
+    return np.where(bits & _SIGN, ~bits, bits | _SIGN)
+
+
+def pair_hash(source: Sequence[str], target: Sequence[str]) -> np.ndarray:
+    """The stable tie-break of a pair: xxh3_64 of ``source TAB target``."""
+    return np.fromiter((xxhash.xxh3_64_intdigest(f"{s}\t{t}".encode()) for s, t in zip(source, target, strict=True)),
+                       dtype=np.uint64, count=len(source))
+
+
+def score_partition(task: tuple[str, str], models: Sequence[SideModels]) -> dict[str, Any]:
+    """Score a pool partition and write ``task[1]``, a Parquet part of scores beside the pairs.
+
+    Columns: corpus, line, score, ``h_in_<side>`` and ``h_out_<side>`` per scored side,
+    ``key`` (sortable score) and ``tiebreak`` (pair hash), source_tokens, target_tokens.
+    """
+    part, out = task
+    table = pq.read_table(part, columns=["source", "target", "source_tokens", "target_tokens", "corpus", "line"])
+    source, target = table["source"].to_pylist(), table["target"].to_pylist()
+    columns: dict[str, Any] = {"corpus": table["corpus"], "line": table["line"]}
+    score = np.zeros(table.num_rows, dtype=np.float64)
+    components = {}
+    words = {"source": source, "target": target}
+    for side_models in models:
+        side = side_models.side
+        lengths = table[f"{side}_tokens"].to_pylist()
+        for which, path in (("in", side_models.in_domain), ("out", side_models.out_domain)):
+            model = lm.load_model(path)
+            h = np.fromiter((-model.score(s, bos=True, eos=True) / (n + 1) for s, n in zip(words[side], lengths, strict=True)),
+                            dtype=np.float64, count=table.num_rows)
+            components[f"h_{which}_{side}"] = h
+        score += components[f"h_in_{side}"] - components[f"h_out_{side}"]
+    key = sortable_key(score)
+    columns["score"] = score
+    columns.update(components)
+    columns["key"] = key
+    columns["tiebreak"] = pair_hash(source, target)
+    columns["source_tokens"] = table["source_tokens"]
+    columns["target_tokens"] = table["target_tokens"]
+    pq.write_table(pa.table(columns), out)
+    return {"pairs": table.num_rows,
+            "min_key": int(key.min()) if len(key) else None,
+            "max_key": int(key.max()) if len(key) else None}
+
+
+# --------------------------------------------------------------------------------------------
+# Deciding: the exact cut
+
+
+CutKey = tuple[int, int, str, int]  # (key, tiebreak, corpus, line)
+
+
+@dataclass(frozen=True)
+class Cut:
+    """The first excluded pair in key order; None keeps everything. ``pairs``/``weight`` kept."""
+
+    first_excluded: CutKey | None
+    pairs: int | None = None
+    weight: int | None = None
+    rounds: int = 0
+
+    def record(self) -> dict[str, Any]:
+        first = None
+        if self.first_excluded is not None:
+            key, tiebreak, corpus, line = self.first_excluded
+            first = {"key": key, "tiebreak": tiebreak, "corpus": corpus, "line": line,
+                     "score": float(_key_to_score(key))}
+        return {"first_excluded": first, "pairs": self.pairs, "weight": self.weight, "rounds": self.rounds}
+
+
+def _key_to_score(key: int) -> float:
+    bits = np.uint64(key)
+    raw = bits & ~_SIGN if bits & _SIGN else ~bits
+    return float(np.asarray([raw], dtype=np.uint64).view(np.float64)[0])
+
+
+def threshold_cut(threshold: float) -> Cut:
+    """Keep every pair whose score is <= threshold."""
+    key = int(sortable_key(np.asarray([threshold]))[0])
+    return Cut(first_excluded=(key + 1, 0, "", 0) if key < 2**64 - 1 else None)
+
+
+def _in_range(table: pa.Table, level: int, prefix: int | None, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    keys = np.asarray(table["key"])
+    if level == 0:
+        values, mask = keys, (keys >= np.uint64(lo)) & (keys <= np.uint64(hi))
+    else:
+        values = np.asarray(table["tiebreak"])
+        mask = (keys == np.uint64(prefix)) & (values >= np.uint64(lo)) & (values <= np.uint64(hi))
+    return values, mask
+
+
+def _weights(table: pa.Table, weight: str) -> np.ndarray:
+    if weight == "pairs":
+        return np.ones(table.num_rows, dtype=np.int64)
+    return np.asarray(table[weight], dtype=np.int64)
+
+
+def histogram_partition(scores_part: str, level: int, prefix: int | None, lo: int, hi: int, shift: int,
+                        weight: str) -> tuple[np.ndarray, np.ndarray]:
+    """Counts and weights of a score part's rows in [lo, hi], binned by ``(value - lo) >> shift``."""
+    columns = ["key", "tiebreak"] + ([] if weight == "pairs" else [weight])
+    table = pq.read_table(scores_part, columns=columns)
+    values, mask = _in_range(table, level, prefix, lo, hi)
+    bins = ((values[mask] - np.uint64(lo)) >> np.uint64(shift)).astype(np.int64)
+    n_bins = ((hi - lo) >> shift) + 1
+    counts = np.bincount(bins, minlength=n_bins).astype(np.int64)
+    weights = np.bincount(bins, weights=_weights(table, weight)[mask], minlength=n_bins).astype(np.int64)
+    return counts, weights
+
+
+def candidates_partition(scores_part: str, level: int, prefix: int | None, lo: int, hi: int,
+                         weight: str) -> list[tuple[int, int, str, int, int]]:
+    """The rows of a score part in the final interval: (key, tiebreak, corpus, line, weight)."""
+    columns = ["key", "tiebreak", "corpus", "line"] + ([] if weight == "pairs" else [weight])
+    table = pq.read_table(scores_part, columns=columns)
+    _values, mask = _in_range(table, level, prefix, lo, hi)
+    rows = table.filter(pa.array(mask))
+    weights = _weights(rows, weight).tolist()
+    return list(zip(np.asarray(rows["key"]).tolist(), np.asarray(rows["tiebreak"]).tolist(),
+                    rows["corpus"].to_pylist(), rows["line"].to_pylist(), weights, strict=True))
+
+
+def find_cut(scores_parts: Sequence[str], budget: int, weight: str, total_weight: int, mapper: Mapper,
+             max_candidates: int = MAX_CANDIDATES) -> Cut:
+    """The longest prefix of the key order whose summed ``weight`` is <= ``budget``, exactly.
+
+    ``weight`` is ``"pairs"`` or a tokens column (``source_tokens``/``target_tokens``);
+    ``total_weight`` is the pool's total. Each round is one pass over the score parts (a
+    histogram of the interval holding the first excluded pair); the last gathers at most
+    about ``max_candidates`` rows on the driver and sorts them.
+    """
+    if budget >= total_weight:
+        return Cut(first_excluded=None, pairs=None, weight=total_weight)
+    parts = list(scores_parts)
+    below = 0  # weight of the rows before the current interval
+    below_pairs = 0
+    level, prefix, lo, hi = 0, None, 0, 2**64 - 1
+    rounds = 0
+    while True:
+        span = hi - lo
+        shift = max(0, span.bit_length() - _HIST_BITS)
+        rounds += 1
+        results = mapper(histogram_partition, parts, desc=f"cut search, round {rounds}", level=level,
+                         prefix=prefix, lo=lo, hi=hi, shift=shift, weight=weight)
+        counts = np.sum([r[0] for r in results], axis=0)
+        weights = np.sum([r[1] for r in results], axis=0)
+        inside = int(counts.sum())
+        if inside <= max_candidates or (span == 0 and level == 1):
+            break
+        if span == 0:  # one score value holds too many pairs: narrow on the tie-break hash
+            level, prefix, lo, hi = 1, lo, 0, 2**64 - 1
+            continue
+        cumulative = below + np.cumsum(weights)
+        b = int(np.argmax(cumulative > budget))  # the bin holding the first excluded pair
+        before = int(cumulative[b - 1]) if b else below
+        below_pairs += int(counts[:b].sum())
+        below = before
+        lo, hi = lo + (b << shift), min(hi, lo + ((b + 1) << shift) - 1)
+    rounds += 1
+    candidates = [row for rows in mapper(candidates_partition, parts, desc="cut search, candidates", level=level,
+                                         prefix=prefix, lo=lo, hi=hi, weight=weight) for row in rows]
+    candidates.sort(key=lambda row: row[:4])
+    kept, pairs = below, below_pairs
+    for row in candidates:
+        if kept + row[4] > budget:
+            return Cut(first_excluded=row[:4], pairs=pairs, weight=kept, rounds=rounds)
+        kept += row[4]
+        pairs += 1
+    raise AssertionError("cut search lost the first excluded pair")  # the interval always holds it
+
+
+def keep_mask(scores: pa.Table, cut: Cut) -> np.ndarray:
+    """Rows of a score table whose key is below the cut's first excluded key."""
+    if cut.first_excluded is None:
+        return np.ones(scores.num_rows, dtype=bool)
+    c_key, c_tie, c_corpus, c_line = cut.first_excluded
+    keys, ties = np.asarray(scores["key"]), np.asarray(scores["tiebreak"])
+    mask = (keys < np.uint64(c_key)) | ((keys == np.uint64(c_key)) & (ties < np.uint64(c_tie)))
+    # Equal (score, hash) means a duplicated pair: (corpus, line) decides, rarely enough for Python.
+    for i in np.flatnonzero((keys == np.uint64(c_key)) & (ties == np.uint64(c_tie))):
+        mask[i] = (scores["corpus"][i].as_py(), scores["line"][i].as_py()) < (c_corpus, c_line)
+    return mask
+
+
+def keep_partition(task: tuple[str, str, str | None, str | None], cut: Cut,
+                   text_sides: Sequence[Side] = ("source", "target")) -> dict[str, int]:
+    """Write the pairs of one pool partition that the cut keeps.
+
+    ``task`` is (pool part, score part, selected Parquet part or None, text prefix or None):
+    the Parquet part gets the pool's columns plus ``score``; ``<prefix>.<side>`` the text of
+    each of ``text_sides``. Returns the kept pairs and tokens.
+    """
+    part, scores_part, parquet_out, text_prefix = task
+    scores = pq.read_table(scores_part, columns=["key", "tiebreak", "corpus", "line", "score"])
+    table = pq.read_table(part)
+    if scores.num_rows != table.num_rows:
+        raise UserError(f"{scores_part}: {scores.num_rows} scores for {table.num_rows} pairs in {part}")
+    mask = pa.array(keep_mask(scores, cut))
+    kept = table.filter(mask)
+    if parquet_out is not None:
+        pq.write_table(kept.append_column("score", scores["score"].filter(mask)), parquet_out)
+    if text_prefix is not None:
+        for side in text_sides:
+            _write_lines(f"{text_prefix}.{side}", kept[side].to_pylist())
+    return {"pairs": kept.num_rows,
+            "source_tokens": int(pa.compute.sum(kept["source_tokens"]).as_py() or 0),
+            "target_tokens": int(pa.compute.sum(kept["target_tokens"]).as_py() or 0)}
+
+
+def concatenate(files: Sequence[str | Path], out: str | Path) -> None:
+    """Concatenate text files in order (partition texts -> one corpus file)."""
+    with open(out, "wb") as target:
+        for file in files:
+            with open(file, "rb") as handle:
+                while block := handle.read(1 << 22):
+                    target.write(block)
+
+
+# --------------------------------------------------------------------------------------------
+# Choosing the amount: budgets and the perplexity sweep
+
+
+_SUFFIXES = {"k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9, "t": 10**12}
+
+
+def parse_count(text: str) -> int:
+    """``348M`` -> 348000000, ``10k`` -> 10000, ``1.5M`` -> 1500000; plain integers as is."""
+    value = text.strip().lower().replace("_", "")
+    factor = 1
+    if value and value[-1] in _SUFFIXES:
+        factor, value = _SUFFIXES[value[-1]], value[:-1]
+    try:
+        number = float(value) * factor
+    except ValueError:
+        raise UserError(f"'{text}': not a count (examples: 348M, 10k, 5000)") from None
+    if number < 0 or not math.isfinite(number) or number != int(number):
+        raise UserError(f"'{text}': not a whole non-negative count")
+    return int(number)
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    pairs: int
+    fraction: float
+    source_tokens: int
+    target_tokens: int
+    perplexity: dict[str, float]  # per side
+    refined: bool
+
+    @property
+    def objective(self) -> float:
+        """Geometric mean of the sides' dev perplexities (mean log perplexity)."""
+        return math.pow(10.0, sum(math.log10(p) for p in self.perplexity.values()) / len(self.perplexity))
+
+
+def sweep_sizes(total_pairs: int, grid: Sequence[float]) -> list[int]:
+    sizes = sorted({max(1, min(total_pairs, round(f * total_pairs))) for f in grid})
+    if not sizes:
+        raise UserError("--sweep-grid is empty")
+    return sizes
+
+
+def refine_sizes(sizes: Sequence[int], best: int, points: int) -> list[int]:
+    """``points`` sizes evenly spaced on each side of ``best`` up to its grid neighbours."""
+    ordered = sorted(sizes)
+    i = ordered.index(best)
+    lower = ordered[i - 1] if i > 0 else max(1, best // 2)
+    upper = ordered[i + 1] if i + 1 < len(ordered) else best
+    new = set()
+    for a, b in ((lower, best), (best, upper)):
+        for j in range(1, points + 1):
+            new.add(round(a + (b - a) * j / (points + 1)))
+    return sorted(n for n in new if n not in set(ordered) and n > 0)
+
+
+def write_sweep_curve(points: Sequence[SweepPoint], best: SweepPoint, csv_path: str | Path,
+                      png_path: str | Path, langs: dict[str, str]) -> None:
+    """The sweep as CSV (one row per size) and a PNG plot of dev perplexity against size."""
+    sides = list(points[0].perplexity)
+    header = ["pairs", "fraction", "source_tokens", "target_tokens",
+              *(f"perplexity_{langs[s]}" for s in sides), "objective", "refined", "chosen"]
+    lines = [",".join(header)]
+    for p in sorted(points, key=lambda p: p.pairs):
+        lines.append(",".join([str(p.pairs), f"{p.fraction:.6f}", str(p.source_tokens), str(p.target_tokens),
+                               *(f"{p.perplexity[s]:.4f}" for s in sides), f"{p.objective:.4f}",
+                               str(int(p.refined)), str(int(p is best))]))
+    Path(csv_path).write_text("\n".join(lines) + "\n")
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ordered = sorted(points, key=lambda p: p.pairs)
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for side in sides:
+        ax.plot([p.pairs for p in ordered], [p.perplexity[side] for p in ordered], marker="o",
+                label=f"dev perplexity ({langs[side]})")
+    ax.axvline(best.pairs, color="grey", linestyle="--", label=f"chosen: {best.pairs} pairs")
+    ax.set_xlabel("selected pairs (top-k by score)")
+    ax.set_ylabel("perplexity")
+    ax.set_title("Data selection sweep")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png_path, metadata={"Software": None})
+    plt.close(fig)

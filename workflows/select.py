@@ -1,0 +1,395 @@
+"""Select the in-domain part of a pool by cross-entropy difference (Moore-Lewis, Axelrod).
+
+Trains, per scored language, an in-domain KenLM model (from --in-domain) and an out-of-domain
+model on a seeded random sample of the pool of about the in-domain size in tokens, both
+restricted to the in-domain vocabulary; scores every pool pair on the Dask cluster
+(H(s) = -log10 p(s </s> | <s>) / (n + 1) per side; moore-lewis: H_in - H_out on one side,
+axelrod: the sum over both sides; lower is more in-domain); keeps exactly the best pairs for a
+budget, ties broken by a hash of the pair, identical for any number of workers or partitions.
+
+The in-domain and dev sets are an ingested corpus directory or a prefix of tokenised text
+files (PREFIX.en, PREFIX.fr). Paths must be readable from every Dask worker (shared disk).
+
+Outputs in --out: selected/part-*.parquet (the pool's columns + score, in pool order),
+selected.<src> and selected.<tgt> (Moses-style text pair), scores/part-*.parquet (scores of
+the whole pool), lm/ (the models and vocabularies), hf/ with --hf-dataset (a Hugging Face
+dataset, save_to_disk), sweep.csv and sweep.png with --sweep, report.json and manifest.json
+(what `rnnenc regenerate` needs to rebuild the subset byte for byte).
+
+examples:
+  rnnenc select corpus/ --in-domain newstest --budget-words 348M --out selected/
+  rnnenc select corpus/ --in-domain dev_corpus/ --method moore-lewis --lang fr --fraction 0.2 --out sel/
+  rnnenc select corpus/ --in-domain in_domain --dev dev --sweep --out sel/
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import kenlm
+
+from pipeline import lm, selection
+from pipeline.artifacts import atomic_output_dir, write_json_atomic, write_manifest
+from pipeline.errors import UserError
+from pipeline.selection import Cut, Mapper, SideModels
+
+log = logging.getLogger("rnnenc")
+
+MODES = ("pairs", "words", "fraction", "threshold", "sweep")
+DEFAULT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+@dataclass
+class SelectConfig:
+    """Everything that determines a selection (stored in the manifest's config)."""
+
+    pool: str
+    in_domain: str
+    mode: str
+    amount: str | None = None  # pairs/words: a count (348M); fraction: 0-1; threshold: a score
+    method: str = "axelrod"
+    lang: str | None = None  # moore-lewis: the scored language (default: the pool's source)
+    budget_lang: str | None = None  # words: the counted side (default: the pool's source)
+    dev: str | None = None  # sweep: dev set (default: the in-domain set)
+    sweep_grid: list[float] = field(default_factory=lambda: list(DEFAULT_GRID))
+    sweep_refine: int = 3
+    order: int = 4
+    lm_memory: str = "1G"
+    seed: int = 1
+    in_lms: dict[str, str] = field(default_factory=dict)  # lang -> existing model (else trained)
+    out_lms: dict[str, str] = field(default_factory=dict)
+    hf_dataset: bool = False
+    max_candidates: int = selection.MAX_CANDIDATES
+
+
+def _spec_inputs(spec: str, langs: Sequence[str]) -> list[str]:
+    path = Path(spec)
+    return [str(path)] if path.is_dir() else [f"{spec}.{lang}" for lang in langs]
+
+
+def _texts(work: Path, name: str, count: int, side: str) -> list[Path]:
+    return [work / name / f"part-{i:05d}.{side}" for i in range(count)]
+
+
+def run_selection(cfg: SelectConfig, out: str | Path, mapper: Mapper) -> dict[str, Any]:
+    """Run a whole selection into ``out`` (atomically) and return its manifest."""
+    started = time.monotonic()
+    if cfg.method not in selection.METHODS:
+        raise UserError(f"--method {cfg.method}: unknown (choose from {', '.join(selection.METHODS)})")
+    pool = selection.open_corpus(cfg.pool)
+    langs = {"source": pool.source_lang, "target": pool.target_lang}
+    sides = (("source", "target") if cfg.method == "axelrod"
+             else (pool.column(cfg.lang or pool.source_lang),))
+    scored_langs = [langs[s] for s in sides]
+    budget_side = pool.column(cfg.budget_lang or pool.source_lang)
+    given = sorted(set(cfg.in_lms) | set(cfg.out_lms))
+    if given:
+        missing = [f"{kind} {lang}" for lang in scored_langs for kind, lms in (("--in-lm", cfg.in_lms),
+                                                                               ("--out-lm", cfg.out_lms))
+                   if lang not in lms]
+        if missing:
+            raise UserError(f"given language models must cover every scored language; missing: {', '.join(missing)}")
+        for path in [*cfg.in_lms.values(), *cfg.out_lms.values()]:
+            lm.check_model(path)
+    lm_config = lm.LMConfig(order=cfg.order, memory=cfg.lm_memory)
+    names = [Path(p).name for p in pool.parts]
+    report: dict[str, Any] = {"method": cfg.method, "languages": scored_langs, "timings_s": {}}
+    timings = report["timings_s"]
+
+    def lap(name: str, since: float) -> float:
+        now = time.monotonic()
+        timings[name] = round(now - since, 3)
+        return now
+
+    with atomic_output_dir(out) as tmp:
+        work, lm_dir = tmp / ".work", tmp / "lm"
+        for directory in (work / "sample", work / "text", lm_dir, tmp / "scores", tmp / "selected"):
+            directory.mkdir(parents=True)
+        t = time.monotonic()
+        totals = _sum(mapper(selection.count_partition, pool.parts, desc="counting the pool"))
+        report["pool"] = totals
+        if totals["pairs"] == 0:
+            raise UserError(f"{pool.path}: the pool is empty")
+
+        in_domain: dict[str, Any] = {}
+        for side in sides:
+            lang = langs[side]
+            lines, tokens, vocab = selection.export_side(cfg.in_domain, lang, work / f"in_domain.{lang}")
+            selection.write_vocab(vocab, lm_dir / f"vocab.{lang}.txt")
+            in_domain[lang] = {"lines": lines, "tokens": tokens, "vocabulary": len(vocab)}
+        report["in_domain"] = in_domain
+        t = lap("in_domain", t)
+
+        models: list[SideModels] = []
+        lm_records: dict[str, Any] = {}
+        if given:
+            models = [SideModels(s, str(Path(cfg.in_lms[langs[s]]).resolve()),
+                                 str(Path(cfg.out_lms[langs[s]]).resolve())) for s in sides]
+            lm_records = {"given": True}
+        else:
+            in_tokens = sum(in_domain[langs[s]]["tokens"] for s in sides)
+            pool_tokens = sum(totals[f"{s}_tokens"] for s in sides)
+            rate = min(1.0, in_tokens / max(1, pool_tokens))
+            sample = _sum(mapper(selection.sample_partition,
+                                 [(p, str(work / "sample" / f"part-{i:05d}")) for i, p in enumerate(pool.parts)],
+                                 desc="sampling the pool", sides=sides, rate=rate, seed=cfg.seed))
+            report["out_domain_sample"] = {"rate": rate, "seed": cfg.seed} | sample
+            lm_records = {"given": False, "models": {}}
+            for side in sides:
+                lang = langs[side]
+                vocab = lm_dir / f"vocab.{lang}.txt"
+                trained_in = lm.train_lm([work / f"in_domain.{lang}"], lm_dir / f"in.{lang}.binary", lm_config, vocab)
+                if sample[f"{side}_tokens"] == 0:
+                    raise UserError(f"{pool.path}: the out-of-domain sample of the '{lang}' side is empty")
+                trained_out = lm.train_lm(_texts(work, "sample", len(pool.parts), side),
+                                          lm_dir / f"out.{lang}.binary", lm_config, vocab)
+                models.append(SideModels(side, trained_in.path, trained_out.path))
+                lm_records["models"][lang] = {
+                    "in": {"path": f"lm/in.{lang}.binary", "discount_fallback": trained_in.discount_fallback},
+                    "out": {"path": f"lm/out.{lang}.binary", "discount_fallback": trained_out.discount_fallback}}
+        report["lms"] = lm_records
+        t = lap("language_models", t)
+
+        score_parts = [str(tmp / "scores" / name) for name in names]
+        mapper(selection.score_partition, list(zip(pool.parts, score_parts, strict=True)),
+               desc="scoring", models=models)
+        t = lap("scoring", t)
+
+        cut, sweep = _decide(cfg, pool, sides, langs, budget_side, totals, score_parts, work, lm_dir, tmp,
+                             lm_config, mapper)
+        if sweep is not None:
+            report["sweep"] = sweep
+        t = lap("deciding", t)
+
+        tasks = [(p, s, str(tmp / "selected" / name), str(work / "text" / f"part-{i:05d}"))
+                 for i, (p, s, name) in enumerate(zip(pool.parts, score_parts, names, strict=True))]
+        kept = _sum(mapper(selection.keep_partition, tasks, desc="writing the selection", cut=cut))
+        for side, lang in langs.items():
+            selection.concatenate(_texts(work, "text", len(pool.parts), side), tmp / f"selected.{lang}")
+        if cfg.hf_dataset:
+            _save_hf(sorted((tmp / "selected").glob(selection.PART_GLOB)), tmp / "hf", work / "hf-cache")
+        shutil.rmtree(work)
+        lap("writing", t)
+        cut_record = cut.record() | {"pairs": kept["pairs"], "weight": kept[f"{budget_side}_tokens"]
+                                     if cfg.mode == "words" else kept["pairs"]}
+        report["selected"] = kept
+        report["cut"] = cut_record
+        report["timings_s"]["total"] = round(time.monotonic() - started, 3)
+        write_json_atomic(tmp / "report.json", report)
+
+    inputs = [pool.path, *_spec_inputs(cfg.in_domain, scored_langs)]
+    if cfg.mode == "sweep" and cfg.dev:
+        inputs += _spec_inputs(cfg.dev, scored_langs)
+    inputs += [*cfg.in_lms.values(), *cfg.out_lms.values()]
+    counts = {"pool_pairs": totals["pairs"], "selected_pairs": kept["pairs"],
+              "selected_source_tokens": kept["source_tokens"], "selected_target_tokens": kept["target_tokens"],
+              "pool_source_tokens": totals["source_tokens"], "pool_target_tokens": totals["target_tokens"]}
+    return write_manifest(out, stage="select", inputs=inputs, config=dataclasses.asdict(cfg), counts=counts,
+                          extra={"selection": {"cut": cut_record, "languages": langs, "scored": scored_langs,
+                                               "lms": lm_records}})
+
+
+def _sum(results: Sequence[dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for result in results:
+        for key, value in result.items():
+            total[key] = total.get(key, 0) + value
+    return total
+
+
+def _decide(cfg: SelectConfig, pool: selection.Corpus, sides: Sequence[str], langs: dict[str, str],
+            budget_side: str, totals: dict[str, int], score_parts: list[str], work: Path, lm_dir: Path,
+            out: Path, lm_config: lm.LMConfig, mapper: Mapper) -> tuple[Cut, dict[str, Any] | None]:
+    """The cut for the configured mode (and the sweep record when sweeping)."""
+    def cut_for(budget: int, weight: str, total: int) -> Cut:
+        return selection.find_cut(score_parts, budget, weight, total, mapper, max_candidates=cfg.max_candidates)
+
+    if cfg.mode == "pairs":
+        budget = selection.parse_count(_amount(cfg))
+        if budget > totals["pairs"]:
+            raise UserError(f"--budget-pairs {cfg.amount}: larger than the pool ({totals['pairs']} pairs)")
+        return cut_for(budget, "pairs", totals["pairs"]), None
+    if cfg.mode == "words":
+        budget = selection.parse_count(_amount(cfg))
+        total = totals[f"{budget_side}_tokens"]
+        if budget > total:
+            raise UserError(f"--budget-words {cfg.amount}: larger than the pool "
+                            f"({total} words on the '{langs[budget_side]}' side)")
+        return cut_for(budget, f"{budget_side}_tokens", total), None
+    if cfg.mode == "fraction":
+        try:
+            fraction = float(_amount(cfg))
+        except ValueError:
+            fraction = math.nan
+        if not 0.0 <= fraction <= 1.0:
+            raise UserError(f"--fraction {cfg.amount}: not a number between 0 and 1")
+        return cut_for(math.floor(fraction * totals["pairs"]), "pairs", totals["pairs"]), None
+    if cfg.mode == "threshold":
+        try:
+            threshold = float(_amount(cfg))
+        except ValueError:
+            raise UserError(f"--threshold {cfg.amount}: not a number") from None
+        return selection.threshold_cut(threshold), None
+    if cfg.mode == "sweep":
+        best, record = _sweep(cfg, pool, sides, langs, totals, score_parts, work, lm_dir, out, lm_config,
+                              mapper, cut_for)
+        return cut_for(best, "pairs", totals["pairs"]), record
+    raise UserError(f"unknown selection mode '{cfg.mode}' (choose from {', '.join(MODES)})")
+
+
+def _amount(cfg: SelectConfig) -> str:
+    if cfg.amount is None:
+        raise UserError(f"selection mode '{cfg.mode}' needs an amount")
+    return cfg.amount
+
+
+def _sweep(cfg: SelectConfig, pool: selection.Corpus, sides: Sequence[str], langs: dict[str, str],
+           totals: dict[str, int], score_parts: list[str], work: Path, lm_dir: Path, out: Path,
+           lm_config: lm.LMConfig, mapper: Mapper, cut_for) -> tuple[int, dict[str, Any]]:
+    """XenC's method: dev perplexity of LMs trained on the top-k for a grid of k, refined at the minimum."""
+    dev_spec = cfg.dev or cfg.in_domain
+    dev_lines: dict[str, list[str]] = {}
+    for side in sides:
+        lang = langs[side]
+        selection.export_side(dev_spec, lang, work / f"dev.{lang}")
+        dev_lines[side] = (work / f"dev.{lang}").read_text(encoding="utf-8").splitlines()
+    points: dict[int, selection.SweepPoint] = {}
+
+    def evaluate(n: int, refined: bool) -> None:
+        cut = cut_for(n, "pairs", totals["pairs"])
+        where = work / f"sweep-{n}"
+        where.mkdir()
+        tasks = [(p, s, None, str(where / f"part-{i:05d}")) for i, (p, s) in enumerate(zip(pool.parts, score_parts,
+                                                                                             strict=True))]
+        kept = _sum(mapper(selection.keep_partition, tasks, desc=f"sweep: top {n}", cut=cut, text_sides=sides))
+        ppl = {}
+        for side in sides:
+            model_path = where / f"lm.{langs[side]}.binary"
+            lm.train_lm(sorted(where.glob(f"part-*.{side}")), model_path, lm_config, lm_dir / f"vocab.{langs[side]}.txt")
+            ppl[side] = lm.perplexity(kenlm.Model(str(model_path)), dev_lines[side])
+        points[n] = selection.SweepPoint(n, n / totals["pairs"], kept["source_tokens"], kept["target_tokens"],
+                                         ppl, refined)
+        log.info("sweep: top %d pairs -> dev perplexity %s", n,
+                 ", ".join(f"{langs[s]} {p:.2f}" for s, p in ppl.items()))
+        shutil.rmtree(where)
+
+    grid = selection.sweep_sizes(totals["pairs"], cfg.sweep_grid)
+    for n in grid:
+        evaluate(n, refined=False)
+    best = min(points.values(), key=lambda p: (p.objective, p.pairs))
+    for n in selection.refine_sizes(grid, best.pairs, cfg.sweep_refine):
+        if n not in points:
+            evaluate(n, refined=True)
+    best = min(points.values(), key=lambda p: (p.objective, p.pairs))
+    selection.write_sweep_curve(list(points.values()), best, out / "sweep.csv", out / "sweep.png",
+                                {s: langs[s] for s in sides})
+    return best.pairs, {"points": len(points), "best_pairs": best.pairs, "best_perplexity": best.objective}
+
+
+def _save_hf(parts: list[Path], out: Path, cache: Path) -> None:
+    import datasets
+
+    dataset = datasets.Dataset.from_parquet([str(p) for p in parts], cache_dir=str(cache))
+    dataset.save_to_disk(str(out))
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def _lm_option(values: list[str] | None, option: str) -> dict[str, str]:
+    result = {}
+    for value in values or []:
+        lang, sep, path = value.partition("=")
+        if not sep or not lang or not path:
+            raise UserError(f"{option} {value}: expected LANG=PATH")
+        result[lang] = str(Path(path).resolve())
+    return result
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pool", help="the pool: a corpus directory written by 'rnnenc ingest'")
+    parser.add_argument("--in-domain", required=True, metavar="CORPUS|PREFIX",
+                        help="in-domain set: a corpus directory, or PREFIX with tokenised PREFIX.<lang> files")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--method", choices=selection.METHODS, default="axelrod",
+                        help="axelrod: both sides (default); moore-lewis: one side (--lang)")
+    parser.add_argument("--lang", help="moore-lewis: the language scored (default: the pool's source)")
+    amount = parser.add_argument_group("how much to keep (one of)")
+    choice = amount.add_mutually_exclusive_group(required=True)
+    choice.add_argument("--budget-words", metavar="N", help="keep the best pairs up to N words (348M, 10k)")
+    choice.add_argument("--budget-pairs", metavar="N", help="keep the best N pairs")
+    choice.add_argument("--fraction", metavar="F", help="keep the best fraction F (0-1) of the pairs")
+    choice.add_argument("--threshold", metavar="T", help="keep the pairs scoring <= T")
+    choice.add_argument("--sweep", action="store_true",
+                        help="choose the size minimising dev perplexity of LMs trained on the top-k (XenC)")
+    amount.add_argument("--budget-lang", metavar="LANG", help="--budget-words counts this side (default: source)")
+    amount.add_argument("--dev", metavar="CORPUS|PREFIX", help="--sweep: dev set (default: --in-domain)")
+    amount.add_argument("--sweep-grid", default=",".join(str(f) for f in DEFAULT_GRID), metavar="F,F,...",
+                        help="--sweep: fractions of the pool to try (default: 0.1 to 1.0 by 0.1)")
+    amount.add_argument("--sweep-refine", type=int, default=3, metavar="N",
+                        help="--sweep: sizes added on each side of the best grid point (default: 3)")
+    models = parser.add_argument_group("language models")
+    models.add_argument("--order", type=int, default=4, help="n-gram order (default: 4)")
+    models.add_argument("--lm-memory", default="1G", metavar="SIZE",
+                        help="lmplz/build_binary -S sorting memory, e.g. 4G or 20%% (default: 1G)")
+    models.add_argument("--seed", type=int, default=1, help="seed of the out-of-domain sample (default: 1)")
+    models.add_argument("--in-lm", action="append", metavar="LANG=PATH",
+                        help="use this in-domain KenLM model instead of training one (repeat per language)")
+    models.add_argument("--out-lm", action="append", metavar="LANG=PATH",
+                        help="use this out-of-domain KenLM model instead of training one")
+    parser.add_argument("--hf-dataset", action="store_true", help="also write a Hugging Face dataset in OUT/hf")
+    from workflows.cli import add_cluster_arguments
+
+    add_cluster_arguments(parser)
+
+
+def config_from_args(args: argparse.Namespace) -> SelectConfig:
+    modes = {"words": args.budget_words, "pairs": args.budget_pairs, "fraction": args.fraction,
+             "threshold": args.threshold}
+    mode, amount = next(((m, a) for m, a in modes.items() if a is not None), ("sweep", None))
+    try:
+        grid = [float(f) for f in args.sweep_grid.split(",") if f.strip()]
+    except ValueError:
+        raise UserError(f"--sweep-grid {args.sweep_grid}: expected fractions separated by commas") from None
+    in_domain = Path(args.in_domain)
+    return SelectConfig(
+        pool=str(Path(args.pool).resolve()), in_domain=str(in_domain.resolve()) if in_domain.is_dir()
+        else str(in_domain.parent.resolve() / in_domain.name), mode=mode, amount=amount, method=args.method,
+        lang=args.lang, budget_lang=args.budget_lang,
+        dev=str(Path(args.dev).parent.resolve() / Path(args.dev).name) if args.dev else None,
+        sweep_grid=grid, sweep_refine=args.sweep_refine, order=args.order, lm_memory=args.lm_memory,
+        seed=args.seed, in_lms=_lm_option(args.in_lm, "--in-lm"), out_lms=_lm_option(args.out_lm, "--out-lm"),
+        hf_dataset=args.hf_dataset)
+
+
+def cluster_mapper(client, quiet: bool) -> Mapper:
+    """A selection mapper running its tasks on ``client`` with a progress bar."""
+    from workflows.cluster import map_partitions
+
+    def mapper(func, items, *, desc: str, **kwargs):
+        return map_partitions(client, func, items, desc=desc, quiet=quiet, **kwargs)
+
+    return mapper
+
+
+def main(args: argparse.Namespace) -> int:
+    from workflows.cluster import dask_client
+
+    cfg = config_from_args(args)
+    with dask_client(args.scheduler, args.workers) as client:
+        manifest = run_selection(cfg, args.out, cluster_mapper(client, args.quiet))
+    counts = manifest["counts"]
+    log.info("selected %d of %d pairs (%d/%d %s words) into %s", counts["selected_pairs"], counts["pool_pairs"],
+             counts["selected_source_tokens"], counts["pool_source_tokens"],
+             manifest["selection"]["languages"]["source"], args.out)
+    return 0
