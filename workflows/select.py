@@ -1,8 +1,9 @@
 """Select the in-domain part of a pool by cross-entropy difference (Moore-Lewis, Axelrod).
 
 Trains, per scored language, an in-domain KenLM model (from --in-domain) and an out-of-domain
-model on a seeded random sample of the pool of about the in-domain size in tokens, both
-restricted to the in-domain vocabulary; scores every pool pair on the Dask cluster
+model on a seeded random sample of the pool of about the in-domain size in tokens (one per
+half of the pool: a pair is scored by the model that did not see it), all restricted to the
+in-domain vocabulary; scores every pool pair on the Dask cluster
 (H(s) = -log10 p(s </s> | <s>) / (n + 1) per side; moore-lewis: H_in - H_out on one side,
 axelrod: the sum over both sides; lower is more in-domain); keeps exactly the best pairs for a
 budget, ties broken by a hash of the pair, identical for any number of workers or partitions.
@@ -98,7 +99,7 @@ def run_selection(cfg: SelectConfig, out: str | Path, mapper: Mapper) -> dict[st
                    if lang not in lms]
         if missing:
             raise UserError(f"given language models must cover every scored language; missing: {', '.join(missing)}")
-        for path in [*cfg.in_lms.values(), *cfg.out_lms.values()]:
+        for path in [*cfg.in_lms.values(), *(p for v in cfg.out_lms.values() for p in _fold_pair(v))]:
             lm.check_model(path)
     lm_config = lm.LMConfig(order=cfg.order, memory=cfg.lm_memory)
     names = [Path(p).name for p in pool.parts]
@@ -132,13 +133,13 @@ def run_selection(cfg: SelectConfig, out: str | Path, mapper: Mapper) -> dict[st
         models: list[SideModels] = []
         lm_records: dict[str, Any] = {}
         if given:
-            models = [SideModels(s, str(Path(cfg.in_lms[langs[s]]).resolve()),
-                                 str(Path(cfg.out_lms[langs[s]]).resolve())) for s in sides]
+            models = [SideModels(s, cfg.in_lms[langs[s]], _fold_pair(cfg.out_lms[langs[s]])) for s in sides]
             lm_records = {"given": True}
         else:
             in_tokens = sum(in_domain[langs[s]]["tokens"] for s in sides)
             pool_tokens = sum(totals[f"{s}_tokens"] for s in sides)
-            rate = min(1.0, in_tokens / max(1, pool_tokens))
+            # Each fold's sample is about the in-domain size; a fold is half the pool at most.
+            rate = min(0.5, in_tokens / max(1, pool_tokens))
             sample = _sum(mapper(selection.sample_partition,
                                  [(p, str(work / "sample" / f"part-{i:05d}")) for i, p in enumerate(pool.parts)],
                                  desc="sampling the pool", sides=sides, rate=rate, seed=cfg.seed))
@@ -148,20 +149,25 @@ def run_selection(cfg: SelectConfig, out: str | Path, mapper: Mapper) -> dict[st
                 lang = langs[side]
                 vocab = lm_dir / f"vocab.{lang}.txt"
                 trained_in = lm.train_lm([work / f"in_domain.{lang}"], lm_dir / f"in.{lang}.binary", lm_config, vocab)
-                if sample[f"{side}_tokens"] == 0:
-                    raise UserError(f"{pool.path}: the out-of-domain sample of the '{lang}' side is empty")
-                trained_out = lm.train_lm(_texts(work, "sample", len(pool.parts), side),
-                                          lm_dir / f"out.{lang}.binary", lm_config, vocab)
-                models.append(SideModels(side, trained_in.path, trained_out.path))
-                lm_records["models"][lang] = {
-                    "in": {"path": f"lm/in.{lang}.binary", "discount_fallback": trained_in.discount_fallback},
-                    "out": {"path": f"lm/out.{lang}.binary", "discount_fallback": trained_out.discount_fallback}}
+                record = {"in": {"path": f"lm/in.{lang}.binary", "discount_fallback": trained_in.discount_fallback}}
+                outs = []
+                for k in range(selection.FOLDS):
+                    if sample[f"fold{k}_{side}_tokens"] == 0:
+                        raise UserError(f"{pool.path}: the out-of-domain sample (fold {k}) of the '{lang}' side "
+                                        "is empty")
+                    trained_out = lm.train_lm(_texts(work, "sample", len(pool.parts), f"fold{k}.{side}"),
+                                              lm_dir / f"out.fold{k}.{lang}.binary", lm_config, vocab)
+                    outs.append(trained_out.path)
+                    record[f"out_fold{k}"] = {"path": f"lm/out.fold{k}.{lang}.binary",
+                                              "discount_fallback": trained_out.discount_fallback}
+                models.append(SideModels(side, trained_in.path, (outs[0], outs[1])))
+                lm_records["models"][lang] = record
         report["lms"] = lm_records
         t = lap("language_models", t)
 
         score_parts = [str(tmp / "scores" / name) for name in names]
         mapper(selection.score_partition, list(zip(pool.parts, score_parts, strict=True)),
-               desc="scoring", models=models)
+               desc="scoring", models=models, seed=cfg.seed)
         t = lap("scoring", t)
 
         cut, sweep = _decide(cfg, pool, sides, langs, budget_side, totals, score_parts, work, lm_dir, tmp,
@@ -189,13 +195,23 @@ def run_selection(cfg: SelectConfig, out: str | Path, mapper: Mapper) -> dict[st
     inputs = [pool.path, *_spec_inputs(cfg.in_domain, scored_langs)]
     if cfg.mode == "sweep" and cfg.dev:
         inputs += _spec_inputs(cfg.dev, scored_langs)
-    inputs += [*cfg.in_lms.values(), *cfg.out_lms.values()]
+    inputs += [*cfg.in_lms.values(), *sorted({p for v in cfg.out_lms.values() for p in _fold_pair(v)})]
     counts = {"pool_pairs": totals["pairs"], "selected_pairs": kept["pairs"],
               "selected_source_tokens": kept["source_tokens"], "selected_target_tokens": kept["target_tokens"],
               "pool_source_tokens": totals["source_tokens"], "pool_target_tokens": totals["target_tokens"]}
     return write_manifest(out, stage="select", inputs=inputs, config=dataclasses.asdict(cfg), counts=counts,
                           extra={"selection": {"cut": cut_record, "languages": langs, "scored": scored_langs,
                                                "lms": lm_records}})
+
+
+def _fold_pair(paths: str) -> tuple[str, str]:
+    """``--out-lm LANG=A,B``: the out-of-domain models of folds 0 and 1 (one path: both)."""
+    parts = paths.split(",")
+    if len(parts) == 1:
+        return parts[0], parts[0]
+    if len(parts) != selection.FOLDS:
+        raise UserError(f"--out-lm {paths}: give one model, or one per fold (A,B)")
+    return parts[0], parts[1]
 
 
 def _sum(results: Sequence[dict[str, int]]) -> dict[str, int]:
@@ -312,7 +328,7 @@ def _lm_option(values: list[str] | None, option: str) -> dict[str, str]:
         lang, sep, path = value.partition("=")
         if not sep or not lang or not path:
             raise UserError(f"{option} {value}: expected LANG=PATH")
-        result[lang] = str(Path(path).resolve())
+        result[lang] = ",".join(str(Path(p).resolve()) for p in path.split(","))
     return result
 
 
@@ -346,7 +362,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     models.add_argument("--in-lm", action="append", metavar="LANG=PATH",
                         help="use this in-domain KenLM model instead of training one (repeat per language)")
     models.add_argument("--out-lm", action="append", metavar="LANG=PATH",
-                        help="use this out-of-domain KenLM model instead of training one")
+                        help="use this out-of-domain KenLM model instead of training one; LANG=A,B gives "
+                             "one model per fold (A scores fold 1, B fold 0: see pipeline/selection.py)")
     parser.add_argument("--hf-dataset", action="store_true", help="also write a Hugging Face dataset in OUT/hf")
     from workflows.cli import add_cluster_arguments
 
