@@ -63,6 +63,7 @@ def package_versions(names: Iterable[str] = ("rnnenc", "torch", "kenlm", "sacrem
 
 def write_json_atomic(path: str | os.PathLike, payload: Any) -> None:
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
     os.replace(tmp, path)

@@ -1,0 +1,129 @@
+"""Run a whole YAML workflow, skipping stages whose inputs and config are unchanged.
+
+Each stage writes ARTIFACTS/RUN/STAGE/ with its manifest. A stage is up to date when its
+output is complete (has a manifest) and its key matches the one recorded when it last ran:
+the key hashes the stage's command and options, the content hashes of its input files, and the
+keys of the stages it reads from. So changing a selection budget reruns selection and every
+stage downstream of it, and nothing upstream. One Dask cluster serves all stages: the embedded
+local cluster, or --scheduler / the workflow's cluster.scheduler.
+
+example:
+  rnnenc run workflows/workflows/demo.yaml
+  rnnenc run my.yaml --scheduler tcp://head:8786 --force select
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+from pipeline.artifacts import is_complete, path_record, write_json_atomic
+from pipeline.errors import UserError
+from workflows.cli import COMMANDS, add_cluster_arguments
+from workflows.cluster import dask_client
+from workflows.config import Stage, Workflow, load_workflow
+
+log = logging.getLogger("rnnenc")
+
+
+def stage_key(stage: Stage, upstream: dict[str, str]) -> str:
+    payload = {
+        "command": stage.command,
+        "argv": stage.argv,
+        "inputs": [path_record(p)["hash"] for p in stage.input_paths],
+        "upstream": {name: upstream[name] for name in stage.depends_on},
+    }
+    return xxhash.xxh3_128(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _state_path(workflow: Workflow, stage: Stage) -> Path:
+    return workflow.root / ".state" / f"{stage.name}.json"
+
+
+def is_up_to_date(workflow: Workflow, stage: Stage, key: str) -> bool:
+    state = _state_path(workflow, stage)
+    if not is_complete(stage.out) or not state.is_file():
+        return False
+    try:
+        return json.loads(state.read_text()).get("key") == key
+    except json.JSONDecodeError:
+        return False
+
+
+def run_workflow(workflow: Workflow, *, scheduler: str | None = None, workers: int | None = None,
+                 quiet: bool = False, debug: bool = False, force: set[str] | None = None,
+                 until: str | None = None) -> list[dict[str, Any]]:
+    """Run (or skip) every stage in order; return one record per stage."""
+    force = force or set()
+    names = [stage.name for stage in workflow.stages]
+    for name in force | ({until} if until else set()):
+        if name not in names and name != "all":
+            raise UserError(f"no stage '{name}' in the workflow (stages: {', '.join(names)})")
+    keys: dict[str, str] = {}
+    records: list[dict[str, Any]] = []
+    dirty: set[str] = set()
+    scheduler = scheduler or workflow.spec.cluster.scheduler
+    workers = workers or workflow.spec.cluster.workers
+    workflow.root.mkdir(parents=True, exist_ok=True)
+    with dask_client(scheduler, workers) as client:
+        address = client.scheduler.address
+        for stage in workflow.stages:
+            key = stage_key(stage, keys)
+            keys[stage.name] = key
+            forced = "all" in force or stage.name in force or bool(dirty & set(stage.depends_on))
+            if not forced and is_up_to_date(workflow, stage, key):
+                log.info("stage %s: up to date, skipped", stage.name)
+                records.append({"stage": stage.name, "command": stage.command, "status": "skipped",
+                                "out": str(stage.out)})
+            else:
+                log.info("stage %s: running 'rnnenc %s'", stage.name, stage.command)
+                args = stage.args
+                args.scheduler, args.workers, args.quiet, args.debug = address, None, quiet, debug
+                module = importlib.import_module(COMMANDS[stage.command][0])
+                started = time.perf_counter()
+                status = module.main(args)
+                if status:
+                    raise UserError(f"stage {stage.name} ('rnnenc {stage.command}') failed with status {status}")
+                seconds = round(time.perf_counter() - started, 2)
+                write_json_atomic(_state_path(workflow, stage), {"key": key, "argv": stage.argv,
+                                                                 "seconds": seconds})
+                dirty.add(stage.name)
+                records.append({"stage": stage.name, "command": stage.command, "status": "ran",
+                                "seconds": seconds, "out": str(stage.out)})
+            if stage.name == until:
+                break
+    return records
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("workflow", help="the workflow file (YAML)")
+    parser.add_argument("--force", action="append", default=[], metavar="STAGE",
+                        help="rerun this stage (and what depends on it) even if up to date; 'all' for all")
+    parser.add_argument("--until", metavar="STAGE", help="stop after this stage")
+    parser.add_argument("--check", action="store_true", help="validate the workflow file and print the plan")
+    add_cluster_arguments(parser)
+
+
+def print_records(records: list[dict[str, Any]]) -> None:
+    for record in records:
+        took = f" in {record['seconds']:.1f}s" if "seconds" in record else ""
+        print(f"{record['stage']:<16} {record['status']:<8}{took:<12} {record['out']}")
+
+
+def main(args: argparse.Namespace) -> int:
+    workflow = load_workflow(args.workflow)
+    if args.check:
+        for stage in workflow.stages:
+            print(f"{stage.name}: rnnenc {stage.command} {' '.join(stage.argv)}")
+        return 0
+    records = run_workflow(workflow, scheduler=args.scheduler, workers=args.workers, quiet=args.quiet,
+                           debug=args.debug, force=set(args.force), until=args.until)
+    print_records(records)
+    return 0
