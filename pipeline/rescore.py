@@ -1,0 +1,548 @@
+"""Rescoring a Parquet phrase table with the RNN Encoder-Decoder: the paper's RNN and +WP features.
+
+For every pair the stage adds two float32 columns (names configurable):
+
+``rnn_logp``  log p(target | source) under the model, summed over the target tokens including
+              ``</s>``, no length normalisation (GroundHog ``score.py``);
+``rnn_unk``   the "+WP" feature: source tokens missing from the source vocabulary plus target
+              tokens missing from the target vocabulary.
+
+Both are declared with domain ``log`` in the ``rnnenc.scores`` schema metadata, so the Moses
+export writes exp(value) and Moses, which takes the log of every score, sees the values as is.
+
+How it runs fast. Pairs are cut into groups of at most ``group_sources`` distinct source
+phrases (a phrase table repeats each source many times): each distinct source is encoded once
+per group and its c, its decoder input projection W_c c + b, its initial state tanh(W c + b)
+and its readout term O_c c are reused by every target of that source. Sources are batched by
+exact length and targets by exact length, so no step runs over padding; the decoder is
+unrolled here on the model's own parameters (``model.decoder``'s weights split into the
+embedding and c parts) because the c-dependent part of the input is constant over time.
+
+Why the results do not depend on partitioning. A CPU GEMM's rounding depends on its shape
+(MKL picks kernels and blockings by the row count) but not on the other rows, nor on a row's
+position. So every batch has a fixed number of rows (the last one of a bucket is filled with
+copies of its first row, whose results are dropped), and its other dimension is an exact
+phrase length: a pair always meets exactly the same arithmetic, whichever rows share its
+batch, whatever the partitioning, and scores are bit-identical. This holds for a given
+device, batch configuration and torch thread count (Dask's nanny runs workers with one thread).
+
+Work units. The input's parts are cut into units of consecutive row groups (at most
+``rows_per_unit`` rows, at least one row group); unit ``u`` of input part ``p`` writes
+``part-ppppp-uuuuu.parquet`` atomically (temporary file, rename) and then its record
+``.units/part-ppppp-uuuuu.json`` (the unit's input file, size, mtime, row groups, counts). A
+unit whose part and record exist and whose record matches is done: an interrupted run resumes
+there. Orchestration (Dask, manifests) lives in ``workflows/rescore.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+
+from pipeline.errors import UserError
+from pipeline.model import EncoderDecoder, EncoderDecoderConfig, load_model
+from pipeline.vocab import EOS_ID, UNK_ID, Vocabulary
+
+log = logging.getLogger("rnnenc")
+
+SCORES_KEY = b"rnnenc.scores"
+UNITS_DIR = ".units"
+REQUIRED_COLUMNS = ("source", "target")
+# Batch sizes by measurement (benchmarks/rescore.py): on the CPU the readout's vocabulary-wide
+# logits must stay in cache, so the readout runs in chunks smaller than the decoder batch.
+CPU_BATCH = {"encoder_batch": 256, "decoder_batch": 256, "readout_rows": 64}
+GPU_BATCH = {"encoder_batch": 4096, "decoder_batch": 4096, "readout_rows": 4096}
+
+
+@dataclass(frozen=True)
+class RescoreConfig:
+    """What to compute and how; every field that can change a float is part of the run's identity."""
+
+    model: str
+    logp_column: str = "rnn_logp"
+    unk_column: str = "rnn_unk"
+    device: str = "auto"  # auto (CUDA when the worker has it) | cpu | cuda | cuda:N
+    encoder_batch: int | None = None  # distinct sources per encoder batch (None: by device)
+    decoder_batch: int | None = None  # pairs per decoder batch
+    readout_rows: int | None = None  # rows per vocabulary-wide softmax chunk (divides decoder_batch)
+    group_sources: int = 8192  # distinct sources whose encodings are kept at once (memory bound)
+    bf16: bool = True  # GPU only: bf16 autocast for the matrix products
+    threads: int | None = None  # torch intra-op threads while scoring (None: leave as is)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        if not self.logp_column or not self.unk_column or self.logp_column == self.unk_column:
+            raise UserError("rescore: the two new column names must be distinct and non-empty")
+        for name in ("encoder_batch", "decoder_batch", "readout_rows", "group_sources", "threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserError(f"rescore: {name.replace('_', '-')} must be at least 1")
+        if self.decoder_batch and self.readout_rows and self.decoder_batch % self.readout_rows:
+            raise UserError("rescore: --readout-rows must divide --decoder-batch")
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"rescore: device '{device}' requested but CUDA is not available on this worker")
+    return resolved
+
+
+def batch_sizes(config: RescoreConfig, device: torch.device) -> tuple[int, int, int]:
+    """(encoder batch, decoder batch, readout rows) for ``device``, defaults filled in."""
+    defaults = GPU_BATCH if device.type == "cuda" else CPU_BATCH
+    encoder = config.encoder_batch or defaults["encoder_batch"]
+    decoder = config.decoder_batch or defaults["decoder_batch"]
+    readout = min(config.readout_rows or defaults["readout_rows"], decoder)
+    if decoder % readout:
+        readout = decoder  # a default that does not divide a user's batch: one chunk
+    return encoder, decoder, readout
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring
+
+
+@dataclass
+class ScoreStats:
+    """Counts of one scoring call (summed over calls by the report)."""
+
+    pairs: int = 0
+    groups: int = 0
+    sources_encoded: int = 0  # distinct sources per group, summed over groups
+    source_tokens: int = 0  # of encoded sources, incl. </s>
+    target_tokens: int = 0  # incl. </s>
+    padded_rows: int = 0  # dummy rows filling the last batch of a bucket (encoder + decoder)
+    unknown_source_tokens: int = 0
+    unknown_target_tokens: int = 0
+    pairs_with_unknown: int = 0
+
+    def add(self, other: ScoreStats) -> None:
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+
+    def to_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+def scoring_flops(config: EncoderDecoderConfig, stats: ScoreStats) -> int:
+    """FLOPs (2 per multiply-add) of the matrix products this scorer needs for ``stats``' work.
+
+    Per distinct source (per group): its encoder steps and the c-dependent projections
+    (W_c c, tanh(W c + b), O_c c); per target token: the recurrence, W_e e(y), the deep output
+    and the factorised softmax. Padding rows are not counted. Compare with
+    ``pipeline.model.model_flops``, the cost of the plain forward pass over the same pairs.
+    """
+    E, H, M, K, R, V = (config.embedding, config.hidden, config.maxout, config.maxout_pieces,
+                        config.output_rank, config.tgt_vocab_size)
+    encoder = stats.source_tokens * 3 * H * (E + H) + stats.sources_encoded * (3 * H * H + H * H + H * K * M)
+    decoder = stats.target_tokens * (3 * H * H + 3 * H * E)
+    output = stats.target_tokens * (H * K * M + E * K * M + M * R + R * V)
+    return 2 * (encoder + decoder + output)
+
+
+def _chunks(indices: np.ndarray, size: int) -> Iterator[tuple[np.ndarray, int]]:
+    """Fixed-size chunks of ``indices``; the last padded with copies of its first element.
+
+    Yields (padded chunk, number of real rows).
+    """
+    for start in range(0, len(indices), size):
+        chunk = indices[start:start + size]
+        real = len(chunk)
+        if real < size:
+            chunk = np.concatenate([chunk, np.full(size - real, chunk[0], dtype=chunk.dtype)])
+        yield chunk, real
+
+
+class PhraseScorer:
+    """log p(target | source) and unknown-word counts for lists of phrase pairs, batched as above."""
+
+    def __init__(self, model: EncoderDecoder, src_vocab: Vocabulary, tgt_vocab: Vocabulary, *,
+                 encoder_batch: int, decoder_batch: int, readout_rows: int, group_sources: int = 8192,
+                 bf16: bool = True):
+        if decoder_batch % readout_rows:
+            raise ValueError("readout_rows must divide decoder_batch")
+        self.model = model
+        self.src_vocab, self.tgt_vocab = src_vocab, tgt_vocab
+        self.encoder_batch, self.decoder_batch, self.readout_rows = encoder_batch, decoder_batch, readout_rows
+        self.group_sources = group_sources
+        self.device = next(model.parameters()).device
+        self.autocast = bf16 and self.device.type == "cuda"
+        E = model.config.embedding
+        w_ih = model.decoder.weight_ih_l0.detach()  # (3H, E + H): input [e(y_{t-1}); c]
+        self.w_emb = w_ih[:, :E].contiguous()
+        self.w_c = w_ih[:, E:].contiguous()
+
+    # -- public ---------------------------------------------------------------------------
+    def score(self, sources: Sequence[str], targets: Sequence[str]) -> tuple[np.ndarray, np.ndarray, ScoreStats]:
+        """(log p per pair (float64), unknown words per pair (int32), stats), in input order.
+
+        ``sources``/``targets``: space-separated token strings, none empty.
+        """
+        n = len(sources)
+        if len(targets) != n:
+            raise ValueError(f"{n} sources but {len(targets)} targets")
+        logp = np.zeros(n, dtype=np.float64)
+        unk = np.zeros(n, dtype=np.int32)
+        stats = ScoreStats(pairs=n)
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast
+                    else contextlib.nullcontext())
+        with torch.inference_mode(), autocast:
+            for group in self._groups(sources):
+                self._score_group(group, sources, targets, logp, unk, stats)
+        return logp, unk, stats
+
+    # -- internals ------------------------------------------------------------------------
+    def _groups(self, sources: Sequence[str]) -> Iterator[np.ndarray]:
+        """Consecutive pair ranges holding at most ``group_sources`` distinct sources."""
+        seen: set[str] = set()
+        start = 0
+        for i, source in enumerate(sources):
+            if source not in seen:
+                if len(seen) == self.group_sources:
+                    yield np.arange(start, i)
+                    seen.clear()
+                    start = i
+                seen.add(source)
+        if start < len(sources):
+            yield np.arange(start, len(sources))
+
+    def _score_group(self, pairs: np.ndarray, sources: Sequence[str], targets: Sequence[str],
+                     logp: np.ndarray, unk: np.ndarray, stats: ScoreStats) -> None:
+        stoi_src, stoi_tgt = self.src_vocab.stoi, self.tgt_vocab.stoi
+        distinct: dict[str, int] = {}
+        src_ids: list[list[int]] = []
+        src_unknown: list[int] = []
+        pair_src = np.empty(len(pairs), dtype=np.int64)
+        tgt_ids: list[list[int]] = []
+        for k, i in enumerate(pairs):
+            j = distinct.get(sources[i])
+            if j is None:
+                j = distinct[sources[i]] = len(src_ids)
+                tokens = sources[i].split()
+                src_unknown.append(sum(token not in stoi_src for token in tokens))
+                src_ids.append([stoi_src.get(token, UNK_ID) for token in tokens] + [EOS_ID])
+            pair_src[k] = j
+            tokens = targets[i].split()
+            tgt_unknown = sum(token not in stoi_tgt for token in tokens)
+            tgt_ids.append([stoi_tgt.get(token, UNK_ID) for token in tokens] + [EOS_ID])
+            unk[i] = src_unknown[j] + tgt_unknown
+            stats.unknown_source_tokens += src_unknown[j]
+            stats.unknown_target_tokens += tgt_unknown
+        stats.groups += 1
+        stats.sources_encoded += len(src_ids)
+        stats.source_tokens += sum(map(len, src_ids))
+        stats.target_tokens += sum(map(len, tgt_ids))
+        stats.pairs_with_unknown += int((unk[pairs] > 0).sum())
+
+        gi_c, h0, c_out = self._encode(src_ids, stats)
+        tgt_len = np.fromiter(map(len, tgt_ids), dtype=np.int64, count=len(tgt_ids))
+        for length in np.unique(tgt_len):
+            bucket = np.flatnonzero(tgt_len == length)
+            for chunk, real in _chunks(bucket, self.decoder_batch):
+                stats.padded_rows += len(chunk) - real
+                tgt = torch.tensor([tgt_ids[k] for k in chunk], dtype=torch.long).to(self.device)
+                src = torch.from_numpy(pair_src[chunk]).to(self.device)
+                scores = self._decode(tgt, gi_c[src], h0[src], c_out[src])
+                logp[pairs[chunk[:real]]] = scores[:real].cpu().numpy()
+
+    def _encode(self, src_ids: list[list[int]], stats: ScoreStats) -> tuple[torch.Tensor, ...]:
+        """Per distinct source: W_c c + b_ih (3H), tanh(W c + b) (H), O_c c (K*M), float32."""
+        m = self.model
+        H = m.config.hidden
+        n = len(src_ids)
+        gi_c = torch.empty(n, 3 * H, device=self.device)
+        h0 = torch.empty(n, H, device=self.device)
+        c_out = torch.empty(n, m.config.maxout * m.config.maxout_pieces, device=self.device)
+        lengths = np.fromiter(map(len, src_ids), dtype=np.int64, count=n)
+        for length in np.unique(lengths):
+            for chunk, real in _chunks(np.flatnonzero(lengths == length), self.encoder_batch):
+                stats.padded_rows += len(chunk) - real
+                src = torch.tensor([src_ids[k] for k in chunk], dtype=torch.long).to(self.device)
+                _, h_last = m.encoder(m.src_embed(src))  # exact length: the last state is c
+                c = h_last[0]
+                rows = torch.from_numpy(chunk[:real]).to(self.device)
+                gi_c[rows] = F.linear(c, self.w_c, m.decoder.bias_ih_l0)[:real].float()
+                h0[rows] = torch.tanh(m.init_state(c))[:real].float()
+                c_out[rows] = m.out_c(c)[:real].float()
+        return gi_c, h0, c_out
+
+    def _decode(self, tgt: torch.Tensor, gi_c: torch.Tensor, h: torch.Tensor, c_out: torch.Tensor) -> torch.Tensor:
+        """Sum over t of log p(y_t | y_<t, c) for a (B, T) batch of exact-length targets (float64)."""
+        m = self.model
+        cfg = m.config
+        B, T = tgt.shape
+        H = cfg.hidden
+        w_hh, b_hh = m.decoder.weight_hh_l0, m.decoder.bias_hh_l0
+        prev = m.tgt_embed(tgt[:, :-1])  # e(y_{t-1}) for t >= 1; e(y_0) = 0 contributes nothing
+        gi_emb = F.linear(prev, self.w_emb).float() if T > 1 else None
+        total = torch.zeros(B, dtype=torch.float64, device=self.device)
+        for t in range(T):
+            gi = gi_c if t == 0 else gi_c + gi_emb[:, t - 1]
+            gh = F.linear(h, w_hh, b_hh).float()
+            rz = torch.sigmoid(gi[:, :2 * H] + gh[:, :2 * H])
+            n = torch.tanh(gi[:, 2 * H:] + rz[:, :H] * gh[:, 2 * H:])
+            h = torch.lerp(n, h, rz[:, H:])  # z * h + (1 - z) * n
+            s = m.out_h(h).float() + c_out
+            if t > 0:
+                s = s + m.out_y(prev[:, t - 1]).float()
+            q = m.out_rank(s.unflatten(-1, (cfg.maxout, cfg.maxout_pieces)).amax(-1))
+            y = tgt[:, t:t + 1]
+            for start in range(0, B, self.readout_rows):
+                rows = slice(start, start + self.readout_rows)
+                logits = m.out_vocab(q[rows]).float()
+                picked = logits.gather(1, y[rows]).squeeze(1) - torch.logsumexp(logits, dim=1)
+                total[rows] += picked.double()
+        return total
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-worker model cache
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_scorer(model_path: str, stamp: tuple[int, int], device: str, encoder_batch: int,
+                   decoder_batch: int, readout_rows: int, group_sources: int, bf16: bool) -> PhraseScorer:
+    model, src_vocab, tgt_vocab = load_model(model_path, device)
+    return PhraseScorer(model, src_vocab, tgt_vocab, encoder_batch=encoder_batch, decoder_batch=decoder_batch,
+                        readout_rows=readout_rows, group_sources=group_sources, bf16=bf16)
+
+
+def scorer_for(config: RescoreConfig) -> PhraseScorer:
+    """The scorer of ``config`` in this process, loaded once (keyed by path, size and mtime)."""
+    path = Path(config.model)
+    if not path.is_file():
+        raise UserError(f"{path}: model file not found")
+    info = path.stat()
+    device = resolve_device(config.device)
+    encoder, decoder, readout = batch_sizes(config, device)
+    return _cached_scorer(str(path.resolve()), (info.st_size, info.st_mtime_ns), str(device), encoder, decoder,
+                          readout, config.group_sources, config.bf16)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------------------------------------
+# The table: metadata, validation, work units
+
+
+def read_score_columns(schema: pa.Schema, where: object) -> list[dict[str, str]]:
+    """The ``rnnenc.scores`` list of a phrase table's schema (Moses score order and domains)."""
+    raw = (schema.metadata or {}).get(SCORES_KEY)
+    if raw is None:
+        raise UserError(f"{where}: no 'rnnenc.scores' schema metadata: not an rnnenc Parquet phrase table "
+                        "(import Moses tables with 'rnnenc phrase-table')")
+    try:
+        scores = json.loads(raw)
+        assert isinstance(scores, list) and all(isinstance(s, dict) and "name" in s for s in scores)
+    except (ValueError, AssertionError):
+        raise UserError(f"{where}: malformed 'rnnenc.scores' schema metadata") from None
+    return scores
+
+
+def output_schema(schema: pa.Schema, config: RescoreConfig, where: object) -> pa.Schema:
+    """The input schema with the two new float32 columns appended and declared in ``rnnenc.scores``."""
+    scores = read_score_columns(schema, where)
+    for name in (config.logp_column, config.unk_column):
+        if name in schema.names:
+            raise UserError(f"{where}: the table already has a column '{name}' (choose other names with "
+                            "--logp-column / --unk-column)")
+    metadata = dict(schema.metadata or {})
+    metadata[SCORES_KEY] = json.dumps(scores + [{"name": config.logp_column, "domain": "log"},
+                                                {"name": config.unk_column, "domain": "log"}]).encode()
+    return pa.schema(list(schema) + [pa.field(config.logp_column, pa.float32()),
+                                     pa.field(config.unk_column, pa.float32())], metadata=metadata)
+
+
+def check_schema(schema: pa.Schema, where: object) -> None:
+    for name in REQUIRED_COLUMNS:
+        if name not in schema.names:
+            raise UserError(f"{where}: missing column '{name}' (columns: {', '.join(schema.names)})")
+        if not (pa.types.is_string(schema.field(name).type) or pa.types.is_large_string(schema.field(name).type)):
+            raise UserError(f"{where}: column '{name}' is {schema.field(name).type}, expected strings")
+
+
+def table_parts(table: str | os.PathLike) -> list[Path]:
+    """A Parquet phrase table's parts: ``part-*.parquet`` of a directory (or the file itself)."""
+    table = Path(table)
+    if table.is_file():
+        return [table]
+    if not table.is_dir():
+        raise UserError(f"{table}: phrase table not found")
+    parts = sorted(table.glob("part-*.parquet"))
+    if not parts:
+        raise UserError(f"{table}: no part-*.parquet files: not a Parquet phrase table")
+    return parts
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """Consecutive row groups of one input part; its output is ``name``."""
+
+    path: str
+    part: int  # index of the input part (sorted by name)
+    index: int  # unit index within the part
+    row_groups: tuple[int, ...]
+    rows: int
+    size: int  # identity of the input file: a changed file redoes its units
+    mtime_ns: int
+
+    @property
+    def name(self) -> str:
+        return f"part-{self.part:05d}-{self.index:05d}.parquet"
+
+    def spec(self) -> dict[str, Any]:
+        return {"path": self.path, "row_groups": list(self.row_groups), "rows": self.rows, "size": self.size,
+                "mtime_ns": self.mtime_ns}
+
+
+def plan_units(table: str | os.PathLike, rows_per_unit: int) -> tuple[list[WorkUnit], pa.Schema]:
+    """Cut the table into work units from the Parquet footers only; return them and the common schema."""
+    if rows_per_unit < 1:
+        raise UserError("rescore: --rows-per-unit must be at least 1")
+    units: list[WorkUnit] = []
+    schema: pa.Schema | None = None
+    for p, path in enumerate(table_parts(table)):
+        try:
+            meta = pq.ParquetFile(path)
+        except (OSError, pa.ArrowException) as exc:
+            raise UserError(f"{path}: not a readable Parquet file ({exc})") from exc
+        part_schema = meta.schema_arrow
+        check_schema(part_schema, path)
+        if schema is None:
+            schema = part_schema
+        elif not part_schema.equals(schema, check_metadata=True):
+            raise UserError(f"{path}: schema or 'rnnenc.scores' metadata differs from the table's first part")
+        info = path.stat()
+        groups: list[int] = []
+        rows = 0
+        for g in range(meta.num_row_groups):
+            n = meta.metadata.row_group(g).num_rows
+            if groups and rows + n > rows_per_unit:
+                units.append(WorkUnit(str(path.resolve()), p, len([u for u in units if u.part == p]),
+                                      tuple(groups), rows, info.st_size, info.st_mtime_ns))
+                groups, rows = [], 0
+            groups.append(g)
+            rows += n
+        if groups:
+            units.append(WorkUnit(str(path.resolve()), p, len([u for u in units if u.part == p]),
+                                  tuple(groups), rows, info.st_size, info.st_mtime_ns))
+    assert schema is not None
+    return units, schema
+
+
+def unit_record_path(staging: Path, unit: WorkUnit) -> Path:
+    return staging / UNITS_DIR / f"{unit.name[:-len('.parquet')]}.json"
+
+
+def completed_record(staging: Path, unit: WorkUnit) -> dict[str, Any] | None:
+    """The record of a unit already committed in ``staging`` with this very spec, else None."""
+    record_path = unit_record_path(staging, unit)
+    if not (staging / unit.name).is_file() or not record_path.is_file():
+        return None
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if record.get("unit") == unit.spec() else None
+
+
+def _check_pairs(table: pa.Table, unit: WorkUnit) -> tuple[list[str], list[str]]:
+    lines = table.column("line").to_pylist() if "line" in table.column_names else None
+    for side in REQUIRED_COLUMNS:
+        empty = pc.or_(pc.is_null(table.column(side)),
+                       pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(table.column(side))), 0))
+        if pc.any(empty).as_py():
+            row = int(np.flatnonzero(empty.to_numpy(zero_copy_only=False))[0])
+            line = lines[row] if lines else None
+            where = f"{unit.path}:{line}" if line is not None else f"{unit.path} (row group {unit.row_groups[0]}+)"
+            raise UserError(f"{where}: empty or null {side} phrase")
+    return table.column("source").to_pylist(), table.column("target").to_pylist()
+
+
+def rescore_unit(unit: WorkUnit, staging: str | os.PathLike, config: RescoreConfig) -> dict[str, Any]:
+    """Score one unit and commit ``staging/<unit.name>`` and its record; return the record.
+
+    Runs on a worker: loads the model once per process, reads only the unit's row groups.
+    """
+    started = time.perf_counter()
+    staging = Path(staging)
+    table = pq.ParquetFile(unit.path).read_row_groups(list(unit.row_groups))
+    if table.num_rows != unit.rows:
+        raise UserError(f"{unit.path}: changed while rescoring (expected {unit.rows} rows in row groups "
+                        f"{unit.row_groups[0]}-{unit.row_groups[-1]})")
+    schema = output_schema(table.schema, config, unit.path)
+    sources, targets = _check_pairs(table, unit)
+    scorer = scorer_for(config)
+    with torch_threads(config.threads):
+        logp, unk, stats = scorer.score(sources, targets)
+    out = pa.Table.from_arrays(table.columns + [pa.array(logp.astype(np.float32)), pa.array(unk.astype(np.float32))],
+                               schema=schema)
+    tmp = staging / f".{unit.name}.tmp-{uuid.uuid4().hex[:8]}"
+    pq.write_table(out, tmp, compression="zstd")
+    os.replace(tmp, staging / unit.name)
+    record = {"unit": unit.spec(), "name": unit.name, "rows": out.num_rows, "stats": stats.to_dict(),
+              "device": str(scorer.device), "seconds": round(time.perf_counter() - started, 4),
+              "flops": scoring_flops(scorer.model.config, stats)}
+    record_path = unit_record_path(staging, unit)
+    record_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_record = record_path.with_name(f".{record_path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp_record.write_text(json.dumps(record, sort_keys=True) + "\n")
+    os.replace(tmp_record, record_path)
+    return record
+
+
+def vocabulary_mismatch(sources: Sequence[str], targets: Sequence[str], src_vocab: Vocabulary,
+                        tgt_vocab: Vocabulary, max_unknown_rate: float) -> str | None:
+    """Why the model's vocabularies do not fit these pairs (a sample of the table), or None."""
+    def rate(phrases: Sequence[str], vocab: Vocabulary) -> float:
+        tokens = [token for phrase in phrases for token in phrase.split()]
+        return sum(token not in vocab for token in tokens) / max(1, len(tokens))
+
+    src_rate, tgt_rate = rate(sources, src_vocab), rate(targets, tgt_vocab)
+    if max(src_rate, tgt_rate) <= max_unknown_rate:
+        return None
+    swapped = max(rate(sources, tgt_vocab), rate(targets, src_vocab))
+    hint = (" (the model's vocabularies fit the table with source and target swapped: a model of the "
+            "other direction?)" if swapped <= max_unknown_rate else "")
+    return (f"{src_rate:.0%} of the source tokens and {tgt_rate:.0%} of the target tokens are unknown to the "
+            f"model's vocabularies ('{src_vocab.lang}'/'{tgt_vocab.lang}'), more than {max_unknown_rate:.0%}"
+            f"{hint}")
+
+
+__all__ = ["PhraseScorer", "RescoreConfig", "ScoreStats", "WorkUnit", "batch_sizes", "check_schema",
+           "completed_record", "output_schema", "plan_units", "read_score_columns", "rescore_unit",
+           "resolve_device", "scorer_for", "scoring_flops", "table_parts", "torch_threads",
+           "vocabulary_mismatch"]
