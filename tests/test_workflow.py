@@ -1,0 +1,156 @@
+"""Workflow files and `rnnenc run`: validation, skipping, reruns, a worker killed midway."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import _start_cluster
+
+from pipeline.artifacts import read_manifest
+from pipeline.errors import UserError
+from pipeline.synthetic import DemoConfig, generate_demo
+from workflows.config import load_workflow
+from workflows.run import run_workflow
+
+TINY = DemoConfig(seed=7, pool_size=3000, in_domain_size=600, dev_size=100, phrase_table_pairs=300)
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("wfdata")
+    generate_demo(root / "data", TINY)
+    return root
+
+
+def write_workflow(root: Path, body: str, name: str = "wf.yaml") -> Path:
+    path = root / name
+    path.write_text(body)
+    return path
+
+
+WORKFLOW = """
+run: {run}
+artifacts: artifacts
+languages: {{source: en, target: fr}}
+stages:
+  pool: {{command: ingest, src: data/pool.en, tgt: data/pool.fr, rows_per_part: 700}}
+  in_domain: {{command: ingest, src: data/in_domain.en, tgt: data/in_domain.fr}}
+  select: {{command: select, pool: "${{pool}}", in_domain: "${{in_domain}}", fraction: {fraction}}}
+"""
+
+
+@pytest.mark.parametrize("body,message", [
+    ("run: r\nlanguages: {source: en, target: fr}\nstages: {a: {command: ingest}}\nextra: 1\n",
+     r"wf\.yaml: extra: unknown key$"),
+    ("run: r\nlanguages: {source: en, target: fr}\nstages: {}\n", r"wf\.yaml: stages: a workflow needs at least one stage$"),
+    ("run: r\nlanguages: {source: en}\nstages: {a: {command: ingest}}\n", r"wf\.yaml: languages\.target: Field required"),
+    ("run: r\nlanguages: {source: en, target: fr}\ncluster: {workers: two}\nstages: {a: {command: ingest}}\n",
+     r"cluster\.workers: Input should be a valid integer"),
+    ("run: r\nlanguages: {source: en, target: fr}\nstages:\n  a: {command: ingest, srcc: x}\n",
+     r"stages\.a\.srcc: unknown key \(options of this command: .*src"),
+    ("run: r\nlanguages: {source: en, target: fr}\nstages:\n  a: {command: ingest, src: nope.en, tgt: nope.fr}\n",
+     r"stages\.a\.src: .*nope\.en: no such file or directory"),
+    ("run: r\nlanguages: {source: en, target: fr}\nstages:\n  a: {command: ingest, src: data/pool.en, tgt: data/pool.fr, "
+     "rows_per_part: many}\n", r"stages\.a: argument --rows-per-part: invalid int value: 'many'"),
+    ("run: r\nlanguages: {source: en, target: fr}\nstages:\n  a: {command: select, pool: '${b}', in_domain: x}\n",
+     r"stages\.a\.pool: \$\{b\} refers to no earlier stage"),
+    ("run: r\nlanguages: {source: en, target: fr}\nstages:\n  a: {command: frobnicate}\n", r"unknown command 'frobnicate'"),
+    ("run: r\nlanguages: [en\n", r"wf\.yaml:\d+: not valid YAML"),
+    ("run: r\nlanguages: {source: en, target: fr}\nstages:\n  a: {command: ingest, out: x}\n",
+     r"stages\.a\.out: set by the workflow runner"),
+])
+def test_invalid_workflows_give_one_clear_line(demo_data, body, message):
+    with pytest.raises(UserError, match=message):
+        load_workflow(write_workflow(demo_data, body))
+
+
+def test_cli_reports_workflow_errors_without_traceback(demo_data):
+    path = write_workflow(demo_data, "run: r\nlanguages: {source: en, target: fr}\nstages: {a: {command: ingest}}\nbogus: 1\n",
+                          "bad.yaml")
+    result = subprocess.run([sys.executable, "-m", "workflows.cli", "run", str(path)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"rnnenc: error: {path}: bogus: unknown key"
+
+
+def test_workflow_runs_through_two_workers_skips_and_reruns_downstream(demo_data, dask_address):
+    path = write_workflow(demo_data, WORKFLOW.format(run="r1", fraction=0.1))
+    records = run_workflow(load_workflow(path), scheduler=dask_address, quiet=True)
+    assert [r["status"] for r in records] == ["ran", "ran", "ran"]
+    for record in records:
+        manifest = read_manifest(record["out"])
+        assert manifest is not None and manifest["outputs"], record
+    pool_manifest = read_manifest(demo_data / "artifacts" / "r1" / "pool")
+    assert pool_manifest["counts"]["pairs_written"] > 2900
+    selected_before = read_manifest(demo_data / "artifacts" / "r1" / "select")
+
+    records = run_workflow(load_workflow(path), scheduler=dask_address, quiet=True)
+    assert [r["status"] for r in records] == ["skipped", "skipped", "skipped"]
+
+    # Only the budget changes: ingestion is skipped, selection (and what follows) reruns.
+    path = write_workflow(demo_data, WORKFLOW.format(run="r1", fraction=0.2))
+    records = run_workflow(load_workflow(path), scheduler=dask_address, quiet=True)
+    assert [r["status"] for r in records] == ["skipped", "skipped", "ran"]
+    assert read_manifest(demo_data / "artifacts" / "r1" / "pool") == pool_manifest
+    selected_after = read_manifest(demo_data / "artifacts" / "r1" / "select")
+    assert selected_after["counts"] != selected_before["counts"]
+
+    # A changed input file reruns the stage that reads it and everything downstream of it.
+    in_domain = demo_data / "data" / "in_domain.en"
+    original = in_domain.read_bytes()
+    try:
+        in_domain.write_bytes(original.replace(b".\n", b" .\n", 1))
+        records = run_workflow(load_workflow(path), scheduler=dask_address, quiet=True)
+        assert [r["status"] for r in records] == ["skipped", "ran", "ran"]
+    finally:
+        in_domain.write_bytes(original)
+
+
+def test_killing_a_worker_midway_leaves_outputs_identical(demo_data, tmp_path):
+    body = ("run: {run}\nartifacts: artifacts\nlanguages: {{source: en, target: fr}}\nstages:\n"
+            "  pool: {{command: ingest, src: data/pool.en, tgt: data/pool.fr, rows_per_part: 100}}\n")
+    reference = run_workflow(load_workflow(write_workflow(demo_data, body.format(run="calm"), "calm.yaml")),
+                             workers=1, quiet=True)
+    address, procs = _start_cluster(tmp_path, n_workers=2)
+    try:
+        stormy = load_workflow(write_workflow(demo_data, body.format(run="stormy"), "stormy.yaml"))
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                run_workflow(stormy, scheduler=address, quiet=True)
+            except BaseException as exc:  # surfaced by the assertion below
+                errors.append(exc)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        deadline = time.time() + 120
+        while len(list((demo_data / "artifacts").glob("stormy.tmp-*/part-*.parquet"))) < 3 and \
+                len(list((demo_data / "artifacts" / "stormy").glob("pool.tmp-*/part-*.parquet"))) < 3:
+            assert time.time() < deadline and thread.is_alive(), "the stage did not start"
+            time.sleep(0.02)
+        os.kill(procs[1].pid, signal.SIGKILL)  # one of the two workers dies mid-stage
+        thread.join(timeout=300)
+        assert not errors, errors
+    finally:
+        for proc in procs:
+            proc.kill()
+    calm = Path(reference[0]["out"])
+    stormy_out = demo_data / "artifacts" / "stormy" / "pool"
+    calm_parts = sorted(calm.glob("part-*.parquet"))
+    assert len(calm_parts) == 30
+    for a in calm_parts:
+        assert a.read_bytes() == (stormy_out / a.name).read_bytes(), a.name
+    assert sorted(p.name for p in stormy_out.glob("part-*")) == [p.name for p in calm_parts]
+    calm_report = json.loads((calm / "report.json").read_text())
+    stormy_report = json.loads((stormy_out / "report.json").read_text())
+    for key in ("pairs_written", "dropped_by_reason", "source_words", "target_words"):
+        assert calm_report[key] == stormy_report[key]
