@@ -1,0 +1,227 @@
+"""Data selection end to end: precision on the demo data, exact and partition-independent cuts,
+sweep, outputs, regeneration and one-line errors. Real lmplz models, real Dask workers."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import selection
+from pipeline.errors import UserError
+from pipeline.synthetic import DemoConfig, generate_demo
+from workflows import cli
+from workflows.regenerate import regenerate
+from workflows.select import SelectConfig, cluster_mapper, run_selection
+
+# The demo text separates words by spaces except punctuation: enough of a tokeniser here.
+_TOKEN = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?|\S")
+
+
+def _tokenise(line: str) -> str:
+    return " ".join(_TOKEN.findall(line))
+
+
+def write_corpus(src: Path, tgt: Path, out: Path, parts: int, name: str = "pool") -> Path:
+    """A corpus directory in the format of `rnnenc ingest` (CONTRIBUTING.md, "Corpus")."""
+    en = [_tokenise(line) for line in src.read_text().splitlines()]
+    fr = [_tokenise(line) for line in tgt.read_text().splitlines()]
+    out.mkdir(parents=True)
+    step = -(-len(en) // parts)
+    for i in range(parts):
+        rows = slice(i * step, (i + 1) * step)
+        table = pa.table({
+            "source": en[rows], "target": fr[rows],
+            "source_tokens": pa.array([len(s.split()) for s in en[rows]], pa.int32()),
+            "target_tokens": pa.array([len(t.split()) for t in fr[rows]], pa.int32()),
+            "corpus": [name] * len(en[rows]),
+            "line": pa.array(range(i * step + 1, i * step + 1 + len(en[rows])), pa.int64())})
+        pq.write_table(table, out / f"part-{i:05d}.parquet")
+    (out / "manifest.json").write_text(json.dumps({"stage": "ingest",
+                                                   "config": {"source_lang": "en", "target_lang": "fr"}}))
+    return out
+
+
+def read_dir(path: Path) -> pa.Table:
+    return pa.concat_tables([pq.read_table(p) for p in sorted(path.glob("part-*.parquet"))])
+
+
+def hashes(out: Path) -> dict[str, str]:
+    manifest = json.loads((out / "manifest.json").read_text())
+    return {o["path"]: o["hash"] for o in manifest["outputs"] if o["path"].startswith(("selected", "scores"))}
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> dict[str, Path]:
+    """A 3,000-pair pool (10 % in-domain) as 1 and as 7 partitions, and an in-domain corpus."""
+    root = tmp_path_factory.mktemp("small")
+    files = generate_demo(root / "demo", DemoConfig(seed=11, pool_size=3000, in_domain_size=1000, dev_size=300,
+                                                    phrase_table_pairs=100))
+    return {"pool1": write_corpus(files.pool_src, files.pool_tgt, root / "pool1", 1),
+            "pool7": write_corpus(files.pool_src, files.pool_tgt, root / "pool7", 7),
+            "in_domain": write_corpus(files.in_domain_src, files.in_domain_tgt, root / "in_domain", 1, "in"),
+            "dev": files.dev_src.with_suffix(""), "root": root}
+
+
+def test_axelrod_precision_beats_random_and_moore_lewis(tmp_path):
+    files = generate_demo(tmp_path / "demo", DemoConfig(seed=5, pool_size=20000, in_domain_size=3000,
+                                                        dev_size=100, phrase_table_pairs=100))
+    pool = write_corpus(files.pool_src, files.pool_tgt, tmp_path / "pool", 4)
+    in_domain = write_corpus(files.in_domain_src, files.in_domain_tgt, tmp_path / "in_domain", 1, "in")
+    truth = np.array([int(x) for x in files.pool_in_domain.read_text().split()], dtype=np.int8)
+    n_true = int(truth.sum())
+
+    def precision(method: str) -> float:
+        out = tmp_path / method
+        run_selection(SelectConfig(pool=str(pool), in_domain=str(in_domain), mode="pairs", amount=str(n_true),
+                                   method=method), out, selection.serial_mapper)
+        lines = read_dir(out / "selected")["line"].to_numpy()
+        assert len(lines) == n_true
+        return float(truth[lines - 1].mean())
+
+    axelrod, moore_lewis = precision("axelrod"), precision("moore-lewis")
+    random_lines = np.array(random.Random(0).sample(range(1, len(truth) + 1), n_true))
+    random_precision = float(truth[random_lines - 1].mean())
+    assert axelrod >= 0.9, (axelrod, moore_lewis, random_precision)
+    assert axelrod > moore_lewis > random_precision + 0.5
+
+
+def test_cut_is_exact_with_ties_and_duplicates(tmp_path):
+    """The histogram search finds the same prefix as sorting everything, whatever the ties."""
+    rng = np.random.default_rng(0)
+    n = 5000
+    scores = rng.choice([-1.5, -0.25, 0.0, 0.5, 2.0], size=n)  # heavy score ties
+    tiebreak = rng.integers(0, 40, size=n).astype(np.uint64)  # heavy hash ties too (duplicates)
+    tokens = rng.integers(0, 30, size=n).astype(np.int32)
+    parts = []
+    for i, rows in enumerate(np.array_split(np.arange(n), 6)):
+        path = tmp_path / f"part-{i:05d}.parquet"
+        pq.write_table(pa.table({"corpus": ["c"] * len(rows), "line": pa.array(rows + 1, pa.int64()),
+                                 "key": selection.sortable_key(scores[rows]), "tiebreak": tiebreak[rows],
+                                 "source_tokens": tokens[rows], "target_tokens": tokens[rows]}), path)
+        parts.append(str(path))
+    order = sorted(range(n), key=lambda i: (scores[i], int(tiebreak[i]), "c", i + 1))
+    for weight, budget in (("pairs", 1234), ("pairs", 0), ("source_tokens", 40000), ("source_tokens", 7)):
+        w = np.ones(n, dtype=np.int64) if weight == "pairs" else tokens.astype(np.int64)
+        cumulative = np.cumsum(w[order])
+        expected = set(np.array(order)[: int(np.searchsorted(cumulative, budget, side="right"))].tolist())
+        for max_candidates in (10, 100_000):
+            cut = selection.find_cut(parts, budget, weight, int(w.sum()), selection.serial_mapper,
+                                     max_candidates=max_candidates)
+            kept = set()
+            for part in parts:
+                table = pq.read_table(part)
+                kept |= set((table["line"].to_numpy()[selection.keep_mask(table, cut)] - 1).tolist())
+            assert kept == expected, (weight, budget, max_candidates)
+            assert cut.pairs == len(expected)
+            if max_candidates == 10:
+                assert cut.rounds > 2  # the small limit forced the narrowing rounds (and the hash level)
+
+
+def test_same_bytes_for_any_partitioning_and_workers(small, tmp_path, dask_client):
+    cfg = dict(in_domain=str(small["in_domain"]), mode="words", amount="3k", max_candidates=50, hf_dataset=True)
+    serial = run_selection(SelectConfig(pool=str(small["pool1"]), **cfg), tmp_path / "serial",
+                           selection.serial_mapper)
+    mapper = cluster_mapper(dask_client, quiet=True)
+    cluster = run_selection(SelectConfig(pool=str(small["pool1"]), **cfg), tmp_path / "cluster", mapper)
+    seven = run_selection(SelectConfig(pool=str(small["pool7"]), **cfg), tmp_path / "seven", mapper)
+    # 1 worker vs 2: every selected/scores file byte-identical.
+    assert hashes(tmp_path / "serial") == hashes(tmp_path / "cluster")
+    # 1 partition vs 7: the same text files, and the same rows in the same order.
+    for lang in ("en", "fr"):
+        assert (tmp_path / "serial" / f"selected.{lang}").read_bytes() == \
+            (tmp_path / "seven" / f"selected.{lang}").read_bytes()
+    assert read_dir(tmp_path / "serial" / "selected").equals(read_dir(tmp_path / "seven" / "selected"))
+    assert len(list((tmp_path / "seven" / "selected").glob("part-*.parquet"))) == 7
+    # The word budget is met by the longest prefix of the score order.
+    counts = serial["counts"]
+    assert counts["selected_source_tokens"] <= 3000
+    scores = read_dir(tmp_path / "serial" / "scores")
+    assert scores.num_rows == counts["pool_pairs"] == 3000
+    selected = read_dir(tmp_path / "serial" / "selected")
+    assert selected["score"].to_numpy().max() <= scores["score"].to_numpy()[
+        ~np.isin(scores["line"].to_numpy(), selected["line"].to_numpy())].min()
+    assert (tmp_path / "serial" / "selected.en").read_text().count("\n") == counts["selected_pairs"]
+    assert seven["counts"] == cluster["counts"] == counts
+    import datasets
+
+    hf = datasets.load_from_disk(str(tmp_path / "serial" / "hf"))
+    assert hf.num_rows == counts["selected_pairs"] and hf[0]["source"] == selected["source"][0].as_py()
+    report = json.loads((tmp_path / "serial" / "report.json").read_text())
+    assert report["selected"]["pairs"] == counts["selected_pairs"] and report["out_domain_sample"]["fold0_pairs"] > 0
+
+
+def test_regenerate_is_byte_identical_and_stops_on_changes(small, tmp_path, dask_client):
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for file in small["pool7"].iterdir():
+        (pool / file.name).write_bytes(file.read_bytes())
+    out = tmp_path / "sel"
+    run_selection(SelectConfig(pool=str(pool), in_domain=str(small["in_domain"]), mode="fraction", amount="0.15",
+                               method="moore-lewis", lang="fr"), out, selection.serial_mapper)
+    code = cli.main(["regenerate", str(out / "manifest.json"), "--out", str(tmp_path / "again"),
+                     "--scheduler", dask_client.scheduler.address, "--quiet"])
+    assert code == 0
+    assert hashes(out) == hashes(tmp_path / "again")
+    # A changed model is named...
+    model = out / "lm" / "in.fr.binary"
+    original = model.read_bytes()
+    model.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    with pytest.raises(UserError, match="in.fr.binary: language model missing or changed"):
+        regenerate(out, tmp_path / "third", selection.serial_mapper)
+    model.write_bytes(original)
+    # ...and so is a changed input.
+    table = pq.read_table(pool / "part-00003.parquet")
+    pq.write_table(table.slice(1), pool / "part-00003.parquet")
+    with pytest.raises(UserError, match=f"inputs changed since the selection.*{pool}"):
+        regenerate(out, tmp_path / "third", selection.serial_mapper)
+    assert not (tmp_path / "third").exists()
+
+
+def test_sweep_writes_curve_and_picks_a_small_in_domain_share(small, tmp_path):
+    out = tmp_path / "sweep"
+    manifest = run_selection(SelectConfig(pool=str(small["pool1"]), in_domain=str(small["in_domain"]), mode="sweep",
+                                          dev=str(small["dev"]), sweep_grid=[0.05, 0.1, 0.2, 0.4, 0.8],
+                                          sweep_refine=1, order=3), out, selection.serial_mapper)
+    rows = (out / "sweep.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    assert header[:4] == ["pairs", "fraction", "source_tokens", "target_tokens"]
+    points = [dict(zip(header, r.split(","), strict=True)) for r in rows[1:]]
+    assert len(points) >= 5 and any(p["refined"] == "1" for p in points)
+    chosen = [p for p in points if p["chosen"] == "1"]
+    assert len(chosen) == 1
+    best = min(points, key=lambda p: float(p["objective"]))
+    assert chosen[0] is best and int(best["pairs"]) == manifest["counts"]["selected_pairs"]
+    # 10 % of this pool is in-domain: adding general data beyond ~20 % only hurts dev perplexity.
+    assert float(best["fraction"]) <= 0.2
+    assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bad_input_gives_one_error_line(small, tmp_path, dask_client, capsys):
+    (tmp_path / "empty.en").write_text("\n\n")
+    (tmp_path / "empty.fr").write_text("\n")
+    base = ["select", str(small["pool1"]), "--scheduler", dask_client.scheduler.address, "--quiet"]
+    cases = [
+        (["--in-domain", str(small["in_domain"]), "--out", str(tmp_path / "a"), "--budget-pairs", "10",
+          "--in-lm", f"en={tmp_path / 'missing.binary'}", "--out-lm", f"en={tmp_path / 'missing.binary'}",
+          "--in-lm", f"fr={tmp_path / 'missing.binary'}", "--out-lm", f"fr={tmp_path / 'missing.binary'}"],
+         "missing.binary: language model not found"),
+        (["--in-domain", str(tmp_path / "empty"), "--out", str(tmp_path / "b"), "--budget-pairs", "10"],
+         "empty.en: the 'en' side is empty"),
+        (["--in-domain", str(small["in_domain"]), "--out", str(tmp_path / "c"), "--budget-words", "10M"],
+         "larger than the pool"),
+        (["--in-domain", str(small["in_domain"]), "--out", str(tmp_path / "d"), "--budget-pairs", "10",
+          "--method", "moore-lewis", "--lang", "de"],
+         "language 'de' is not in this corpus (en-fr)"),
+    ]
+    for args, message in cases:
+        assert cli.main(base + args) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert not any((tmp_path / d).exists() for d in "abcd")
