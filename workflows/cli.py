@@ -1,7 +1,7 @@
 """The ``rnnenc`` command line: one subcommand per stage, each defined in its own module.
 
-A stage module in ``workflows/`` provides ``HELP`` (one line), ``add_arguments(parser)`` and
-``main(args) -> int``. Modules are imported only when their subcommand runs, so ``rnnenc
+A stage module in ``workflows/`` provides a docstring (its ``--help`` text),
+``add_arguments(parser)`` and ``main(args) -> int``; its one-line summary is in ``COMMANDS``. Modules are imported only when their subcommand runs, so ``rnnenc
 ingest`` never pays for importing torch.
 """
 
@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("workflows.train", "train the RNN encoder-decoder on a phrase table"),
     "rescore": ("workflows.rescore", "add the RNN score and unknown-word count to a phrase table"),
     "export": ("workflows.export", "write a Parquet phrase table as a Moses phrase table + moses.ini"),
+    "moses": ("workflows.moses", "optional: tune with mert-moses.pl, decode a test set, score with sacrebleu"),
     "run": ("workflows.run", "run a whole YAML workflow, skipping up-to-date stages"),
     "regenerate": ("workflows.regenerate", "rebuild a selected subset byte-identically from its manifest"),
     "demo": ("workflows.demo", "generate demo data and run the whole workflow on it"),

@@ -1,0 +1,112 @@
+"""Tune a Moses system with mert-moses.pl, decode a test set and score it with sacrebleu.
+
+Optional: it needs a Moses installation, found through --moses-home or $MOSES_HOME (a directory
+with bin/moses and scripts/training/mert-moses.pl). Without one the stage is skipped with a
+message saying what to set, and writes nothing (so a later run with Moses configured does it).
+
+Inputs are the moses.ini written by 'rnnenc export' (phrase table with the RNN features added),
+a tuning set (newstest2012+2013 in the paper) and a test set (newstest2014), tokenised as the
+phrase table was (e.g. by 'rnnenc ingest'; a corpus directory or a pair of text files).
+Outputs: OUT/tuning/ (mert-moses.pl working directory), OUT/moses.tuned.ini, OUT/test.hyp,
+OUT/report.json with BLEU (sacrebleu on detokenised text), OUT/manifest.json.
+
+example:
+  rnnenc moses --moses-ini artifacts/run/export/moses.ini --dev-src dev.en --dev-ref dev.fr \\
+      --test-src test.en --test-ref test.fr --out artifacts/run/moses
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from pipeline.artifacts import atomic_output_dir, write_json_atomic, write_manifest
+from pipeline.errors import UserError
+
+log = logging.getLogger("rnnenc")
+
+
+def find_moses(moses_home: str | None) -> Path | None:
+    """The Moses installation directory, or None when none is configured."""
+    home = moses_home or os.environ.get("MOSES_HOME")
+    if not home:
+        return None
+    root = Path(home)
+    for needed in ("bin/moses", "scripts/training/mert-moses.pl"):
+        if not (root / needed).exists():
+            raise UserError(f"{root}: not a Moses installation ({needed} is missing); fix MOSES_HOME/--moses-home")
+    return root
+
+
+def mert_command(moses: Path, dev_src: Path, dev_ref: Path, moses_ini: Path, work: Path,
+                 threads: int) -> list[str]:
+    return [str(moses / "scripts/training/mert-moses.pl"), str(dev_src), str(dev_ref), str(moses / "bin/moses"),
+            str(moses_ini), "--mertdir", str(moses / "bin"), "--working-dir", str(work),
+            "--decoder-flags", f"-threads {threads}", "--no-filter-phrase-table"]
+
+
+def bleu(hypotheses: list[str], references: list[str], target_lang: str) -> dict[str, Any]:
+    """sacrebleu BLEU on detokenised text (Moses-escaped tokens are unescaped first)."""
+    import sacrebleu
+    from sacremoses import MosesDetokenizer
+
+    detok = MosesDetokenizer(lang=target_lang)
+    hyps = [detok.detokenize(h.split()) for h in hypotheses]
+    refs = [detok.detokenize(r.split()) for r in references]
+    metric = sacrebleu.BLEU()
+    score = metric.corpus_score(hyps, [refs])
+    return {"bleu": round(score.score, 2), "signature": str(metric.get_signature()),
+            "sentences": len(hyps)}
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--moses-ini", required=True, help="moses.ini written by 'rnnenc export'")
+    parser.add_argument("--dev-src", required=True, help="tokenised tuning source (one sentence a line)")
+    parser.add_argument("--dev-ref", required=True, help="tokenised tuning reference")
+    parser.add_argument("--test-src", help="tokenised test source")
+    parser.add_argument("--test-ref", help="tokenised test reference")
+    parser.add_argument("--moses-home", help="Moses installation (default: $MOSES_HOME)")
+    parser.add_argument("--tgt-lang", default="fr", help="target language, for detokenisation (default: fr)")
+    parser.add_argument("--src-lang", default="en", help="source language (recorded in the report)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="decoder threads")
+    parser.add_argument("--out", required=True, help="output directory")
+
+
+def main(args: argparse.Namespace) -> int:
+    moses = find_moses(args.moses_home)
+    if moses is None:
+        print("moses: skipped: no Moses installation configured. Set MOSES_HOME (or --moses-home, or "
+              "moses_home in the workflow stage) to a Moses directory with bin/moses and "
+              "scripts/training/mert-moses.pl to tune and decode.")
+        return 0
+    inputs = [Path(p) for p in (args.moses_ini, args.dev_src, args.dev_ref, args.test_src, args.test_ref) if p]
+    for path in inputs:
+        if not path.is_file():
+            raise UserError(f"{path}: no such file")
+    report: dict[str, Any] = {"stage": "moses", "moses_home": str(moses)}
+    with atomic_output_dir(args.out) as tmp:
+        command = mert_command(moses, Path(args.dev_src).resolve(), Path(args.dev_ref).resolve(),
+                               Path(args.moses_ini).resolve(), tmp / "tuning", args.threads)
+        log.info("tuning: %s", " ".join(command))
+        subprocess.run(command, check=True)
+        tuned = tmp / "moses.tuned.ini"
+        shutil.copy(tmp / "tuning" / "moses.ini", tuned)
+        if args.test_src and args.test_ref:
+            with open(args.test_src, "rb") as source, open(tmp / "test.hyp", "wb") as hyp:
+                subprocess.run([str(moses / "bin/moses"), "-f", str(tuned), "-threads", str(args.threads)],
+                               stdin=source, stdout=hyp, check=True)
+            report["test"] = bleu(_lines(tmp / "test.hyp"), _lines(Path(args.test_ref)), args.tgt_lang)
+            print(f"moses: test BLEU {report['test']['bleu']:.2f} ({report['test']['signature']})")
+        write_json_atomic(tmp / "report.json", report)
+    write_manifest(args.out, stage="moses", inputs=inputs, config=vars(args) | {"moses_home": str(moses)},
+                   counts=report.get("test", {}))
+    return 0
