@@ -1,0 +1,318 @@
+"""rnnenc rescore: scores equal the model's forward pass, +WP counts, partition-independent results,
+a real 2-worker cluster, resumption after an interruption, and one-line errors."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from pipeline.artifacts import file_hash, read_manifest, write_manifest
+from pipeline.errors import UserError
+from pipeline.model import EncoderDecoder, EncoderDecoderConfig, load_model, save_model, score_pairs
+from pipeline.rescore import (
+    SCORES_KEY,
+    PhraseScorer,
+    RescoreConfig,
+    plan_units,
+    read_score_columns,
+    rescore_unit,
+)
+from pipeline.synthetic import DemoConfig, generate_demo
+from pipeline.vocab import Vocabulary
+from workflows import cli
+from workflows.rescore import prepare_staging, rescore, run_identity, staging_dir
+
+DEMO = DemoConfig(seed=3, pool_size=2000, in_domain_size=200, dev_size=50, phrase_table_pairs=1500)
+SCORES = [{"name": f"score{i}", "domain": "prob"} for i in range(4)]
+# Small fixed batches so that a few hundred pairs make many groups, buckets and padded batches.
+SMALL = {"encoder_batch": 8, "decoder_batch": 16, "readout_rows": 4, "group_sources": 40, "threads": 1}
+
+
+def moses_rows(path: Path) -> list[dict]:
+    """The demo's Moses table as rows of the Parquet phrase-table format (CONTRIBUTING.md)."""
+    rows = []
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        for line, text in enumerate(handle, 1):
+            fields = text.rstrip("\n").split(" ||| ")
+            row = {"source": fields[0], "target": fields[1]}
+            row |= {f"score{i}": float(v) for i, v in enumerate(fields[2].split())}
+            row |= {"alignment": fields[3] if len(fields) > 3 else "", "counts": fields[4] if len(fields) > 4 else "",
+                    "extra": fields[5:], "line": line}
+            rows.append(row)
+    return rows
+
+
+TABLE_SCHEMA = pa.schema([("source", pa.string()), ("target", pa.string())]
+                         + [(f"score{i}", pa.float32()) for i in range(4)]
+                         + [("alignment", pa.string()), ("counts", pa.string()), ("extra", pa.list_(pa.string())),
+                            ("line", pa.int64())],
+                         metadata={SCORES_KEY: json.dumps(SCORES).encode()})
+
+
+def write_table(rows: list[dict], out: Path, rows_per_part: int, row_group_size: int,
+                langs: tuple[str, str] = ("en", "fr"), schema: pa.Schema = TABLE_SCHEMA) -> Path:
+    out.mkdir(parents=True)
+    for p, start in enumerate(range(0, len(rows), rows_per_part)):
+        table = pa.Table.from_pylist(rows[start:start + rows_per_part], schema=schema)
+        pq.write_table(table, out / f"part-{p:05d}.parquet", row_group_size=row_group_size)
+    write_manifest(out, stage="phrase-table", inputs=[], config={"source_lang": langs[0], "target_lang": langs[1]},
+                   counts={"rows": len(rows)})
+    return out
+
+
+def tiny_model(path: Path, rows: list[dict], *, langs=("en", "fr"), swap: bool = False, seed: int = 0) -> Path:
+    """A random model (hidden 32, embedding 16) whose vocabularies miss the rarest quarter of the words."""
+    def vocab(side: str, lang: str) -> Vocabulary:
+        counts = Counter(token for row in rows for token in row[side].split())
+        words = sorted(counts, key=lambda w: (-counts[w], w))
+        return Vocabulary(words[: len(words) * 3 // 4], lang=lang)
+
+    src, tgt = vocab("source", langs[0]), vocab("target", langs[1])
+    if swap:
+        src, tgt = Vocabulary(tgt.itos[3:], lang=langs[0]), Vocabulary(src.itos[3:], lang=langs[1])
+    torch.manual_seed(seed)
+    model = EncoderDecoder(EncoderDecoderConfig(src_vocab_size=len(src), tgt_vocab_size=len(tgt), embedding=16,
+                                                hidden=32, maxout=16, output_rank=8))
+    with torch.no_grad():  # larger than the paper's init, so the scores differ visibly between pairs
+        for p in model.parameters():
+            p.normal_(0.0, 0.2)
+    save_model(path, model, src, tgt)
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("rescore")
+    files = generate_demo(root / "demo", DEMO)
+    rows = moses_rows(files.phrase_table)
+    return {
+        "root": root,
+        "rows": rows,
+        "model": tiny_model(root / "model.pt", rows),
+        # three partitionings of the same table
+        "groups100": write_table(rows, root / "t100", rows_per_part=len(rows), row_group_size=100),
+        "parts": write_table(rows, root / "tparts", rows_per_part=700, row_group_size=250),
+        "single": write_table(rows, root / "tsingle", rows_per_part=len(rows), row_group_size=len(rows)),
+    }
+
+
+def read_out(path: Path) -> pa.Table:
+    return pa.concat_tables(pq.read_table(p) for p in sorted(path.glob("part-*.parquet")))
+
+
+def config(model: Path, **overrides) -> RescoreConfig:
+    return RescoreConfig(model=str(model), device="cpu", **(SMALL | overrides))
+
+
+def test_scores_equal_forward_pass_and_unknown_counts(data: dict, tmp_path: Path) -> None:
+    units, _ = plan_units(data["groups100"], rows_per_unit=300)
+    assert [u.rows for u in units] == [300] * 5
+    for unit in units:
+        rescore_unit(unit, tmp_path, config(data["model"]))
+    out = read_out(tmp_path)
+    rows = data["rows"]
+    assert out.num_rows == len(rows) and out.column("line").to_pylist() == [r["line"] for r in rows]
+
+    model, src_vocab, tgt_vocab = load_model(data["model"])
+    sources = [r["source"].split() for r in rows]
+    targets = [r["target"].split() for r in rows]
+    direct = score_pairs(model, sources, targets, src_vocab, tgt_vocab, batch_size=1).numpy()
+    logp = out.column("rnn_logp").to_numpy()
+    assert np.abs(logp - direct).max() < 1e-4
+    assert np.ptp(logp) > 1.0  # the scores differ between pairs: the comparison means something
+
+    unk = [src_vocab.count_unknown(s) + tgt_vocab.count_unknown(t) for s, t in zip(sources, targets, strict=True)]
+    assert out.column("rnn_unk").to_pylist() == unk
+    assert 0 < sum(u > 0 for u in unk) < len(unk)
+
+    # the input's columns, values and metadata are kept; the new columns are declared as log scores
+    original = read_out(data["groups100"])
+    assert out.select(original.column_names).equals(original)
+    assert out.schema.field("rnn_logp").type == pa.float32() == out.schema.field("rnn_unk").type
+    assert read_score_columns(out.schema, "out") == SCORES + [{"name": "rnn_logp", "domain": "log"},
+                                                              {"name": "rnn_unk", "domain": "log"}]
+
+
+def test_scorer_is_exact_whatever_the_company(data: dict) -> None:
+    """A pair's score does not depend on which pairs share its batches or group."""
+    model, src_vocab, tgt_vocab = load_model(data["model"])
+    rows = data["rows"][:400]
+    sources, targets = [r["source"] for r in rows], [r["target"] for r in rows]
+    scorer = PhraseScorer(model, src_vocab, tgt_vocab, encoder_batch=8, decoder_batch=16, readout_rows=4,
+                          group_sources=25)
+    whole, unk, stats = scorer.score(sources, targets)
+    assert stats.groups > 5 and stats.padded_rows > 0 and stats.sources_encoded < len(rows)
+    order = np.random.default_rng(1).permutation(len(rows))
+    shuffled, _, _ = scorer.score([sources[i] for i in order], [targets[i] for i in order])
+    assert np.array_equal(shuffled, whole[order])
+    pieces = [scorer.score(sources[a:b], targets[a:b])[0] for a, b in ((0, 7), (7, 150), (150, 400))]
+    assert np.array_equal(np.concatenate(pieces), whole)
+
+
+def test_identical_across_partitionings_on_a_two_worker_cluster(data: dict, dask_client, tmp_path: Path) -> None:
+    outputs = {}
+    for name, rows_per_unit in (("groups100", 100), ("parts", 500), ("single", 10_000)):
+        out = tmp_path / name
+        report = rescore(dask_client, data[name], out, config(data["model"]), rows_per_unit=rows_per_unit,
+                         quiet=True)
+        assert report["rows"] == len(data["rows"]) and report["units_resumed"] == 0
+        assert read_manifest(out)["counts"]["rows"] == len(data["rows"])
+        assert json.loads((out / "report.json").read_text())["rows"] == len(data["rows"])
+        assert not staging_dir(out).exists() and not (out / ".units").exists()
+        outputs[name] = read_out(out)
+    assert report["units"] == 1 and read_manifest(tmp_path / "groups100")["counts"]["units"] == 15
+    reference = outputs.pop("single")
+    for table in outputs.values():
+        assert table.equals(reference)
+        assert table.column("rnn_logp").to_pylist() == reference.column("rnn_logp").to_pylist()
+    # the same as scoring in this process, one unit at a time
+    local = tmp_path / "local"
+    local.mkdir()
+    units, _ = plan_units(data["parts"], rows_per_unit=500)
+    for unit in units:
+        rescore_unit(unit, local, config(data["model"]))
+    assert read_out(local).equals(reference)
+
+
+def test_interrupted_run_resumes_with_every_row_once(data: dict, dask_client, tmp_path: Path) -> None:
+    table, out = data["groups100"], tmp_path / "out"
+    cfg = config(data["model"])
+    resolved, run = run_identity(cfg, 100)
+    units, _ = plan_units(table, 100)
+    staging = staging_dir(out)
+    prepare_staging(staging, run, units)
+    for unit in units[:6]:  # committed before the interruption
+        rescore_unit(unit, staging, resolved)
+    # debris of the interruption: a half-written part, a part whose record was never written,
+    # and a part of another plan of the table
+    (staging / ".part-00000-00009.parquet.tmp-dead").write_bytes(b"PAR1 truncated")
+    rescore_unit(units[7], staging, resolved)
+    (staging / ".units" / "part-00000-00007.json").unlink()
+    (staging / "part-00000-00099.parquet").write_bytes((staging / units[0].name).read_bytes())
+
+    report = rescore(dask_client, table, out, cfg, rows_per_unit=100, quiet=True)
+    assert report["units_resumed"] == 6 and report["units_scored"] == len(units) - 6
+    lines = read_out(out).column("line").to_pylist()
+    assert sorted(lines) == list(range(1, len(data["rows"]) + 1)) == lines
+    clean = tmp_path / "clean"
+    rescore(dask_client, table, clean, cfg, rows_per_unit=100, quiet=True)
+    assert read_out(out).equals(read_out(clean))
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in clean.iterdir())
+
+
+def test_killed_cli_run_resumes(data: dict, dask_address: str, tmp_path: Path) -> None:
+    """SIGKILL the client mid-run, rerun the same command: every row exactly once, same scores."""
+    rows = data["rows"] * 4  # 6000 pairs, 60 units: the run lasts long enough to be killed midway
+    for i, row in enumerate(rows):
+        row = row | {"line": i + 1}
+        rows[i] = row
+    table = write_table(rows, tmp_path / "table", rows_per_part=len(rows), row_group_size=100)
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "workflows.cli", "rescore", "--phrase-table", str(table), "--model",
+            str(data["model"]), "--out", str(out), "--scheduler", dask_address, "--device", "cpu",
+            "--rows-per-unit", "100", "--encoder-batch", "8", "--decoder-batch", "16", "--readout-rows", "4",
+            "--threads", "1", "--quiet"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    staging = staging_dir(out)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if staging.is_dir() and len(list((staging / ".units").glob("part-*.json"))) >= 3:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_at_kill = len(list((staging / ".units").glob("part-*.json"))) if staging.is_dir() else 60
+    assert not (out / "manifest.json").exists()
+    time.sleep(1.0)  # tasks of the dead client may still commit units; they are atomic either way
+
+    result = subprocess.run(argv[:-1], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["units"] == 60 and report["units_resumed"] >= min(done_at_kill, 3)
+    assert report["units_resumed"] < 60, "the run finished before it was killed: no resumption tested"
+    lines = read_out(out).column("line").to_pylist()
+    assert lines == list(range(1, len(rows) + 1))
+    model, src_vocab, tgt_vocab = load_model(data["model"])
+    sample = slice(0, len(rows), 37)
+    direct = score_pairs(model, [r["source"].split() for r in rows[sample]], [r["target"].split() for r in rows[sample]],
+                         src_vocab, tgt_vocab).numpy()
+    assert np.abs(read_out(out).column("rnn_logp").to_numpy()[sample] - direct).max() < 1e-4
+
+
+def test_input_is_never_modified(data: dict, dask_client, tmp_path: Path) -> None:
+    table = data["parts"]
+    before = {p.name: file_hash(p) for p in table.iterdir()}
+    rescore(dask_client, table, tmp_path / "out", config(data["model"]), rows_per_unit=1000, quiet=True)
+    assert {p.name: file_hash(p) for p in table.iterdir()} == before
+    with pytest.raises(UserError, match="must differ from the input"):
+        rescore(dask_client, table, table, config(data["model"]), quiet=True)
+
+
+def test_mismatched_models_and_tables_are_clear_errors(data: dict, dask_client, tmp_path: Path) -> None:
+    rows, table = data["rows"], data["single"]
+    wrong_lang = tiny_model(tmp_path / "fr-en.pt", rows, langs=("fr", "en"))
+    with pytest.raises(UserError, match="model's source language is 'fr' but the phrase table's is 'en'"):
+        rescore(dask_client, table, tmp_path / "a", config(wrong_lang), quiet=True)
+    swapped = tiny_model(tmp_path / "swapped.pt", rows, swap=True)
+    with pytest.raises(UserError, match="unknown to the model's vocabularies.*swapped"):
+        rescore(dask_client, table, tmp_path / "b", config(swapped), quiet=True)
+
+    no_target = write_table([{k: v for k, v in r.items() if k != "target"} for r in rows[:50]], tmp_path / "nt",
+                            50, 50, schema=TABLE_SCHEMA.remove(1))
+    with pytest.raises(UserError, match="missing column 'target'"):
+        rescore(dask_client, no_target, tmp_path / "c", config(data["model"]), quiet=True)
+    no_meta = write_table(rows[:50], tmp_path / "nm", 50, 50, schema=TABLE_SCHEMA.remove_metadata())
+    with pytest.raises(UserError, match="no 'rnnenc.scores' schema metadata"):
+        rescore(dask_client, no_meta, tmp_path / "d", config(data["model"]), quiet=True)
+    with pytest.raises(UserError, match="already has a column 'score0'"):
+        rescore(dask_client, table, tmp_path / "e", config(data["model"], logp_column="score0"), quiet=True)
+
+    # an empty phrase is found on a worker and reported with its file and line
+    bad_rows = [dict(r) for r in rows[:300]]
+    bad_rows[250]["target"] = " "
+    bad = write_table(bad_rows, tmp_path / "bad", 300, 100)
+    with pytest.raises(UserError, match=rf"part-00000.parquet:{bad_rows[250]['line']}: empty or null target"):
+        rescore(dask_client, bad, tmp_path / "f", config(data["model"]), rows_per_unit=100, quiet=True)
+    assert not (tmp_path / "f").exists()
+
+
+def test_cli_one_line_errors(data: dict, dask_address: str, tmp_path: Path, capsys) -> None:
+    code = cli.main(["rescore", "--phrase-table", str(data["single"]), "--model", str(tmp_path / "none.pt"),
+                     "--out", str(tmp_path / "o"), "--scheduler", dask_address])
+    assert code == 1
+    assert capsys.readouterr().err.strip().endswith("none.pt: model file not found")
+    code = cli.main(["rescore", "--phrase-table", str(tmp_path / "nothing"), "--model", str(data["model"]),
+                     "--out", str(tmp_path / "o"), "--scheduler", dask_address, "--quiet"])
+    assert code == 1 and "phrase table not found" in capsys.readouterr().err
+    code = cli.main(["rescore", "--phrase-table", str(data["single"]), "--model", str(data["model"]),
+                     "--out", str(tmp_path / "o"), "--scheduler", dask_address, "--decoder-batch", "10",
+                     "--readout-rows", "4"])
+    assert code == 1 and "--readout-rows must divide --decoder-batch" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_bf16_scores_and_partition_independence(data: dict, tmp_path: Path) -> None:
+    gpu = RescoreConfig(model=str(data["model"]), device="cuda", encoder_batch=64, decoder_batch=64,
+                        readout_rows=64, group_sources=40)
+    for name, rows_per_unit in (("groups100", 100), ("single", 10_000)):
+        (tmp_path / name).mkdir()
+        for unit in plan_units(data[name], rows_per_unit)[0]:
+            rescore_unit(unit, tmp_path / name, gpu)
+    a, b = read_out(tmp_path / "groups100"), read_out(tmp_path / "single")
+    assert a.equals(b)
+    model, src_vocab, tgt_vocab = load_model(data["model"])
+    direct = score_pairs(model, [r["source"].split() for r in data["rows"]],
+                         [r["target"].split() for r in data["rows"]], src_vocab, tgt_vocab).numpy()
+    assert np.abs(a.column("rnn_logp").to_numpy() - direct).max() < 0.05 * np.abs(direct).max()
