@@ -1,0 +1,216 @@
+"""Moses side of the export: the updated moses.ini and the export stage's output directory.
+
+``update_moses_ini`` takes the user's moses.ini (the one ``train-model.perl`` wrote, or a tuned
+one) and returns a copy in which the phrase dictionary (``PhraseDictionaryMemory``,
+``PhraseDictionaryCompact``, ``PhraseDictionaryOnDisk``, ...) named ``TranslationModel0``
+(or the only one there is, or the one asked for)
+
+* has ``num-features`` raised by the number of score columns the table has beyond it,
+* has ``path=`` pointing at the exported table (for Compact/OnDisk: at the binarised table the
+  ``binarise`` command of the report makes from it),
+* has one initial weight per added column appended to its line under ``[weight]``
+  (default 0.2 each, the value train-model.perl gives every phrase-table feature; set one
+  per column with ``weights={"rnn_unk": -0.2}``),
+
+so the result goes straight into ``mert-moses.pl``, which tunes the new weights. The ini must
+have ``num-features`` on that feature and as many weights as features; a table with fewer
+score columns than the ini's ``num-features`` is refused (it is not this ini's table).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import UserError
+
+PHRASE_DICTIONARY_PREFIX = "PhraseDictionary"
+DEFAULT_INITIAL_WEIGHT = 0.2
+TABLE_NAME = "phrase-table.gz"
+
+
+@dataclass
+class IniUpdate:
+    text: str
+    feature: str                      # the phrase dictionary's name
+    feature_type: str                 # PhraseDictionaryMemory, ...
+    old_features: int
+    new_features: int
+    added: list[str] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+    path: str = ""
+    binarise: str | None = None       # command that makes the binarised table the ini points at
+
+
+def _format_weight(value: float) -> str:
+    return f"{value:g}"
+
+
+def _parse_feature(line: str) -> tuple[str, dict[str, str], list[str]]:
+    tokens = line.split()
+    options = {}
+    for token in tokens[1:]:
+        if "=" in token:
+            key, value = token.split("=", 1)
+            options[key] = value
+    return tokens[0], options, tokens
+
+
+def binarise_command(feature_type: str, table: str, num_scores: int, target: str) -> str | None:
+    if feature_type == "PhraseDictionaryCompact":
+        return f"processPhraseTableMin -in {table} -nscores {num_scores} -out {target}"
+    if feature_type == "PhraseDictionaryOnDisk":
+        return f"CreateOnDiskPt 1 1 {num_scores} 100 2 {table} {target}"
+    return None
+
+
+def update_moses_ini(text: str, *, table_path: str, score_names: Sequence[str], name: str | None = None,
+                     initial_weight: float = DEFAULT_INITIAL_WEIGHT,
+                     weights: Mapping[str, float] | None = None, source: str = "moses.ini") -> IniUpdate:
+    """The moses.ini ``text`` updated for a table with the score columns ``score_names``."""
+    weights = dict(weights or {})
+    lines = text.split("\n")
+    section = None
+    features: list[tuple[int, str, str, dict[str, str], list[str]]] = []   # line index, name, type, ...
+    per_type: dict[str, int] = {}
+    weight_lines: dict[str, int] = {}
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        header = re.fullmatch(r"\[([^\]]+)\]", stripped)
+        if header:
+            section = header.group(1).strip()
+            continue
+        if section == "feature":
+            ftype, options, tokens = _parse_feature(stripped)
+            index = per_type.get(ftype, 0)
+            per_type[ftype] = index + 1
+            if ftype.startswith(PHRASE_DICTIONARY_PREFIX):
+                features.append((i, options.get("name", f"{ftype}{index}"), ftype, options, tokens))
+        elif section == "weight":
+            match = re.match(r"\s*([^=\s]+)\s*=", line)
+            if match:
+                weight_lines[match.group(1)] = i
+    if not features:
+        if re.search(r"^\s*\[ttable-file\]", text, re.M):
+            raise UserError(f"{source}: an old-format moses.ini ([ttable-file]); convert it to the "
+                            "[feature]/[weight] format (Moses 2.1+) first")
+        raise UserError(f"{source}: no phrase dictionary (PhraseDictionary...) under [feature]")
+    names = [f[1] for f in features]
+    if name is None:
+        name = names[0] if len(features) == 1 else ("TranslationModel0" if "TranslationModel0" in names else None)
+        if name is None:
+            raise UserError(f"{source}: several phrase dictionaries ({', '.join(names)}); say which one")
+    if name not in names:
+        raise UserError(f"{source}: no phrase dictionary named '{name}' (there are: {', '.join(names)})")
+    index, _, ftype, options, tokens = features[names.index(name)]
+    where = f"{source}:{index + 1}"
+    if "num-features" not in options:
+        raise UserError(f"{where}: {name} has no num-features=")
+    try:
+        old = int(options["num-features"])
+    except ValueError:
+        raise UserError(f"{where}: {name}: num-features={options['num-features']} is not a number") from None
+    if name not in weight_lines:
+        raise UserError(f"{source}: no weights for {name} under [weight] (a line '{name}= w1 ... w{old}')")
+    w_index = weight_lines[name]
+    current = lines[w_index].split("=", 1)[1].split()
+    if len(current) != old:
+        raise UserError(f"{source}:{w_index + 1}: {name} has num-features={old} but {len(current)} weight(s)")
+    total = len(score_names)
+    if total < old:
+        raise UserError(f"{where}: {name} has num-features={old}, but the phrase table has only {total} "
+                        f"score column(s) ({', '.join(score_names)}): not this moses.ini's table?")
+    added = list(score_names[old:])
+    new_weights = [float(weights.pop(n, initial_weight)) for n in added]
+    if weights:
+        raise UserError(f"weights given for {', '.join(sorted(weights))}, which the export does not add "
+                        f"(added columns: {', '.join(added) or 'none'})")
+    binarise = None
+    path = table_path
+    if ftype in ("PhraseDictionaryCompact", "PhraseDictionaryOnDisk"):
+        stem = table_path[: -len(".gz")] if table_path.endswith(".gz") else table_path
+        path = stem + (".minphr" if ftype == "PhraseDictionaryCompact" else ".ondisk")
+        binarise = binarise_command(ftype, table_path, total, stem if ftype == "PhraseDictionaryCompact" else path)
+    new_tokens = []
+    seen_path = False
+    for token in tokens:
+        if token.startswith("num-features="):
+            token = f"num-features={total}"
+        elif token.startswith("path="):
+            token, seen_path = f"path={path}", True
+        new_tokens.append(token)
+    if not seen_path:
+        new_tokens.append(f"path={path}")
+    indent = lines[index][: len(lines[index]) - len(lines[index].lstrip())]
+    lines[index] = indent + " ".join(new_tokens)
+    if new_weights:
+        lines[w_index] = lines[w_index].rstrip() + " " + " ".join(_format_weight(w) for w in new_weights)
+    return IniUpdate(text="\n".join(lines), feature=name, feature_type=ftype, old_features=old,
+                     new_features=total, added=added, weights=new_weights, path=path, binarise=binarise)
+
+
+def export_stage(table_dir: str | os.PathLike, out_dir: str | os.PathLike, *, moses_ini: str | os.PathLike | None = None,
+                 config=None, feature: str | None = None, initial_weight: float = DEFAULT_INITIAL_WEIGHT,
+                 weights: Mapping[str, float] | None = None, map_fn=None) -> dict[str, Any]:
+    """``out_dir/phrase-table.gz`` (+ ``moses.ini`` when given one), ``report.json``, manifest last."""
+    from pipeline.artifacts import atomic_output_dir, write_json_atomic, write_manifest
+    from pipeline.phrase_table import ExportConfig, export_moses, list_parts, read_score_columns
+
+    config = config or ExportConfig()
+    out_dir = Path(out_dir)
+    started = time.perf_counter()
+    ini_text = None
+    if moses_ini is not None:
+        moses_ini = Path(moses_ini)
+        if not moses_ini.is_file():
+            raise UserError(f"{moses_ini}: no such file")
+        ini_text = moses_ini.read_text(encoding="utf-8")
+        # Check the ini against the table before the long part.
+        import pyarrow.parquet as pq
+
+        names = [s["name"] for s in read_score_columns(pq.read_schema(list_parts(table_dir)[0]))]
+        update_moses_ini(ini_text, table_path=str(out_dir.resolve() / TABLE_NAME), score_names=names,
+                         name=feature, initial_weight=initial_weight, weights=weights, source=str(moses_ini))
+    with atomic_output_dir(out_dir) as tmp:
+        result = export_moses(table_dir, tmp / TABLE_NAME, config, map_fn=map_fn,
+                              tmp_dir=out_dir.parent / f".{out_dir.name}.runs-{os.getpid()}")
+        names = [s["name"] for s in result["scores"]]
+        report: dict[str, Any] = {
+            "stage": "export",
+            "table": str(out_dir / TABLE_NAME),
+            "rows": result["rows"],
+            "scores": result["scores"],
+            "clipped": result["clipped"],
+            "clipped_total": result["clipped_total"],
+            "precision": config.precision,
+            "sorter": config.sorter,
+            "parts": result["parts"],
+            "runs": result["runs"],
+        }
+        if ini_text is not None:
+            update = update_moses_ini(ini_text, table_path=str(out_dir.resolve() / TABLE_NAME), score_names=names,
+                                      name=feature, initial_weight=initial_weight, weights=weights,
+                                      source=str(moses_ini))
+            (tmp / "moses.ini").write_text(update.text, encoding="utf-8")
+            report["moses_ini"] = {"path": str(out_dir / "moses.ini"), "feature": update.feature,
+                                   "type": update.feature_type, "num_features": [update.old_features,
+                                                                                 update.new_features],
+                                   "added": update.added, "weights": update.weights, "table_path": update.path,
+                                   "binarise": update.binarise}
+        seconds = time.perf_counter() - started
+        report["seconds"] = round(seconds, 3)
+        report["rows_per_second"] = round(result["rows"] / seconds, 1) if seconds else None
+        write_json_atomic(tmp / "report.json", report)
+    inputs = [table_dir] + ([moses_ini] if moses_ini is not None else [])
+    write_manifest(out_dir, stage="export", inputs=inputs,
+                   config=config.to_dict() | {"feature": feature, "initial_weight": initial_weight,
+                                              "weights": dict(weights or {})},
+                   counts={"rows": report["rows"], "clipped_total": report["clipped_total"]})
+    return report

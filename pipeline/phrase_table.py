@@ -1,0 +1,801 @@
+"""Moses phrase tables as Parquet: the schema, streaming import, score columns, Moses text export.
+
+Parquet phrase table
+--------------------
+A directory of ``part-00000.parquet``, ``part-00001.parquet``, ... (name order = table order),
+each written in row groups of bounded size, with the columns
+
+===============  ======================  ===================================================
+``source``       string                  source phrase, Moses-escaped tokens, space-separated
+``target``       string                  target phrase
+``score0`` ...   float32                 one column per dense score, in Moses order
+``alignment``    string                  the 4th field ("" when the table has none)
+``counts``       string                  the 5th field ("" when the table has none)
+``extra``        list<string>            the 6th and later fields, verbatim
+``line``         int64                   1-based line number in the imported file
+===============  ======================  ===================================================
+
+and the schema metadata
+
+* ``rnnenc.scores``: JSON list ``[{"name": "score0", "domain": "prob"}, ...]``: the score
+  columns in the order Moses reads them. ``domain`` ``prob``: written to Moses as is;
+  ``log``: kept as a natural log (``rnn_logp``, ``rnn_unk``), written as ``exp(value)`` so
+  that Moses's log gives the value back.
+* ``rnnenc.fields``: how many `` ||| `` fields the imported lines had (3 to 5 + extras), so
+  the export writes the same fields back.
+
+Columns added later (``with_score_columns``) are appended after the imported ones; other
+columns (tools' bookkeeping) are ignored by the export.
+
+Import
+------
+``plan_ranges`` cuts plain-text inputs into byte ranges that start at line starts
+(compressed inputs cannot be split: one range per file); ``count_newlines`` gives every range
+its exact first line number; ``import_range`` parses one range into one part, streaming, in
+row groups of ``rows_per_group`` rows. ``import_moses`` strings them together over any
+``map_fn`` (a Dask map in ``workflows``, a plain loop by default).
+
+A line is rejected, never dropped silently, when it is not UTF-8, has fewer than three
+fields or another number of fields than the table's first line, an empty source or target
+phrase, a score that is not a finite number (``nan``, ``inf``, ``1_0`` and values beyond
+float32 are refused), or another number of scores than the first line. Under
+``on_error="fail"`` the first such line stops the import with ``file:line: reason``; under
+``"skip"`` it is counted by reason and written to the rejects file
+(``file \\t line \\t reason \\t detail \\t text``, tabs in the text written ``\\t``).
+
+Fields are split at ``|||`` and trimmed of surrounding blanks, as Moses reads them.
+
+Export
+------
+Each part is formatted and sorted in memory in runs of at most ``run_bytes`` bytes, each run
+written to disk; the runs are then merged (``heapq.merge``, or ``LC_ALL=C sort -m`` with
+``sorter="sort"``) into the gzip output. The order is ``LC_ALL=C sort``'s: lines compared as
+bytes, without the newline. Fields are joined by `` ||| `` (an empty field leaves just
+``|||``, as Moses writes trailing empty fields: ``... ||| 2 2 1 ||| |||``).
+
+Score formatting: ``%.6g`` (C printf), what Moses's own scorer writes, so the lines of a table
+made by Moses (or by ``pipeline.synthetic``) come back byte for byte; scores written with more
+than 6 significant digits come back rounded to 6 (``precision=9`` writes every float32
+exactly). A ``prob`` column is written as is and must not be negative or NaN; a ``log`` column
+is written as ``exp(value)``. Moses floors log scores at -100 (``LOWEST_SCORE``): a value
+whose log is below -100 (``0`` included) is written as ``exp(-100)`` and counted as clipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import heapq
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.errors import UserError, located
+
+SCORES_KEY = b"rnnenc.scores"
+FIELDS_KEY = b"rnnenc.fields"
+DOMAINS = ("prob", "log")
+LOWEST_LOG_SCORE = -100.0           # Moses's LOWEST_SCORE: log scores are floored here
+LOWEST_PROB = math.exp(LOWEST_LOG_SCORE)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+RESERVED_COLUMNS = ("source", "target", "alignment", "counts", "extra", "line")
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
+DEFAULT_SPLIT_BYTES = 256 << 20
+DEFAULT_ROWS_PER_GROUP = 100_000
+DEFAULT_RUN_BYTES = 128 << 20
+REJECT_REASONS = ("invalid_utf8", "field_count", "empty_phrase", "non_numeric_score", "score_count")
+
+OnError = Literal["fail", "skip"]
+Sorter = Literal["auto", "python", "sort"]
+MapFn = Callable[[Callable[[Any], Any], Sequence[Any], str], list]
+
+
+def local_map(func: Callable[[Any], Any], items: Sequence[Any], desc: str = "") -> list:
+    """The default ``map_fn``: run every item here, in order."""
+    return [func(item) for item in items]
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema and score columns
+
+def score_name(index: int) -> str:
+    return f"score{index}"
+
+
+def phrase_table_schema(scores: Sequence[Mapping[str, str]], fields: int = 5) -> pa.Schema:
+    """The schema of a phrase table whose score columns are ``scores`` (name, domain) in order."""
+    columns = [pa.field("source", pa.string()), pa.field("target", pa.string())]
+    columns += [pa.field(s["name"], pa.float32()) for s in scores]
+    columns += [pa.field("alignment", pa.string()), pa.field("counts", pa.string()),
+                pa.field("extra", pa.list_(pa.string())), pa.field("line", pa.int64())]
+    metadata = {SCORES_KEY: json.dumps([{"name": s["name"], "domain": s["domain"]} for s in scores]).encode(),
+                FIELDS_KEY: str(fields).encode()}
+    return pa.schema(columns, metadata=metadata)
+
+
+def read_score_columns(schema: pa.Schema) -> list[dict[str, str]]:
+    """The score columns of a phrase table, in Moses order: ``[{"name", "domain"}, ...]``.
+
+    Read from the ``rnnenc.scores`` metadata; a schema without it falls back to its float
+    columns named ``score<N>`` (prob domain). Raises UserError when a listed column is missing,
+    not a float, or has an unknown domain.
+    """
+    raw = (schema.metadata or {}).get(SCORES_KEY)
+    if raw is None:
+        found = sorted((int(m.group(1)), f.name) for f in schema
+                       if (m := re.fullmatch(r"score(\d+)", f.name)) and pa.types.is_floating(f.type))
+        return [{"name": name, "domain": "prob"} for _, name in found]
+    try:
+        scores = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"rnnenc.scores metadata is not JSON ({exc})") from None
+    if not isinstance(scores, list):
+        raise UserError("rnnenc.scores metadata is not a list")
+    out = []
+    for entry in scores:
+        if not isinstance(entry, dict) or "name" not in entry or entry.get("domain") not in DOMAINS:
+            raise UserError(f"rnnenc.scores: bad entry {entry!r} (want {{'name': ..., 'domain': 'prob'|'log'}})")
+        index = schema.get_field_index(entry["name"])
+        if index < 0:
+            raise UserError(f"rnnenc.scores lists '{entry['name']}', but the table has no such column")
+        if not pa.types.is_floating(schema.field(index).type):
+            raise UserError(f"score column '{entry['name']}' is {schema.field(index).type}, not a float")
+        out.append({"name": entry["name"], "domain": entry["domain"]})
+    return out
+
+
+def with_scores_metadata(schema: pa.Schema, scores: Sequence[Mapping[str, str]]) -> pa.Schema:
+    """``schema`` with its ``rnnenc.scores`` metadata replaced by ``scores``."""
+    metadata = dict(schema.metadata or {})
+    metadata[SCORES_KEY] = json.dumps([{"name": s["name"], "domain": s["domain"]} for s in scores]).encode()
+    return schema.with_metadata(metadata)
+
+
+def with_score_columns(table: pa.Table, columns: Mapping[str, tuple[Any, str]]) -> pa.Table:
+    """Append score columns ``{name: (values, domain)}`` (float32) after the existing ones.
+
+    ``domain`` is ``"prob"`` or ``"log"`` (see the module docstring). The metadata
+    (``rnnenc.scores``) lists the new columns after the old ones, in the mapping's order.
+    """
+    scores = read_score_columns(table.schema)
+    for name, (values, domain) in columns.items():
+        if domain not in DOMAINS:
+            raise ValueError(f"score column '{name}': domain must be 'prob' or 'log', not {domain!r}")
+        if name in table.column_names or name in RESERVED_COLUMNS:
+            raise ValueError(f"score column '{name}': the table already has a column of that name")
+        array = pa.array(values, type=pa.float32()) if not isinstance(values, (pa.Array, pa.ChunkedArray)) \
+            else values.cast(pa.float32())
+        if len(array) != table.num_rows:
+            raise ValueError(f"score column '{name}': {len(array)} values for {table.num_rows} rows")
+        table = table.append_column(pa.field(name, pa.float32()), array)
+        scores.append({"name": name, "domain": domain})
+    return table.replace_schema_metadata(with_scores_metadata(table.schema, scores).metadata)
+
+
+def table_fields(schema: pa.Schema) -> int:
+    """How many ``|||`` fields the table's lines have before the extras (3, 4 or 5)."""
+    raw = (schema.metadata or {}).get(FIELDS_KEY)
+    if raw is not None:
+        return max(3, min(5, int(raw)))
+    return 3 + ("alignment" in schema.names) + ("alignment" in schema.names and "counts" in schema.names)
+
+
+def list_parts(path: str | os.PathLike) -> list[Path]:
+    """The ``part-*.parquet`` files of a Parquet phrase table (or corpus), in order."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".parquet":
+        return [path]
+    if not path.is_dir():
+        raise UserError(f"{path}: no such directory")
+    parts = sorted(path.glob("part-*.parquet"))
+    if not parts:
+        raise UserError(f"{path}: no part-*.parquet files")
+    return parts
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing Moses lines
+
+class BadLine(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """What every line of the table must agree on (taken from its first valid line)."""
+
+    num_scores: int
+    num_fields: int
+    path: str = ""
+    line: int = 1
+
+    def origin(self) -> str:
+        return f"line {self.line}" + (f" of {Path(self.path).name}" if self.path else "")
+
+
+def split_fields(text: str) -> list[str]:
+    return [field.strip(" \t\r") for field in text.split("|||")]
+
+
+def _decode(raw: bytes) -> str:
+    raw = raw[:-1] if raw.endswith(b"\n") else raw
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadLine("invalid_utf8", f"invalid UTF-8 at byte {exc.start + 1}") from None
+
+
+def parse_scores(field: str) -> list[float]:
+    values = []
+    for token in field.split():
+        try:
+            value = float(token)
+        except ValueError:
+            raise BadLine("non_numeric_score", f"non-numeric score '{token}'") from None
+        if "_" in token or not math.isfinite(value) or abs(value) > FLOAT32_MAX:
+            raise BadLine("non_numeric_score", f"score '{token}' is not a finite float32 number")
+        values.append(value)
+    return values
+
+
+def parse_line(raw: bytes, spec: TableSpec | None) -> tuple[str, str, list[float], list[str]]:
+    """(source, target, scores, further fields) of one line, or BadLine(reason, detail)."""
+    fields = split_fields(_decode(raw))
+    if len(fields) < 3:
+        raise BadLine("field_count", f"{len(fields)} field(s), expected at least 3 "
+                                     "(source ||| target ||| scores)")
+    if spec is not None and len(fields) != spec.num_fields:
+        raise BadLine("field_count", f"{len(fields)} fields where {spec.origin()} has {spec.num_fields}")
+    if not fields[0] or not fields[1]:
+        raise BadLine("empty_phrase", "empty source phrase" if not fields[0] else "empty target phrase")
+    scores = parse_scores(fields[2])
+    if not scores:
+        raise BadLine("score_count", "no scores")
+    if spec is not None and len(scores) != spec.num_scores:
+        raise BadLine("score_count", f"{len(scores)} scores where {spec.origin()} has {spec.num_scores}")
+    return fields[0], fields[1], scores, fields[3:]
+
+
+def open_input(path: str | os.PathLike):
+    from pipeline.corpus import open_binary
+
+    return open_binary(path)
+
+
+def is_compressed(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in COMPRESSED_SUFFIXES
+
+
+def detect_spec(path: str | os.PathLike, num_scores: int | None = None, max_lines: int = 10_000) -> TableSpec:
+    """The table's field and score counts, from the first valid line of ``path``."""
+    first_error = None
+    with open_input(path) as handle:
+        for number, raw in enumerate(handle, start=1):
+            if number > max_lines:
+                break
+            try:
+                _s, _t, scores, rest = parse_line(raw, None)
+            except BadLine as bad:
+                first_error = first_error or (number, bad.detail)
+                continue
+            if num_scores is not None and len(scores) != num_scores:
+                raise located(path, number, f"{len(scores)} scores, but --num-scores says {num_scores}")
+            return TableSpec(num_scores=len(scores), num_fields=3 + len(rest), path=str(path), line=number)
+    if first_error:
+        raise located(path, first_error[0], f"{first_error[1]}; no valid phrase-table line in the first "
+                                            f"{min(max_lines, first_error[0] + max_lines)} lines")
+    raise UserError(f"{path}: empty phrase table")
+
+
+# ---------------------------------------------------------------------------------------------
+# Import: ranges, line numbers, one part per range
+
+@dataclass(frozen=True)
+class Range:
+    """Bytes [start, end) of ``path`` (end None: to the end), starting at a line start."""
+
+    path: str
+    start: int = 0
+    end: int | None = None
+    first_line: int = 1
+    index: int = 0
+
+
+def plan_ranges(paths: Sequence[str | os.PathLike], split_bytes: int = DEFAULT_SPLIT_BYTES) -> list[Range]:
+    """Byte ranges of about ``split_bytes`` aligned to line starts; one range per compressed file."""
+    if split_bytes < 1:
+        raise UserError("split size must be at least 1 byte")
+    ranges: list[Range] = []
+    for path in paths:
+        path = str(path)
+        if not Path(path).is_file():
+            raise UserError(f"{path}: no such file")
+        if is_compressed(path):
+            ranges.append(Range(path, 0, None))
+            continue
+        size = os.path.getsize(path)
+        starts = [0]
+        with open(path, "rb") as handle:
+            offset = split_bytes
+            while offset < size:
+                handle.seek(offset - 1)
+                handle.readline()           # to the first line start at or after offset
+                start = handle.tell()
+                if start >= size:
+                    break
+                if start > starts[-1]:
+                    starts.append(start)
+                offset = max(start, offset) + split_bytes
+        bounds = starts + [size]
+        ranges += [Range(path, a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    return ranges
+
+
+def count_newlines(rng: Range, block: int = 1 << 24) -> int:
+    """Newline bytes in the range (every range but a file's last ends with one)."""
+    count = 0
+    with open(rng.path, "rb") as handle:
+        handle.seek(rng.start)
+        left = None if rng.end is None else rng.end - rng.start
+        while left is None or left > 0:
+            data = handle.read(block if left is None else min(block, left))
+            if not data:
+                break
+            count += data.count(b"\n")
+            if left is not None:
+                left -= len(data)
+    return count
+
+
+def number_ranges(ranges: Sequence[Range], newlines: Sequence[int]) -> list[Range]:
+    """Give each range its first line number and its part index."""
+    out, line, previous = [], 1, None
+    for index, (rng, count) in enumerate(zip(ranges, newlines, strict=True)):
+        if rng.path != previous:
+            line, previous = 1, rng.path
+        out.append(Range(rng.path, rng.start, rng.end, line, index))
+        line += count
+    return out
+
+
+def _range_lines(rng: Range) -> Iterator[bytes]:
+    if rng.end is None and rng.start == 0:
+        with open_input(rng.path) as handle:
+            yield from handle
+        return
+    with open(rng.path, "rb") as handle:
+        handle.seek(rng.start)
+        position, end = rng.start, rng.end
+        for raw in handle:
+            if end is not None and position >= end:
+                break
+            yield raw
+            position += len(raw)
+
+
+def _escape_text(raw: bytes) -> str:
+    text = raw.rstrip(b"\n").decode("utf-8", errors="backslashreplace")
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\r", "\\r")
+
+
+class _PartWriter:
+    """Accumulates parsed rows; writes a row group every ``rows_per_group`` rows."""
+
+    def __init__(self, path: Path, schema: pa.Schema, spec: TableSpec, rows_per_group: int):
+        self.path, self.schema, self.spec, self.rows_per_group = path, schema, spec, rows_per_group
+        self.writer: pq.ParquetWriter | None = None
+        self.rows = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.source: list[str] = []
+        self.target: list[str] = []
+        self.scores: list[float] = []
+        self.alignment: list[str] = []
+        self.counts: list[str] = []
+        self.extra: list[list[str]] = []
+        self.line: list[int] = []
+
+    def add(self, line: int, source: str, target: str, scores: list[float], rest: list[str]) -> None:
+        self.source.append(source)
+        self.target.append(target)
+        self.scores.extend(scores)
+        self.alignment.append(rest[0] if rest else "")
+        self.counts.append(rest[1] if len(rest) > 1 else "")
+        self.extra.append(rest[2:])
+        self.line.append(line)
+        if len(self.line) >= self.rows_per_group:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.line:
+            return
+        n = self.spec.num_scores
+        matrix = np.asarray(self.scores, dtype=np.float64).reshape(-1, n).astype(np.float32)
+        arrays = [pa.array(self.source, pa.string()), pa.array(self.target, pa.string())]
+        arrays += [pa.array(matrix[:, i]) for i in range(n)]
+        arrays += [pa.array(self.alignment, pa.string()), pa.array(self.counts, pa.string()),
+                   pa.array(self.extra, pa.list_(pa.string())), pa.array(self.line, pa.int64())]
+        batch = pa.Table.from_arrays(arrays, schema=self.schema)
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.path, self.schema, compression="zstd")
+        self.writer.write_table(batch, row_group_size=self.rows_per_group)
+        self.rows += len(self.line)
+        self._reset()
+
+    def close(self) -> None:
+        self.flush()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def import_range(rng: Range, out_dir: str, spec: TableSpec, on_error: OnError = "fail",
+                 rows_per_group: int = DEFAULT_ROWS_PER_GROUP) -> dict[str, Any]:
+    """Parse one range into ``out_dir/part-<index>.parquet`` (+ ``rejects-<index>.tsv``).
+
+    Returns counts: lines, rows, rejected by reason, and the part's path (None if no row).
+    """
+    out = Path(out_dir)
+    part = out / f"part-{rng.index:05d}.parquet"
+    rejects_path = out / f"rejects-{rng.index:05d}.tsv"
+    schema = phrase_table_schema([{"name": score_name(i), "domain": "prob"} for i in range(spec.num_scores)],
+                                 spec.num_fields)
+    writer = _PartWriter(part, schema, spec, rows_per_group)
+    rejected: Counter = Counter()
+    lines = 0
+    rejects = None
+    try:
+        for number, raw in enumerate(_range_lines(rng), start=rng.first_line):
+            lines += 1
+            try:
+                source, target, scores, rest = parse_line(raw, spec)
+            except BadLine as bad:
+                if on_error == "fail":
+                    raise located(rng.path, number, f"{bad.detail} (use --on-error skip to write such "
+                                                    "lines to a rejects file)") from None
+                rejected[bad.reason] += 1
+                if rejects is None:
+                    rejects = open(rejects_path, "w", encoding="utf-8", newline="\n")
+                rejects.write(f"{rng.path}\t{number}\t{bad.reason}\t{bad.detail}\t{_escape_text(raw)}\n")
+                continue
+            writer.add(number, source, target, scores, rest)
+        writer.close()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            writer.close()
+        part.unlink(missing_ok=True)
+        raise
+    finally:
+        if rejects is not None:
+            rejects.close()
+    return {"index": rng.index, "path": rng.path, "first_line": rng.first_line, "lines": lines,
+            "rows": writer.rows, "rejected": dict(rejected),
+            "part": str(part) if writer.rows else None,
+            "rejects": str(rejects_path) if rejects is not None else None}
+
+
+def import_moses(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
+                 source_lang: str | None = None, target_lang: str | None = None,
+                 on_error: OnError = "fail", rejects_path: str | os.PathLike | None = None,
+                 split_bytes: int = DEFAULT_SPLIT_BYTES, rows_per_group: int = DEFAULT_ROWS_PER_GROUP,
+                 num_scores: int | None = None, map_fn: MapFn | None = None) -> dict[str, Any]:
+    """Import Moses phrase tables (text or compressed) into the Parquet directory ``out_dir``.
+
+    Atomic (a temporary directory renamed at the end), ``report.json`` inside and
+    ``manifest.json`` last. ``map_fn(func, items, desc)`` runs the per-range work (default:
+    here, in order). Returns the report.
+    """
+    from pipeline.artifacts import atomic_output_dir, write_json_atomic, write_manifest
+
+    if not inputs:
+        raise UserError("phrase-table: no input file given")
+    if rows_per_group < 1:
+        raise UserError("phrase-table: rows per row group must be at least 1")
+    map_fn = map_fn or local_map
+    inputs = [str(p) for p in inputs]
+    out_dir = Path(out_dir)
+    started = time.perf_counter()
+    spec = detect_spec(inputs[0], num_scores)
+    ranges = plan_ranges(inputs, split_bytes)
+    plain = [r for r in ranges if r.end is not None]
+    counts = dict(zip(plain, map_fn(count_newlines, plain, "count lines"), strict=True)) if plain else {}
+    ranges = number_ranges(ranges, [counts.get(r, 0) for r in ranges])
+    with atomic_output_dir(out_dir) as tmp:
+        staging = tmp / ".staging"
+        staging.mkdir()
+        results = map_fn(partial(import_range, out_dir=str(staging), spec=spec, on_error=on_error,
+                                 rows_per_group=rows_per_group), ranges, "import")
+        rejected: Counter = Counter()
+        files: dict[str, Counter] = {}
+        parts = 0
+        for result in results:
+            rejected.update(result["rejected"])
+            per_file = files.setdefault(result["path"], Counter())
+            per_file["lines"] += result["lines"]
+            per_file["rows"] += result["rows"]
+            per_file["rejected"] += sum(result["rejected"].values())
+            if result["part"]:
+                os.replace(result["part"], tmp / f"part-{parts:05d}.parquet")
+                parts += 1
+        rows = sum(r["rows"] for r in results)
+        lines = sum(r["lines"] for r in results)
+        n_rejected = sum(rejected.values())
+        if rows == 0:
+            raise UserError(f"phrase-table: no valid line in {', '.join(inputs)} ({dict(rejected)})")
+        final_rejects = None
+        if n_rejected:
+            final_rejects = Path(rejects_path) if rejects_path else tmp / "rejects.tsv.gz"
+            final_rejects.parent.mkdir(parents=True, exist_ok=True)
+            _concat_rejects([r["rejects"] for r in results if r["rejects"]], final_rejects)
+        shutil.rmtree(staging)
+        seconds = time.perf_counter() - started
+        report = {
+            "stage": "phrase-table",
+            "inputs": inputs,
+            "lines_read": lines,
+            "rows_written": rows,
+            "rejected": n_rejected,
+            "rejected_by_reason": dict(sorted(rejected.items())),
+            "rejects_file": (str(out_dir / "rejects.tsv.gz") if final_rejects and not rejects_path
+                             else (str(rejects_path) if final_rejects else None)),
+            "files": {path: dict(c) for path, c in files.items()},
+            "num_scores": spec.num_scores,
+            "num_fields": spec.num_fields,
+            "ranges": len(ranges),
+            "parts": parts,
+            "rows_per_group": rows_per_group,
+            "seconds": round(seconds, 3),
+            "lines_per_second": round(lines / seconds, 1) if seconds else None,
+        }
+        assert lines == rows + n_rejected, report
+        write_json_atomic(tmp / "report.json", report)
+    write_manifest(out_dir, stage="phrase-table", inputs=inputs,
+                   config={"source_lang": source_lang, "target_lang": target_lang, "on_error": on_error,
+                           "split_bytes": split_bytes, "rows_per_group": rows_per_group,
+                           "num_scores": spec.num_scores, "num_fields": spec.num_fields},
+                   counts={k: report[k] for k in ("lines_read", "rows_written", "rejected", "parts")})
+    return report
+
+
+def _concat_rejects(paths: Iterable[str], out: Path) -> None:
+    tmp = out.with_name(out.name + ".tmp")
+    with gzip.open(tmp, "wt", encoding="utf-8", newline="\n") as handle:
+        handle.write("file\tline\treason\tdetail\ttext\n")
+        for path in paths:
+            with open(path, encoding="utf-8") as part:
+                shutil.copyfileobj(part, handle)
+    os.replace(tmp, out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Export: Moses text lines, sorted out of core
+
+def join_fields(fields: Sequence[str]) -> str:
+    """Moses fields joined by `` ||| `` (an empty field leaves ``|||`` without padding)."""
+    out = fields[0]
+    for field in fields[1:]:
+        out += f" ||| {field}" if field else " |||"
+    return out
+
+
+def format_scores(values: np.ndarray, domain: str, precision: int = 6) -> tuple[list[str], int, np.ndarray]:
+    """Strings Moses should read for one score column; (strings, clipped count, bad rows mask)."""
+    values = np.asarray(values, dtype=np.float64)
+    if domain == "log":
+        bad = np.isnan(values) | (values > math.log(FLOAT32_MAX))
+        clip = values < LOWEST_LOG_SCORE
+        moses = np.exp(np.where(clip | bad, LOWEST_LOG_SCORE, values))
+    else:
+        bad = np.isnan(values) | (values < 0) | (values > FLOAT32_MAX)
+        clip = ~bad & (values < LOWEST_PROB)
+        moses = np.where(clip | bad, LOWEST_PROB, values)
+    spec = f".{precision}g"
+    return [format(v, spec) for v in moses.tolist()], int(clip.sum()), bad
+
+
+def format_lines(table: pa.Table, scores: Sequence[Mapping[str, str]], fields: int, *,
+                 precision: int = 6, where: str = "") -> tuple[list[str], dict[str, int]]:
+    """Moses lines for the rows of ``table``; clipped values per score column.
+
+    A NaN anywhere, a negative ``prob`` value, or a ``log`` value whose exp overflows float
+    raises UserError naming the row's original line and the column.
+    """
+    n = table.num_rows
+    columns = [table.column("source").to_pylist(), table.column("target").to_pylist()]
+    clipped = {}
+    texts = []
+    for score in scores:
+        values = table.column(score["name"]).to_numpy(zero_copy_only=False)
+        strings, n_clipped, bad = format_scores(values, score["domain"], precision)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            line = table.column("line")[row].as_py() if "line" in table.column_names else row + 1
+            value = float(values[row])
+            why = ("NaN" if math.isnan(value) else
+                   "negative: Moses would take its log (NaN) and drop every phrase"
+                   if score["domain"] == "prob" and value < 0
+                   else "too large for a float32 score")
+            raise UserError(f"{where}: row of line {line}: score column '{score['name']}' "
+                            f"({score['domain']}) is {value!r}, {why}")
+        clipped[score["name"]] = n_clipped
+        texts.append(strings)
+    columns.append([" ".join(row) for row in zip(*texts, strict=True)] if texts else [""] * n)
+    if fields >= 4:
+        columns.append(table.column("alignment").to_pylist() if "alignment" in table.column_names else [""] * n)
+    if fields >= 5:
+        columns.append(table.column("counts").to_pylist() if "counts" in table.column_names else [""] * n)
+    extra = table.column("extra").to_pylist() if "extra" in table.column_names else None
+    lines = []
+    for i, row in enumerate(zip(*columns, strict=True)):
+        row = [field or "" for field in row]
+        if extra is not None and extra[i]:
+            row += extra[i]
+        lines.append(join_fields(row))
+    return lines, clipped
+
+
+def _write_run(lines: list[bytes], path: Path) -> None:
+    lines.sort()
+    with open(path, "wb") as handle:
+        handle.writelines(line + b"\n" for line in lines)
+
+
+def sorted_runs(part: str, run_dir: str, index: int, *, precision: int = 6,
+                run_bytes: int = DEFAULT_RUN_BYTES, batch_rows: int = 65_536) -> dict[str, Any]:
+    """Format one part as Moses lines, in sorted runs of at most ``run_bytes`` bytes on disk."""
+    pf = pq.ParquetFile(part)
+    scores = read_score_columns(pf.schema_arrow)
+    fields = table_fields(pf.schema_arrow)
+    wanted = [c for c in ("source", "target", *(s["name"] for s in scores), "alignment", "counts", "extra",
+                          "line") if c in pf.schema_arrow.names]
+    runs: list[str] = []
+    pending: list[bytes] = []
+    size = rows = 0
+    clipped: Counter = Counter()
+    for batch in pf.iter_batches(batch_size=batch_rows, columns=wanted):
+        lines, n_clipped = format_lines(pa.Table.from_batches([batch]), scores, fields,
+                                        precision=precision, where=part)
+        clipped.update(n_clipped)
+        rows += len(lines)
+        for line in lines:
+            data = line.encode("utf-8")
+            pending.append(data)
+            size += len(data) + 50          # + list and object overhead
+        if size >= run_bytes:
+            runs.append(str(Path(run_dir) / f"run-{index:05d}-{len(runs):04d}.txt"))
+            _write_run(pending, Path(runs[-1]))
+            pending, size = [], 0
+    if pending:
+        runs.append(str(Path(run_dir) / f"run-{index:05d}-{len(runs):04d}.txt"))
+        _write_run(pending, Path(runs[-1]))
+    return {"runs": runs, "rows": rows, "clipped": dict(clipped),
+            "scores": scores, "fields": fields}
+
+
+def _read_run(path: str) -> Iterator[bytes]:
+    with open(path, "rb", buffering=1 << 20) as handle:
+        for line in handle:
+            yield line[:-1]
+
+
+def merge_runs(runs: Sequence[str], out: Path, *, sorter: Sorter = "auto", fan_in: int = 64,
+               tmp_dir: Path | None = None, compresslevel: int = 6) -> int:
+    """Merge sorted runs into the gzip file ``out`` in C byte order; return the line count."""
+    use_sort = sorter == "sort" or (sorter == "auto" and shutil.which("sort") is not None)
+    if sorter == "sort" and shutil.which("sort") is None:
+        raise UserError("export: --sorter sort, but there is no 'sort' command")
+    tmp_dir = tmp_dir or out.parent
+    runs = list(runs)
+    level = 0
+    # Bound the open files: merge groups of fan_in runs into longer runs first.
+    while len(runs) > fan_in:
+        merged = []
+        for k in range(0, len(runs), fan_in):
+            group = runs[k:k + fan_in]
+            path = tmp_dir / f"merge-{level:02d}-{k // fan_in:05d}.txt"
+            with open(path, "wb") as handle:
+                for line in heapq.merge(*(_read_run(r) for r in group)):
+                    handle.write(line + b"\n")
+            for r in group:
+                os.unlink(r)
+            merged.append(str(path))
+        runs, level = merged, level + 1
+    count = 0
+    with open(out, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0,
+                                               compresslevel=compresslevel) as gz:
+        if use_sort and runs:
+            env = dict(os.environ, LC_ALL="C")
+            with subprocess.Popen(["sort", "-m", "-T", str(tmp_dir), "--", *runs], stdout=subprocess.PIPE,
+                                  env=env) as proc:
+                assert proc.stdout is not None
+                for block in iter(partial(proc.stdout.read, 1 << 20), b""):
+                    gz.write(block)
+                    count += block.count(b"\n")
+            if proc.returncode:
+                raise UserError(f"export: 'sort -m' failed with status {proc.returncode}")
+        else:
+            buffer: list[bytes] = []
+            for line in heapq.merge(*(_read_run(r) for r in runs)):
+                buffer.append(line)
+                if len(buffer) >= 65_536:
+                    gz.write(b"\n".join(buffer) + b"\n")
+                    count += len(buffer)
+                    buffer = []
+            if buffer:
+                gz.write(b"\n".join(buffer) + b"\n")
+                count += len(buffer)
+    return count
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    precision: int = 6
+    run_bytes: int = DEFAULT_RUN_BYTES
+    sorter: Sorter = "auto"
+    compresslevel: int = 6
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def export_moses(table_dir: str | os.PathLike, out_path: str | os.PathLike, config: ExportConfig = ExportConfig(),
+                 *, map_fn: MapFn | None = None, tmp_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Write the Parquet phrase table ``table_dir`` as a sorted Moses text table (gzip) at ``out_path``.
+
+    Returns counts: rows, score columns, clipped values per column. ``tmp_dir`` holds the sorted
+    runs (default: beside ``out_path``; the workers must see it).
+    """
+    if not 1 <= config.precision <= 17:
+        raise UserError("export: precision must be between 1 and 17 significant digits")
+    map_fn = map_fn or local_map
+    parts = list_parts(table_dir)
+    first = pq.read_schema(parts[0])
+    scores = read_score_columns(first)
+    if not scores:
+        raise UserError(f"{table_dir}: no score columns (rnnenc.scores metadata or score<N> columns)")
+    for part in parts[1:]:
+        if read_score_columns(pq.read_schema(part)) != scores:
+            raise UserError(f"{part}: its score columns differ from those of {parts[0].name}")
+    out_path = Path(out_path)
+    run_dir = Path(tmp_dir) if tmp_dir else out_path.parent / f".runs-{out_path.name}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        items = list(enumerate(str(p) for p in parts))
+        results = map_fn(partial(_sorted_runs_item, run_dir=str(run_dir), precision=config.precision,
+                                 run_bytes=config.run_bytes), items, "format and sort")
+        runs = [r for result in results for r in result["runs"]]
+        rows = merge_runs(runs, out_path, sorter=config.sorter, tmp_dir=run_dir,
+                          compresslevel=config.compresslevel)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    clipped: Counter = Counter()
+    for result in results:
+        clipped.update(result["clipped"])
+    expected = sum(r["rows"] for r in results)
+    if rows != expected:
+        raise UserError(f"export: wrote {rows} lines for {expected} rows (a field contains a newline?)")
+    return {"rows": rows, "scores": scores, "fields": table_fields(first), "parts": len(parts),
+            "runs": len(runs), "clipped": {s["name"]: clipped.get(s["name"], 0) for s in scores},
+            "clipped_total": sum(clipped.values())}
+
+
+def _sorted_runs_item(item: tuple[int, str], run_dir: str, precision: int, run_bytes: int) -> dict[str, Any]:
+    index, part = item
+    return sorted_runs(part, run_dir, index, precision=precision, run_bytes=run_bytes)
