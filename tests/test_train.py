@@ -1,0 +1,220 @@
+"""Training: outputs, exact resumption after a kill, bad input, and learning on the demo data."""
+
+from __future__ import annotations
+
+import collections
+import csv
+import gzip
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from pipeline.artifacts import read_manifest
+from pipeline.errors import UserError
+from pipeline.model import load_model, score_pairs
+from pipeline.synthetic import DemoConfig, generate_demo
+from pipeline.train import PairSampler, TrainConfig, draw_validation, train
+from pipeline.vocab import Vocabulary
+
+TINY = dict(embedding=8, hidden=16, maxout=8, output_rank=8, threads=1, seed=7)
+SRC_WORDS = "the a cat dog sat on mat red big small house".split()
+TGT_WORDS = "le la chat chien assis sur tapis rouge grand petit maison".split()
+
+
+def write_table(table: Path, pairs: list[tuple[str, str]], parts: int = 2) -> Path:
+    """A Parquet phrase table in the project's schema (source, target, scores, line)."""
+    table.mkdir(parents=True)
+    bounds = np.linspace(0, len(pairs), parts + 1).astype(int)
+    for k in range(parts):
+        chunk = pairs[bounds[k]:bounds[k + 1]]
+        pq.write_table(pa.table({
+            "source": pa.array([s for s, _ in chunk], pa.string()),
+            "target": pa.array([t for _, t in chunk], pa.string()),
+            "score0": pa.array([0.5] * len(chunk), pa.float32()),
+            "line": pa.array(range(bounds[k] + 1, bounds[k + 1] + 1), pa.int64()),
+        }), table / f"part-{k:05d}.parquet")
+    return table
+
+
+def toy_pairs(n: int = 300, seed: int = 0) -> list[tuple[str, str]]:
+    """Word-for-word 'translations' of random phrases, unique, plus one over-long pair."""
+    rng = np.random.default_rng(seed)
+    pairs = set()
+    while len(pairs) < n:
+        ids = rng.integers(0, len(SRC_WORDS), size=rng.integers(1, 5))
+        pairs.add((" ".join(SRC_WORDS[i] for i in ids), " ".join(TGT_WORDS[i] for i in ids)))
+    return sorted(pairs) + [(" ".join(["cat"] * 12), " ".join(["chat"] * 12))]
+
+
+@pytest.fixture()
+def toy(tmp_path: Path) -> dict[str, Path]:
+    table = write_table(tmp_path / "table", toy_pairs())
+    Vocabulary(SRC_WORDS, lang="en").save(tmp_path / "vocab.en.txt")
+    Vocabulary(TGT_WORDS, lang="fr").save(tmp_path / "vocab.fr.txt")
+    return {"table": table, "src": tmp_path / "vocab.en.txt", "tgt": tmp_path / "vocab.fr.txt",
+            "cache": tmp_path / "cache"}
+
+
+def run(toy: dict[str, Path], out: Path, config: TrainConfig, resume: bool = False) -> dict:
+    return train(config, toy["table"], toy["src"], toy["tgt"], out, resume=resume, cache_dir=toy["cache"],
+                 quiet=True)
+
+
+def test_training_writes_every_output(toy, tmp_path):
+    config = TrainConfig(updates=30, batch_size=16, max_length=10, valid_pairs=40, valid_every=10,
+                         checkpoint_every=10, log_every=5, **TINY)
+    report = run(toy, tmp_path / "out", config)
+    out = tmp_path / "out"
+    counts = report["counts"]
+    assert counts["pairs"] == 301 and counts["pairs_too_long"] == 1 and counts["updates"] == 30
+    assert counts["valid_pairs"] + counts["valid_pairs_too_long"] == 40
+    assert counts["target_tokens_trained"] > 30 * 16
+    assert report["device"] == "cpu"
+    for name in ("model.pt", "checkpoints/last.pt", "checkpoints/best.pt", "learning_curve.png", "report.json"):
+        assert (out / name).is_file(), name
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [int(r["update"]) for r in rows if r["split"] == "valid"] == [10, 20, 30]
+    assert [int(r["update"]) for r in rows if r["split"] == "train"] == [5, 10, 15, 20, 25, 30]
+    manifest = read_manifest(out)
+    assert manifest["stage"] == "train" and manifest["counts"]["updates"] == 30
+    model, src_vocab, tgt_vocab = load_model(out / "model.pt")
+    assert (model.config.hidden, len(src_vocab), tgt_vocab.lang) == (16, len(SRC_WORDS) + 3, "fr")
+    # model.pt holds the best validated parameters
+    best = min(rows, key=lambda r: (float(r["nll_per_token"]) if r["split"] == "valid" else math.inf))
+    assert counts["best_update"] == int(best["update"])
+
+
+def test_sampler_is_uniform_over_training_pairs_and_never_draws_validation():
+    valid = draw_validation(1000, 100, seed=3)
+    sampler = PairSampler(1000, valid, seed=3)
+    train_rows = np.setdiff1d(np.arange(1000), valid)
+    np.testing.assert_array_equal(sampler.to_table_index(np.arange(900)), train_rows)
+    draws = np.concatenate([sampler.draw(k, 64) for k in range(1, 501)])
+    assert not np.isin(draws, valid).any()
+    hist = np.bincount(draws, minlength=1000)[train_rows]
+    assert hist.min() > 10 and hist.max() < 70  # 32 expected per pair
+    np.testing.assert_array_equal(sampler.draw(17, 64), PairSampler(1000, valid, seed=3).draw(17, 64))
+
+
+def test_resume_after_a_kill_ends_with_the_same_parameters(toy, tmp_path):
+    common = dict(updates=240, batch_size=16, max_length=10, valid_pairs=40, valid_every=30,
+                  checkpoint_every=20, log_every=10, **TINY)
+    run(toy, tmp_path / "straight", TrainConfig(**common))
+
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "workflows.cli", "train", "--phrase-table", str(toy["table"]),
+           "--src-vocab", str(toy["src"]), "--tgt-vocab", str(toy["tgt"]), "--out", str(killed),
+           "--cache-dir", str(toy["cache"]), "--quiet", "--updates", "240", "--batch-size", "16",
+           "--max-length", "10", "--valid-pairs", "40", "--valid-every", "30", "--checkpoint-every", "20",
+           "--embedding", "8", "--hidden", "16", "--maxout", "8", "--threads", "1", "--seed", "7"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, env=os.environ | {"PYTHONHASHSEED": "0"})
+    deadline = time.time() + 120
+    while not (killed / "checkpoints" / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+    stopped_at = torch.load(killed / "checkpoints" / "last.pt", weights_only=False)["state"]["update"]
+    assert 0 < stopped_at < 240
+    assert read_manifest(killed) is None  # an interrupted output is not trusted
+
+    report = run(toy, killed, TrainConfig(**common), resume=True)
+    assert report["counts"]["updates"] == 240
+    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=False)
+    b = torch.load(killed / "checkpoints" / "last.pt", weights_only=False)
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    for key, state in a["optimizer"]["state"].items():
+        for name, tensor in state.items():
+            assert torch.equal(tensor, b["optimizer"]["state"][key][name]), name
+    assert a["state"]["best_update"] == b["state"]["best_update"]
+    rows = list(csv.DictReader(open(killed / "metrics.csv")))
+    updates = [int(r["update"]) for r in rows if r["split"] == "train"]
+    assert updates == list(range(10, 241, 10))  # rows after the checkpoint were replaced, not repeated
+    assert read_manifest(killed)["counts"]["updates"] == 240
+
+
+def test_bad_input_gives_clear_errors(toy, tmp_path):
+    config = TrainConfig(updates=2, batch_size=4, valid_pairs=0, **TINY)
+    empty = write_table(tmp_path / "empty", [], parts=1)
+    with pytest.raises(UserError, match="the phrase table is empty"):
+        train(config, empty, toy["src"], toy["tgt"], tmp_path / "o1", cache_dir=toy["cache"], quiet=True)
+    with pytest.raises(UserError, match="no part-\\*.parquet"):
+        train(config, tmp_path, toy["src"], toy["tgt"], tmp_path / "o2", cache_dir=toy["cache"], quiet=True)
+    with pytest.raises(UserError, match="swapped"):
+        train(config, toy["table"], toy["tgt"], toy["src"], tmp_path / "o3", cache_dir=toy["cache"], quiet=True)
+    Vocabulary("un deux trois".split(), lang="xx").save(tmp_path / "vocab.xx.txt")
+    with pytest.raises(UserError, match="vocab.xx.txt: covers only 0% of the target tokens"):
+        train(config, toy["table"], toy["src"], tmp_path / "vocab.xx.txt", tmp_path / "o4",
+              cache_dir=toy["cache"], quiet=True)
+    with pytest.raises(UserError, match="no checkpoint to resume from"):
+        run(toy, tmp_path / "o5", config, resume=True)
+
+    run(toy, tmp_path / "done", config)
+    with pytest.raises(UserError, match="exists and is not empty"):
+        run(toy, tmp_path / "done", config)
+    with pytest.raises(UserError, match="another configuration"):
+        run(toy, tmp_path / "done", TrainConfig(**(config.to_dict() | {"hidden": 32})), resume=True)
+    last = tmp_path / "done" / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])
+    with pytest.raises(UserError, match="last.pt: corrupt checkpoint"):
+        run(toy, tmp_path / "done", TrainConfig(**(config.to_dict() | {"updates": 4})), resume=True)
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Probability that a random positive scores above a random negative (ties count half)."""
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    greater = (pos[:, None] > neg[None, :]).mean()
+    ties = (pos[:, None] == neg[None, :]).mean()
+    return float(greater + ties / 2)
+
+
+def test_learns_the_demo_phrase_table(tmp_path):
+    demo = generate_demo(tmp_path / "demo", DemoConfig(
+        seed=5, pool_size=500, in_domain_size=100, dev_size=50, phrase_table_pairs=3000,
+        general_concepts=100, in_domain_concepts=30, shared_concepts=30, one_side_concepts=10))
+    with gzip.open(demo.phrase_table, "rt", encoding="utf-8") as handle:
+        lines = [line.rstrip("\n").split(" ||| ") for line in handle]
+    table = write_table(tmp_path / "table", [(f[0], f[1]) for f in lines], parts=3)
+    src_count = collections.Counter(w for f in lines for w in f[0].split())
+    tgt_count = collections.Counter(w for f in lines for w in f[1].split())
+    Vocabulary([w for w, _ in src_count.most_common()], lang="en").save(tmp_path / "vocab.en.txt")
+    Vocabulary([w for w, _ in tgt_count.most_common()], lang="fr").save(tmp_path / "vocab.fr.txt")
+    config = TrainConfig(updates=1500, valid_pairs=300, valid_every=250, checkpoint_every=1500, log_every=50,
+                         embedding=32, hidden=64, maxout=64, output_rank=32, threads=1, seed=1)
+    report = train(config, table, tmp_path / "vocab.en.txt", tmp_path / "vocab.fr.txt", tmp_path / "model",
+                   cache_dir=tmp_path / "cache", quiet=True)
+
+    # unigram model of target tokens (incl. </s>) from the training pairs, on the validation pairs
+    valid = set(draw_validation(len(lines), 300, seed=1).tolist())
+    counts = collections.Counter()
+    for i, f in enumerate(lines):
+        if i not in valid:
+            counts.update(f[1].split() + ["</s>"])
+    total = sum(counts.values())
+    valid_tokens = [w for i in sorted(valid) for w in lines[i][1].split() + ["</s>"]]
+    unigram_ppl = math.exp(-sum(math.log((counts[w] + 1) / (total + len(counts) + 1)) for w in valid_tokens)
+                           / len(valid_tokens))
+    model_ppl = report["counts"]["best_valid_perplexity"]
+    assert model_ppl < 0.5 * unigram_ppl, (model_ppl, unigram_ppl)
+
+    model, src_vocab, tgt_vocab = load_model(tmp_path / "model" / "model.pt")
+    truth = [line.split("\t") for line in demo.phrase_table_truth.read_text(encoding="utf-8").splitlines()]
+    scores = score_pairs(model, [t[0].split() for t in truth], [t[1].split() for t in truth],
+                         src_vocab, tgt_vocab).numpy()
+    auc = roc_auc(scores, np.array([int(t[2]) for t in truth]))
+    assert auc >= 0.9, auc
+    (tmp_path / "figures.json").write_text(json.dumps({"auc": auc, "ppl": model_ppl, "unigram": unigram_ppl}))
