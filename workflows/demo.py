@@ -51,6 +51,44 @@ def prepare_data(data_dir: Path, config: DemoConfig) -> None:
     generate_demo(data_dir, config)
 
 
+BASELINE_MOSES_INI = """\
+# Moses configuration of the demo's phrase-based baseline, as train-model.perl writes it.
+# 'rnnenc export' writes an updated copy with the RNN features added.
+
+[input-factors]
+0
+
+[mapping]
+0 T 0
+
+[distortion-limit]
+6
+
+[feature]
+UnknownWordPenalty
+WordPenalty
+PhrasePenalty
+PhraseDictionaryMemory name=TranslationModel0 num-features=4 path={phrase_table} input-factor=0 output-factor=0
+Distortion
+KENLM name=LM0 factor=0 path={lm} order=4
+
+[weight]
+UnknownWordPenalty0= 1
+WordPenalty0= -1
+PhrasePenalty0= 0.2
+TranslationModel0= 0.2 0.2 0.2 0.2
+Distortion0= 0.3
+LM0= 0.5
+"""
+
+
+def write_baseline_moses_ini(data_dir: Path, root: Path) -> Path:
+    path = data_dir / "moses.ini"
+    path.write_text(BASELINE_MOSES_INI.format(phrase_table=(data_dir / "phrase-table.gz").resolve(),
+                                              lm=(root / "select" / "lm" / "in.fr.binary").resolve()))
+    return path
+
+
 def selection_precision(select_dir: Path, truth_file: Path) -> dict[str, float] | None:
     parts = sorted((select_dir / "selected").glob("part-*.parquet"))
     if not parts:
@@ -123,6 +161,7 @@ def main(args: argparse.Namespace) -> int:
     data_dir = root / "data"
     root.mkdir(parents=True, exist_ok=True)
     prepare_data(data_dir, DemoConfig(seed=args.seed, pool_size=args.pool_size))
+    write_baseline_moses_ini(data_dir, root)
     workflow_file = root / "demo.yaml"
     spec = yaml.safe_load(demo_workflow_text())
     spec["run"], spec["artifacts"] = root.resolve().name, str(root.resolve().parent)
