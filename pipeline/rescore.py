@@ -58,11 +58,17 @@ import torch.nn.functional as F
 
 from pipeline.errors import UserError
 from pipeline.model import EncoderDecoder, EncoderDecoderConfig, load_model
+from pipeline.phrase_table import (
+    RESERVED_COLUMNS,
+    list_parts,
+    read_score_columns,
+    with_score_columns,
+    with_scores_metadata,
+)
 from pipeline.vocab import EOS_ID, UNK_ID, Vocabulary
 
 log = logging.getLogger("rnnenc")
 
-SCORES_KEY = b"rnnenc.scores"
 UNITS_DIR = ".units"
 REQUIRED_COLUMNS = ("source", "target")
 # Batch sizes by measurement (benchmarks/rescore.py): on the CPU the readout's vocabulary-wide
@@ -308,12 +314,13 @@ class PhraseScorer:
             if t > 0:
                 s = s + m.out_y(prev[:, t - 1]).float()
             q = m.out_rank(s.unflatten(-1, (cfg.maxout, cfg.maxout_pieces)).amax(-1))
-            y = tgt[:, t:t + 1]
+            y = tgt[:, t]
             for start in range(0, B, self.readout_rows):
                 rows = slice(start, start + self.readout_rows)
-                logits = m.out_vocab(q[rows]).float()
-                picked = logits.gather(1, y[rows]).squeeze(1) - torch.logsumexp(logits, dim=1)
-                total[rows] += picked.double()
+                # fused log-softmax + pick: the softmax over the vocabulary costs about as much
+                # as the rank-R x V product on the CPU
+                nll = F.cross_entropy(m.out_vocab(q[rows]).float(), y[rows], reduction="none")
+                total[rows] -= nll.double()
         return total
 
 
@@ -358,32 +365,23 @@ def torch_threads(threads: int | None) -> Iterator[None]:
 # The table: metadata, validation, work units
 
 
-def read_score_columns(schema: pa.Schema, where: object) -> list[dict[str, str]]:
-    """The ``rnnenc.scores`` list of a phrase table's schema (Moses score order and domains)."""
-    raw = (schema.metadata or {}).get(SCORES_KEY)
-    if raw is None:
-        raise UserError(f"{where}: no 'rnnenc.scores' schema metadata: not an rnnenc Parquet phrase table "
-                        "(import Moses tables with 'rnnenc phrase-table')")
-    try:
-        scores = json.loads(raw)
-        assert isinstance(scores, list) and all(isinstance(s, dict) and "name" in s for s in scores)
-    except (ValueError, AssertionError):
-        raise UserError(f"{where}: malformed 'rnnenc.scores' schema metadata") from None
-    return scores
-
-
 def output_schema(schema: pa.Schema, config: RescoreConfig, where: object) -> pa.Schema:
-    """The input schema with the two new float32 columns appended and declared in ``rnnenc.scores``."""
-    scores = read_score_columns(schema, where)
+    """The input schema with the two new float32 columns appended and declared in ``rnnenc.scores``.
+
+    Raises UserError when the table's score metadata is broken or a new name is taken.
+    """
+    try:
+        scores = read_score_columns(schema)
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
     for name in (config.logp_column, config.unk_column):
-        if name in schema.names:
+        if name in schema.names or name in RESERVED_COLUMNS:
             raise UserError(f"{where}: the table already has a column '{name}' (choose other names with "
                             "--logp-column / --unk-column)")
-    metadata = dict(schema.metadata or {})
-    metadata[SCORES_KEY] = json.dumps(scores + [{"name": config.logp_column, "domain": "log"},
-                                                {"name": config.unk_column, "domain": "log"}]).encode()
-    return pa.schema(list(schema) + [pa.field(config.logp_column, pa.float32()),
-                                     pa.field(config.unk_column, pa.float32())], metadata=metadata)
+    schema = pa.schema(list(schema) + [pa.field(config.logp_column, pa.float32()),
+                                       pa.field(config.unk_column, pa.float32())], metadata=schema.metadata)
+    return with_scores_metadata(schema, scores + [{"name": config.logp_column, "domain": "log"},
+                                                  {"name": config.unk_column, "domain": "log"}])
 
 
 def check_schema(schema: pa.Schema, where: object) -> None:
@@ -392,19 +390,6 @@ def check_schema(schema: pa.Schema, where: object) -> None:
             raise UserError(f"{where}: missing column '{name}' (columns: {', '.join(schema.names)})")
         if not (pa.types.is_string(schema.field(name).type) or pa.types.is_large_string(schema.field(name).type)):
             raise UserError(f"{where}: column '{name}' is {schema.field(name).type}, expected strings")
-
-
-def table_parts(table: str | os.PathLike) -> list[Path]:
-    """A Parquet phrase table's parts: ``part-*.parquet`` of a directory (or the file itself)."""
-    table = Path(table)
-    if table.is_file():
-        return [table]
-    if not table.is_dir():
-        raise UserError(f"{table}: phrase table not found")
-    parts = sorted(table.glob("part-*.parquet"))
-    if not parts:
-        raise UserError(f"{table}: no part-*.parquet files: not a Parquet phrase table")
-    return parts
 
 
 @dataclass(frozen=True)
@@ -434,7 +419,7 @@ def plan_units(table: str | os.PathLike, rows_per_unit: int) -> tuple[list[WorkU
         raise UserError("rescore: --rows-per-unit must be at least 1")
     units: list[WorkUnit] = []
     schema: pa.Schema | None = None
-    for p, path in enumerate(table_parts(table)):
+    for p, path in enumerate(list_parts(table)):
         try:
             meta = pq.ParquetFile(path)
         except (OSError, pa.ArrowException) as exc:
@@ -503,13 +488,13 @@ def rescore_unit(unit: WorkUnit, staging: str | os.PathLike, config: RescoreConf
     if table.num_rows != unit.rows:
         raise UserError(f"{unit.path}: changed while rescoring (expected {unit.rows} rows in row groups "
                         f"{unit.row_groups[0]}-{unit.row_groups[-1]})")
-    schema = output_schema(table.schema, config, unit.path)
+    output_schema(table.schema, config, unit.path)  # fails before scoring, not after
     sources, targets = _check_pairs(table, unit)
     scorer = scorer_for(config)
     with torch_threads(config.threads):
         logp, unk, stats = scorer.score(sources, targets)
-    out = pa.Table.from_arrays(table.columns + [pa.array(logp.astype(np.float32)), pa.array(unk.astype(np.float32))],
-                               schema=schema)
+    out = with_score_columns(table, {config.logp_column: (logp.astype(np.float32), "log"),
+                                     config.unk_column: (unk.astype(np.float32), "log")})
     tmp = staging / f".{unit.name}.tmp-{uuid.uuid4().hex[:8]}"
     pq.write_table(out, tmp, compression="zstd")
     os.replace(tmp, staging / unit.name)
@@ -543,6 +528,5 @@ def vocabulary_mismatch(sources: Sequence[str], targets: Sequence[str], src_voca
 
 
 __all__ = ["PhraseScorer", "RescoreConfig", "ScoreStats", "WorkUnit", "batch_sizes", "check_schema",
-           "completed_record", "output_schema", "plan_units", "read_score_columns", "rescore_unit",
-           "resolve_device", "scorer_for", "scoring_flops", "table_parts", "torch_threads",
-           "vocabulary_mismatch"]
+           "completed_record", "output_schema", "plan_units", "rescore_unit", "resolve_device", "scorer_for",
+           "scoring_flops", "torch_threads", "vocabulary_mismatch"]

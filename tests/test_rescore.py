@@ -3,6 +3,7 @@ a real 2-worker cluster, resumption after an interruption, and one-line errors."
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import json
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,17 +23,12 @@ import torch
 from pipeline.artifacts import file_hash, read_manifest, write_manifest
 from pipeline.errors import UserError
 from pipeline.model import EncoderDecoder, EncoderDecoderConfig, load_model, save_model, score_pairs
-from pipeline.rescore import (
-    SCORES_KEY,
-    PhraseScorer,
-    RescoreConfig,
-    plan_units,
-    read_score_columns,
-    rescore_unit,
-)
+from pipeline.phrase_table import import_moses, read_score_columns
+from pipeline.rescore import PhraseScorer, RescoreConfig, plan_units, rescore_unit, torch_threads
 from pipeline.synthetic import DemoConfig, generate_demo
 from pipeline.vocab import Vocabulary
 from workflows import cli
+from workflows import rescore as rescore_command
 from workflows.rescore import prepare_staging, rescore, run_identity, staging_dir
 
 DEMO = DemoConfig(seed=3, pool_size=2000, in_domain_size=200, dev_size=50, phrase_table_pairs=1500)
@@ -40,35 +37,14 @@ SCORES = [{"name": f"score{i}", "domain": "prob"} for i in range(4)]
 SMALL = {"encoder_batch": 8, "decoder_batch": 16, "readout_rows": 4, "group_sources": 40, "threads": 1}
 
 
-def moses_rows(path: Path) -> list[dict]:
-    """The demo's Moses table as rows of the Parquet phrase-table format (CONTRIBUTING.md)."""
-    rows = []
-    with gzip.open(path, "rt", encoding="utf-8") as handle:
-        for line, text in enumerate(handle, 1):
-            fields = text.rstrip("\n").split(" ||| ")
-            row = {"source": fields[0], "target": fields[1]}
-            row |= {f"score{i}": float(v) for i, v in enumerate(fields[2].split())}
-            row |= {"alignment": fields[3] if len(fields) > 3 else "", "counts": fields[4] if len(fields) > 4 else "",
-                    "extra": fields[5:], "line": line}
-            rows.append(row)
-    return rows
-
-
-TABLE_SCHEMA = pa.schema([("source", pa.string()), ("target", pa.string())]
-                         + [(f"score{i}", pa.float32()) for i in range(4)]
-                         + [("alignment", pa.string()), ("counts", pa.string()), ("extra", pa.list_(pa.string())),
-                            ("line", pa.int64())],
-                         metadata={SCORES_KEY: json.dumps(SCORES).encode()})
-
-
-def write_table(rows: list[dict], out: Path, rows_per_part: int, row_group_size: int,
-                langs: tuple[str, str] = ("en", "fr"), schema: pa.Schema = TABLE_SCHEMA) -> Path:
+def write_table(table: pa.Table, out: Path, rows_per_part: int, row_group_size: int,
+                langs: tuple[str, str] = ("en", "fr")) -> Path:
+    """``table`` re-cut into other parts and row groups (same rows, schema and metadata)."""
     out.mkdir(parents=True)
-    for p, start in enumerate(range(0, len(rows), rows_per_part)):
-        table = pa.Table.from_pylist(rows[start:start + rows_per_part], schema=schema)
-        pq.write_table(table, out / f"part-{p:05d}.parquet", row_group_size=row_group_size)
+    for p, start in enumerate(range(0, table.num_rows, rows_per_part)):
+        pq.write_table(table.slice(start, rows_per_part), out / f"part-{p:05d}.parquet", row_group_size=row_group_size)
     write_manifest(out, stage="phrase-table", inputs=[], config={"source_lang": langs[0], "target_lang": langs[1]},
-                   counts={"rows": len(rows)})
+                   counts={"rows": table.num_rows})
     return out
 
 
@@ -92,19 +68,29 @@ def tiny_model(path: Path, rows: list[dict], *, langs=("en", "fr"), swap: bool =
     return path
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """The workers' setting (Dask's nanny runs one thread); also spares a shared machine."""
+    with torch_threads(1):
+        yield
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("rescore")
     files = generate_demo(root / "demo", DEMO)
-    rows = moses_rows(files.phrase_table)
+    import_moses([files.phrase_table], root / "t100", source_lang="en", target_lang="fr", rows_per_group=100)
+    table = read_out(root / "t100")
+    rows = table.to_pylist()
     return {
         "root": root,
+        "table": table,
         "rows": rows,
         "model": tiny_model(root / "model.pt", rows),
-        # three partitionings of the same table
-        "groups100": write_table(rows, root / "t100", rows_per_part=len(rows), row_group_size=100),
-        "parts": write_table(rows, root / "tparts", rows_per_part=700, row_group_size=250),
-        "single": write_table(rows, root / "tsingle", rows_per_part=len(rows), row_group_size=len(rows)),
+        # three partitionings of the same table: 15 row groups of 100, 2 parts in row groups of 250, one
+        "groups100": root / "t100",
+        "parts": write_table(table, root / "tparts", rows_per_part=700, row_group_size=250),
+        "single": write_table(table, root / "tsingle", rows_per_part=len(rows), row_group_size=len(rows)),
     }
 
 
@@ -118,7 +104,7 @@ def config(model: Path, **overrides) -> RescoreConfig:
 
 def test_scores_equal_forward_pass_and_unknown_counts(data: dict, tmp_path: Path) -> None:
     units, _ = plan_units(data["groups100"], rows_per_unit=300)
-    assert [u.rows for u in units] == [300] * 5
+    assert sum(u.rows for u in units) == len(data["rows"]) and {u.rows for u in units[:-1]} == {300}
     for unit in units:
         rescore_unit(unit, tmp_path, config(data["model"]))
     out = read_out(tmp_path)
@@ -141,7 +127,7 @@ def test_scores_equal_forward_pass_and_unknown_counts(data: dict, tmp_path: Path
     original = read_out(data["groups100"])
     assert out.select(original.column_names).equals(original)
     assert out.schema.field("rnn_logp").type == pa.float32() == out.schema.field("rnn_unk").type
-    assert read_score_columns(out.schema, "out") == SCORES + [{"name": "rnn_logp", "domain": "log"},
+    assert read_score_columns(out.schema) == SCORES + [{"name": "rnn_logp", "domain": "log"},
                                                               {"name": "rnn_unk", "domain": "log"}]
 
 
@@ -214,11 +200,10 @@ def test_interrupted_run_resumes_with_every_row_once(data: dict, dask_client, tm
 
 def test_killed_cli_run_resumes(data: dict, dask_address: str, tmp_path: Path) -> None:
     """SIGKILL the client mid-run, rerun the same command: every row exactly once, same scores."""
-    rows = data["rows"] * 4  # 6000 pairs, 60 units: the run lasts long enough to be killed midway
-    for i, row in enumerate(rows):
-        row = row | {"line": i + 1}
-        rows[i] = row
-    table = write_table(rows, tmp_path / "table", rows_per_part=len(rows), row_group_size=100)
+    big = pa.concat_tables([data["table"]] * 4)
+    big = big.set_column(big.schema.get_field_index("line"), "line", pa.array(range(1, big.num_rows + 1), pa.int64()))
+    rows = big.to_pylist()
+    table = write_table(big, tmp_path / "table", rows_per_part=len(rows), row_group_size=100)
     out = tmp_path / "out"
     argv = [sys.executable, "-m", "workflows.cli", "rescore", "--phrase-table", str(table), "--model",
             str(data["model"]), "--out", str(out), "--scheduler", dask_address, "--device", "cpu",
@@ -251,6 +236,31 @@ def test_killed_cli_run_resumes(data: dict, dask_address: str, tmp_path: Path) -
     assert np.abs(read_out(out).column("rnn_logp").to_numpy()[sample] - direct).max() < 1e-4
 
 
+def test_cli_rescore_and_moses_export(data: dict, dask_address: str, tmp_path: Path, capsys) -> None:
+    out, moses = tmp_path / "out", tmp_path / "moses"
+    parser = argparse.ArgumentParser()
+    rescore_command.add_arguments(parser)
+    cli.add_common_arguments(parser)
+    args = parser.parse_args(["--phrase-table", str(data["parts"]), "--model", str(data["model"]), "--out", str(out),
+                              "--export", str(moses), "--scheduler", dask_address, "--rows-per-unit", "500",
+                              "--quiet"])
+    assert rescore_command.main(args) == 0
+    printed = capsys.readouterr().out
+    assert f"rescored {len(data['rows']):,} pairs" in printed and "exported" in printed
+    assert read_manifest(moses)["counts"]["rows"] == len(data["rows"])
+    scores = {(r["source"], r["target"]): (r["rnn_logp"], r["rnn_unk"]) for r in read_out(out).to_pylist()}
+    with gzip.open(moses / "phrase-table.gz", "rt", encoding="utf-8") as handle:
+        lines = handle.read().splitlines()
+    assert len(lines) == len(data["rows"]) == len(scores)
+    assert lines == sorted(lines, key=lambda line: line.encode())
+    for line in lines:
+        fields = line.split(" ||| ")
+        values = [float(v) for v in fields[2].split()]
+        logp, unk = scores[(fields[0], fields[1])]
+        assert len(values) == 6
+        assert values[4] == pytest.approx(np.exp(logp), rel=1e-5) and values[5] == pytest.approx(np.exp(unk), rel=1e-5)
+
+
 def test_input_is_never_modified(data: dict, dask_client, tmp_path: Path) -> None:
     table = data["parts"]
     before = {p.name: file_hash(p) for p in table.iterdir()}
@@ -269,21 +279,22 @@ def test_mismatched_models_and_tables_are_clear_errors(data: dict, dask_client, 
     with pytest.raises(UserError, match="unknown to the model's vocabularies.*swapped"):
         rescore(dask_client, table, tmp_path / "b", config(swapped), quiet=True)
 
-    no_target = write_table([{k: v for k, v in r.items() if k != "target"} for r in rows[:50]], tmp_path / "nt",
-                            50, 50, schema=TABLE_SCHEMA.remove(1))
+    first = data["table"].slice(0, 300)
+    no_target = write_table(first.drop_columns(["target"]), tmp_path / "nt", 300, 100)
     with pytest.raises(UserError, match="missing column 'target'"):
         rescore(dask_client, no_target, tmp_path / "c", config(data["model"]), quiet=True)
-    no_meta = write_table(rows[:50], tmp_path / "nm", 50, 50, schema=TABLE_SCHEMA.remove_metadata())
-    with pytest.raises(UserError, match="no 'rnnenc.scores' schema metadata"):
-        rescore(dask_client, no_meta, tmp_path / "d", config(data["model"]), quiet=True)
+    bad_meta = write_table(first.drop_columns(["score3"]), tmp_path / "nm", 300, 100)
+    with pytest.raises(UserError, match="rnnenc.scores lists 'score3', but the table has no such column"):
+        rescore(dask_client, bad_meta, tmp_path / "d", config(data["model"]), quiet=True)
     with pytest.raises(UserError, match="already has a column 'score0'"):
         rescore(dask_client, table, tmp_path / "e", config(data["model"], logp_column="score0"), quiet=True)
 
     # an empty phrase is found on a worker and reported with its file and line
-    bad_rows = [dict(r) for r in rows[:300]]
-    bad_rows[250]["target"] = " "
-    bad = write_table(bad_rows, tmp_path / "bad", 300, 100)
-    with pytest.raises(UserError, match=rf"part-00000.parquet:{bad_rows[250]['line']}: empty or null target"):
+    targets = first.column("target").to_pylist()
+    targets[250] = " "
+    bad = write_table(first.set_column(1, "target", pa.array(targets)), tmp_path / "bad", 300, 100)
+    line = first.column("line")[250].as_py()
+    with pytest.raises(UserError, match=rf"part-00000.parquet:{line}: empty or null target"):
         rescore(dask_client, bad, tmp_path / "f", config(data["model"]), rows_per_unit=100, quiet=True)
     assert not (tmp_path / "f").exists()
 
@@ -295,7 +306,7 @@ def test_cli_one_line_errors(data: dict, dask_address: str, tmp_path: Path, caps
     assert capsys.readouterr().err.strip().endswith("none.pt: model file not found")
     code = cli.main(["rescore", "--phrase-table", str(tmp_path / "nothing"), "--model", str(data["model"]),
                      "--out", str(tmp_path / "o"), "--scheduler", dask_address, "--quiet"])
-    assert code == 1 and "phrase table not found" in capsys.readouterr().err
+    assert code == 1 and "nothing: no such directory" in capsys.readouterr().err
     code = cli.main(["rescore", "--phrase-table", str(data["single"]), "--model", str(data["model"]),
                      "--out", str(tmp_path / "o"), "--scheduler", dask_address, "--decoder-batch", "10",
                      "--readout-rows", "4"])

@@ -38,6 +38,7 @@ from distributed import Client
 
 from pipeline.artifacts import (
     MANIFEST_NAME,
+    atomic_output_dir,
     file_hash,
     read_manifest,
     write_json_atomic,
@@ -45,6 +46,7 @@ from pipeline.artifacts import (
 )
 from pipeline.errors import UserError
 from pipeline.model import EncoderDecoderConfig, load_model, model_flops
+from pipeline.phrase_table import export_moses
 from pipeline.rescore import (
     UNITS_DIR,
     RescoreConfig,
@@ -211,11 +213,30 @@ def rescore(client: Client, table: str | os.PathLike, out: str | os.PathLike, co
     return report
 
 
+def export(client: Client, table: str | os.PathLike, out: str | os.PathLike, *, quiet: bool = False
+           ) -> dict[str, Any]:
+    """Write the rescored ``table`` as the Moses text table ``out/phrase-table.gz`` (atomic, manifest last)."""
+    out = Path(out)
+
+    def map_fn(func, items, desc):
+        return map_partitions(client, func, items, desc=desc, quiet=quiet, key_prefix="export")
+
+    with atomic_output_dir(out) as tmp:
+        counts = export_moses(table, tmp / "phrase-table.gz", map_fn=map_fn)
+        write_json_atomic(tmp / "report.json", {"stage": "export"} | counts)
+    write_manifest(out, stage="export", inputs=[table], config={"format": "moses", "precision": 6},
+                   counts={"rows": counts["rows"], "clipped_total": counts["clipped_total"]})
+    return counts
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--phrase-table", required=True, metavar="DIR",
                         help="Parquet phrase table (directory of part-*.parquet)")
     parser.add_argument("--model", required=True, metavar="FILE", help="trained model (model.pt of rnnenc train)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output phrase table (replaced atomically)")
+    parser.add_argument("--export", metavar="DIR",
+                        help="then also write the rescored table as a Moses phrase table DIR/phrase-table.gz "
+                             "(C-sorted, gzip; log-domain columns written as exp(value))")
     columns = parser.add_argument_group("new columns")
     columns.add_argument("--logp-column", default="rnn_logp", help="log p(target | source) (default: %(default)s)")
     columns.add_argument("--unk-column", default="rnn_unk", help="unknown-word count (default: %(default)s)")
@@ -261,5 +282,9 @@ def main(args: argparse.Namespace) -> int:
     with dask_client(args.scheduler, args.workers) as client:
         report = rescore(client, args.phrase_table, args.out, config, rows_per_unit=args.rows_per_unit,
                          max_unknown_rate=args.max_unknown_rate, quiet=args.quiet)
-    print_report(report, args.out)
+        print_report(report, args.out)
+        if args.export:
+            counts = export(client, args.out, args.export, quiet=args.quiet)
+            print(f"exported {counts['rows']:,} lines to {Path(args.export) / 'phrase-table.gz'}"
+                  + (f" ({counts['clipped_total']} scores clipped to Moses's floor)" if counts["clipped_total"] else ""))
     return 0
