@@ -147,9 +147,12 @@ def phrase_spans(n_src: int, n_tgt: int, links: Sequence[tuple[int, int]],
 def sentence_pairs(src: Sequence[str], tgt: Sequence[str], links: Sequence[tuple[int, int]],
                    max_length: int = 7) -> Iterator[tuple[str, str, str]]:
     """(source phrase, target phrase, phrase-internal alignment) of every extracted pair."""
-    ordered = sorted(set(links))
-    for s0, s1, t0, t1 in phrase_spans(len(src), len(tgt), ordered, max_length):
-        inner = " ".join(f"{s - s0}-{t - t0}" for s, t in ordered if s0 <= s <= s1 and t0 <= t <= t1)
+    to_tgt: list[list[int]] = [[] for _ in src]
+    for s, t in sorted(set(links)):
+        to_tgt[s].append(t)
+    for s0, s1, t0, t1 in phrase_spans(len(src), len(tgt), links, max_length):
+        # Consistency: every link of a source word in the span lands inside the target span.
+        inner = " ".join(f"{s - s0}-{t - t0}" for s in range(s0, s1 + 1) for t in to_tgt[s])
         yield " ".join(src[s0:s1 + 1]), " ".join(tgt[t0:t1 + 1]), inner
 
 
@@ -274,18 +277,27 @@ def lexical_weights(src: Sequence[str], tgt: Sequence[str], links: Sequence[tupl
     for s, t in links:
         to_src[t].append(s)
         to_tgt[s].append(t)
-
-    def w(f: str, e: str, which: int) -> float:
-        # Every pair of a phrase was counted when the table was built; .get covers foreign alignments.
-        return lexicon.get((f, e), (0.0, 0.0))[which]
-
+    missing = (0.0, 0.0)   # every word pair of a phrase is in the table it was built with
     lex_e_f = 1.0
     for t, e in enumerate(tgt):
-        lex_e_f *= (sum(w(src[s], e, 0) for s in to_src[t]) / len(to_src[t])) if to_src[t] else w(NULL, e, 0)
+        linked = to_src[t]
+        if linked:
+            lex_e_f *= sum(lexicon.get((src[s], e), missing)[0] for s in linked) / len(linked)
+        else:
+            lex_e_f *= lexicon.get((NULL, e), missing)[0]
     lex_f_e = 1.0
     for s, f in enumerate(src):
-        lex_f_e *= (sum(w(f, tgt[t], 1) for t in to_tgt[s]) / len(to_tgt[s])) if to_tgt[s] else w(f, NULL, 1)
+        linked = to_tgt[s]
+        if linked:
+            lex_f_e *= sum(lexicon.get((f, tgt[t]), missing)[1] for t in linked) / len(linked)
+        else:
+            lex_f_e *= lexicon.get((f, NULL), missing)[1]
     return lex_e_f, lex_f_e
+
+
+def _links(text: str) -> list[tuple[int, int]]:
+    """Phrase-internal links written by ``sentence_pairs`` (trusted, so no range checks)."""
+    return [(int(s), int(t)) for s, _, t in (item.partition("-") for item in text.split())]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,15 +331,16 @@ def score_target_bucket(bucket: int, work_dir: str, lexicon_path: str, splitters
     pairs["p_f_e"] = pairs["c_fe"] / pairs["c_e"]
     lexicon = load_lexicon(lexicon_path)
     lex_e_f, lex_f_e = [], []
-    for source, target, alignment in zip(pairs["source"], pairs["target"], pairs["alignment"], strict=True):
-        src, tgt = source.split(), target.split()
-        weights = lexical_weights(src, tgt, parse_links(alignment, len(src), len(tgt), "phrase alignment"), lexicon)
+    for source, target, alignment in zip(pairs["source"].tolist(), pairs["target"].tolist(),
+                                         pairs["alignment"].tolist(), strict=True):
+        weights = lexical_weights(source.split(), target.split(), _links(alignment), lexicon)
         lex_e_f.append(weights[0])
         lex_f_e.append(weights[1])
     pairs["lex_f_e"] = np.asarray(lex_f_e, dtype=np.float64)
     pairs["lex_e_f"] = np.asarray(lex_e_f, dtype=np.float64)
     pairs["keep"] = pairs["c_fe"] >= min_count
-    ranges = np.asarray([bisect.bisect_right(splitters, range_key(s)) for s in pairs["source"]], dtype=np.int64)
+    ranges = np.asarray([bisect.bisect_right(splitters, range_key(s)) for s in pairs["source"].tolist()],
+                        dtype=np.int64)
     kept: dict[int, int] = {}
     for r in np.unique(ranges).tolist():
         chunk = pairs[ranges == r]
