@@ -391,8 +391,9 @@ def _range_lines(rng: Range) -> Iterator[bytes]:
 
 
 def _escape_text(raw: bytes) -> str:
-    text = raw.rstrip(b"\n").decode("utf-8", errors="backslashreplace")
-    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\r", "\\r")
+    """The raw line for the rejects file: backslashes doubled, invalid bytes as \\xNN, tabs \\t, CR \\r."""
+    text = raw.rstrip(b"\n").replace(b"\\", b"\\\\").decode("utf-8", errors="backslashreplace")
+    return text.replace("\t", "\\t").replace("\r", "\\r")
 
 
 class _PartWriter:

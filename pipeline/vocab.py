@@ -9,9 +9,11 @@ counts, coverage).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
 
 from pipeline.errors import UserError
 
@@ -93,3 +95,152 @@ class Vocabulary:
         meta_path = path.with_suffix(".json")
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
         return cls(lines[len(SPECIALS):], lang=meta.get("lang", ""), meta=meta)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building vocabularies: counting words per partition, reducing, keeping the K most frequent.
+#
+# Words are what ``str.split()`` makes of a tokenised side (Arrow's utf8_split_whitespace, the
+# same splitting). Over a corpus a word's count is its number of running occurrences. Over a
+# phrase table it is its number of occurrences in the side's *distinct* phrases (a phrase listed
+# with 50 targets counts once; a word twice in a phrase counts twice): the table's rows repeat
+# phrases as often as they have translations, which says nothing about the language. Distinct
+# phrases are found by hashing each phrase to one of ``buckets`` buckets, so no task holds more
+# than one bucket's phrases. The report also gives the coverage over the table's rows (pairs).
+
+DEFAULT_SIZE = 15_000
+COUNT_SCHEMA = pa.schema([("word", pa.string()), ("count", pa.int64())])
+
+
+def count_words(texts) -> pa.Table:
+    """(word, count) of the words of ``texts`` (a pyarrow string array/chunked array or a list)."""
+    import pyarrow.compute as pc
+
+    if not isinstance(texts, (pa.Array, pa.ChunkedArray)):
+        texts = pa.array(texts, pa.string())
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks() if texts.num_chunks else pa.array([], pa.string())
+    words = pc.list_flatten(pc.utf8_split_whitespace(texts.drop_null() if texts.null_count else texts))
+    words = words.filter(pc.not_equal(words, ""))      # "" and blanks at either end: no word
+    counts = pc.value_counts(words)
+    return pa.table({"word": counts.field("values"), "count": counts.field("counts").cast(pa.int64())},
+                    schema=COUNT_SCHEMA)
+
+
+def merge_counts(tables) -> pa.Table:
+    """Sum (word, count) tables; memory bounded by the distinct words, merged a few at a time."""
+    total = None
+    batch: list[pa.Table] = []
+
+    def reduce(items):
+        table = pa.concat_tables(items)
+        summed = table.group_by("word").aggregate([("count", "sum")])
+        return pa.table({"word": summed.column("word"), "count": summed.column("count_sum")}, schema=COUNT_SCHEMA)
+
+    for table in tables:
+        batch.append(table)
+        if len(batch) >= 16:
+            total = reduce(([total] if total is not None else []) + batch)
+            batch = []
+    if batch or total is None:
+        total = reduce(([total] if total is not None else []) + batch) if batch else pa.table(
+            {"word": [], "count": []}, schema=COUNT_SCHEMA)
+    return total
+
+
+def ranked(counts: pa.Table) -> list[tuple[str, int]]:
+    """Words by decreasing count, ties in byte order (the order of the vocabulary file)."""
+    words = counts.column("word").to_pylist()
+    values = counts.column("count").to_pylist()
+    # Python orders str by code point, which is UTF-8 byte order.
+    return sorted(zip(words, values, strict=True), key=lambda wc: (-wc[1], wc[0]))
+
+
+def choose_words(counts: pa.Table, size: int) -> tuple[list[str], list[tuple[str, int]]]:
+    """The ``size`` most frequent words (special symbols excluded) and the full ranking."""
+    if size < 1:
+        raise UserError("vocabulary size must be at least 1")
+    ranking = [(w, c) for w, c in ranked(counts) if w not in SPECIALS]
+    return [w for w, _ in ranking[:size]], ranking
+
+
+def coverage(counts: Mapping[str, int] | pa.Table, words: Iterable[str]) -> dict[str, float | int]:
+    """Share of running words (under ``counts``) that are in ``words``."""
+    if isinstance(counts, pa.Table):
+        counts = dict(zip(counts.column("word").to_pylist(), counts.column("count").to_pylist(), strict=True))
+    total = sum(counts.values())
+    covered = sum(counts.get(w, 0) for w in set(words))
+    return {"running_words": total, "covered_words": covered,
+            "coverage": covered / total if total else 0.0}
+
+
+def count_corpus_part(part: str, columns: Sequence[str] = ("source", "target")) -> dict[str, pa.Table]:
+    """Word counts of each column of one corpus Parquet part."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(part, columns=list(columns))
+    return {column: count_words(table.column(column)) for column in columns}
+
+
+def _phrase_hash(values: pa.Array):
+    import numpy as np
+    import pandas as pd
+
+    return pd.util.hash_array(np.asarray(values.to_pylist(), dtype=object)).astype("uint64")
+
+
+def bucket_phrase_part(item: tuple[int, str], out_dir: str, buckets: int,
+                       columns: Sequence[str] = ("source", "target")) -> dict[str, Any]:
+    """Map step over a phrase-table part: its distinct phrases of each side, split into buckets.
+
+    Writes ``out_dir/<column>-<bucket>-<part>.parquet`` and returns the part's per-row word
+    counts (for the coverage over pairs).
+    """
+    import numpy as np
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    index, part = item
+    table = pq.read_table(part, columns=list(columns))
+    row_counts = {}
+    for column in columns:
+        values = table.column(column).combine_chunks()
+        row_counts[column] = count_words(values)
+        unique = pc.unique(values.drop_null())
+        which = (_phrase_hash(unique) % np.uint64(buckets)).astype(np.int64) if buckets > 1 else \
+            np.zeros(len(unique), dtype=np.int64)
+        for b in range(buckets):
+            chosen = unique.filter(pa.array(which == b)) if buckets > 1 else unique
+            pq.write_table(pa.table({"phrase": chosen}), Path(out_dir) / f"{column}-{b:04d}-{index:05d}.parquet")
+    return {"rows": table.num_rows, "row_counts": row_counts}
+
+
+def count_phrase_bucket(item: tuple[str, int], out_dir: str) -> dict[str, Any]:
+    """Reduce step: the distinct phrases of one bucket of one side, and their word counts."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    column, bucket = item
+    files = sorted(Path(out_dir).glob(f"{column}-{bucket:04d}-*.parquet"))
+    phrases = pa.concat_tables([pq.read_table(f) for f in files]).column("phrase") if files else \
+        pa.chunked_array([], pa.string())
+    unique = pc.unique(phrases.combine_chunks() if phrases.num_chunks else pa.array([], pa.string()))
+    return {"column": column, "phrases": len(unique), "counts": count_words(unique)}
+
+
+def build_vocabulary(counts: pa.Table, size: int, lang: str, meta: Mapping[str, Any] | None = None,
+                     pair_counts: pa.Table | None = None) -> tuple[Vocabulary, list[tuple[str, int]]]:
+    """The vocabulary of the ``size`` most frequent words, with counts and coverage in its metadata."""
+    words, ranking = choose_words(counts, size)
+    cover = coverage(dict(ranking), words)
+    info: dict[str, Any] = dict(meta or {}) | {
+        "requested_size": size, "words": len(words), "types": len(ranking),
+        "running_words": cover["running_words"], "covered_words": cover["covered_words"],
+        "coverage": round(cover["coverage"], 6),
+        "min_count": ranking[len(words) - 1][1] if words else 0,
+        "tie_break": "count descending, then UTF-8 byte order",
+    }
+    if pair_counts is not None:
+        pairs = coverage(pair_counts, words)
+        info |= {"pair_running_words": pairs["running_words"], "pair_coverage": round(pairs["coverage"], 6)}
+    return Vocabulary(words, lang=lang, meta=info), ranking

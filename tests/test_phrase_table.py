@@ -1,0 +1,239 @@
+"""Moses phrase table -> Parquet: schema, byte ranges with exact line numbers, bad lines, round trip."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.errors import UserError
+from pipeline.phrase_table import (
+    ExportConfig,
+    Range,
+    count_newlines,
+    export_moses,
+    import_moses,
+    list_parts,
+    number_ranges,
+    phrase_table_schema,
+    plan_ranges,
+    read_score_columns,
+    with_score_columns,
+    with_scores_metadata,
+)
+from pipeline.synthetic import DemoConfig, generate_demo
+from workflows import cli
+
+DEMO = DemoConfig(seed=5, pool_size=500, in_domain_size=50, dev_size=20, phrase_table_pairs=3000)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pt")
+    files = generate_demo(root / "demo", DEMO)
+    plain = root / "phrase-table.txt"
+    plain.write_bytes(gzip.decompress(files.phrase_table.read_bytes()))
+    return {"root": root, "gz": files.phrase_table, "plain": plain}
+
+
+def read_table(directory: Path) -> pa.Table:
+    return pa.concat_tables([pq.read_table(p) for p in list_parts(directory)])
+
+
+def lines_of(path: Path) -> list[bytes]:
+    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    return data.split(b"\n")[:-1]
+
+
+def test_schema_and_metadata(demo, tmp_path):
+    report = import_moses([demo["gz"]], tmp_path / "t", source_lang="en", target_lang="fr", rows_per_group=500)
+    parts = list_parts(tmp_path / "t")
+    schema = pq.read_schema(parts[0])
+    assert schema.names == ["source", "target", "score0", "score1", "score2", "score3", "alignment", "counts",
+                            "extra", "line"]
+    assert [schema.field(n).type for n in ("source", "score0", "extra", "line")] == [
+        pa.string(), pa.float32(), pa.list_(pa.string()), pa.int64()]
+    assert read_score_columns(schema) == [{"name": f"score{i}", "domain": "prob"} for i in range(4)]
+    assert schema.metadata[b"rnnenc.fields"] == b"5"
+    meta = pq.ParquetFile(parts[0]).metadata
+    assert meta.num_row_groups > 1 and all(meta.row_group(i).num_rows <= 500 for i in range(meta.num_row_groups))
+    table = read_table(tmp_path / "t")
+    original = lines_of(demo["plain"])
+    assert report["lines_read"] == report["rows_written"] == len(original) == table.num_rows
+    assert table.column("line").to_pylist() == list(range(1, len(original) + 1))
+    first = original[0].decode().split(" ||| ")
+    row = table.slice(0, 1).to_pylist()[0]
+    assert [row["source"], row["target"], row["alignment"], row["counts"]] == [first[0], first[1], first[3], first[4]]
+    assert row["score0"] == pytest.approx(float(first[2].split()[0]), rel=1e-6)
+    manifest = json.loads((tmp_path / "t" / "manifest.json").read_text())
+    assert manifest["config"]["source_lang"] == "en" and manifest["counts"]["rows_written"] == len(original)
+
+
+@pytest.mark.parametrize("split", [1, 7, 100, 5000, 10**9])
+def test_byte_ranges_start_at_lines_and_number_them_exactly(tmp_path, split):
+    text = b"a ||| b ||| 1\n" + b"x" * 40 + b" ||| y ||| 2\n\xc3\xa9t\xc3\xa9 ||| z ||| 3\nq ||| r ||| 4"
+    path = tmp_path / "t.txt"
+    path.write_bytes(text)
+    ranges = plan_ranges([path], split)
+    assert ranges[0].start == 0 and ranges[-1].end == len(text)
+    for a, b in zip(ranges, ranges[1:], strict=False):
+        assert a.end == b.start and text[b.start - 1:b.start] == b"\n"
+    numbered = number_ranges(ranges, [count_newlines(r) for r in ranges])
+    assert [r.index for r in numbered] == list(range(len(ranges)))
+    import_moses([path], tmp_path / "out", split_bytes=split)
+    table = read_table(tmp_path / "out")
+    assert table.column("line").to_pylist() == [1, 2, 3, 4]
+    assert table.column("source").to_pylist() == ["a", "x" * 40, "été", "q"]
+
+
+def test_split_plain_text_equals_gz_and_round_trips(demo, tmp_path):
+    import_moses([demo["gz"]], tmp_path / "gz")
+    report = import_moses([demo["plain"]], tmp_path / "plain", split_bytes=20_000, rows_per_group=300)
+    assert report["ranges"] > 5 and report["parts"] == report["ranges"]
+    assert read_table(tmp_path / "gz").equals(read_table(tmp_path / "plain"))
+    for sorter in ("python", "sort"):
+        out = tmp_path / f"{sorter}.gz"
+        counts = export_moses(tmp_path / "plain", out, ExportConfig(sorter=sorter, run_bytes=30_000))
+        assert counts["rows"] == report["rows_written"] and counts["clipped_total"] == 0
+        assert gzip.decompress(out.read_bytes()) == demo["plain"].read_bytes()
+
+
+def test_import_on_the_cluster_matches_local(demo, tmp_path, dask_address):
+    out = tmp_path / "cluster"
+    status = cli.main(["phrase-table", str(demo["plain"]), "--out", str(out), "--split-size", "30000",
+                       "--src-lang", "en", "--tgt-lang", "fr", "--scheduler", dask_address, "--quiet"])
+    assert status == 0
+    import_moses([demo["plain"]], tmp_path / "local")
+    assert read_table(out).equals(read_table(tmp_path / "local"))
+    report = json.loads((out / "report.json").read_text())
+    assert report["ranges"] > 1 and report["rejected"] == 0
+
+
+GOOD = "a b ||| x y ||| 0.5 0.25 1 0.125 ||| 0-0 1-1 ||| 4 2 1"
+
+BAD_LINES = [
+    ("field_count", "a ||| x", "2 field(s), expected at least 3"),
+    ("field_count", "a ||| x ||| 0.5 0.25 1 0.125 ||| 0-0", "4 fields where line 1 of pt.txt has 5"),
+    ("non_numeric_score", "a ||| x ||| 0.5 abc 1 0.125 ||| 0-0 ||| 1 1 1", "non-numeric score 'abc'"),
+    ("non_numeric_score", "a ||| x ||| 0.5 nan 1 0.125 ||| 0-0 ||| 1 1 1", "score 'nan' is not a finite"),
+    ("non_numeric_score", "a ||| x ||| 0.5 1_0 1 0.125 ||| 0-0 ||| 1 1 1", "score '1_0'"),
+    ("non_numeric_score", "a ||| x ||| 0.5 1e39 1 0.125 ||| 0-0 ||| 1 1 1", "score '1e39'"),
+    ("score_count", "a ||| x ||| 0.5 0.25 1 ||| 0-0 ||| 1 1 1", "3 scores where line 1 of pt.txt has 4"),
+    ("score_count", "a ||| x |||  ||| 0-0 ||| 1 1 1", "no scores"),
+    ("empty_phrase", " ||| x ||| 0.5 0.25 1 0.125 ||| 0-0 ||| 1 1 1", "empty source phrase"),
+    ("empty_phrase", "a |||  ||| 0.5 0.25 1 0.125 ||| 0-0 ||| 1 1 1", "empty target phrase"),
+    ("invalid_utf8", b"a\xff ||| x ||| 0.5 0.25 1 0.125 ||| 0-0 ||| 1 1 1", "invalid UTF-8 at byte 2"),
+    ("field_count", "", "1 field(s)"),
+]
+
+
+@pytest.mark.parametrize("reason,bad,message", BAD_LINES)
+def test_each_bad_line_fails_with_file_line_and_reason(tmp_path, reason, bad, message):
+    path = tmp_path / "pt.txt"
+    bad = bad if isinstance(bad, bytes) else bad.encode()
+    path.write_bytes(GOOD.encode() + b"\n" + GOOD.replace("a b", "c").encode() + b"\n" + bad + b"\n"
+                     + GOOD.replace("a b", "d").encode() + b"\n")
+    with pytest.raises(UserError) as caught:
+        import_moses([path], tmp_path / "out", split_bytes=40)
+    assert str(caught.value).startswith(f"{path}:3: ") and message in str(caught.value)
+    assert not (tmp_path / "out").exists()
+    report = import_moses([path], tmp_path / "out", on_error="skip", split_bytes=40)
+    assert report["rejected_by_reason"] == {reason: 1}
+    assert report["lines_read"] == 4 and report["rows_written"] == 3
+    assert read_table(tmp_path / "out").column("line").to_pylist() == [1, 2, 4]
+    rows = gzip.decompress((tmp_path / "out" / "rejects.tsv.gz").read_bytes()).decode().split("\n")
+    assert rows[0] == "file\tline\treason\tdetail\ttext"
+    fields = rows[1].split("\t")
+    assert fields[:3] == [str(path), "3", reason] and message in fields[3]
+    assert fields[4] == bad.decode("utf-8", errors="backslashreplace")
+
+
+def test_skip_counts_every_reason_and_writes_rejects_where_asked(tmp_path):
+    path = tmp_path / "pt.txt"
+    bad = [b if isinstance(b, bytes) else b.encode() for _, b, _ in BAD_LINES]
+    path.write_bytes(b"\n".join([GOOD.encode(), *bad, GOOD.replace("a b", "z").encode()]) + b"\n")
+    rejects = tmp_path / "elsewhere" / "rejects.tsv.gz"
+    report = import_moses([path], tmp_path / "out", on_error="skip", rejects_path=rejects, split_bytes=100)
+    expected: dict[str, int] = {}
+    for reason, _, _ in BAD_LINES:
+        expected[reason] = expected.get(reason, 0) + 1
+    assert report["rejected_by_reason"] == dict(sorted(expected.items()))
+    assert report["rows_written"] == 2 and report["lines_read"] == len(BAD_LINES) + 2
+    assert report["rejects_file"] == str(rejects)
+    rows = gzip.decompress(rejects.read_bytes()).decode().split("\n")[1:-1]
+    assert [int(r.split("\t")[1]) for r in rows] == list(range(2, len(BAD_LINES) + 2))
+    assert not (tmp_path / "out" / "rejects.tsv.gz").exists()
+
+
+def test_first_line_bad_and_num_scores(tmp_path):
+    path = tmp_path / "pt.txt"
+    path.write_text("broken line\n" + GOOD + "\n")
+    with pytest.raises(UserError, match=r"pt.txt:1: 1 field\(s\)"):
+        import_moses([path], tmp_path / "out")
+    report = import_moses([path], tmp_path / "out", on_error="skip")
+    assert report["rows_written"] == 1 and report["num_scores"] == 4
+    with pytest.raises(UserError, match=r"pt.txt:2: 4 scores, but --num-scores says 5"):
+        import_moses([path], tmp_path / "out2", num_scores=5)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(UserError, match="empty phrase table"):
+        import_moses([empty], tmp_path / "out3")
+
+
+def test_extra_fields_trailing_empty_fields_and_three_field_tables_round_trip(tmp_path):
+    cases = {
+        "extra": ["a ||| x ||| 0.5 0.25 ||| 0-0 ||| 2 2 1 ||| sparse 1 ||| {{key value}}",
+                  "b ||| y ||| 1 1e-05 ||| 0-0 ||| 1 1 1 ||| sparse 2 ||| "],
+        "moses-trailing": ["a ||| x ||| 0.5 0.25 ||| 0-0 ||| 2 2 1 ||| |||",
+                           "b ||| y ||| 1 1e-05 ||| ||| 1 1 1 ||| |||"],
+        "three": ["a ||| x ||| 0.5 0.25", "b ||| y ||| 1 1e-05"],
+        "crlf-and-spaces": ["a  |||  x ||| 0.5 0.25 \r"],
+    }
+    canonical = {"extra": ["a ||| x ||| 0.5 0.25 ||| 0-0 ||| 2 2 1 ||| sparse 1 ||| {{key value}}",
+                           "b ||| y ||| 1 1e-05 ||| 0-0 ||| 1 1 1 ||| sparse 2 |||"],
+                 "crlf-and-spaces": ["a ||| x ||| 0.5 0.25"]}
+    for name, lines in cases.items():
+        path = tmp_path / f"{name}.txt"
+        path.write_text("\n".join(lines) + "\n", newline="")
+        import_moses([path], tmp_path / name)
+        out = tmp_path / f"{name}.out.gz"
+        export_moses(tmp_path / name, out, ExportConfig(sorter="python"))
+        assert [x.decode() for x in lines_of(out)] == canonical.get(name, lines), name
+    table = read_table(tmp_path / "extra")
+    assert table.column("extra").to_pylist() == [["sparse 1", "{{key value}}"], ["sparse 2", ""]]
+    assert pq.read_schema(list_parts(tmp_path / "three")[0]).metadata[b"rnnenc.fields"] == b"3"
+
+
+def test_score_columns_helpers(tmp_path):
+    schema = phrase_table_schema([{"name": "score0", "domain": "prob"}], fields=5)
+    table = pa.Table.from_pylist([{"source": "a", "target": "x", "score0": 0.5, "alignment": "", "counts": "",
+                                   "extra": [], "line": 1}], schema=schema)
+    out = with_score_columns(table, {"rnn_logp": (np.array([-1.5]), "log"), "rnn_unk": ([2.0], "log")})
+    assert out.column_names[-2:] == ["rnn_logp", "rnn_unk"] and out.schema.field("rnn_logp").type == pa.float32()
+    assert read_score_columns(out.schema) == [{"name": "score0", "domain": "prob"},
+                                              {"name": "rnn_logp", "domain": "log"},
+                                              {"name": "rnn_unk", "domain": "log"}]
+    with pytest.raises(ValueError, match="already has"):
+        with_score_columns(out, {"rnn_unk": ([1.0], "log")})
+    with pytest.raises(ValueError, match="domain"):
+        with_score_columns(out, {"new": ([1.0], "odds")})
+    with pytest.raises(ValueError, match="1 rows"):
+        with_score_columns(out, {"new": ([1.0, 2.0], "prob")})
+    bare = pa.schema([("source", pa.string()), ("score1", pa.float32()), ("score0", pa.float64()),
+                      ("scoreX", pa.float32())])
+    assert [s["name"] for s in read_score_columns(bare)] == ["score0", "score1"]
+    broken = with_scores_metadata(bare, [{"name": "missing", "domain": "prob"}])
+    with pytest.raises(UserError, match="no such column"):
+        read_score_columns(broken)
+
+
+def test_range_dataclass_is_picklable_and_hashable():
+    import pickle
+
+    rng = Range("x", 0, 10, 1, 0)
+    assert pickle.loads(pickle.dumps(rng)) == rng and {rng: 1}[rng] == 1

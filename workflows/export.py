@@ -1,0 +1,94 @@
+"""Write a Parquet phrase table as a Moses phrase table, and an updated moses.ini.
+
+OUT/phrase-table.gz holds one line per row, `source ||| target ||| scores ||| alignment |||
+counts` (and any extra fields), every score column in the table's order (the imported ones,
+then the added ones such as rnn_logp and rnn_unk), each as Moses expects it before it takes
+the natural log: a prob column as is, a log column as exp(value). Moses floors logs at -100:
+smaller values are written as exp(-100) and counted ("clipped" in the report). Scores are
+written %.6g (what Moses writes; --precision 9 for every float32 digit). Lines are sorted as
+`LC_ALL=C sort` sorts them, out of core (sorted runs per part on disk, then a merge), as
+processPhraseTableMin and CreateOnDiskPt require.
+
+With --moses-ini, OUT/moses.ini is a copy in which the phrase dictionary (TranslationModel0, or
+--feature) points at the new table, has num-features raised by the number of added columns
+and one initial weight per added column (--initial-weight, or --weight NAME=VALUE) appended
+to its [weight] line: ready for mert-moses.pl. OUT/report.json; OUT/manifest.json last.
+
+example:
+  rnnenc export --table artifacts/run/rescore --moses-ini train/model/moses.ini --out artifacts/run/export
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from pipeline.errors import UserError
+from pipeline.moses import DEFAULT_INITIAL_WEIGHT, export_stage
+from pipeline.phrase_table import DEFAULT_RUN_BYTES, ExportConfig
+from workflows.cli import add_cluster_arguments
+from workflows.phrase_table import parse_size
+
+
+def parse_weights(items: list[str] | None) -> dict[str, float]:
+    weights = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            weights[name] = float(value)
+        except ValueError:
+            raise UserError(f"--weight {item!r}: expected NAME=VALUE, e.g. rnn_unk=-0.2") from None
+    return weights
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--table", required=True, metavar="DIR",
+                        help="the Parquet phrase table (rnnenc phrase-table or rescore output)")
+    parser.add_argument("--out", required=True, help="output directory (replaced atomically)")
+    parser.add_argument("--moses-ini", metavar="FILE", help="the moses.ini to update for the exported table")
+    parser.add_argument("--feature", metavar="NAME",
+                        help="the phrase dictionary to update (default: the only one, else TranslationModel0)")
+    parser.add_argument("--initial-weight", type=float, default=DEFAULT_INITIAL_WEIGHT,
+                        help="initial weight of each added column (default: %(default)s)")
+    parser.add_argument("--weight", action="append", metavar="NAME=VALUE",
+                        help="initial weight of one added column (repeatable), e.g. rnn_unk=-0.2")
+    parser.add_argument("--precision", type=int, default=6,
+                        help="significant digits of the scores (default: %(default)s, as Moses writes)")
+    parser.add_argument("--sorter", choices=["auto", "python", "sort"], default="auto",
+                        help="merge of the sorted runs: Python heapq.merge, or 'LC_ALL=C sort -m' "
+                             "(default: sort when present)")
+    parser.add_argument("--run-size", type=parse_size, default=DEFAULT_RUN_BYTES, metavar="BYTES",
+                        help="bytes of lines sorted in memory per run (default: 128M)")
+    add_cluster_arguments(parser)
+
+
+def describe(report: dict[str, Any]) -> str:
+    names = ", ".join(f"{s['name']} ({s['domain']})" for s in report["scores"])
+    text = f"wrote {report['rows']:,} lines to {report['table']} with scores {names}"
+    clipped = {k: v for k, v in report["clipped"].items() if v}
+    text += (f"\nclipped at exp(-100): {report['clipped_total']:,} value(s) ("
+             + ", ".join(f"{k}: {v}" for k, v in clipped.items()) + ")") if clipped else "\nclipped: none"
+    ini = report.get("moses_ini")
+    if ini:
+        text += (f"\nmoses.ini: {ini['path']} ({ini['feature']} num-features {ini['num_features'][0]} -> "
+                 f"{ini['num_features'][1]}, weights added: {' '.join(f'{w:g}' for w in ini['weights']) or 'none'})")
+        if ini["binarise"]:
+            text += f"\nbinarise before decoding: {ini['binarise']}"
+    return text
+
+
+def main(args: argparse.Namespace) -> int:
+    from workflows.cluster import dask_client, map_partitions
+
+    config = ExportConfig(precision=args.precision, run_bytes=args.run_size, sorter=args.sorter)
+    weights = parse_weights(args.weight)
+    with dask_client(args.scheduler, args.workers) as client:
+        def map_fn(func, items, desc):
+            return map_partitions(client, func, items, desc=desc, quiet=args.quiet, key_prefix="export")
+
+        report = export_stage(args.table, args.out, moses_ini=args.moses_ini, config=config, feature=args.feature,
+                              initial_weight=args.initial_weight, weights=weights, map_fn=map_fn)
+    print(describe(report))
+    return 0

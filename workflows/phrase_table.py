@@ -1,0 +1,80 @@
+"""Import a Moses phrase table (text or .gz/.bz2/.xz/.zst) into a Parquet phrase table.
+
+Reads `source ||| target ||| scores ||| alignment ||| counts` lines (and any further fields),
+streaming, into OUT/part-NNNNN.parquet with the schema of CONTRIBUTING.md ("Phrase table
+(Parquet)"): source, target, one float32 column per dense score (score0, score1, ...),
+alignment, counts, extra (further fields verbatim), line; row groups of --rows-per-group rows.
+Plain text is split into byte ranges of --split-size (aligned to line starts; line numbers stay
+exact), compressed files are read one task per file; tasks run on Dask.
+
+Bad lines (invalid UTF-8, a wrong number of fields, an empty phrase, a non-numeric score,
+another number of scores than the first line) stop the import with FILE:LINE: reason, or
+with --on-error skip are counted by reason in OUT/report.json and written to
+OUT/rejects.tsv.gz (file, line, reason, detail, text). OUT/manifest.json is written last.
+
+example:
+  rnnenc phrase-table train/model/phrase-table.gz --src-lang en --tgt-lang fr --out artifacts/run/phrase-table
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from pipeline.phrase_table import DEFAULT_ROWS_PER_GROUP, DEFAULT_SPLIT_BYTES, import_moses
+from workflows.cli import add_cluster_arguments
+
+
+def parse_size(text: str) -> int:
+    """'256M' -> 268435456 (K, M, G: powers of 1024)."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    text = text.strip().lower().removesuffix("b")
+    try:
+        if text and text[-1] in units:
+            return int(float(text[:-1]) * units[text[-1]])
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 256M)") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", nargs="+", help="Moses phrase table file(s), plain or compressed")
+    parser.add_argument("--out", required=True, help="output directory (replaced atomically)")
+    parser.add_argument("--src-lang", help="source language, recorded in the manifest (e.g. en)")
+    parser.add_argument("--tgt-lang", help="target language, recorded in the manifest (e.g. fr)")
+    parser.add_argument("--on-error", choices=["fail", "skip"], default="fail",
+                        help="bad lines: stop with file:line (fail) or count them and write them to the "
+                             "rejects file (skip) (default: %(default)s)")
+    parser.add_argument("--rejects", metavar="FILE",
+                        help="where rejected lines go (default: OUT/rejects.tsv.gz)")
+    parser.add_argument("--num-scores", type=int, metavar="N",
+                        help="expected number of scores a line (default: that of the first valid line)")
+    parser.add_argument("--split-size", type=parse_size, default=DEFAULT_SPLIT_BYTES, metavar="BYTES",
+                        help="plain text: bytes per task and per part (default: 256M)")
+    parser.add_argument("--rows-per-group", type=int, default=DEFAULT_ROWS_PER_GROUP,
+                        help="rows per Parquet row group (default: %(default)s)")
+    add_cluster_arguments(parser)
+
+
+def describe(report: dict[str, Any]) -> str:
+    rejected = ", ".join(f"{k}: {v}" for k, v in report["rejected_by_reason"].items()) or "none"
+    text = (f"imported {report['rows_written']:,} of {report['lines_read']:,} lines "
+            f"({report['num_scores']} scores, {report['num_fields']} fields) into {report['parts']} part(s); "
+            f"rejected {report['rejected']:,} ({rejected}); {report['lines_per_second']:,.0f} lines/s")
+    if report["rejects_file"]:
+        text += f"\nrejects: {report['rejects_file']}"
+    return text
+
+
+def main(args: argparse.Namespace) -> int:
+    from workflows.cluster import dask_client, map_partitions
+
+    with dask_client(args.scheduler, args.workers) as client:
+        def map_fn(func, items, desc):
+            return map_partitions(client, func, items, desc=desc, quiet=args.quiet, key_prefix="phrase-table")
+
+        report = import_moses(args.input, args.out, source_lang=args.src_lang, target_lang=args.tgt_lang,
+                              on_error=args.on_error, rejects_path=args.rejects, split_bytes=args.split_size,
+                              rows_per_group=args.rows_per_group, num_scores=args.num_scores, map_fn=map_fn)
+    print(describe(report))
+    return 0
