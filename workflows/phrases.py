@@ -166,6 +166,11 @@ def config_from_args(args: argparse.Namespace) -> tuple[PhraseConfig, AlignConfi
 
 def main(args: argparse.Namespace) -> int:
     phrases, align = config_from_args(args)
+    # Input mistakes are reported before a cluster is started.
+    _, parts = corpus_parts(args.corpus)
+    if args.alignment and len(list_parts(args.alignment)) != len(parts):
+        raise UserError(f"{args.alignment}: {len(list_parts(args.alignment))} alignment parts for the "
+                        f"{len(parts)} corpus parts")
     with dask_client(args.scheduler, args.workers) as client:
         manifest = run_phrases(client, args.corpus, args.out, phrases, align, alignment=args.alignment,
                                quiet=args.quiet)
