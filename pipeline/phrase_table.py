@@ -375,19 +375,30 @@ def number_ranges(ranges: Sequence[Range], newlines: Sequence[int]) -> list[Rang
     return out
 
 
-def _range_lines(rng: Range) -> Iterator[bytes]:
-    if rng.end is None and rng.start == 0:
-        with open_input(rng.path) as handle:
-            yield from handle
-        return
-    with open(rng.path, "rb") as handle:
-        handle.seek(rng.start)
-        position, end = rng.start, rng.end
-        for raw in handle:
-            if end is not None and position >= end:
-                break
-            yield raw
-            position += len(raw)
+def _range_blocks(rng: Range, block_bytes: int = 1 << 22) -> Iterator[list[bytes]]:
+    """The range's lines (without their newline), in blocks of about ``block_bytes`` bytes."""
+    whole = rng.end is None and rng.start == 0
+    with (open_input(rng.path) if whole else open(rng.path, "rb")) as handle:
+        if not whole:
+            handle.seek(rng.start)
+        left = None if rng.end is None else rng.end - rng.start
+        carry = b""
+        while True:
+            size = block_bytes if left is None else min(block_bytes, left)
+            data = handle.read(size) if size > 0 else b""
+            if left is not None:
+                left -= len(data)
+            if not data:
+                if carry:
+                    yield [carry]
+                return
+            data = carry + data
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                carry = data
+                continue
+            carry = data[cut + 1:]
+            yield data[:cut].split(b"\n")
 
 
 def _escape_text(raw: bytes) -> str:
@@ -396,87 +407,145 @@ def _escape_text(raw: bytes) -> str:
     return text.replace("\t", "\\t").replace("\r", "\\r")
 
 
-class _PartWriter:
-    """Accumulates parsed rows; writes a row group every ``rows_per_group`` rows."""
+class _GroupWriter:
+    """Writes tables to one Parquet file in row groups of exactly ``rows_per_group`` rows (the last fewer)."""
 
-    def __init__(self, path: Path, schema: pa.Schema, spec: TableSpec, rows_per_group: int):
-        self.path, self.schema, self.spec, self.rows_per_group = path, schema, spec, rows_per_group
+    def __init__(self, path: Path, schema: pa.Schema, rows_per_group: int):
+        self.path, self.schema, self.rows_per_group = path, schema, rows_per_group
         self.writer: pq.ParquetWriter | None = None
+        self.pending: list[pa.Table] = []
+        self.pending_rows = 0
         self.rows = 0
-        self._reset()
 
-    def _reset(self) -> None:
-        self.source: list[str] = []
-        self.target: list[str] = []
-        self.scores: list[float] = []
-        self.alignment: list[str] = []
-        self.counts: list[str] = []
-        self.extra: list[list[str]] = []
-        self.line: list[int] = []
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows:
+            self.pending.append(table)
+            self.pending_rows += table.num_rows
+        while self.pending_rows >= self.rows_per_group:
+            self._emit(self.rows_per_group)
 
-    def add(self, line: int, source: str, target: str, scores: list[float], rest: list[str]) -> None:
-        self.source.append(source)
-        self.target.append(target)
-        self.scores.extend(scores)
-        self.alignment.append(rest[0] if rest else "")
-        self.counts.append(rest[1] if len(rest) > 1 else "")
-        self.extra.append(rest[2:])
-        self.line.append(line)
-        if len(self.line) >= self.rows_per_group:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.line:
-            return
-        n = self.spec.num_scores
-        matrix = np.asarray(self.scores, dtype=np.float64).reshape(-1, n).astype(np.float32)
-        arrays = [pa.array(self.source, pa.string()), pa.array(self.target, pa.string())]
-        arrays += [pa.array(matrix[:, i]) for i in range(n)]
-        arrays += [pa.array(self.alignment, pa.string()), pa.array(self.counts, pa.string()),
-                   pa.array(self.extra, pa.list_(pa.string())), pa.array(self.line, pa.int64())]
-        batch = pa.Table.from_arrays(arrays, schema=self.schema)
+    def _emit(self, n: int) -> None:
+        table = pa.concat_tables(self.pending)
+        head, rest = table.slice(0, n), table.slice(n)
         if self.writer is None:
             self.writer = pq.ParquetWriter(self.path, self.schema, compression="zstd")
-        self.writer.write_table(batch, row_group_size=self.rows_per_group)
-        self.rows += len(self.line)
-        self._reset()
+        self.writer.write_table(head, row_group_size=n)
+        self.rows += head.num_rows
+        self.pending = [rest] if rest.num_rows else []
+        self.pending_rows = rest.num_rows
 
     def close(self) -> None:
-        self.flush()
+        if self.pending_rows:
+            self._emit(self.pending_rows)
         if self.writer is not None:
             self.writer.close()
 
 
+def _rows_table(schema: pa.Schema, spec: TableSpec, rows: list[tuple[int, str, str, list[float], list[str]]]
+                ) -> pa.Table:
+    n = spec.num_scores
+    scores = np.asarray([v for r in rows for v in r[3]], dtype=np.float64).reshape(-1, n).astype(np.float32)
+    arrays = [pa.array([r[1] for r in rows], pa.string()), pa.array([r[2] for r in rows], pa.string())]
+    arrays += [pa.array(scores[:, i]) for i in range(n)]
+    arrays += [pa.array([r[4][0] if r[4] else "" for r in rows], pa.string()),
+               pa.array([r[4][1] if len(r[4]) > 1 else "" for r in rows], pa.string()),
+               pa.array([r[4][2:] for r in rows], pa.list_(pa.string())),
+               pa.array([r[0] for r in rows], pa.int64())]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _fast_block(lines: list[bytes], first_line: int, schema: pa.Schema, spec: TableSpec) -> pa.Table | None:
+    """The block parsed with Arrow kernels, or None when any line needs a closer look.
+
+    Accepts exactly the lines ``parse_line`` accepts (anything unusual falls back to it).
+    """
+    import pyarrow.compute as pc
+
+    n = len(lines)
+    try:
+        text = pa.array(lines, pa.binary()).cast(pa.string())
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None                                    # invalid UTF-8 somewhere
+    parts = pc.split_pattern(text, "|||")
+    if pc.min(pc.list_value_length(parts)).as_py() != spec.num_fields or \
+            pc.max(pc.list_value_length(parts)).as_py() != spec.num_fields:
+        return None
+    fields = [pc.utf8_trim(pc.list_element(parts, i), " \t\r") for i in range(spec.num_fields)]
+    for phrase in fields[:2]:
+        if pc.any(pc.equal(phrase, "")).as_py():
+            return None
+    tokens = pc.utf8_split_whitespace(fields[2])
+    lengths = pc.list_value_length(tokens)
+    if pc.min(lengths).as_py() != spec.num_scores or pc.max(lengths).as_py() != spec.num_scores:
+        return None
+    flat = pc.list_flatten(tokens)
+    if pc.any(pc.match_substring(flat, "_")).as_py():
+        return None
+    try:
+        values = flat.cast(pa.float64()).to_numpy()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    if not np.isfinite(values).all() or (np.abs(values) > FLOAT32_MAX).any():
+        return None
+    scores = values.reshape(n, spec.num_scores).astype(np.float32)
+    empty = pa.array([""] * n, pa.string())
+    arrays = [fields[0], fields[1], *(pa.array(scores[:, i]) for i in range(spec.num_scores)),
+              fields[3] if spec.num_fields > 3 else empty, fields[4] if spec.num_fields > 4 else empty]
+    k = max(0, spec.num_fields - 5)
+    if k:
+        values_extra = pa.concat_arrays([f.combine_chunks() if isinstance(f, pa.ChunkedArray) else f
+                                         for f in fields[5:]])
+        order = (np.arange(n)[:, None] + np.arange(k)[None, :] * n).ravel()
+        extra = pa.ListArray.from_arrays(pa.array(np.arange(0, n * k + 1, k, dtype=np.int32)),
+                                         values_extra.take(pa.array(order)))
+    else:
+        extra = pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, dtype=np.int32)), pa.array([], pa.string()))
+    arrays += [extra, pa.array(np.arange(first_line, first_line + n, dtype=np.int64))]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
 def import_range(rng: Range, out_dir: str, spec: TableSpec, on_error: OnError = "fail",
-                 rows_per_group: int = DEFAULT_ROWS_PER_GROUP) -> dict[str, Any]:
+                 rows_per_group: int = DEFAULT_ROWS_PER_GROUP, block_bytes: int = 1 << 22) -> dict[str, Any]:
     """Parse one range into ``out_dir/part-<index>.parquet`` (+ ``rejects-<index>.tsv``).
 
-    Returns counts: lines, rows, rejected by reason, and the part's path (None if no row).
+    Streams blocks of about ``block_bytes``: each is parsed by Arrow kernels, or line by line
+    (``parse_line``) when it holds a line the fast path cannot vouch for. Returns counts:
+    lines, rows, rejected by reason, and the part's path (None if no row).
     """
     out = Path(out_dir)
     part = out / f"part-{rng.index:05d}.parquet"
     rejects_path = out / f"rejects-{rng.index:05d}.tsv"
     schema = phrase_table_schema([{"name": score_name(i), "domain": "prob"} for i in range(spec.num_scores)],
                                  spec.num_fields)
-    writer = _PartWriter(part, schema, spec, rows_per_group)
+    writer = _GroupWriter(part, schema, rows_per_group)
     rejected: Counter = Counter()
-    lines = 0
+    number = rng.first_line
     rejects = None
+    fast_blocks = slow_blocks = 0
     try:
-        for number, raw in enumerate(_range_lines(rng), start=rng.first_line):
-            lines += 1
-            try:
-                source, target, scores, rest = parse_line(raw, spec)
-            except BadLine as bad:
-                if on_error == "fail":
-                    raise located(rng.path, number, f"{bad.detail} (use --on-error skip to write such "
-                                                    "lines to a rejects file)") from None
-                rejected[bad.reason] += 1
-                if rejects is None:
-                    rejects = open(rejects_path, "w", encoding="utf-8", newline="\n")
-                rejects.write(f"{rng.path}\t{number}\t{bad.reason}\t{bad.detail}\t{_escape_text(raw)}\n")
+        for block in _range_blocks(rng, block_bytes):
+            table = _fast_block(block, number, schema, spec)
+            if table is not None:
+                fast_blocks += 1
+                writer.write(table)
+                number += len(block)
                 continue
-            writer.add(number, source, target, scores, rest)
+            slow_blocks += 1
+            rows = []
+            for raw in block:
+                try:
+                    rows.append((number, *parse_line(raw, spec)))
+                except BadLine as bad:
+                    if on_error == "fail":
+                        raise located(rng.path, number, f"{bad.detail} (use --on-error skip to write such "
+                                                        "lines to a rejects file)") from None
+                    rejected[bad.reason] += 1
+                    if rejects is None:
+                        rejects = open(rejects_path, "w", encoding="utf-8", newline="\n")
+                    rejects.write(f"{rng.path}\t{number}\t{bad.reason}\t{bad.detail}\t{_escape_text(raw)}\n")
+                number += 1
+            if rows:
+                writer.write(_rows_table(schema, spec, rows))
         writer.close()
     except BaseException:
         with contextlib.suppress(Exception):
@@ -486,8 +555,8 @@ def import_range(rng: Range, out_dir: str, spec: TableSpec, on_error: OnError = 
     finally:
         if rejects is not None:
             rejects.close()
-    return {"index": rng.index, "path": rng.path, "first_line": rng.first_line, "lines": lines,
-            "rows": writer.rows, "rejected": dict(rejected),
+    return {"index": rng.index, "path": rng.path, "first_line": rng.first_line, "lines": number - rng.first_line,
+            "rows": writer.rows, "rejected": dict(rejected), "blocks": [fast_blocks, slow_blocks],
             "part": str(part) if writer.rows else None,
             "rejects": str(rejects_path) if rejects is not None else None}
 
@@ -596,8 +665,12 @@ def join_fields(fields: Sequence[str]) -> str:
     return out
 
 
-def format_scores(values: np.ndarray, domain: str, precision: int = 6) -> tuple[list[str], int, np.ndarray]:
-    """Strings Moses should read for one score column; (strings, clipped count, bad rows mask)."""
+def format_scores(values: np.ndarray, domain: str, precision: int = 6) -> tuple[pa.Array, int, np.ndarray]:
+    """What Moses should read for one score column: (strings, clipped count, bad rows mask).
+
+    Each distinct value is formatted once (``%.<precision>g``): phrase probabilities are
+    ratios of small counts and repeat a lot.
+    """
     values = np.asarray(values, dtype=np.float64)
     if domain == "log":
         bad = np.isnan(values) | (values > math.log(FLOAT32_MAX))
@@ -607,19 +680,31 @@ def format_scores(values: np.ndarray, domain: str, precision: int = 6) -> tuple[
         bad = np.isnan(values) | (values < 0) | (values > FLOAT32_MAX)
         clip = ~bad & (values < LOWEST_PROB)
         moses = np.where(clip | bad, LOWEST_PROB, values)
+    unique, inverse = np.unique(moses, return_inverse=True)
     spec = f".{precision}g"
-    return [format(v, spec) for v in moses.tolist()], int(clip.sum()), bad
+    strings = pa.array([format(v, spec) for v in unique.tolist()], pa.string())
+    return strings.take(pa.array(inverse.ravel())), int(clip.sum()), bad
+
+
+def _with_separator(column: pa.Array) -> pa.Array:
+    """`` ||| field``, or `` |||`` for an empty field."""
+    import pyarrow.compute as pc
+
+    column = pc.fill_null(column, "")
+    joined = pc.binary_join_element_wise(" |||", column, " ")
+    return pc.if_else(pc.equal(column, ""), pa.scalar(" |||"), joined)
 
 
 def format_lines(table: pa.Table, scores: Sequence[Mapping[str, str]], fields: int, *,
-                 precision: int = 6, where: str = "") -> tuple[list[str], dict[str, int]]:
-    """Moses lines for the rows of ``table``; clipped values per score column.
+                 precision: int = 6, where: str = "") -> tuple[pa.Array, dict[str, int]]:
+    """Moses lines (a string array) for the rows of ``table``; clipped values per score column.
 
     A NaN anywhere, a negative ``prob`` value, or a ``log`` value whose exp overflows float
     raises UserError naming the row's original line and the column.
     """
+    import pyarrow.compute as pc
+
     n = table.num_rows
-    columns = [table.column("source").to_pylist(), table.column("target").to_pylist()]
     clipped = {}
     texts = []
     for score in scores:
@@ -631,61 +716,87 @@ def format_lines(table: pa.Table, scores: Sequence[Mapping[str, str]], fields: i
             value = float(values[row])
             why = ("NaN" if math.isnan(value) else
                    "negative: Moses would take its log (NaN) and drop every phrase"
-                   if score["domain"] == "prob" and value < 0
-                   else "too large for a float32 score")
+                   if score["domain"] == "prob" and value < 0 else "too large for a float32 score")
             raise UserError(f"{where}: row of line {line}: score column '{score['name']}' "
                             f"({score['domain']}) is {value!r}, {why}")
         clipped[score["name"]] = n_clipped
         texts.append(strings)
-    columns.append([" ".join(row) for row in zip(*texts, strict=True)] if texts else [""] * n)
-    if fields >= 4:
-        columns.append(table.column("alignment").to_pylist() if "alignment" in table.column_names else [""] * n)
-    if fields >= 5:
-        columns.append(table.column("counts").to_pylist() if "counts" in table.column_names else [""] * n)
-    extra = table.column("extra").to_pylist() if "extra" in table.column_names else None
-    lines = []
-    for i, row in enumerate(zip(*columns, strict=True)):
-        row = [field or "" for field in row]
-        if extra is not None and extra[i]:
-            row += extra[i]
-        lines.append(join_fields(row))
+    empty = pa.array([""] * n, pa.string())
+
+    def column(name: str) -> pa.Array:
+        if name not in table.column_names:
+            return empty
+        values = table.column(name)
+        return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+    pieces = [pc.fill_null(column("source"), ""), pa.scalar(" ||| "), pc.fill_null(column("target"), ""),
+              pa.scalar(" ||| "), pc.binary_join_element_wise(*texts, " ")]
+    pieces += [_with_separator(column("alignment"))] if fields >= 4 else []
+    pieces += [_with_separator(column("counts"))] if fields >= 5 else []
+    extra = column("extra") if "extra" in table.column_names else None
+    python_extras = False
+    if extra is not None and n:
+        lengths = pc.list_value_length(pc.fill_null(extra, pa.scalar([], pa.list_(pa.string())))).to_numpy()
+        if lengths.min() == lengths.max():
+            pieces += [_with_separator(pc.list_element(extra, i)) for i in range(int(lengths[0]))]
+        else:
+            python_extras = True
+    lines = pc.binary_join_element_wise(*pieces, "")
+    if python_extras:
+        # Rows with different numbers of extra fields: append them one by one.
+        extras = extra.to_pylist()
+        lines = pa.array([line + "".join(" |||" + (f" {f}" if f else "") for f in (more or []))
+                          for line, more in zip(lines.to_pylist(), extras, strict=True)], pa.string())
     return lines, clipped
 
 
-def _write_run(lines: list[bytes], path: Path) -> None:
-    lines.sort()
+def _write_run(chunks: list[pa.Array], path: Path) -> None:
+    """Sort lines by bytes (``LC_ALL=C sort``'s order) and write them, one a line."""
+    import pyarrow.compute as pc
+
+    lines = pa.concat_arrays(chunks).cast(pa.binary())
+    lines = lines.take(pc.sort_indices(lines))
+    lines = pc.binary_join_element_wise(lines, pa.scalar(b"\n"), b"")
+    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32 if lines.type == pa.binary() else np.int64)
+    data = lines.buffers()[2]
+    start, end = int(offsets[lines.offset]), int(offsets[lines.offset + len(lines)])
     with open(path, "wb") as handle:
-        handle.writelines(line + b"\n" for line in lines)
+        handle.write(memoryview(data)[start:end])
 
 
 def sorted_runs(part: str, run_dir: str, index: int, *, precision: int = 6,
                 run_bytes: int = DEFAULT_RUN_BYTES, batch_rows: int = 65_536) -> dict[str, Any]:
-    """Format one part as Moses lines, in sorted runs of at most ``run_bytes`` bytes on disk."""
+    """Format one part as Moses lines, in sorted runs of at most about ``run_bytes`` bytes on disk."""
     pf = pq.ParquetFile(part)
     scores = read_score_columns(pf.schema_arrow)
     fields = table_fields(pf.schema_arrow)
     wanted = [c for c in ("source", "target", *(s["name"] for s in scores), "alignment", "counts", "extra",
                           "line") if c in pf.schema_arrow.names]
     runs: list[str] = []
-    pending: list[bytes] = []
+    pending: list[pa.Array] = []
     size = rows = 0
     clipped: Counter = Counter()
+
+    def flush() -> None:
+        runs.append(str(Path(run_dir) / f"run-{index:05d}-{len(runs):04d}.txt"))
+        _write_run(pending, Path(runs[-1]))
+
     for batch in pf.iter_batches(batch_size=batch_rows, columns=wanted):
         lines, n_clipped = format_lines(pa.Table.from_batches([batch]), scores, fields,
                                         precision=precision, where=part)
         clipped.update(n_clipped)
         rows += len(lines)
-        for line in lines:
-            data = line.encode("utf-8")
-            pending.append(data)
-            size += len(data) + 50          # + list and object overhead
-        if size >= run_bytes:
-            runs.append(str(Path(run_dir) / f"run-{index:05d}-{len(runs):04d}.txt"))
-            _write_run(pending, Path(runs[-1]))
-            pending, size = [], 0
+        # Sort in slices, so a run stays near run_bytes whatever the batch size.
+        step = max(1, len(lines) * max(1, run_bytes) // max(1, lines.nbytes)) if lines.nbytes else len(lines)
+        for k in range(0, len(lines), step):
+            piece = lines.slice(k, step)
+            pending.append(piece)
+            size += piece.nbytes
+            if size >= run_bytes:
+                flush()
+                pending, size = [], 0
     if pending:
-        runs.append(str(Path(run_dir) / f"run-{index:05d}-{len(runs):04d}.txt"))
-        _write_run(pending, Path(runs[-1]))
+        flush()
     return {"runs": runs, "rows": rows, "clipped": dict(clipped),
             "scores": scores, "fields": fields}
 
@@ -721,7 +832,12 @@ def merge_runs(runs: Sequence[str], out: Path, *, sorter: Sorter = "auto", fan_i
     count = 0
     with open(out, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0,
                                                compresslevel=compresslevel) as gz:
-        if use_sort and runs:
+        if len(runs) == 1:
+            with open(runs[0], "rb") as handle:
+                for block in iter(partial(handle.read, 1 << 22), b""):
+                    gz.write(block)
+                    count += block.count(b"\n")
+        elif use_sort and runs:
             env = dict(os.environ, LC_ALL="C")
             with subprocess.Popen(["sort", "-m", "-T", str(tmp_dir), "--", *runs], stdout=subprocess.PIPE,
                                   env=env) as proc:

@@ -237,3 +237,27 @@ def test_range_dataclass_is_picklable_and_hashable():
 
     rng = Range("x", 0, 10, 1, 0)
     assert pickle.loads(pickle.dumps(rng)) == rng and {rng: 1}[rng] == 1
+
+
+def test_fast_block_path_equals_line_by_line_parsing(demo):
+    from pipeline.phrase_table import TableSpec, _fast_block, _rows_table, parse_line
+
+    blocks = {
+        "demo": (demo["plain"].read_bytes().split(b"\n")[:-1], TableSpec(4, 5)),
+        "extras": ([b"a ||| x ||| 0.5 1e-05 ||| 0-0 ||| 1 1 1 ||| s 1 ||| k v\r",
+                    "\u00e9 t  |||  y ||| .5 +1 ||| |||  ||| |||".encode()], TableSpec(2, 7)),
+        "three": ([b"a ||| x ||| 0.5", b"b ||| y ||| 1E3"], TableSpec(1, 3)),
+    }
+    for name, (lines, spec) in blocks.items():
+        schema = phrase_table_schema([{"name": f"score{i}", "domain": "prob"} for i in range(spec.num_scores)],
+                                     spec.num_fields)
+        fast = _fast_block(lines, 10, schema, spec)
+        slow = _rows_table(schema, spec, [(10 + i, *parse_line(raw, spec)) for i, raw in enumerate(lines)])
+        assert fast is not None, name
+        assert fast.equals(slow), name
+    # Anything unusual is left to the line-by-line parser.
+    spec = TableSpec(1, 3)
+    schema = phrase_table_schema([{"name": "score0", "domain": "prob"}], 3)
+    for odd in (b"a ||| x ||| 1_0", b"a ||| x ||| nan", b"a ||| x ||| 1 2", b" ||| x ||| 1", b"a ||| x",
+                b"a\xff ||| x ||| 1", b"a ||| x ||| 1e39", b"a ||| x ||| one"):
+        assert _fast_block([b"b ||| y ||| 1", odd], 1, schema, spec) is None, odd
