@@ -47,6 +47,7 @@ import bisect
 import functools
 import os
 import shutil
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -440,6 +441,8 @@ def build_phrase_table(corpus_parts: Sequence[str], alignment_parts: Sequence[st
     work.mkdir(parents=True)
     total_tokens = corpus_tokens(corpus_parts)
     buckets, modulus = plan(total_tokens, config)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
 
     extracted = map_fn(functools.partial(extract_part, work_dir=str(work), config=config, n_buckets=buckets,
                                          sample_modulus=modulus),
@@ -448,7 +451,11 @@ def build_phrase_table(corpus_parts: Sequence[str], alignment_parts: Sequence[st
     stats: Counter = Counter()
     for result in extracted:
         stats.update(result["counts"])
+    timings["extract_s"] = time.perf_counter() - started
+    started = time.perf_counter()
     lex_counts = run_fn(build_lexicon, [str(p) for p in sorted((work / "lexcounts").glob("*.parquet"))], str(out))
+    timings["lexicon_s"] = time.perf_counter() - started
+    started = time.perf_counter()
     splitters = choose_splitters([r["sample"] for r in extracted], buckets)
     scored = map_fn(functools.partial(score_target_bucket, work_dir=str(work), lexicon_path=str(out / "lex.parquet"),
                                       splitters=splitters, min_count=config.min_count),
@@ -463,6 +470,7 @@ def build_phrase_table(corpus_parts: Sequence[str], alignment_parts: Sequence[st
     (out / "table").mkdir(exist_ok=True)
     finished = map_fn(functools.partial(finish_range, work_dir=str(work), out_dir=str(out / "table")),
                       items, "score by source")
+    timings["score_s"] = time.perf_counter() - started
     shutil.rmtree(work)
     rows = sum(r["rows"] for r in finished)
     return {
@@ -478,4 +486,5 @@ def build_phrase_table(corpus_parts: Sequence[str], alignment_parts: Sequence[st
         "lexicon": lex_counts,
         "scores": list(SCORE_NAMES),
         "config": config.to_dict(),
+        "timings": {k: round(v, 3) for k, v in timings.items()},
     }

@@ -136,6 +136,7 @@ def run_phrases(client, corpus: str | Path, out: str | Path, config: PhraseConfi
         timings["export_s"] = round(time.perf_counter() - started, 3)
         if exported["rows"] != report["table_rows"]:
             raise RuntimeError(f"export wrote {exported['rows']} lines for {report['table_rows']} rows")
+        timings.update(report["timings"])
         report.update({"alignment": align_counts, "align_config": align.to_dict(), "timings": timings,
                        "corpus_dir": str(corpus_dir), "corpus_parts": len(parts)})
         write_json_atomic(tmp / "report.json", report)
