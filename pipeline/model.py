@@ -53,8 +53,9 @@ class EncoderDecoderConfig:
     maxout: int = 500  # maxout units of the deep output
     maxout_pieces: int = 2
     output_rank: int = 100  # rank of the factorised softmax
+    init_std: float = 0.01  # std of the Gaussian initial weights
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
@@ -118,7 +119,7 @@ class EncoderDecoder(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Weights N(0, 0.01^2); recurrent matrices orthogonal per gate; biases 0 (the paper's)."""
+        """Weights N(0, init_std^2) (the paper: 0.01); recurrent matrices orthogonal per gate; biases 0."""
         for name, p in self.named_parameters():
             if name.endswith("weight_hh_l0"):
                 with torch.no_grad():
@@ -126,7 +127,7 @@ class EncoderDecoder(nn.Module):
                         u, _, _ = torch.linalg.svd(torch.randn(block.shape, dtype=torch.float64))
                         block.copy_(u.to(p.dtype))
             elif p.dim() >= 2:
-                nn.init.normal_(p, 0.0, 0.01)
+                nn.init.normal_(p, 0.0, self.config.init_std)
             else:
                 nn.init.zeros_(p)
         with torch.no_grad():

@@ -63,6 +63,7 @@ class TrainConfig:
     hidden: int = 1000
     maxout: int = 500
     output_rank: int = 100
+    init_std: float = 0.01  # the paper's, for 1000 units; small models learn faster with ~0.1
     max_length: int = 30  # tokens per side, </s> excluded
     valid_pairs: int = 1000
     valid_every: int = 1000
@@ -297,7 +298,8 @@ def plot_learning_curve(rows: list[dict[str, Any]], path: Path) -> None:
     ax.set_ylabel("negative log-likelihood per target token (nats)")
     ax.set_title("RNN Encoder-Decoder learning curve")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}.png")
     fig.savefig(tmp)
@@ -353,7 +355,8 @@ def train(config: TrainConfig, phrase_table: str | os.PathLike, src_vocab_path: 
     torch.manual_seed(config.seed)
     model_config = EncoderDecoderConfig(src_vocab_size=len(src_vocab), tgt_vocab_size=len(tgt_vocab),
                                         embedding=config.embedding, hidden=config.hidden,
-                                        maxout=config.maxout, output_rank=config.output_rank)
+                                        maxout=config.maxout, output_rank=config.output_rank,
+                                        init_std=config.init_std)
     model = EncoderDecoder(model_config).to(device)
     optimizer = torch.optim.Adadelta(model.parameters(), lr=1.0, rho=config.rho, eps=config.eps)
     state: dict[str, Any] = {"update": 0, "best_valid": None, "best_update": None, "bad_validations": 0,
