@@ -41,9 +41,13 @@ phrase, a score that is not a finite number (``nan``, ``inf``, ``1_0`` and value
 float32 are refused), or another number of scores than the first line. Under
 ``on_error="fail"`` the first such line stops the import with ``file:line: reason``; under
 ``"skip"`` it is counted by reason and written to the rejects file
-(``file \\t line \\t reason \\t detail \\t text``, tabs in the text written ``\\t``).
+(``file \\t line \\t reason \\t detail \\t text``; in the text a backslash is written
+``\\\\``, an invalid byte ``\\xNN``, a tab ``\\t``, a carriage return ``\\r``).
 
-Fields are split at ``|||`` and trimmed of surrounding blanks, as Moses reads them.
+Fields are split at ``|||`` and trimmed of surrounding blanks (space, tab, CR), as Moses reads
+them. Each block of about 4 MB of lines is parsed with Arrow kernels; a block holding any line
+those cannot vouch for is parsed line by line (``parse_line``), which names the bad line.
+Memory per task is bounded by the block and the row group, whatever the table's size.
 
 Export
 ------
@@ -457,7 +461,8 @@ def _rows_table(schema: pa.Schema, spec: TableSpec, rows: list[tuple[int, str, s
 def _fast_block(lines: list[bytes], first_line: int, schema: pa.Schema, spec: TableSpec) -> pa.Table | None:
     """The block parsed with Arrow kernels, or None when any line needs a closer look.
 
-    Accepts exactly the lines ``parse_line`` accepts (anything unusual falls back to it).
+    Gives the table ``parse_line`` would give; anything unusual (a bad line, ``nan``, a score
+    Arrow cannot cast, an odd field count) returns None and the caller falls back to it.
     """
     import pyarrow.compute as pc
 

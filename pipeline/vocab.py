@@ -133,9 +133,18 @@ def merge_counts(tables) -> pa.Table:
     batch: list[pa.Table] = []
 
     def reduce(items):
-        table = pa.concat_tables(items)
-        summed = table.group_by("word").aggregate([("count", "sum")])
-        return pa.table({"word": summed.column("word"), "count": summed.column("count_sum")}, schema=COUNT_SCHEMA)
+        # dictionary_encode + bincount: no Acero group_by, which warns about the unaligned
+        # buffers of tables that came back from Dask workers.
+        import numpy as np
+        import pyarrow.compute as pc
+
+        table = pa.concat_tables(items).combine_chunks()
+        encoded = pc.dictionary_encode(table.column("word").combine_chunks())
+        counts = table.column("count").to_numpy()
+        sums = np.bincount(encoded.indices.to_numpy(zero_copy_only=False), weights=counts,
+                           minlength=len(encoded.dictionary))
+        return pa.table({"word": encoded.dictionary, "count": pa.array(np.rint(sums).astype(np.int64))},
+                        schema=COUNT_SCHEMA)
 
     for table in tables:
         batch.append(table)
