@@ -303,8 +303,8 @@ def detect_spec(path: str | os.PathLike, num_scores: int | None = None, max_line
                 raise located(path, number, f"{len(scores)} scores, but --num-scores says {num_scores}")
             return TableSpec(num_scores=len(scores), num_fields=3 + len(rest), path=str(path), line=number)
     if first_error:
-        raise located(path, first_error[0], f"{first_error[1]}; no valid phrase-table line in the first "
-                                            f"{min(max_lines, first_error[0] + max_lines)} lines")
+        raise located(path, first_error[0], f"{first_error[1]}; and no valid phrase-table line among the "
+                                            f"first {max_lines:,} lines")
     raise UserError(f"{path}: empty phrase table")
 
 
@@ -370,10 +370,10 @@ def count_newlines(rng: Range, block: int = 1 << 24) -> int:
 
 def number_ranges(ranges: Sequence[Range], newlines: Sequence[int]) -> list[Range]:
     """Give each range its first line number and its part index."""
-    out, line, previous = [], 1, None
+    out, line = [], 1
     for index, (rng, count) in enumerate(zip(ranges, newlines, strict=True)):
-        if rng.path != previous:
-            line, previous = 1, rng.path
+        if rng.start == 0:              # a file's first range
+            line = 1
         out.append(Range(rng.path, rng.start, rng.end, line, index))
         line += count
     return out

@@ -261,3 +261,11 @@ def test_fast_block_path_equals_line_by_line_parsing(demo):
     for odd in (b"a ||| x ||| 1_0", b"a ||| x ||| nan", b"a ||| x ||| 1 2", b" ||| x ||| 1", b"a ||| x",
                 b"a\xff ||| x ||| 1", b"a ||| x ||| 1e39", b"a ||| x ||| one"):
         assert _fast_block([b"b ||| y ||| 1", odd], 1, schema, spec) is None, odd
+
+
+def test_several_files_number_their_own_lines(demo, tmp_path):
+    report = import_moses([demo["plain"], demo["gz"]], tmp_path / "two", split_bytes=50_000)
+    n = len(lines_of(demo["plain"]))
+    assert report["rows_written"] == 2 * n and set(report["files"]) == {str(demo["plain"]), str(demo["gz"])}
+    assert all(f["lines"] == f["rows"] == n for f in report["files"].values())
+    assert read_table(tmp_path / "two").column("line").to_pylist() == list(range(1, n + 1)) * 2
