@@ -368,7 +368,6 @@ class _Renderer:
     def __init__(self, lex: _Lexicon):
         self.lex = lex
         cs = lex.concepts + [lex.elided]
-        self.n_concepts = len(lex.concepts)
         self.elided_unit = len(lex.concepts)
         self.punct_base = len(cs)          # unit of COMMA; STOP, QMARK follow
         puncts = [_PUNCT[c] for c in (COMMA, STOP, QMARK)]
