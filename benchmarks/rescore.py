@@ -1,0 +1,291 @@
+"""Rescoring speed and memory at the paper's dimensions (15k words, 1000 hidden, 500 maxout, rank 100).
+
+Prints, per device (the CPU, and a CUDA GPU when present), measured in the same run:
+  - the dense matmul GFLOP/s of this machine (the best of a square and the scorer's main shape);
+  - scoring one pair at a time (the model's plain forward pass, batch 1): pairs/s, GFLOP/s;
+  - the batched scorer (pipeline.rescore.PhraseScorer) for a few batch configurations: pairs/s,
+    speed-up over batch 1, achieved GFLOP/s (the FLOPs it executes, padding excluded) and its
+    ratio to the matmul peak, and the "effective" GFLOP/s (the plain forward pass's FLOPs over
+    the same time, i.e. counting the work saved by reusing each source's encoding);
+  - one end-to-end work unit (Parquet in, scores, Parquet out) with the default batch sizes;
+  - peak memory rescoring two tables 4x apart in size (CPU: peak RSS of a fresh process running
+    the units one after another, as a worker does; GPU: peak allocated device memory).
+
+The table is synthetic: a Zipf vocabulary of 16,000 words (the model knows 15,000, so some
+words are unknown), phrases of 1-7 tokens, each source with a geometric number of targets
+(mean ``--targets-per-source``), like a Moses table sorted by source. The model has the paper's
+random initialisation: speed does not depend on the weights.
+
+usage: .venv/bin/python benchmarks/rescore.py [--pairs 6000] [--baseline-pairs 200] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from pipeline.model import (
+    EncoderDecoder,
+    EncoderDecoderConfig,
+    load_model,
+    make_batch,
+    model_flops,
+    save_model,
+)
+from pipeline.phrase_table import phrase_table_schema
+from pipeline.rescore import (
+    PhraseScorer,
+    RescoreConfig,
+    ScoreStats,
+    batch_sizes,
+    plan_units,
+    rescore_unit,
+    scoring_flops,
+)
+from pipeline.vocab import Vocabulary
+
+WORDS = 16_000
+KNOWN = 15_000
+
+
+def synthetic_pairs(n: int, targets_per_source: float, seed: int = 0) -> tuple[list[str], list[str]]:
+    rng = np.random.default_rng(seed)
+    ranks = np.arange(1, WORDS + 1)
+    p = 1.0 / ranks
+    p /= p.sum()
+
+    def phrase(side: str) -> str:
+        return " ".join(f"{side}{w}" for w in rng.choice(WORDS, size=int(rng.integers(1, 8)), p=p))
+
+    sources, targets = [], []
+    while len(sources) < n:
+        source = phrase("s")
+        for _ in range(min(int(rng.geometric(1.0 / targets_per_source)), n - len(sources))):
+            sources.append(source)
+            targets.append(phrase("t"))
+    return sources, targets
+
+
+def paper_model(path: Path) -> None:
+    torch.manual_seed(0)
+    src = Vocabulary([f"s{i}" for i in range(KNOWN)], lang="en")
+    tgt = Vocabulary([f"t{i}" for i in range(KNOWN)], lang="fr")
+    model = EncoderDecoder(EncoderDecoderConfig(src_vocab_size=len(src), tgt_vocab_size=len(tgt)))
+    save_model(path, model, src, tgt)
+
+
+def write_table(sources: list[str], targets: list[str], out: Path, rows_per_group: int) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    n = len(sources)
+    scores = [{"name": f"score{i}", "domain": "prob"} for i in range(4)]
+    schema = phrase_table_schema(scores)
+    columns = {"source": sources, "target": targets}
+    columns |= {s["name"]: np.full(n, 0.5, dtype=np.float32) for s in scores}
+    columns |= {"alignment": [""] * n, "counts": [""] * n, "extra": [[] for _ in range(n)],
+                "line": np.arange(1, n + 1)}
+    pq.write_table(pa.Table.from_pydict(columns, schema=schema), out / "part-00000.parquet",
+                   row_group_size=rows_per_group)
+    return out
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak(device: torch.device) -> float:
+    """Best dense matmul GFLOP/s over a square product and the decoder's recurrent shape."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    best = 0.0
+    for m, k, n in ((2048, 2048, 2048), (256, 1000, 3000), (4096, 1000, 3000)):
+        a = torch.randn(m, k, device=device, dtype=dtype)
+        b = torch.randn(k, n, device=device, dtype=dtype)
+        for _ in range(3):
+            a @ b
+        sync(device)
+        reps, started = 0, time.perf_counter()
+        while time.perf_counter() - started < 1.0:
+            a @ b
+            reps += 1
+        sync(device)
+        best = max(best, 2 * m * k * n * reps / (time.perf_counter() - started) / 1e9)
+    return best
+
+
+@torch.inference_mode()
+def batch_one(model: EncoderDecoder, src_vocab, tgt_vocab, sources, targets, device) -> tuple[float, float]:
+    """(pairs/s, GFLOP/s) of the model's own forward pass, one pair at a time."""
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    flops = 0
+    with autocast:
+        model(make_batch([sources[0].split()], [targets[0].split()], src_vocab, tgt_vocab).to(device))  # warm-up
+        sync(device)
+        started = time.perf_counter()
+        for s, t in zip(sources, targets, strict=True):
+            batch = make_batch([s.split()], [t.split()], src_vocab, tgt_vocab).to(device)
+            model(batch).cpu()
+            flops += model_flops(model.config, int(batch.src_lengths.sum()), batch.n_target_tokens, 1)
+        seconds = time.perf_counter() - started
+    return len(sources) / seconds, flops / seconds / 1e9
+
+
+def batched(scorer: PhraseScorer, sources, targets) -> tuple[float, ScoreStats]:
+    scorer.score(sources[:500], targets[:500])  # warm-up: allocator, kernels
+    sync(scorer.device)
+    started = time.perf_counter()
+    _, _, stats = scorer.score(sources, targets)
+    sync(scorer.device)
+    return time.perf_counter() - started, stats
+
+
+@torch.inference_mode()
+def correctness(model: EncoderDecoder, src_vocab, tgt_vocab, sources, targets, device) -> tuple[float, bool]:
+    """(max |score - forward pass| over some pairs, are scores bit-identical when the pairs are split?)."""
+    defaults = batch_sizes(RescoreConfig(model=""), device)
+    scorer = PhraseScorer(model, src_vocab, tgt_vocab, encoder_batch=defaults[0], decoder_batch=defaults[1],
+                          readout_rows=defaults[2])
+    n = min(len(sources), 3000)
+    whole = scorer.score(sources[:n], targets[:n])[0]
+    pieces = np.concatenate([scorer.score(sources[a:b], targets[a:b])[0] for a, b in ((0, 333), (333, 2000), (2000, n))])
+    m = 300
+    direct = torch.cat([model(make_batch([s.split() for s in sources[a:a + 50]], [t.split() for t in targets[a:a + 50]],
+                                         src_vocab, tgt_vocab).to(device)).double().cpu() for a in range(0, m, 50)])
+    return float(np.abs(whole[:m] - direct.numpy()).max()), bool(np.array_equal(whole, pieces))
+
+
+def child_memory(args: argparse.Namespace) -> None:
+    """Score every unit of ``--child-table`` one after another, print peak RSS (MiB) as JSON."""
+    config = RescoreConfig(model=args.child_model, device="cpu", threads=args.threads)
+    units, _ = plan_units(args.child_table, args.rows_per_unit)
+    with tempfile.TemporaryDirectory() as out:
+        started = time.perf_counter()
+        for unit in units:
+            rescore_unit(unit, out, config)
+        seconds = time.perf_counter() - started
+    print(json.dumps({"rows": sum(u.rows for u in units), "units": len(units), "seconds": seconds,
+                      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def memory_cpu(model_path: Path, tables: list[Path], args: argparse.Namespace) -> list[dict]:
+    results = []
+    for table in tables:
+        cmd = [sys.executable, __file__, "--child-table", str(table), "--child-model", str(model_path),
+               "--rows-per-unit", str(args.rows_per_unit)] + (["--threads", str(args.threads)] if args.threads else [])
+        done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return results
+
+
+def memory_gpu(model_path: Path, tables: list[Path], args: argparse.Namespace) -> list[dict]:
+    results = []
+    config = RescoreConfig(model=str(model_path), device="cuda")
+    for table in tables:
+        units, _ = plan_units(table, args.rows_per_unit)
+        torch.cuda.reset_peak_memory_stats()
+        with tempfile.TemporaryDirectory() as out:
+            started = time.perf_counter()
+            for unit in units:
+                rescore_unit(unit, out, config)
+            seconds = time.perf_counter() - started
+        results.append({"rows": sum(u.rows for u in units), "units": len(units), "seconds": seconds,
+                        "peak_rss_mib": torch.cuda.max_memory_allocated() / 2**20})
+    return results
+
+
+def run_device(device: torch.device, model_path: Path, sources, targets, tables, args) -> None:
+    model, src_vocab, tgt_vocab = load_model(model_path, device)
+    peak = matmul_peak(device)
+    print(f"\n== {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'torch threads: ' + str(torch.get_num_threads())}) ==")
+    print(f"dense matmul peak: {peak:,.0f} GFLOP/s ({'bf16' if device.type == 'cuda' else 'float32'})")
+    n1 = args.baseline_pairs if device.type == "cpu" else 4 * args.baseline_pairs
+    pps1, gf1 = batch_one(model, src_vocab, tgt_vocab, sources[:n1], targets[:n1], device)
+    print(f"batch 1 (model forward, {n1} pairs): {pps1:,.1f} pairs/s, {gf1:,.1f} GFLOP/s = {gf1 / peak:.2f} of peak")
+    error, exact = correctness(model, src_vocab, tgt_vocab, sources, targets, device)
+    print(f"scores vs the model's float32 forward pass: max |diff| {error:.2e}"
+          f"{' (bf16 products)' if device.type == 'cuda' else ''}; bit-identical when the pairs are split "
+          f"differently: {'yes' if exact else 'NO'}")
+    default = batch_sizes(RescoreConfig(model=""), device)
+    configs = ([(64, 64, 64), (128, 128, 64), default, (512, 512, 64), (512, 512, 512), (1024, 1024, 128)]
+               if device.type == "cpu" else
+               [(512, 512, 512), (1024, 1024, 1024), (2048, 2048, 2048), default, (8192, 8192, 8192)])
+    n = args.pairs if device.type == "cpu" else 8 * args.pairs
+    src, tgt = sources[:n], targets[:n]
+    print(f"batched ({n} pairs):")
+    print(f"{'enc/dec/readout':>18} {'pairs/s':>9} {'x batch1':>8} {'GFLOP/s':>8} {'of peak':>7} "
+          f"{'effective':>9} {'padding':>7} {'reuse':>5}")
+    for enc, dec, readout in dict.fromkeys(configs):
+        scorer = PhraseScorer(model, src_vocab, tgt_vocab, encoder_batch=enc, decoder_batch=dec,
+                              readout_rows=readout)
+        seconds, stats = batched(scorer, src, tgt)
+        achieved = scoring_flops(model.config, stats) / seconds / 1e9
+        pair_src_tokens = sum(len(s.split()) + 1 for s in src)
+        effective = model_flops(model.config, pair_src_tokens, stats.target_tokens, n) / seconds / 1e9
+        pad = stats.padded_rows / (stats.padded_rows + stats.pairs + stats.sources_encoded)
+        mark = " (default)" if (enc, dec, readout) == default else ""
+        print(f"{f'{enc}/{dec}/{readout}':>18} {n / seconds:>9,.0f} {n / seconds / pps1:>8.1f} {achieved:>8,.0f} "
+              f"{achieved / peak:>7.2f} {effective:>9,.0f} {pad:>7.1%} {n / stats.sources_encoded:>5.1f}{mark}")
+    # one whole unit with Parquet I/O, default batches
+    config = RescoreConfig(model=str(model_path), device=str(device), threads=args.threads)
+    unit = plan_units(tables[0], 10**9)[0][0]
+    with tempfile.TemporaryDirectory() as out:
+        rescore_unit(unit, out, config)  # loads the model into this process's cache
+        started = time.perf_counter()
+        rescore_unit(unit, out, config)
+        seconds = time.perf_counter() - started
+    print(f"end to end, one unit of {unit.rows} rows (Parquet read + score + write): {unit.rows / seconds:,.0f} pairs/s")
+    memory = memory_cpu(model_path, tables, args) if device.type == "cpu" else memory_gpu(model_path, tables, args)
+    what = "peak RSS of the process" if device.type == "cpu" else "peak allocated GPU memory"
+    print(f"memory ({what}), units of {args.rows_per_unit} rows:")
+    for m in memory:
+        print(f"  {m['rows']:>7,} rows, {m['units']:>3} units: {m['peak_rss_mib']:,.0f} MiB "
+              f"({m['rows'] / m['seconds']:,.0f} pairs/s)")
+    print(f"  ratio (4x the rows): {memory[1]['peak_rss_mib'] / memory[0]['peak_rss_mib']:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", type=int, default=6000, help="pairs scored batched on the CPU (GPU: 8x)")
+    parser.add_argument("--baseline-pairs", type=int, default=200, help="pairs scored one at a time (GPU: 4x)")
+    parser.add_argument("--memory-rows", type=int, default=3000, help="the smaller table of the memory test")
+    parser.add_argument("--rows-per-unit", type=int, default=1000)
+    parser.add_argument("--targets-per-source", type=float, default=4.0)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--device", choices=["all", "cpu", "cuda"], default="all")
+    parser.add_argument("--child-table", help=argparse.SUPPRESS)
+    parser.add_argument("--child-model", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child_table:
+        child_memory(args)
+        return
+    devices = [torch.device("cpu")] if args.device in ("all", "cpu") else []
+    if args.device in ("all", "cuda") and torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+    gpu_scale = 8 if torch.cuda.is_available() and args.device != "cpu" else 1
+    sources, targets = synthetic_pairs(max(args.pairs * gpu_scale, 4 * args.memory_rows), args.targets_per_source)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        model_path = tmp / "model.pt"
+        paper_model(model_path)
+        tables = [write_table(sources[:rows], targets[:rows], tmp / f"table-{rows}", rows_per_group=250)
+                  for rows in (args.memory_rows, 4 * args.memory_rows)]
+        print(f"paper-size model {EncoderDecoderConfig().to_dict()}; synthetic table, "
+              f"{args.targets_per_source} targets per source on average")
+        for device in devices:
+            run_device(device, model_path, sources, targets, tables, args)
+
+
+if __name__ == "__main__":
+    main()
