@@ -10,8 +10,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
+
+# OpenMP threads that spin while waiting make torch 10-30x slower as soon as another process
+# wants the same cores (a Dask worker, a second job); sleeping waiters cost almost nothing when
+# the machine is quiet. Must be set before torch loads its OpenMP runtime.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from pipeline.errors import UserError
 

@@ -35,7 +35,8 @@ REFERENCE = re.compile(r"\$\{([A-Za-z0-9_.-]+)\}")
 # Options whose values name files or directories that must exist before the run starts
 # (unless they refer to an earlier stage's output).
 INPUT_OPTIONS = {"src", "tgt", "tsv", "parquet", "pool", "in_domain", "dev", "phrase_table", "corpus",
-                 "src_vocab", "tgt_vocab", "model", "moses_ini", "input", "table"}
+                 "src_vocab", "tgt_vocab", "model", "moses_ini", "input", "table",
+                 "dev_src", "dev_ref", "test", "test_src", "test_ref", "alignment", "priors"}
 # Options the runner sets itself; a workflow may not set them.
 RUNNER_OPTIONS = {"out", "scheduler", "workers", "quiet", "debug", "src_lang", "tgt_lang"}
 

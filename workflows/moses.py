@@ -6,13 +6,14 @@ message saying what to set, and writes nothing (so a later run with Moses config
 
 Inputs are the moses.ini written by 'rnnenc export' (phrase table with the RNN features added),
 a tuning set (newstest2012+2013 in the paper) and a test set (newstest2014), tokenised as the
-phrase table was (e.g. by 'rnnenc ingest'; a corpus directory or a pair of text files).
+phrase table was: corpus directories written by 'rnnenc ingest' (--dev, --test) or pairs of
+tokenised text files.
 Outputs: OUT/tuning/ (mert-moses.pl working directory), OUT/moses.tuned.ini, OUT/test.hyp,
 OUT/report.json with BLEU (sacrebleu on detokenised text), OUT/manifest.json.
 
 example:
-  rnnenc moses --moses-ini artifacts/run/export/moses.ini --dev-src dev.en --dev-ref dev.fr \\
-      --test-src test.en --test-ref test.fr --out artifacts/run/moses
+  rnnenc moses --moses-ini artifacts/run/export/moses.ini --dev artifacts/run/dev \\
+      --test artifacts/run/test --out artifacts/run/moses
 """
 
 from __future__ import annotations
@@ -68,12 +69,30 @@ def _lines(path: Path) -> list[str]:
     return path.read_text(encoding="utf-8").splitlines()
 
 
+def corpus_to_text(corpus: Path, out_prefix: Path) -> tuple[Path, Path]:
+    """Write an ingested corpus directory's tokenised sides as two text files (mert-moses.pl input)."""
+    import pyarrow.parquet as pq
+
+    parts = sorted(corpus.glob("part-*.parquet"))
+    if not parts:
+        raise UserError(f"{corpus}: no part-*.parquet files: not a corpus written by 'rnnenc ingest'")
+    src, ref = out_prefix.with_suffix(".src"), out_prefix.with_suffix(".ref")
+    with open(src, "w", encoding="utf-8") as s, open(ref, "w", encoding="utf-8") as r:
+        for part in parts:
+            table = pq.read_table(part, columns=["source", "target"])
+            s.writelines(f"{line}\n" for line in table.column("source").to_pylist())
+            r.writelines(f"{line}\n" for line in table.column("target").to_pylist())
+    return src, ref
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--moses-ini", required=True, help="moses.ini written by 'rnnenc export'")
-    parser.add_argument("--dev-src", required=True, help="tokenised tuning source (one sentence a line)")
-    parser.add_argument("--dev-ref", required=True, help="tokenised tuning reference")
-    parser.add_argument("--test-src", help="tokenised test source")
-    parser.add_argument("--test-ref", help="tokenised test reference")
+    parser.add_argument("--dev", metavar="CORPUS", help="tuning set: a corpus directory written by 'rnnenc ingest'")
+    parser.add_argument("--dev-src", help="or: tokenised tuning source (one sentence a line)")
+    parser.add_argument("--dev-ref", help="and its tokenised reference")
+    parser.add_argument("--test", metavar="CORPUS", help="test set: a corpus directory written by 'rnnenc ingest'")
+    parser.add_argument("--test-src", help="or: tokenised test source")
+    parser.add_argument("--test-ref", help="and its tokenised reference")
     parser.add_argument("--moses-home", help="Moses installation (default: $MOSES_HOME)")
     parser.add_argument("--tgt-lang", default="fr", help="target language, for detokenisation (default: fr)")
     parser.add_argument("--src-lang", default="en", help="source language (recorded in the report)")
@@ -82,6 +101,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if not (args.dev or (args.dev_src and args.dev_ref)):
+        raise UserError("moses: give the tuning set as --dev CORPUS or --dev-src FILE --dev-ref FILE")
+    for corpus in (args.dev, args.test):
+        if corpus and not Path(corpus).is_dir():
+            raise UserError(f"{corpus}: no such corpus directory")
     moses = find_moses(args.moses_home)
     if moses is None:
         print("moses: skipped: no Moses installation configured. Set MOSES_HOME (or --moses-home, or "
@@ -92,9 +116,14 @@ def main(args: argparse.Namespace) -> int:
     for path in inputs:
         if not path.is_file():
             raise UserError(f"{path}: no such file")
+    inputs += [Path(p) for p in (args.dev, args.test) if p]
     report: dict[str, Any] = {"stage": "moses", "moses_home": str(moses)}
     with atomic_output_dir(args.out) as tmp:
-        command = mert_command(moses, Path(args.dev_src).resolve(), Path(args.dev_ref).resolve(),
+        dev_src, dev_ref = (corpus_to_text(Path(args.dev), tmp / "dev") if args.dev
+                            else (Path(args.dev_src), Path(args.dev_ref)))
+        if args.test:
+            args.test_src, args.test_ref = corpus_to_text(Path(args.test), tmp / "test")
+        command = mert_command(moses, dev_src.resolve(), dev_ref.resolve(),
                                Path(args.moses_ini).resolve(), tmp / "tuning", args.threads)
         log.info("tuning: %s", " ".join(command))
         subprocess.run(command, check=True)
