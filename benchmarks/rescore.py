@@ -218,7 +218,7 @@ def run_device(device: torch.device, model_path: Path, sources, targets, tables,
     default = batch_sizes(RescoreConfig(model=""), device)
     configs = ([(64, 64, 64), (128, 128, 64), default, (512, 512, 64), (512, 512, 512), (1024, 1024, 128)]
                if device.type == "cpu" else
-               [(512, 512, 512), (1024, 1024, 1024), (2048, 2048, 2048), default, (8192, 8192, 8192)])
+               [(512, 512, 512), (1024, 1024, 1024), default, (4096, 4096, 4096), (8192, 8192, 8192)])
     n = args.pairs if device.type == "cpu" else 8 * args.pairs
     src, tgt = sources[:n], targets[:n]
     print(f"batched ({n} pairs):")

@@ -23,8 +23,11 @@ Why the results do not depend on partitioning. A CPU GEMM's rounding depends on 
 position. So every batch has a fixed number of rows (the last one of a bucket is filled with
 copies of its first row, whose results are dropped), and its other dimension is an exact
 phrase length: a pair always meets exactly the same arithmetic, whichever rows share its
-batch, whatever the partitioning, and scores are bit-identical. This holds for a given
-device, batch configuration and torch thread count (Dask's nanny runs workers with one thread).
+batch, whatever the partitioning, and scores are bit-identical. This holds on the CPU for a
+given batch configuration and torch thread count (Dask's nanny runs workers with one thread).
+On a GPU (measured on an H100) scores are reproducible run to run, but differ between
+partitionings in the last float32 bit (up to 2e-6 on scores of -30): some CUDA kernel's
+rounding depends on more than the shape; a mixed CPU/GPU cluster mixes the two roundings.
 
 Work units. The input's parts are cut into units of consecutive row groups (at most
 ``rows_per_unit`` rows, at least one row group); unit ``u`` of input part ``p`` writes
@@ -74,7 +77,7 @@ REQUIRED_COLUMNS = ("source", "target")
 # Batch sizes by measurement (benchmarks/rescore.py): on the CPU the readout's vocabulary-wide
 # logits must stay in cache, so the readout runs in chunks smaller than the decoder batch.
 CPU_BATCH = {"encoder_batch": 256, "decoder_batch": 256, "readout_rows": 64}
-GPU_BATCH = {"encoder_batch": 4096, "decoder_batch": 4096, "readout_rows": 4096}
+GPU_BATCH = {"encoder_batch": 2048, "decoder_batch": 2048, "readout_rows": 2048}
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,7 @@ class PhraseScorer:
         self.group_sources = group_sources
         self.device = next(model.parameters()).device
         self.autocast = bf16 and self.device.type == "cuda"
+        self.fused_encoder = True
         E = model.config.embedding
         w_ih = model.decoder.weight_ih_l0.detach()  # (3H, E + H): input [e(y_{t-1}); c]
         self.w_emb = w_ih[:, :E].contiguous()
@@ -286,30 +290,46 @@ class PhraseScorer:
             for chunk, real in _chunks(np.flatnonzero(lengths == length), self.encoder_batch):
                 stats.padded_rows += len(chunk) - real
                 src = torch.tensor([src_ids[k] for k in chunk], dtype=torch.long).to(self.device)
-                _, h_last = m.encoder(m.src_embed(src))  # exact length: the last state is c
-                c = h_last[0]
+                c = self._encoder_state(src)
                 rows = torch.from_numpy(chunk[:real]).to(self.device)
                 gi_c[rows] = F.linear(c, self.w_c, m.decoder.bias_ih_l0)[:real].float()
                 h0[rows] = torch.tanh(m.init_state(c))[:real].float()
                 c_out[rows] = m.out_c(c)[:real].float()
         return gi_c, h0, c_out
 
+    def _encoder_state(self, src: torch.Tensor) -> torch.Tensor:
+        """c for a (B, L) batch of exact-length sources: the encoder's last hidden state."""
+        m = self.model
+        if self.fused_encoder:
+            return m.encoder(m.src_embed(src))[1][0]
+        gru = m.encoder
+        H = m.config.hidden
+        gi_all = F.linear(m.src_embed(src), gru.weight_ih_l0, gru.bias_ih_l0).float()
+        h = torch.zeros(src.shape[0], H, device=src.device)
+        for t in range(src.shape[1]):
+            h = self._gru_step(gi_all[:, t], h, gru.weight_hh_l0, gru.bias_hh_l0)
+        return h
+
+    @staticmethod
+    def _gru_step(gi: torch.Tensor, h: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor) -> torch.Tensor:
+        """One step of torch's GRU given the input projection W x + b_ih: reset applied after U."""
+        H = h.shape[1]
+        gh = F.linear(h, w_hh, b_hh).float()
+        rz = torch.sigmoid(gi[:, :2 * H] + gh[:, :2 * H])
+        n = torch.tanh(gi[:, 2 * H:] + rz[:, :H] * gh[:, 2 * H:])
+        return torch.lerp(n, h, rz[:, H:])  # z * h + (1 - z) * n
+
     def _decode(self, tgt: torch.Tensor, gi_c: torch.Tensor, h: torch.Tensor, c_out: torch.Tensor) -> torch.Tensor:
         """Sum over t of log p(y_t | y_<t, c) for a (B, T) batch of exact-length targets (float64)."""
         m = self.model
         cfg = m.config
         B, T = tgt.shape
-        H = cfg.hidden
         w_hh, b_hh = m.decoder.weight_hh_l0, m.decoder.bias_hh_l0
         prev = m.tgt_embed(tgt[:, :-1])  # e(y_{t-1}) for t >= 1; e(y_0) = 0 contributes nothing
         gi_emb = F.linear(prev, self.w_emb).float() if T > 1 else None
         total = torch.zeros(B, dtype=torch.float64, device=self.device)
         for t in range(T):
-            gi = gi_c if t == 0 else gi_c + gi_emb[:, t - 1]
-            gh = F.linear(h, w_hh, b_hh).float()
-            rz = torch.sigmoid(gi[:, :2 * H] + gh[:, :2 * H])
-            n = torch.tanh(gi[:, 2 * H:] + rz[:, :H] * gh[:, 2 * H:])
-            h = torch.lerp(n, h, rz[:, H:])  # z * h + (1 - z) * n
+            h = self._gru_step(gi_c if t == 0 else gi_c + gi_emb[:, t - 1], h, w_hh, b_hh)
             s = m.out_h(h).float() + c_out
             if t > 0:
                 s = s + m.out_y(prev[:, t - 1]).float()
