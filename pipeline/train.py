@@ -76,6 +76,7 @@ class TrainConfig:
     clip_norm: float = 1.0
     device: str = "auto"
     threads: int = 0  # CPU threads; 0 = all cores
+    compile: bool = False  # torch.compile the clip + Adadelta step into one pass over memory
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -364,9 +365,8 @@ def train(config: TrainConfig, phrase_table: str | os.PathLike, src_vocab_path: 
                              "window": [0.0, 0], "seconds": 0.0}
     if resume:
         checkpoint = load_checkpoint(checkpoint_path)
-        fixed = {k: v for k, v in checkpoint["config"].items() if k not in ("updates", "early_stopping", "device",
-                                                                            "threads", "valid_every",
-                                                                            "checkpoint_every")}
+        free = ("updates", "early_stopping", "device", "threads", "valid_every", "checkpoint_every", "compile")
+        fixed = {k: v for k, v in checkpoint["config"].items() if k not in free}
         changed = [k for k, v in fixed.items() if getattr(config, k) != v]
         if changed or checkpoint["n_pairs"] != len(pairs) or checkpoint["model_config"] != model_config.to_dict():
             raise UserError(f"{checkpoint_path}: was made with another configuration or table "
@@ -387,6 +387,7 @@ def train(config: TrainConfig, phrase_table: str | os.PathLike, src_vocab_path: 
             "n_pairs": len(pairs), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "torch_rng": torch.get_rng_state(), "state": state})
 
+    clip_and_step = make_clip_and_step(model, optimizer, config)
     metrics = Metrics(out, state["update"])
     bar = tqdm(total=config.updates, initial=state["update"], unit="upd", desc="train", disable=quiet,
                dynamic_ncols=True)
@@ -401,8 +402,7 @@ def train(config: TrainConfig, phrase_table: str | os.PathLike, src_vocab_path: 
                 loss = model.loss(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
-            optimizer.step()
+            clip_and_step()
             state["update"] = update
             state["target_tokens"] += batch.n_target_tokens
             state["window"][0] += float(loss.detach())
@@ -456,6 +456,23 @@ def train(config: TrainConfig, phrase_table: str | os.PathLike, src_vocab_path: 
     write_manifest(out, stage="train", inputs=[table, src_vocab_path, tgt_vocab_path],
                    config=config.to_dict() | {"model": model_config.to_dict()}, counts=counts)
     return report
+
+
+def make_clip_and_step(model: EncoderDecoder, optimizer: torch.optim.Optimizer, config: TrainConfig
+                       ) -> Callable[[], None]:
+    """Gradient-norm clipping then the Adadelta update; compiled on request.
+
+    Eager Adadelta makes about ten passes over the 17M parameters and its state, each a
+    memory-bound kernel: on the CPU that costs as much as a third of the model's matmuls.
+    Compiled, it is one fused loop (the first call compiles: about a minute on 2 cores).
+    """
+    params = list(model.parameters())
+
+    def clip_and_step() -> None:
+        torch.nn.utils.clip_grad_norm_(params, config.clip_norm)
+        optimizer.step()
+
+    return torch.compile(clip_and_step) if config.compile else clip_and_step
 
 
 def draw_batch(pairs: PhrasePairs, sampler: PairSampler, update: int, size: int,

@@ -63,6 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     opt.add_argument("--seed", type=int, default=d.seed, help="random seed (default %(default)s)")
     opt.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device,
                      help="auto: CUDA when present, else CPU (default %(default)s)")
+    opt.add_argument("--compile", action="store_true",
+                     help="torch.compile the clip + Adadelta step into one fused pass (first update "
+                          "compiles, about a minute on a small CPU): worth it for long runs")
     opt.add_argument("--threads", type=int, default=d.threads,
                      help="CPU threads; 0 = all cores (default %(default)s)")
 
@@ -73,7 +76,7 @@ def main(args: argparse.Namespace) -> int:
                          max_length=args.max_length, valid_pairs=args.valid_pairs,
                          valid_every=args.valid_every, checkpoint_every=args.checkpoint_every,
                          early_stopping=args.early_stopping, seed=args.seed, device=args.device,
-                         threads=args.threads)
+                         threads=args.threads, compile=args.compile)
     report = train(config, args.phrase_table, args.src_vocab, args.tgt_vocab, args.out, resume=args.resume,
                    cache_dir=args.cache_dir, quiet=args.quiet)
     counts = report["counts"]
