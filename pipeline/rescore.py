@@ -198,7 +198,6 @@ class PhraseScorer:
         self.group_sources = group_sources
         self.device = next(model.parameters()).device
         self.autocast = bf16 and self.device.type == "cuda"
-        self.fused_encoder = True
         E = model.config.embedding
         w_ih = model.decoder.weight_ih_l0.detach()  # (3H, E + H): input [e(y_{t-1}); c]
         self.w_emb = w_ih[:, :E].contiguous()
@@ -300,15 +299,7 @@ class PhraseScorer:
     def _encoder_state(self, src: torch.Tensor) -> torch.Tensor:
         """c for a (B, L) batch of exact-length sources: the encoder's last hidden state."""
         m = self.model
-        if self.fused_encoder:
-            return m.encoder(m.src_embed(src))[1][0]
-        gru = m.encoder
-        H = m.config.hidden
-        gi_all = F.linear(m.src_embed(src), gru.weight_ih_l0, gru.bias_ih_l0).float()
-        h = torch.zeros(src.shape[0], H, device=src.device)
-        for t in range(src.shape[1]):
-            h = self._gru_step(gi_all[:, t], h, gru.weight_hh_l0, gru.bias_hh_l0)
-        return h
+        return m.encoder(m.src_embed(src))[1][0]
 
     @staticmethod
     def _gru_step(gi: torch.Tensor, h: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor) -> torch.Tensor:
