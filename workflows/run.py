@@ -18,6 +18,7 @@ import argparse
 import importlib
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,21 @@ def is_up_to_date(workflow: Workflow, stage: Stage, key: str) -> bool:
         return False
 
 
+def _prepare_resumable(workflow: Workflow, stage: Stage, key: str) -> bool:
+    """For stages that train in place (train): resume an interrupted run of the same stage key,
+    otherwise clear what an older run with other inputs or options left behind."""
+    if not stage.out.exists():
+        return False
+    state = _state_path(workflow, stage)
+    previous = json.loads(state.read_text()) if state.is_file() else {}
+    if not is_complete(stage.out) and previous.get("key") == key and previous.get("status") == "running":
+        log.info("stage %s: resuming the interrupted run in %s", stage.name, stage.out)
+        return (stage.out / "checkpoints" / "last.pt").is_file()
+    log.info("stage %s: removing the stale output of an earlier run in %s", stage.name, stage.out)
+    shutil.rmtree(stage.out)
+    return False
+
+
 def run_workflow(workflow: Workflow, *, scheduler: str | None = None, workers: int | None = None,
                  quiet: bool = False, debug: bool = False, force: set[str] | None = None,
                  until: str | None = None) -> list[dict[str, Any]]:
@@ -86,12 +102,22 @@ def run_workflow(workflow: Workflow, *, scheduler: str | None = None, workers: i
                 log.info("stage %s: running 'rnnenc %s'", stage.name, stage.command)
                 args = stage.args
                 args.scheduler, args.workers, args.quiet, args.debug = address, None, quiet, debug
+                if hasattr(args, "resume"):
+                    args.resume = _prepare_resumable(workflow, stage, key)
+                write_json_atomic(_state_path(workflow, stage), {"key": key, "argv": stage.argv,
+                                                                 "status": "running"})
                 module = importlib.import_module(COMMANDS[stage.command][0])
                 started = time.perf_counter()
                 status = module.main(args)
                 if status:
                     raise UserError(f"stage {stage.name} ('rnnenc {stage.command}') failed with status {status}")
                 seconds = round(time.perf_counter() - started, 2)
+                if not is_complete(stage.out):
+                    # An optional stage that had nothing to do (e.g. moses without MOSES_HOME):
+                    # no output, so it is tried again next time.
+                    records.append({"stage": stage.name, "command": stage.command, "status": "no-op",
+                                    "seconds": seconds, "out": str(stage.out)})
+                    continue
                 write_json_atomic(_state_path(workflow, stage), {"key": key, "argv": stage.argv,
                                                                  "seconds": seconds})
                 dirty.add(stage.name)
