@@ -46,6 +46,18 @@ stages:
   select: {{command: select, pool: "${{pool}}", in_domain: "${{in_domain}}", fraction: {fraction}}}
 """
 
+FULL_CHAIN = """
+  dev: {command: ingest, src: data/dev.en, tgt: data/dev.fr}
+  phrases: {command: phrases, corpus: "${select}", max_phrase_length: 3}
+  vocab: {command: vocab, phrase_table: "${phrases}/table", size: 500}
+  train: {command: train, phrase_table: "${phrases}/table", src_vocab: "${vocab}/vocab.en.txt",
+          tgt_vocab: "${vocab}/vocab.fr.txt", hidden: 16, embedding: 8, maxout: 8, updates: 20,
+          valid_pairs: 50, valid_every: 10, checkpoint_every: 10}
+  rescore: {command: rescore, phrase_table: "${phrases}/table", model: "${train}/model.pt"}
+  export: {command: export, table: "${rescore}", moses_ini: moses.ini}
+  moses: {command: moses, moses_ini: "${export}/moses.ini", dev: "${dev}"}
+"""
+
 
 @pytest.mark.parametrize("body,message", [
     ("run: r\nlanguages: {source: en, target: fr}\nstages: {a: {command: ingest}}\nextra: 1\n",
@@ -81,29 +93,54 @@ def test_cli_reports_workflow_errors_without_traceback(demo_data):
     assert result.stderr.strip() == f"rnnenc: error: {path}: bogus: unknown key"
 
 
-def test_workflow_runs_through_two_workers_skips_and_reruns_downstream(demo_data, dask_address):
-    path = write_workflow(demo_data, WORKFLOW.format(run="r1", fraction=0.1))
+def test_whole_chain_through_two_workers_skips_and_reruns_downstream(demo_data, dask_address, monkeypatch):
+    from workflows.demo import write_baseline_moses_ini
+
+    monkeypatch.delenv("MOSES_HOME", raising=False)
+    write_baseline_moses_ini(demo_data / "data", demo_data / "artifacts" / "r1")
+    (demo_data / "moses.ini").write_text((demo_data / "data" / "moses.ini").read_text())
+    path = write_workflow(demo_data, WORKFLOW.format(run="r1", fraction=0.1) + FULL_CHAIN)
     records = run_workflow(load_workflow(path), scheduler=dask_address, quiet=True)
-    assert [r["status"] for r in records] == ["ran", "ran", "ran"]
-    for record in records:
+    statuses = {r["stage"]: r["status"] for r in records}
+    assert statuses == {"pool": "ran", "in_domain": "ran", "select": "ran", "dev": "ran", "phrases": "ran",
+                        "vocab": "ran", "train": "ran", "rescore": "ran", "export": "ran", "moses": "no-op"}
+    root = demo_data / "artifacts" / "r1"
+    for record in records[:-1]:
         manifest = read_manifest(record["out"])
         assert manifest is not None and manifest["outputs"], record
-    pool_manifest = read_manifest(demo_data / "artifacts" / "r1" / "pool")
-    assert pool_manifest["counts"]["pairs_written"] > 2900
-    selected_before = read_manifest(demo_data / "artifacts" / "r1" / "select")
+        assert all(len(item["hash"]) == 32 for item in manifest["outputs"]), record
+        assert (Path(record["out"]) / "report.json").is_file(), record
+    assert not (root / "moses").exists()
+    assert read_manifest(root / "pool")["counts"]["pairs_written"] > 2900
+    assert (root / "train" / "model.pt").is_file()
+    ini = (root / "export" / "moses.ini").read_text()
+    assert "num-features=6" in ini and str(root / "export" / "phrase-table.gz") in ini
+    import gzip
+
+    with gzip.open(root / "export" / "phrase-table.gz", "rt") as table:
+        first = table.readline().split(" ||| ")
+    assert len(first[2].split()) == 6
+    pool_manifest = read_manifest(root / "pool")
+    selected_before = read_manifest(root / "select")
 
     records = run_workflow(load_workflow(path), scheduler=dask_address, quiet=True)
-    assert [r["status"] for r in records] == ["skipped", "skipped", "skipped"]
+    assert all(r["status"] in ("skipped", "no-op") for r in records)
 
-    # Only the budget changes: ingestion is skipped, selection (and what follows) reruns.
-    path = write_workflow(demo_data, WORKFLOW.format(run="r1", fraction=0.2))
+    # Only the budget changes: ingestion is skipped, selection and everything downstream reruns.
+    path = write_workflow(demo_data, WORKFLOW.format(run="r1", fraction=0.2) + FULL_CHAIN)
     records = run_workflow(load_workflow(path), scheduler=dask_address, quiet=True)
-    assert [r["status"] for r in records] == ["skipped", "skipped", "ran"]
-    assert read_manifest(demo_data / "artifacts" / "r1" / "pool") == pool_manifest
-    selected_after = read_manifest(demo_data / "artifacts" / "r1" / "select")
-    assert selected_after["counts"] != selected_before["counts"]
+    statuses = {r["stage"]: r["status"] for r in records}
+    assert statuses == {"pool": "skipped", "in_domain": "skipped", "select": "ran", "dev": "skipped",
+                        "phrases": "ran", "vocab": "ran", "train": "ran", "rescore": "ran", "export": "ran",
+                        "moses": "no-op"}
+    assert read_manifest(root / "pool") == pool_manifest
+    assert read_manifest(root / "select")["counts"] != selected_before["counts"]
 
-    # A changed input file reruns the stage that reads it and everything downstream of it.
+
+def test_changed_input_reruns_its_stage_and_downstream_only(demo_data, dask_address):
+    path = write_workflow(demo_data, WORKFLOW.format(run="r2", fraction=0.1))
+    assert [r["status"] for r in run_workflow(load_workflow(path), scheduler=dask_address, quiet=True)] == \
+        ["ran", "ran", "ran"]
     in_domain = demo_data / "data" / "in_domain.en"
     original = in_domain.read_bytes()
     try:
