@@ -18,7 +18,8 @@ from distributed import Client
 BIN = Path(sys.executable).parent
 
 
-def _start_cluster(tmp: Path, n_workers: int) -> tuple[str, list[subprocess.Popen]]:
+def _start_cluster(tmp: Path, n_workers: int, worker_args: tuple[str, ...] = ()) -> tuple[str, list[subprocess.Popen]]:
+    tmp.mkdir(parents=True, exist_ok=True)
     scheduler_file = tmp / "scheduler.json"
     env = os.environ | {"DASK_DISTRIBUTED__WORKER__DAEMON": "False", "PYTHONUNBUFFERED": "1"}
     procs = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
@@ -33,7 +34,7 @@ def _start_cluster(tmp: Path, n_workers: int) -> tuple[str, list[subprocess.Pope
         procs.append(subprocess.Popen(
             [str(BIN / "dask"), "worker", "--scheduler-file", str(scheduler_file), "--nthreads", "1",
              "--nworkers", "1", "--no-dashboard", "--host", "127.0.0.1", "--name", f"w{i}",
-             "--memory-limit", "4GiB"],
+             "--memory-limit", "4GiB", *worker_args],
             stdout=subprocess.DEVNULL, stderr=open(tmp / f"worker{i}.log", "w"), env=env))
     import json
 

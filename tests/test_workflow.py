@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import _start_cluster
 
+from conftest import _start_cluster
 from pipeline.artifacts import read_manifest
 from pipeline.errors import UserError
 from pipeline.synthetic import DemoConfig, generate_demo

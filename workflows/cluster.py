@@ -42,6 +42,12 @@ def dask_client(scheduler: str | None = None, n_workers: int | None = None,
         yield client
 
 
+def gpu_resources(client: Client) -> dict[str, float] | None:
+    """``{"GPU": 1}`` when some worker declares a GPU resource (``dask worker --resources GPU=1``)."""
+    workers = client.scheduler_info(n_workers=-1).get("workers", {}).values()
+    return {"GPU": 1} if any(w.get("resources", {}).get("GPU") for w in workers) else None
+
+
 def map_partitions(client: Client, func: Callable[..., T], items: Sequence[Any], *,
                    desc: str, quiet: bool = False, key_prefix: str | None = None,
                    **kwargs: Any) -> list[T]:

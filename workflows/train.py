@@ -7,6 +7,8 @@ token negative log-likelihood; defaults are the paper's sizes (1000 GRU units, 1
 embeddings, 500 maxout units, 15k-word vocabularies from `rnnenc vocab`).
 
 Runs on the GPU when there is one (bf16 autocast), else on all CPU cores; --device forces one.
+On a Dask cluster (--scheduler or DASK_SCHEDULER_ADDRESS) whose workers declare a GPU resource
+(`dask worker --resources GPU=1`), training runs as one task on such a worker; otherwise here.
 Writes into --out: model.pt (best validated parameters), checkpoints/, metrics.csv,
 tensorboard/, learning_curve.png, report.json, manifest.json. After an interruption, rerun the
 same command with --resume: the run continues from the last checkpoint and ends with the same
@@ -24,6 +26,8 @@ import json
 import logging
 
 from pipeline.train import TrainConfig, train
+from workflows.cli import add_cluster_arguments
+from workflows.cluster import dask_client, gpu_resources, scheduler_address
 
 HELP = "train the RNN encoder-decoder on a phrase table"
 log = logging.getLogger("rnnenc")
@@ -68,6 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "compiles, about a minute on a small CPU): worth it for long runs")
     opt.add_argument("--threads", type=int, default=d.threads,
                      help="CPU threads; 0 = all cores (default %(default)s)")
+    add_cluster_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -77,8 +82,19 @@ def main(args: argparse.Namespace) -> int:
                          valid_every=args.valid_every, checkpoint_every=args.checkpoint_every,
                          early_stopping=args.early_stopping, seed=args.seed, device=args.device,
                          threads=args.threads, compile=args.compile)
-    report = train(config, args.phrase_table, args.src_vocab, args.tgt_vocab, args.out, resume=args.resume,
-                   cache_dir=args.cache_dir, quiet=args.quiet)
+    train_args = (config, args.phrase_table, args.src_vocab, args.tgt_vocab, args.out)
+    train_kwargs = {"resume": args.resume, "cache_dir": args.cache_dir}
+    report = None
+    address = scheduler_address(getattr(args, "scheduler", None))
+    if address:
+        with dask_client(address) as client:
+            resources = gpu_resources(client)
+            if resources:
+                log.info("training as one task on a GPU worker of %s (progress in the worker's log)", address)
+                report = client.submit(train, *train_args, **train_kwargs, quiet=True, resources=resources,
+                                       pure=False).result()
+    if report is None:
+        report = train(*train_args, **train_kwargs, quiet=args.quiet)
     counts = report["counts"]
     log.info("trained %d updates on %s (%s updates/s); %s", counts["updates"], report["device"],
              report["updates_per_s"], json.dumps({k: counts[k] for k in ("pairs", "pairs_too_long",
