@@ -97,7 +97,92 @@ def make_batch(sources: Sequence[Sequence[str]], targets: Sequence[Sequence[str]
     return Batch(src, src_lengths, tgt, tgt_lengths)
 
 
+class _PackedGRU(torch.autograd.Function):
+    """The GRU recurrence over length-sorted, time-major packed steps (the CPU training path).
+
+    ``gi`` (N, 3H) holds every step's input projection W x + b_i, computed beforehand in one
+    GEMM; step t runs the first ``sizes[t]`` rows (sizes non-increasing), so no padding step
+    is computed. Backward runs per step only the product giving dh_{t-1}, then forms dU as
+    one (3H x N) x (N x H) GEMM over all steps (not one thin GEMM per step). With
+    ``zero_h0`` the initial state is known to be 0 and the first step's U h_0 is skipped.
+    Same equations as ``nn.GRU``: n = tanh(gi_n + r * (U_n h + b_hn)), h = (1 - z) n + z h_prev.
+    """
+
+    @staticmethod
+    def forward(ctx, gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, sizes: list[int],
+                zero_h0: bool) -> Tensor:
+        N, H = gi.shape[0], w_hh.shape[1]
+        out = gi.new_empty(N, H)
+        rz_all = gi.new_empty(N, 2 * H)  # sigmoid(r), sigmoid(z)
+        n_all = gi.new_empty(N, H)  # n
+        ghn_all = gi.new_empty(N, H)  # U_n h_prev + b_hn
+        start = 0
+        h_prev = h0
+        for t, size in enumerate(sizes):
+            rows = slice(start, start + size)
+            h_prev = h_prev[:size]
+            gh = b_hh.expand(size, 3 * H) if t == 0 and zero_h0 else torch.addmm(b_hh, h_prev, w_hh.t())
+            g = gi[rows]
+            rz = torch.add(g[:, : 2 * H], gh[:, : 2 * H], out=rz_all[rows]).sigmoid_()
+            ghn = ghn_all[rows]
+            ghn.copy_(gh[:, 2 * H:])
+            n = torch.addcmul(g[:, 2 * H:], rz[:, :H], ghn, out=n_all[rows]).tanh_()
+            h_prev = torch.lerp(n, h_prev, rz[:, H:], out=out[rows])  # n + z (h_prev - n)
+            start += size
+        ctx.sizes, ctx.zero_h0 = sizes, zero_h0
+        ctx.save_for_backward(h0, w_hh, out, rz_all, n_all, ghn_all)
+        return out
+
+    @staticmethod
+    def backward(ctx, d_out: Tensor) -> tuple[Tensor | None, ...]:
+        h0, w_hh, out, rz_all, n_all, ghn_all = ctx.saved_tensors
+        sizes, zero_h0 = ctx.sizes, ctx.zero_h0
+        N, H = out.shape
+        d_out = d_out.contiguous()
+        dgh_all = out.new_empty(N, 3 * H)  # d(U h + b_h): r, z, n (= d pre-n * r)
+        dan_all = out.new_empty(N, H)  # d(pre-activation of n) = d(gi_n)
+        starts = [0]
+        for size in sizes[:-1]:
+            starts.append(starts[-1] + size)
+        carry = out.new_zeros(sizes[0], H)  # dL/dh_t from later steps; rows past a step's size stay 0
+        for t in range(len(sizes) - 1, -1, -1):
+            size, start = sizes[t], starts[t]
+            rows = slice(start, start + size)
+            h_prev = h0[:size] if t == 0 else out[starts[t - 1]: starts[t - 1] + size]
+            dh = d_out[rows] + carry[:size]
+            r, z = rz_all[rows, :H], rz_all[rows, H:]
+            n = n_all[rows]
+            dgh = dgh_all[rows]
+            da_n = torch.mul(dh * (1 - z), 1 - n * n, out=dan_all[rows])
+            torch.mul(da_n * ghn_all[rows], r * (1 - r), out=dgh[:, :H])
+            torch.mul(dh * (h_prev - n), z * (1 - z), out=dgh[:, H: 2 * H])
+            torch.mul(da_n, r, out=dgh[:, 2 * H:])
+            if t == 0 and zero_h0:
+                break
+            carry[:size] = torch.addmm(dh * z, dgh, w_hh)
+        d_gi = torch.cat([dgh_all[:, : 2 * H], dan_all], dim=1)
+        d_h0 = d_w = d_b = None
+        if ctx.needs_input_grad[2]:
+            # one GEMM over every step that multiplied U (h_prev of step t: first rows of step t-1)
+            prev = torch.cat([torch.arange(starts[t - 1], starts[t - 1] + sizes[t]) for t in range(1, len(sizes))]
+                             + [torch.zeros(0, dtype=torch.long)]).to(out.device)
+            h_prev_all = out.index_select(0, prev)
+            if zero_h0:
+                d_w = dgh_all[sizes[0]:].t() @ h_prev_all
+            else:
+                d_w = dgh_all.t() @ torch.cat([h0[: sizes[0]], h_prev_all])
+        if ctx.needs_input_grad[1] and not zero_h0:
+            d_h0 = carry
+        if ctx.needs_input_grad[3]:
+            d_b = dgh_all.sum(0)
+        return d_gi, d_h0, d_w, d_b, None, None
+
+
 class EncoderDecoder(nn.Module):
+    #: run ``token_logprobs`` on CPU tensors through the packed recurrences (``_PackedGRU``);
+    #: False: through ``nn.GRU`` as on CUDA (cuDNN), the same equations
+    packed_cpu_gru: bool = True
+
     def __init__(self, config: EncoderDecoderConfig):
         super().__init__()
         self.config = config
@@ -160,12 +245,58 @@ class EncoderDecoder(nn.Module):
         The readout and the softmax run only over real (non-pad) positions: on the CPU the
         rank-100 x 15k softmax, not the recurrence, is the costly part.
         """
+        if self.packed_cpu_gru and batch.src.device.type == "cpu":
+            return self._token_logprobs_packed(batch)
         c = self.encode(batch.src, batch.src_lengths)
         states, prev = self.decode(c, batch.tgt)
         mask = torch.arange(batch.tgt.shape[1], device=c.device) < batch.tgt_lengths.unsqueeze(1)
         pair = torch.arange(c.shape[0], device=c.device).repeat_interleave(batch.tgt_lengths)
         logits = self.readout(states[mask], prev[mask], self.out_c(c)[pair])
         return -F.cross_entropy(logits.float(), batch.tgt[mask], reduction="none"), pair
+
+    def _token_logprobs_packed(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """``token_logprobs`` on the CPU: packed recurrences (``_PackedGRU``), same equations.
+
+        Each side is sorted by length (longest first) and packed time-major, so step t runs
+        only the sequences still going; W_c c + b_i and O_c c are computed once per pair; the
+        encoder's first step skips U h_0 (h_0 = 0). Every input projection is one GEMM.
+        """
+        src, src_lengths, tgt, tgt_lengths = batch.src, batch.src_lengths, batch.tgt, batch.tgt_lengths
+        B, E, H = src.shape[0], self.config.embedding, self.config.hidden
+        enc, dec = self.encoder, self.decoder
+        # encoder: c = the state after each source's last token
+        order = torch.argsort(src_lengths, descending=True, stable=True)
+        lengths = src_lengths[order]
+        live = torch.arange(src.shape[1]).unsqueeze(1) < lengths  # (S, B) time-major
+        sizes = live.sum(1)
+        gi = F.linear(self.src_embed(src[order].t()[live]), enc.weight_ih_l0, enc.bias_ih_l0)
+        states = _PackedGRU.apply(gi, gi.new_zeros(B, H), enc.weight_hh_l0, enc.bias_hh_l0,
+                                  sizes.tolist(), True)
+        starts = torch.cumsum(sizes, 0) - sizes
+        c_sorted = states[starts[lengths - 1] + torch.arange(B)]
+        # decoder, targets sorted by length: input [e(y_{t-1}); c], h'_0 = tanh(W c + b)
+        t_order = torch.argsort(tgt_lengths, descending=True, stable=True)
+        t_lengths = tgt_lengths[t_order]
+        live = torch.arange(tgt.shape[1]).unsqueeze(1) < t_lengths  # (T, B)
+        t_sizes = live.sum(1)
+        c = c_sorted[torch.argsort(order)[t_order]]  # (B, H), decoder order
+        row = torch.arange(B).expand(live.shape)[live]  # packed row -> pair (decoder order)
+        tgt_sorted = tgt[t_order].t()  # (T, B)
+        w_e, w_c = dec.weight_ih_l0.split([E, H], dim=1)
+        gi_c = F.linear(c, w_c, dec.bias_ih_l0)  # (B, 3H), once per pair
+        prev = self.tgt_embed(tgt_sorted[:-1][live[1:]])  # e(y_{t-1}) of the rows of steps t >= 1
+        gi = torch.cat([gi_c, gi_c[row[B:]] + F.linear(prev, w_e)])  # step 0 holds every pair: e(y_0) = 0
+        h0 = torch.tanh(self.init_state(c))
+        states = _PackedGRU.apply(gi, h0, dec.weight_hh_l0, dec.bias_hh_l0, t_sizes.tolist(), False)
+        prev = torch.cat([prev.new_zeros(B, E), prev])
+        logits = self.readout(states, prev, self.out_c(c)[row])
+        logp = -F.cross_entropy(logits.float(), tgt_sorted[live], reduction="none")
+        # back to row-major order: packed (t, i) is token t of pair t_order[i]
+        step = torch.arange(tgt.shape[1]).unsqueeze(1).expand(live.shape)[live]
+        pair_of = t_order[row]
+        position = (torch.cumsum(tgt_lengths, 0) - tgt_lengths)[pair_of] + step
+        logp = torch.empty_like(logp).index_copy(0, position, logp)
+        return logp, torch.arange(B).repeat_interleave(tgt_lengths)
 
     def forward(self, batch: Batch) -> Tensor:
         """log p(target | source) per pair (B,), summed over tokens incl. ``</s>``."""

@@ -463,8 +463,11 @@ def make_clip_and_step(model: EncoderDecoder, optimizer: torch.optim.Optimizer, 
     """Gradient-norm clipping then the Adadelta update; compiled on request.
 
     Eager Adadelta makes about ten passes over the 17M parameters and its state, each a
-    memory-bound kernel: on the CPU that costs as much as a third of the model's matmuls.
-    Compiled, it is one fused loop (the first call compiles: about a minute on 2 cores).
+    memory-bound kernel: on the CPU that costs as much as a third of the model's matmuls
+    (``foreach=True`` does not help: the tensors are large, the passes are the cost). On the
+    CPU the update therefore runs cache-sized chunk by chunk (``clip_and_adadelta_``): the
+    same operations, the same results, ~40% less time. Compiled (``config.compile``), it is
+    one fused loop (the first call compiles: about a minute on 2 cores).
     """
     params = list(model.parameters())
 
@@ -472,7 +475,56 @@ def make_clip_and_step(model: EncoderDecoder, optimizer: torch.optim.Optimizer, 
         torch.nn.utils.clip_grad_norm_(params, config.clip_norm)
         optimizer.step()
 
-    return torch.compile(clip_and_step) if config.compile else clip_and_step
+    if config.compile:
+        return torch.compile(clip_and_step)
+    if all(p.device.type == "cpu" for p in params) and isinstance(optimizer, torch.optim.Adadelta):
+        return lambda: clip_and_adadelta_(params, optimizer, config.clip_norm)
+    return clip_and_step
+
+
+ADADELTA_CHUNK = 1 << 15  # elements: a chunk of the parameter, gradient, state and two buffers fit in L2
+
+
+@torch.no_grad()
+def clip_and_adadelta_(params: list[torch.Tensor], optimizer: torch.optim.Adadelta, max_norm: float,
+                       chunk: int = ADADELTA_CHUNK) -> None:
+    """``clip_grad_norm_(params, max_norm)`` then ``optimizer.step()``, computed chunk by chunk.
+
+    Each chunk goes through all of Adadelta's operations (torch's, in its order) while it is in
+    cache; the clipped gradient g * coef is formed per chunk (p.grad is left unscaled, unlike
+    ``clip_grad_norm_``). The optimizer's state is torch's own (``state_dict`` unchanged).
+    """
+    params = [p for p in params if p.grad is not None]
+    if not params:
+        return
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+    scale = float(coef) != 1.0  # g * 1.0 == g: skip the pass
+    for group in optimizer.param_groups:
+        if group["weight_decay"] or group["maximize"] or group.get("differentiable"):
+            raise ValueError("clip_and_adadelta_ implements plain Adadelta only")
+    buffers = [params[0].new_empty(chunk) for _ in range(3)]
+    for group in optimizer.param_groups:
+        rho, eps, lr = group["rho"], group["eps"], group["lr"]
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = optimizer.state[p]
+            if not state:  # as torch.optim.Adadelta initialises it
+                state["step"] = torch.zeros((), dtype=torch.get_default_dtype())
+                state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["acc_delta"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["step"] += 1
+            flat = [t.view(-1) for t in (p, p.grad, state["square_avg"], state["acc_delta"])]
+            for i in range(0, flat[0].numel(), chunk):
+                P, G, S, A = (t[i: i + chunk] for t in flat)
+                n = P.numel()
+                g = torch.mul(G, coef, out=buffers[0][:n]) if scale else G
+                S.mul_(rho).addcmul_(g, g, value=1 - rho)
+                std = torch.add(S, eps, out=buffers[1][:n]).sqrt_()
+                delta = torch.add(A, eps, out=buffers[2][:n]).sqrt_().div_(std).mul_(g)
+                A.mul_(rho).addcmul_(delta, delta, value=1 - rho)
+                P.add_(delta, alpha=-lr)
 
 
 def draw_batch(pairs: PhrasePairs, sampler: PairSampler, update: int, size: int,

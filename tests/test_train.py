@@ -22,9 +22,9 @@ import torch
 
 from pipeline.artifacts import read_manifest
 from pipeline.errors import UserError
-from pipeline.model import load_model, score_pairs
+from pipeline.model import EncoderDecoder, EncoderDecoderConfig, load_model, score_pairs
 from pipeline.synthetic import DemoConfig, generate_demo
-from pipeline.train import PairSampler, TrainConfig, draw_validation, train
+from pipeline.train import PairSampler, TrainConfig, clip_and_adadelta_, draw_validation, train
 from pipeline.vocab import Vocabulary
 
 TINY = dict(embedding=8, hidden=16, maxout=8, output_rank=8, threads=1, seed=7)
@@ -232,3 +232,27 @@ def test_learns_the_demo_phrase_table(tmp_path):
     table_auc = roc_auc(scores, np.array([int(t[2]) for t in truth]))
     print(json.dumps({"held_out_auc": auc, "table_truth_auc": table_auc, "valid_ppl": model_ppl,
                       "unigram_ppl": unigram_ppl, "held_out_true_pairs": len(held_out_true)}))
+
+
+def test_chunked_clip_and_adadelta_is_torchs_bit_for_bit():
+    torch.manual_seed(0)
+    config = EncoderDecoderConfig(src_vocab_size=30, tgt_vocab_size=40, embedding=4, hidden=6, maxout=5,
+                                  output_rank=3)
+    models = [EncoderDecoder(config) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    optimizers = [torch.optim.Adadelta(m.parameters(), lr=1.0, rho=0.95, eps=1e-6) for m in models]
+    for step in range(4):  # norms above and below the clipping threshold
+        grads = [torch.randn_like(p) * (0.01 if step % 2 else 1.0) for p in models[0].parameters()]
+        for model in models:
+            for p, g in zip(model.parameters(), grads, strict=True):
+                p.grad = g.clone()
+        torch.nn.utils.clip_grad_norm_(list(models[0].parameters()), 1.0)
+        optimizers[0].step()
+        clip_and_adadelta_(list(models[1].parameters()), optimizers[1], 1.0, chunk=7)  # chunks cut tensors
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        assert torch.equal(a, b)
+    ref, got = optimizers[0].state_dict(), optimizers[1].state_dict()
+    assert ref["param_groups"] == got["param_groups"]
+    for i, state in ref["state"].items():
+        for key, value in state.items():
+            assert torch.equal(value, got["state"][i][key]), (i, key)
