@@ -1,36 +1,49 @@
 """Training speed of the encoder-decoder at the paper's size, against the machine's matmul speed.
 
 Prints, for one device (CUDA when present, else CPU; --device forces one): the dense matmul
-GFLOP/s of this machine measured in the same run, then for the model as trained by
-``rnnenc train`` (fused GRUs, readout over real tokens only) and for a naive step-by-step
-``GRUCell`` loop of the same model (same weights, readout and softmax at every padded step):
-updates/s, achieved GFLOP/s (FLOPs of the model's matrix products over real tokens, forward +
-backward = 3x forward, see ``pipeline.model.model_flops``), the ratio to the matmul figure,
-and where a step's time goes. Batches: 64 pairs of 3-6 tokens (+ </s>), 15k vocabularies.
-Variants take turns on each batch and the matmul speed is re-measured between rounds, so the
-load of a shared machine weighs on every figure alike.
+GFLOP/s of this machine measured in the same run (float32 2048x2048 on the CPU, bf16 on CUDA,
+same thread count, warmed up, best of 3 per measurement, median of one measurement per round),
+then for each variant: updates/s, achieved GFLOP/s, the ratio to the matmul figure, and where
+an update's time goes (forward, backward, clip + Adadelta). Variants:
 
-Notes from 2 shared cores: with the readout packed to real tokens the output layer is no longer
-the bottleneck; PyTorch's CPU GRU (unlike its LSTM) has no oneDNN kernel, so the recurrences run
-as per-step autograd ops inside the one ``nn.GRU`` call, and eager Adadelta's ten memory-bound
-passes over 17M parameters cost ~80 ms a step (``--compile`` fuses them: ~30 ms).
+- ``rnnenc train``: what ``rnnenc train`` runs. On the CPU: packed GRU recurrences
+  (``pipeline.model._PackedGRU``: no padding steps, W_c c once per pair, dU in one GEMM) and
+  the chunked clip + Adadelta (``pipeline.train.clip_and_adadelta_``); on CUDA: fused
+  ``nn.GRU`` (cuDNN), bf16 autocast, torch's Adadelta.
+- ``plain fused PyTorch`` (CPU only): the same model through ``nn.GRU`` with torch's
+  ``clip_grad_norm_`` + ``Adadelta.step`` (what training ran before the CPU path).
+- ``naive GRUCell loop``: the same model and weights stepped one time step at a time with
+  ``GRUCell``, readout and softmax at every (padded) step.
+
+Achieved GFLOP/s = the FLOPs of the model's matrix products for the update's batch (forward +
+backward = 3 x ``pipeline.model.model_flops``: 2 m n k per product over real tokens, c's
+products once per pair, none for padding, embedding lookups, gates or softmax; the same count
+for every variant, whatever work a variant wastes) / the wall time of the whole update
+(forward + backward + clipping + optimizer step), median over the timed updates.
+Batches: 64 pairs of 3-6 tokens (+ </s>) per side, 15k vocabularies. Variants take turns on
+each batch and the matmul is re-measured between rounds, so the load of a shared machine weighs
+on every figure alike; the load average is printed at the start and the end.
 
     .venv/bin/python benchmarks/train.py [--updates 20] [--device auto|cpu|cuda] [--threads N] [--compile]
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import statistics
-import time
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+# before torch is imported: spinning OpenMP waiters slow everything down beside other processes
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from pipeline.model import Batch, EncoderDecoder, EncoderDecoderConfig, model_flops, pad_ids
-from pipeline.train import TrainConfig, autocast, make_clip_and_step, pick_device
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+from pipeline.model import Batch, EncoderDecoder, EncoderDecoderConfig, model_flops, pad_ids  # noqa: E402
+from pipeline.train import TrainConfig, autocast, make_clip_and_step, pick_device  # noqa: E402
 
 
 def random_batches(n: int, config: EncoderDecoderConfig, batch_size: int = 64, seed: int = 0) -> list[Batch]:
@@ -48,19 +61,21 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def matmul_gflops(device: torch.device, dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
+def matmul_gflops(device: torch.device, dtype: torch.dtype, m: int = 2048, k: int = 2048, n: int = 2048,
+                  reps: int = 3) -> float:
+    """GFLOP/s of (m x k)(k x n) products: one warm-up, then the best of 3 timings of ``reps`` products."""
+    a = torch.randn(m, k, device=device, dtype=dtype)
+    b = torch.randn(k, n, device=device, dtype=dtype)
+    out = a @ b
     times = []
     for _ in range(3):
         sync(device)
         start = time.perf_counter()
         for _ in range(reps):
-            a @ b
+            torch.mm(a, b, out=out)
         sync(device)
         times.append((time.perf_counter() - start) / reps)
-    return 2 * n**3 / min(times) / 1e9
+    return 2 * m * k * n / min(times) / 1e9
 
 
 class NaiveLoop(nn.Module):
@@ -96,17 +111,43 @@ class NaiveLoop(nn.Module):
         return total
 
 
-class Runner:
-    """One variant's training step (own Adadelta state), timed in parts: forward, backward, clip + Adadelta."""
+class PlainFused(nn.Module):
+    """The model through ``nn.GRU`` on the CPU too (``packed_cpu_gru`` off): training before the CPU path."""
 
-    def __init__(self, step_model: nn.Module, model: EncoderDecoder, device: torch.device, compile_step: bool):
+    def __init__(self, model: EncoderDecoder):
+        super().__init__()
+        self.m = model
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        self.m.packed_cpu_gru = False
+        try:
+            return self.m.loss(batch)
+        finally:
+            self.m.packed_cpu_gru = True
+
+
+class Runner:
+    """One variant's training update (own Adadelta state), timed in parts: forward, backward, clip + Adadelta."""
+
+    def __init__(self, step_model: nn.Module, model: EncoderDecoder, device: torch.device, *,
+                 compile_step: bool = False, plain_step: bool = False):
         self.step_model, self.device = step_model, device
         optimizer = torch.optim.Adadelta(model.parameters(), lr=1.0, rho=0.95, eps=1e-6)
         self.optimizer = optimizer
-        self.clip_and_step = make_clip_and_step(model, optimizer, TrainConfig(compile=compile_step))
-        self.times: dict[str, list[float]] = {"forward": [], "backward": [], "optimizer": [], "update": []}
+        if plain_step:  # torch's own clip + Adadelta, as training ran them before
+            params = list(model.parameters())
 
-    def step(self, batch: Batch, record: bool) -> None:
+            def clip_and_step() -> None:
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+
+            self.clip_and_step = clip_and_step
+        else:
+            self.clip_and_step = make_clip_and_step(model, optimizer, TrainConfig(compile=compile_step))
+        self.times: dict[str, list[float]] = {"forward": [], "backward": [], "optimizer": [], "update": []}
+        self.rates: list[float] = []  # FLOP/s of each timed update
+
+    def step(self, batch: Batch, flops: int, record: bool) -> None:
         device = self.device
         sync(device)
         t0 = time.perf_counter()
@@ -124,6 +165,7 @@ class Runner:
         if record:
             for key, value in zip(self.times, (t1 - t0, t2 - t1, t3 - t2, t3 - t0), strict=True):
                 self.times[key].append(value)
+            self.rates.append(flops / (t3 - t0))
 
     def median(self, key: str) -> float:
         return statistics.median(self.times[key])
@@ -143,39 +185,51 @@ def main() -> None:
     torch.manual_seed(0)
     config = EncoderDecoderConfig()  # the paper's sizes
     batches = random_batches(args.updates + args.warmup, config)
-    flops = statistics.median(3 * model_flops(config, int(b.src_lengths.sum()), int(b.tgt_lengths.sum()),
-                                              b.src.shape[0]) for b in batches)
+    flops = [3 * model_flops(config, int(b.src_lengths.sum()), int(b.tgt_lengths.sum()), b.src.shape[0])
+             for b in batches]
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    load = os.getloadavg()[0]
+    load = os.getloadavg()
 
     model = EncoderDecoder(config).to(device)
-    runners = {"fused (rnnenc train)": Runner(model, model, device, False)}
+    runners = {"rnnenc train": Runner(model, model, device)}
     if args.compile:
-        runners["fused + compiled Adadelta (--compile)"] = Runner(model, model, device, True)
-    runners["naive GRUCell loop"] = naive = Runner(NaiveLoop(model), model, device, False)
+        runners["rnnenc train --compile (compiled clip + Adadelta)"] = Runner(model, model, device, compile_step=True)
+    if device.type == "cpu":
+        runners["plain fused PyTorch (nn.GRU, torch clip + Adadelta)"] = Runner(PlainFused(model), model, device,
+                                                                               plain_step=True)
+    runners["naive GRUCell loop"] = naive = Runner(NaiveLoop(model), model, device, plain_step=True)
     # variants take turns on each batch and the matmul is re-measured between rounds, so a
     # shared machine's changing load hits all figures alike
     peaks = []
     for i, batch in enumerate(batches):
         batch = batch.to(device)
         for runner in runners.values():
-            runner.step(batch, record=i >= args.warmup)
+            runner.step(batch, flops[i], record=i >= args.warmup)
         if i >= args.warmup:
-            peaks.append(matmul_gflops(device, dtype, reps=3))
+            peaks.append(matmul_gflops(device, dtype))
     peak = statistics.median(peaks)
+    load_end = os.getloadavg()
+    shapes = {"recurrent step 64x1000 . 1000x3000": (64, 1000, 3000),
+              "logits 350x100 . 100x15003": (350, 100, 15_003),
+              "input projections 350x1000 . 1000x3000": (350, 1000, 3000)}
+    shaped = {label: matmul_gflops(device, dtype, *mkn, reps=10) for label, mkn in shapes.items()}
 
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {name}; load average at start {load:.2f}; {args.updates} timed updates per variant")
+    print(f"device: {name}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; {args.updates} timed updates "
+          f"per variant (+{args.warmup} warm-up)")
+    print(f"load average (1/5/15 min): start {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}, "
+          f"end {load_end[0]:.2f}/{load_end[1]:.2f}/{load_end[2]:.2f} ({os.cpu_count()} cores)")
     print(f"model: hidden {config.hidden}, embedding {config.embedding}, maxout {config.maxout}, "
           f"vocabularies {config.src_vocab_size}/{config.tgt_vocab_size}; batch 64 pairs of 3-6 tokens + </s>; "
-          f"{flops / 1e9:.2f} GFLOP per update (median)")
+          f"{statistics.median(flops) / 1e9:.2f} GFLOP per update (median; 3 x model_flops)")
     print(f"dense {str(dtype).removeprefix('torch.')} matmul 2048x2048: {peak:.1f} GFLOP/s (median of "
-          f"{len(peaks)} measurements between rounds, range {min(peaks):.0f}-{max(peaks):.0f}); "
-          f"load average at the end {os.getloadavg()[0]:.2f}\n")
+          f"{len(peaks)} measurements between rounds, range {min(peaks):.0f}-{max(peaks):.0f})")
+    print("matmul at the model's shapes (after the rounds): "
+          + "; ".join(f"{label}: {value:.0f}" for label, value in shaped.items()) + " GFLOP/s\n")
     print("| variant | updates/s | GFLOP/s | ratio to matmul | forward ms | backward ms | clip+Adadelta ms |")
     print("|---|---|---|---|---|---|---|")
     for label, r in runners.items():
-        achieved = flops / r.median("update") / 1e9
+        achieved = statistics.median(r.rates) / 1e9
         print(f"| {label} | {1 / r.median('update'):.2f} | {achieved:.1f} | {achieved / peak:.2f} | "
               f"{r.median('forward') * 1e3:.0f} | {r.median('backward') * 1e3:.0f} | "
               f"{r.median('optimizer') * 1e3:.0f} |")

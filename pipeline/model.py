@@ -310,15 +310,30 @@ class EncoderDecoder(nn.Module):
 
 
 def model_flops(config: EncoderDecoderConfig, src_tokens: int, tgt_tokens: int, pairs: int) -> int:
-    """FLOPs (2 per multiply-add) of one forward pass's matrix products over real tokens.
+    """FLOPs (2 m n k per (m x k)(k x n) product) of one forward pass's matrix products.
 
-    Training (forward + backward) costs three times this. Padding steps are not counted.
+    Counted over real tokens only (no padding), each product the equations need once:
+
+    - per source token: W e(x_t) (3H x E); per source token after the first: U h_{t-1}
+      (3H x H; h_0 = 0, so the first step's is not a product to make);
+    - per pair: tanh(W c + b) (H x H), the decoder's W_c c (3H x H) and O_c c (2M x H): c is
+      the same at every target step, so these are computed once per pair (on CUDA the fused
+      ``nn.GRU`` recomputes W_c c at every step: extra work, not counted);
+    - per target token: U h'_{t-1} (3H x H), O_h h'_t (2M x H), G_r m_t (R x M), G_o (V x R);
+      per target token after the first: W_e e(y_{t-1}) (3H x E) and O_y e(y_{t-1}) (2M x E)
+      (e(y_0) = 0).
+
+    Embedding lookups, gates, maxout and softmax are not matrix products and are not counted.
+    Training: every product above has both a weight and an input that need gradients (the
+    inputs lead back to the embeddings), so its backward is two products of the same size
+    and an update costs 3x this.
     """
     E, H, M, K, R, V = (config.embedding, config.hidden, config.maxout, config.maxout_pieces,
                         config.output_rank, config.tgt_vocab_size)
-    encoder = src_tokens * 3 * H * (E + H)
-    decoder = pairs * H * H + tgt_tokens * 3 * H * (E + H + H)
-    output = pairs * H * K * M + tgt_tokens * (H * K * M + E * K * M + M * R + R * V)
+    encoder = src_tokens * 3 * H * E + (src_tokens - pairs) * 3 * H * H
+    decoder = pairs * (H * H + 3 * H * H) + tgt_tokens * 3 * H * H + (tgt_tokens - pairs) * 3 * H * E
+    output = (pairs * H * K * M + tgt_tokens * (H * K * M + M * R + R * V)
+              + (tgt_tokens - pairs) * E * K * M)
     return 2 * (encoder + decoder + output)
 
 

@@ -142,11 +142,16 @@ def test_bad_model_files_are_user_errors(tmp_path):
 
 def test_flop_count_at_the_papers_size():
     config = EncoderDecoderConfig()
-    # one pair, 1 source token, 1 target token: hand count of each product
-    E, H, V = 100, 1000, 15_003
-    expected = 2 * (3 * H * (E + H) + H * H + 3 * H * (E + 2 * H) + H * 1000 * 2 + E * 1000 + 500 * 100
-                    + 100 * V)
-    assert model_flops(config, 1, 1, 1) == expected
+    E, H, KM, M, R, V = 100, 1000, 1000, 500, 100, 15_003
+    # one pair, 1 source token, 1 target token: W e(x_1) (U h_0 = 0); tanh(W c + b), W_c c, O_c c;
+    # U h'_0, O_h h'_1, G_r, G_o (e(y_0) = 0: no W_e or O_y product)
+    one = 2 * (3 * H * E + H * H + 3 * H * H + KM * H + 3 * H * H + KM * H + R * M + V * R)
+    assert model_flops(config, 1, 1, 1) == one
+    # each further source token: W e(x_t), U h_{t-1}; each further target token: also W_e e(y), O_y e(y)
+    per_source = 2 * (3 * H * E + 3 * H * H)
+    per_target = 2 * (3 * H * H + 3 * H * E + KM * H + KM * E + R * M + V * R)
+    assert model_flops(config, 4, 6, 1) == one + 3 * per_source + 5 * per_target
+    assert model_flops(config, 8, 12, 2) == 2 * model_flops(config, 4, 6, 1)
 
 
 def test_cpu_packed_recurrence_matches_nn_gru():
