@@ -178,6 +178,38 @@ class _PackedGRU(torch.autograd.Function):
         return d_gi, d_h0, d_w, d_b, None, None
 
 
+class _LogSoftmaxPick(torch.autograd.Function):
+    """log softmax(x W^T + b)[target] per row, the logits' buffer reused in place (the CPU path).
+
+    Forward: one GEMM into the (N, V) logits, log-softmax in place, pick. Backward: the saved
+    log-probabilities become the softmax in place, d logits = g (onehot - softmax), then the
+    two GEMMs and the bias sum. No (N, V) buffer beyond the logits, no zero-filled one-hot
+    gradient: at 15k words these memory passes cost about as much as a GEMM. One backward only.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, target: Tensor) -> Tensor:
+        logp = torch.addmm(bias, x, weight.t())
+        torch._log_softmax(logp, 1, False, out=logp)
+        ctx.save_for_backward(x, weight, target, logp)
+        ctx.used = False
+        return logp.gather(1, target.unsqueeze(1)).squeeze(1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        if ctx.used:
+            raise RuntimeError("_LogSoftmaxPick: backward runs once (its buffer is reused in place)")
+        ctx.used = True
+        x, weight, target, logp = ctx.saved_tensors
+        d = logp.exp_().mul_(-grad.unsqueeze(1))  # -g softmax
+        rows = torch.arange(len(target), device=target.device)
+        d.index_put_((rows, target), grad, accumulate=True)  # + g onehot
+        d_x = d @ weight if ctx.needs_input_grad[0] else None
+        d_w = d.t() @ x if ctx.needs_input_grad[1] else None
+        d_b = d.sum(0) if ctx.needs_input_grad[2] else None
+        return d_x, d_w, d_b, None
+
+
 class EncoderDecoder(nn.Module):
     #: run ``token_logprobs`` on CPU tensors through the packed recurrences (``_PackedGRU``);
     #: False: through ``nn.GRU`` as on CUDA (cuDNN), the same equations
@@ -235,9 +267,13 @@ class EncoderDecoder(nn.Module):
 
     def readout(self, states: Tensor, prev: Tensor, c_out: Tensor) -> Tensor:
         """Logits over the target vocabulary from h'_t, e(y_{t-1}) and O_c c (any leading dims)."""
+        return self.out_vocab(self.readout_rank(states, prev, c_out))
+
+    def readout_rank(self, states: Tensor, prev: Tensor, c_out: Tensor) -> Tensor:
+        """G_r m_t: the readout up to the rank-E factor of the softmax."""
         s = self.out_h(states) + self.out_y(prev) + c_out
         m = s.unflatten(-1, (self.config.maxout, self.config.maxout_pieces)).amax(-1)
-        return self.out_vocab(self.out_rank(m))
+        return self.out_rank(m)
 
     def token_logprobs(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """(log p of each real target token (N,), pair index of each (N,)), in row-major order.
@@ -289,8 +325,8 @@ class EncoderDecoder(nn.Module):
         h0 = torch.tanh(self.init_state(c))
         states = _PackedGRU.apply(gi, h0, dec.weight_hh_l0, dec.bias_hh_l0, t_sizes.tolist(), False)
         prev = torch.cat([prev.new_zeros(B, E), prev])
-        logits = self.readout(states, prev, self.out_c(c)[row])
-        logp = -F.cross_entropy(logits.float(), tgt_sorted[live], reduction="none")
+        logp = _LogSoftmaxPick.apply(self.readout_rank(states, prev, self.out_c(c)[row]), self.out_vocab.weight,
+                                     self.out_vocab.bias, tgt_sorted[live])
         # back to row-major order: packed (t, i) is token t of pair t_order[i]
         step = torch.arange(tgt.shape[1]).unsqueeze(1).expand(live.shape)[live]
         pair_of = t_order[row]
