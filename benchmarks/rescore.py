@@ -23,12 +23,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+# Sleeping OpenMP waiters: spinning ones made torch 10-30x slower beside other processes on this
+# shared machine (and they were the batch-1 figure's 0.01 of peak). Set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import pyarrow as pa
@@ -104,23 +109,43 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def matmul_peak(device: torch.device) -> float:
-    """Best dense matmul GFLOP/s over a square product and the decoder's recurrent shape."""
+def timed_median(fn, device: torch.device, samples: int = 7, min_seconds: float = 0.15) -> float:
+    """Median seconds of one call of ``fn``: warm-up, then ``samples`` timings of >= min_seconds each."""
+    for _ in range(3):
+        fn()
+    sync(device)
+    reps, started = 0, time.perf_counter()
+    while time.perf_counter() - started < min_seconds:
+        fn()
+        reps += 1
+    sync(device)
+    reps = max(1, reps)
+    times = []
+    for _ in range(samples):
+        started = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        sync(device)
+        times.append((time.perf_counter() - started) / reps)
+    return float(np.median(times))
+
+
+def matmul_peak(device: torch.device, decoder_batch: int) -> tuple[float, list[tuple[str, float]]]:
+    """(peak, [(shape, GFLOP/s)]): dense matmul GFLOP/s, median of 7 timings after warm-up, for a
+    2048^2 square and the scorer's own big products at the default decoder batch B (the decoder's
+    recurrence B x 1000 x 3000, the deep output 5B x 1100 x 1000 and one chunk of logits
+    64 x 100 x 15003 on the CPU); the peak is the best shape's median. float32 on the CPU (what
+    the scorer computes in), bf16 on a GPU (its default autocast)."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    best = 0.0
-    for m, k, n in ((2048, 2048, 2048), (256, 1000, 3000), (4096, 1000, 3000)):
+    shapes = ((2048, 2048, 2048), (decoder_batch, 1000, 3000), (5 * decoder_batch, 1100, 1000), (64, 100, 15003))
+    results = []
+    for m, k, n in shapes:
         a = torch.randn(m, k, device=device, dtype=dtype)
         b = torch.randn(k, n, device=device, dtype=dtype)
-        for _ in range(3):
-            a @ b
-        sync(device)
-        reps, started = 0, time.perf_counter()
-        while time.perf_counter() - started < 1.0:
-            a @ b
-            reps += 1
-        sync(device)
-        best = max(best, 2 * m * k * n * reps / (time.perf_counter() - started) / 1e9)
-    return best
+        out = torch.empty(m, n, device=device, dtype=dtype)
+        seconds = timed_median(lambda a=a, b=b, out=out: torch.mm(a, b, out=out), device)
+        results.append((f"{m}x{k}x{n}", 2 * m * k * n / seconds / 1e9))
+    return max(g for _, g in results), results
 
 
 @torch.inference_mode()
@@ -170,10 +195,11 @@ def child_memory(args: argparse.Namespace) -> None:
     units, _ = plan_units(args.child_table, args.rows_per_unit)
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
-        for unit in units:
-            rescore_unit(unit, out, config)
+        records = [rescore_unit(unit, out, config) for unit in units]
         seconds = time.perf_counter() - started
     print(json.dumps({"rows": sum(u.rows for u in units), "units": len(units), "seconds": seconds,
+                      "flops": sum(r["flops"] for r in records),
+                      "padded_rows": sum(r["stats"]["padded_rows"] for r in records),
                       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
@@ -181,7 +207,7 @@ def memory_cpu(model_path: Path, tables: list[Path], args: argparse.Namespace) -
     results = []
     for table in tables:
         cmd = [sys.executable, __file__, "--child-table", str(table), "--child-model", str(model_path),
-               "--rows-per-unit", str(args.rows_per_unit)] + (["--threads", str(args.threads)] if args.threads else [])
+               "--rows-per-unit", str(args.rows_per_unit), "--threads", str(args.threads)]
         done = subprocess.run(cmd, capture_output=True, text=True, check=True)
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
     return results
@@ -195,19 +221,22 @@ def memory_gpu(model_path: Path, tables: list[Path], args: argparse.Namespace) -
         torch.cuda.reset_peak_memory_stats()
         with tempfile.TemporaryDirectory() as out:
             started = time.perf_counter()
-            for unit in units:
-                rescore_unit(unit, out, config)
+            records = [rescore_unit(unit, out, config) for unit in units]
             seconds = time.perf_counter() - started
         results.append({"rows": sum(u.rows for u in units), "units": len(units), "seconds": seconds,
+                        "flops": sum(r["flops"] for r in records),
+                        "padded_rows": sum(r["stats"]["padded_rows"] for r in records),
                         "peak_rss_mib": torch.cuda.max_memory_allocated() / 2**20})
     return results
 
 
 def run_device(device: torch.device, model_path: Path, sources, targets, tables, args) -> None:
     model, src_vocab, tgt_vocab = load_model(model_path, device)
-    peak = matmul_peak(device)
+    default = batch_sizes(RescoreConfig(model=""), device)
+    peak, shapes = matmul_peak(device, default[1])
     print(f"\n== {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'torch threads: ' + str(torch.get_num_threads())}) ==")
-    print(f"dense matmul peak: {peak:,.0f} GFLOP/s ({'bf16' if device.type == 'cuda' else 'float32'})")
+    print(f"dense matmul ({'bf16' if device.type == 'cuda' else 'float32'}, median of 7 after warm-up): "
+          + ", ".join(f"{shape} {g:,.0f}" for shape, g in shapes) + f" GFLOP/s; peak = {peak:,.0f}")
     n1 = args.baseline_pairs if device.type == "cpu" else 4 * args.baseline_pairs
     pps1, gf1 = batch_one(model, src_vocab, tgt_vocab, sources[:n1], targets[:n1], device)
     print(f"batch 1 (model forward, {n1} pairs): {pps1:,.1f} pairs/s, {gf1:,.1f} GFLOP/s = {gf1 / peak:.2f} of peak")
@@ -215,15 +244,15 @@ def run_device(device: torch.device, model_path: Path, sources, targets, tables,
     print(f"scores vs the model's float32 forward pass: max |diff| {error:.2e}"
           f"{' (bf16 products)' if device.type == 'cuda' else ''}; bit-identical when the pairs are split "
           f"differently: {'yes' if exact else 'NO'}")
-    default = batch_sizes(RescoreConfig(model=""), device)
-    configs = ([(64, 64, 64), (128, 128, 64), default, (512, 512, 64), (512, 512, 512), (1024, 1024, 128)]
+    configs = ([(256, 256, 32), (256, 512, 16), default, (256, 512, 64), (512, 512, 32), (256, 1024, 32)]
                if device.type == "cpu" else
                [(512, 512, 512), (1024, 1024, 1024), default, (4096, 4096, 4096), (8192, 8192, 8192)])
     n = args.pairs if device.type == "cpu" else 8 * args.pairs
     src, tgt = sources[:n], targets[:n]
-    print(f"batched ({n} pairs):")
+    print(f"batched ({n} pairs; GFLOP/s = FLOPs of the work needed (each distinct source encoded once per "
+          "group, every real target token; padding rows not counted) / wall time):")
     print(f"{'enc/dec/readout':>18} {'pairs/s':>9} {'x batch1':>8} {'GFLOP/s':>8} {'of peak':>7} "
-          f"{'effective':>9} {'padding':>7} {'reuse':>5}")
+          f"{'fwd-equiv':>9} {'padding':>7} {'reuse':>5}")
     for enc, dec, readout in dict.fromkeys(configs):
         scorer = PhraseScorer(model, src_vocab, tgt_vocab, encoder_batch=enc, decoder_batch=dec,
                               readout_rows=readout)
@@ -235,41 +264,41 @@ def run_device(device: torch.device, model_path: Path, sources, targets, tables,
         mark = " (default)" if (enc, dec, readout) == default else ""
         print(f"{f'{enc}/{dec}/{readout}':>18} {n / seconds:>9,.0f} {n / seconds / pps1:>8.1f} {achieved:>8,.0f} "
               f"{achieved / peak:>7.2f} {effective:>9,.0f} {pad:>7.1%} {n / stats.sources_encoded:>5.1f}{mark}")
-    # one whole unit with Parquet I/O, default batches
-    config = RescoreConfig(model=str(model_path), device=str(device), threads=args.threads)
-    unit = plan_units(tables[0], 10**9)[0][0]
-    with tempfile.TemporaryDirectory() as out:
-        rescore_unit(unit, out, config)  # loads the model into this process's cache
-        started = time.perf_counter()
-        rescore_unit(unit, out, config)
-        seconds = time.perf_counter() - started
-    print(f"end to end, one unit of {unit.rows} rows (Parquet read + score + write): {unit.rows / seconds:,.0f} pairs/s")
+    if args.no_memory:
+        return
     memory = memory_cpu(model_path, tables, args) if device.type == "cpu" else memory_gpu(model_path, tables, args)
-    what = "peak RSS of the process" if device.type == "cpu" else "peak allocated GPU memory"
-    print(f"memory ({what}), units of {args.rows_per_unit} rows:")
+    what = "peak RSS of a fresh process" if device.type == "cpu" else "peak allocated GPU memory"
+    print(f"end to end through rescore_unit (Parquet in, default batches, scores, Parquet out), units of "
+          f"{args.rows_per_unit:,} rows; memory = {what}:")
     for m in memory:
-        print(f"  {m['rows']:>7,} rows, {m['units']:>3} units: {m['peak_rss_mib']:,.0f} MiB "
-              f"({m['rows'] / m['seconds']:,.0f} pairs/s)")
-    print(f"  ratio (4x the rows): {memory[1]['peak_rss_mib'] / memory[0]['peak_rss_mib']:.2f}")
+        gf = m["flops"] / m["seconds"] / 1e9
+        print(f"  {m['rows']:>7,} rows, {m['units']:>3} units: {m['peak_rss_mib']:,.0f} MiB; "
+              f"{m['rows'] / m['seconds']:,.0f} pairs/s, {gf:,.0f} GFLOP/s = {gf / peak:.2f} of peak "
+              f"({m['padded_rows']:,} padding rows)")
+    print(f"  memory ratio (4x the rows): {memory[1]['peak_rss_mib'] / memory[0]['peak_rss_mib']:.2f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pairs", type=int, default=6000, help="pairs scored batched on the CPU (GPU: 8x)")
+    parser.add_argument("--pairs", type=int, default=8000, help="pairs scored batched on the CPU (GPU: 8x)")
     parser.add_argument("--baseline-pairs", type=int, default=200, help="pairs scored one at a time (GPU: 4x)")
-    parser.add_argument("--memory-rows", type=int, default=3000, help="the smaller table of the memory test")
-    parser.add_argument("--rows-per-unit", type=int, default=1000)
+    parser.add_argument("--memory-rows", type=int, default=20_000, help="the smaller table of the memory test")
+    parser.add_argument("--rows-per-unit", type=int, default=20_000)
     parser.add_argument("--targets-per-source", type=float, default=4.0)
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                        help="torch threads (default: the cores this process may use, %(default)s)")
     parser.add_argument("--device", choices=["all", "cpu", "cuda"], default="all")
+    parser.add_argument("--no-memory", action="store_true", help="skip the end-to-end memory runs")
     parser.add_argument("--child-table", help=argparse.SUPPRESS)
     parser.add_argument("--child-model", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     if args.child_table:
         child_memory(args)
         return
+    started = time.perf_counter()
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
     devices = [torch.device("cpu")] if args.device in ("all", "cpu") else []
     if args.device in ("all", "cuda") and torch.cuda.is_available():
         devices.append(torch.device("cuda"))
@@ -279,12 +308,14 @@ def main() -> None:
         tmp = Path(tmp)
         model_path = tmp / "model.pt"
         paper_model(model_path)
-        tables = [write_table(sources[:rows], targets[:rows], tmp / f"table-{rows}", rows_per_group=250)
+        tables = [write_table(sources[:rows], targets[:rows], tmp / f"table-{rows}", rows_per_group=1000)
                   for rows in (args.memory_rows, 4 * args.memory_rows)]
         print(f"paper-size model {EncoderDecoderConfig().to_dict()}; synthetic table, "
               f"{args.targets_per_source} targets per source on average")
         for device in devices:
             run_device(device, model_path, sources, targets, tables, args)
+    print(f"\nload average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+          f"{time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":

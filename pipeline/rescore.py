@@ -76,7 +76,7 @@ UNITS_DIR = ".units"
 REQUIRED_COLUMNS = ("source", "target")
 # Batch sizes by measurement (benchmarks/rescore.py): on the CPU the readout's vocabulary-wide
 # logits must stay in cache, so the readout runs in chunks smaller than the decoder batch.
-CPU_BATCH = {"encoder_batch": 256, "decoder_batch": 256, "readout_rows": 64}
+CPU_BATCH = {"encoder_batch": 256, "decoder_batch": 512, "readout_rows": 32}
 GPU_BATCH = {"encoder_batch": 2048, "decoder_batch": 2048, "readout_rows": 2048}
 
 
@@ -202,6 +202,9 @@ class PhraseScorer:
         w_ih = model.decoder.weight_ih_l0.detach()  # (3H, E + H): input [e(y_{t-1}); c]
         self.w_emb = w_ih[:, :E].contiguous()
         self.w_c = w_ih[:, E:].contiguous()
+        # the deep output's two products on h'_t and e(y_{t-1}) as one: [O_h O_y] on [h'_t; e(y_{t-1})]
+        self.w_out = torch.cat([model.out_h.weight.detach(), model.out_y.weight.detach()], dim=1).contiguous()
+        self._buffers: dict[str, torch.Tensor] = {}
 
     # -- public ---------------------------------------------------------------------------
     def score(self, sources: Sequence[str], targets: Sequence[str]) -> tuple[np.ndarray, np.ndarray, ScoreStats]:
@@ -303,36 +306,64 @@ class PhraseScorer:
 
     @staticmethod
     def _gru_step(gi: torch.Tensor, h: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor) -> torch.Tensor:
-        """One step of torch's GRU given the input projection W x + b_ih: reset applied after U."""
+        """One step of torch's GRU given the input projection W x + b_ih: reset applied after U.
+
+        The gates are computed in place in the product's buffer (no temporaries of B x 3H).
+        """
         H = h.shape[1]
         gh = F.linear(h, w_hh, b_hh).float()
-        rz = torch.sigmoid(gi[:, :2 * H] + gh[:, :2 * H])
-        n = torch.tanh(gi[:, 2 * H:] + rz[:, :H] * gh[:, 2 * H:])
+        rz = gh[:, :2 * H].add_(gi[:, :2 * H]).sigmoid_()
+        n = gh[:, 2 * H:].mul_(rz[:, :H]).add_(gi[:, 2 * H:]).tanh_()
         return torch.lerp(n, h, rz[:, H:])  # z * h + (1 - z) * n
 
+    def _scratch(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """A float32 buffer reused between batches (fresh multi-MB allocations cost page faults)."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape != shape:
+            buf = self._buffers[name] = torch.empty(shape, device=self.device)
+        return buf
+
     def _decode(self, tgt: torch.Tensor, gi_c: torch.Tensor, h: torch.Tensor, c_out: torch.Tensor) -> torch.Tensor:
-        """Sum over t of log p(y_t | y_<t, c) for a (B, T) batch of exact-length targets (float64)."""
+        """Sum over t of log p(y_t | y_<t, c) for a (B, T) batch of exact-length targets (float64).
+
+        The recurrence runs step by step (one B x H x 3H product each); everything after it
+        runs once over the B*T positions: the deep output as one product with [O_h O_y] on
+        [h'_t; e(y_{t-1})], then the rank-R x V logits and their log-softmax in chunks of
+        ``readout_rows`` rows, so that one chunk of vocabulary-wide logits stays in cache.
+        """
         m = self.model
         cfg = m.config
         B, T = tgt.shape
+        H = cfg.hidden
         w_hh, b_hh = m.decoder.weight_hh_l0, m.decoder.bias_hh_l0
-        prev = m.tgt_embed(tgt[:, :-1])  # e(y_{t-1}) for t >= 1; e(y_0) = 0 contributes nothing
-        gi_emb = F.linear(prev, self.w_emb).float() if T > 1 else None
-        total = torch.zeros(B, dtype=torch.float64, device=self.device)
+        x = torch.empty(B, T, H + cfg.embedding, device=self.device)  # [h'_t; e(y_{t-1})] per position
+        x[:, 0, H:] = 0.0  # e(y_0) = 0
+        if T > 1:
+            prev = m.tgt_embed(tgt[:, :-1])
+            x[:, 1:, H:] = prev
+            gi_emb = F.linear(prev, self.w_emb).float()  # W_e e(y_{t-1}) for every step: one product
         for t in range(T):
             h = self._gru_step(gi_c if t == 0 else gi_c + gi_emb[:, t - 1], h, w_hh, b_hh)
-            s = m.out_h(h).float() + c_out
-            if t > 0:
-                s = s + m.out_y(prev[:, t - 1]).float()
-            q = m.out_rank(s.unflatten(-1, (cfg.maxout, cfg.maxout_pieces)).amax(-1))
-            y = tgt[:, t]
-            for start in range(0, B, self.readout_rows):
-                rows = slice(start, start + self.readout_rows)
-                # fused log-softmax + pick: the softmax over the vocabulary costs about as much
-                # as the rank-R x V product on the CPU
-                nll = F.cross_entropy(m.out_vocab(q[rows]).float(), y[rows], reduction="none")
-                total[rows] -= nll.double()
-        return total
+            x[:, t, :H] = h
+        s = F.linear(x.view(B * T, -1), self.w_out, m.out_h.bias).float().view(B, T, -1)
+        s += c_out.unsqueeze(1)
+        q = m.out_rank(s.view(B * T, cfg.maxout, cfg.maxout_pieces).amax(-1))
+        y = tgt.reshape(B * T, 1)
+        logp = torch.empty(B * T, device=self.device)
+        rows_per_chunk = self.readout_rows
+        for start in range(0, B * T, rows_per_chunk):
+            rows = slice(start, start + rows_per_chunk)
+            if self.device.type == "cpu":
+                # fused log-softmax + pick in reused buffers; the softmax over the vocabulary costs
+                # about as much as the rank-R x V product
+                logits = self._scratch("logits", (rows_per_chunk, cfg.tgt_vocab_size))
+                torch.addmm(m.out_vocab.bias, q[rows], m.out_vocab.weight.t(), out=logits)
+                logsm = self._scratch("logsm", logits.shape)
+                torch._log_softmax(logits, 1, False, out=logsm)
+                logp[rows] = logsm.gather(1, y[rows]).squeeze(1)
+            else:
+                logp[rows] = -F.cross_entropy(m.out_vocab(q[rows]).float(), y[rows, 0], reduction="none")
+        return logp.view(B, T).double().sum(1)
 
 
 # ---------------------------------------------------------------------------------------------
