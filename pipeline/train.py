@@ -478,7 +478,8 @@ def make_clip_and_step(model: EncoderDecoder, optimizer: torch.optim.Optimizer, 
     if config.compile:
         return torch.compile(clip_and_step)
     if all(p.device.type == "cpu" for p in params) and isinstance(optimizer, torch.optim.Adadelta):
-        return lambda: clip_and_adadelta_(params, optimizer, config.clip_norm)
+        embeddings = [model.src_embed.weight, model.tgt_embed.weight]
+        return lambda: clip_and_adadelta_(params, optimizer, config.clip_norm, row_sparse=embeddings)
     return clip_and_step
 
 
@@ -487,12 +488,16 @@ ADADELTA_CHUNK = 1 << 15  # elements: a chunk of the parameter, gradient, state 
 
 @torch.no_grad()
 def clip_and_adadelta_(params: list[torch.Tensor], optimizer: torch.optim.Adadelta, max_norm: float,
-                       chunk: int = ADADELTA_CHUNK) -> None:
+                       chunk: int = ADADELTA_CHUNK, row_sparse: Sequence[torch.Tensor] = ()) -> None:
     """``clip_grad_norm_(params, max_norm)`` then ``optimizer.step()``, computed chunk by chunk.
 
     Each chunk goes through all of Adadelta's operations (torch's, in its order) while it is in
     cache; the clipped gradient g * coef is formed per chunk (p.grad is left unscaled, unlike
     ``clip_grad_norm_``). The optimizer's state is torch's own (``state_dict`` unchanged).
+
+    ``row_sparse`` parameters (the embeddings: a batch touches a few hundred of 15k rows) get the
+    full update on their rows with a non-zero gradient only; on the others Adadelta reduces,
+    bit for bit, to square_avg *= rho and acc_delta *= rho (g = 0 gives delta = 0 exactly).
     """
     params = [p for p in params if p.grad is not None]
     if not params:
@@ -504,6 +509,20 @@ def clip_and_adadelta_(params: list[torch.Tensor], optimizer: torch.optim.Adadel
         if group["weight_decay"] or group["maximize"] or group.get("differentiable"):
             raise ValueError("clip_and_adadelta_ implements plain Adadelta only")
     buffers = [params[0].new_empty(chunk) for _ in range(3)]
+    sparse = {id(p) for p in row_sparse}
+
+    def update(P: torch.Tensor, G: torch.Tensor, S: torch.Tensor, A: torch.Tensor) -> None:
+        """torch's Adadelta step on flat tensors, chunk by chunk."""
+        for i in range(0, P.numel(), chunk):
+            p, g, s, a = (t[i: i + chunk] for t in (P, G, S, A))
+            n = p.numel()
+            g = torch.mul(g, coef, out=buffers[0][:n]) if scale else g
+            s.mul_(rho).addcmul_(g, g, value=1 - rho)
+            std = torch.add(s, eps, out=buffers[1][:n]).sqrt_()
+            delta = torch.add(a, eps, out=buffers[2][:n]).sqrt_().div_(std).mul_(g)
+            a.mul_(rho).addcmul_(delta, delta, value=1 - rho)
+            p.add_(delta, alpha=-lr)
+
     for group in optimizer.param_groups:
         rho, eps, lr = group["rho"], group["eps"], group["lr"]
         for p in group["params"]:
@@ -515,16 +534,16 @@ def clip_and_adadelta_(params: list[torch.Tensor], optimizer: torch.optim.Adadel
                 state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["acc_delta"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["step"] += 1
-            flat = [t.view(-1) for t in (p, p.grad, state["square_avg"], state["acc_delta"])]
-            for i in range(0, flat[0].numel(), chunk):
-                P, G, S, A = (t[i: i + chunk] for t in flat)
-                n = P.numel()
-                g = torch.mul(G, coef, out=buffers[0][:n]) if scale else G
-                S.mul_(rho).addcmul_(g, g, value=1 - rho)
-                std = torch.add(S, eps, out=buffers[1][:n]).sqrt_()
-                delta = torch.add(A, eps, out=buffers[2][:n]).sqrt_().div_(std).mul_(g)
-                A.mul_(rho).addcmul_(delta, delta, value=1 - rho)
-                P.add_(delta, alpha=-lr)
+            tensors = (p, p.grad, state["square_avg"], state["acc_delta"])
+            if id(p) in sparse and p.dim() == 2:
+                rows = p.grad.ne(0).any(1).nonzero().squeeze(1)
+                P, G, S, A = (t.index_select(0, rows) for t in tensors)
+                update(P.view(-1), G.view(-1), S.view(-1), A.view(-1))
+                for t, new in ((state["square_avg"], S), (state["acc_delta"], A)):
+                    t.mul_(rho).index_copy_(0, rows, new)
+                p.index_copy_(0, rows, P)
+            else:
+                update(*(t.view(-1) for t in tensors))
 
 
 def draw_batch(pairs: PhrasePairs, sampler: PairSampler, update: int, size: int,
