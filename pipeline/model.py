@@ -295,7 +295,9 @@ class EncoderDecoder(nn.Module):
 
         Each side is sorted by length (longest first) and packed time-major, so step t runs
         only the sequences still going; W_c c + b_i and O_c c are computed once per pair; the
-        encoder's first step skips U h_0 (h_0 = 0). Every input projection is one GEMM.
+        encoder's first step skips U h_0 (h_0 = 0). Every input projection is one GEMM. Rows
+        are gathered with ``index_select`` (its backward, ``index_add_``, is ~3x faster on the
+        CPU than advanced indexing's ``index_put_`` with repeated indices).
         """
         src, src_lengths, tgt, tgt_lengths = batch.src, batch.src_lengths, batch.tgt, batch.tgt_lengths
         B, E, H = src.shape[0], self.config.embedding, self.config.hidden
@@ -309,24 +311,25 @@ class EncoderDecoder(nn.Module):
         states = _PackedGRU.apply(gi, gi.new_zeros(B, H), enc.weight_hh_l0, enc.bias_hh_l0,
                                   sizes.tolist(), True)
         starts = torch.cumsum(sizes, 0) - sizes
-        c_sorted = states[starts[lengths - 1] + torch.arange(B)]
+        c_sorted = states.index_select(0, starts[lengths - 1] + torch.arange(B))
         # decoder, targets sorted by length: input [e(y_{t-1}); c], h'_0 = tanh(W c + b)
         t_order = torch.argsort(tgt_lengths, descending=True, stable=True)
         t_lengths = tgt_lengths[t_order]
         live = torch.arange(tgt.shape[1]).unsqueeze(1) < t_lengths  # (T, B)
         t_sizes = live.sum(1)
-        c = c_sorted[torch.argsort(order)[t_order]]  # (B, H), decoder order
+        c = c_sorted.index_select(0, torch.argsort(order)[t_order])  # (B, H), decoder order
         row = torch.arange(B).expand(live.shape)[live]  # packed row -> pair (decoder order)
         tgt_sorted = tgt[t_order].t()  # (T, B)
         w_e, w_c = dec.weight_ih_l0.split([E, H], dim=1)
         gi_c = F.linear(c, w_c, dec.bias_ih_l0)  # (B, 3H), once per pair
         prev = self.tgt_embed(tgt_sorted[:-1][live[1:]])  # e(y_{t-1}) of the rows of steps t >= 1
-        gi = torch.cat([gi_c, gi_c[row[B:]] + F.linear(prev, w_e)])  # step 0 holds every pair: e(y_0) = 0
+        # step 0 holds every pair and e(y_0) = 0: its rows are W_c c + b_i alone
+        gi = torch.cat([gi_c, gi_c.index_select(0, row[B:]) + F.linear(prev, w_e)])
         h0 = torch.tanh(self.init_state(c))
         states = _PackedGRU.apply(gi, h0, dec.weight_hh_l0, dec.bias_hh_l0, t_sizes.tolist(), False)
         prev = torch.cat([prev.new_zeros(B, E), prev])
-        logp = _LogSoftmaxPick.apply(self.readout_rank(states, prev, self.out_c(c)[row]), self.out_vocab.weight,
-                                     self.out_vocab.bias, tgt_sorted[live])
+        rank = self.readout_rank(states, prev, self.out_c(c).index_select(0, row))
+        logp = _LogSoftmaxPick.apply(rank, self.out_vocab.weight, self.out_vocab.bias, tgt_sorted[live])
         # back to row-major order: packed (t, i) is token t of pair t_order[i]
         step = torch.arange(tgt.shape[1]).unsqueeze(1).expand(live.shape)[live]
         pair_of = t_order[row]
