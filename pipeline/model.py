@@ -19,6 +19,12 @@ GRU form: torch's, i.e. n = tanh(W_n x + b_in + r * (U_n h + b_hn)), the reset a
 U (cuDNN, dl4mt, the paper's first arXiv version); see REFERENCE.md §1-2.
 
 Sources and targets both end with ``</s>`` (GroundHog appends it to both sides).
+
+Two implementations of the same equations (``token_logprobs``): on CUDA, fused ``nn.GRU``
+calls (cuDNN) over the padded batch; on the CPU, where torch's GRU has no fused kernel, the
+packed path (``_PackedGRU``, ``_LogSoftmaxPick``): steps over length-sorted sequences only, c's
+products once per pair, every input projection and each dU one GEMM, the log-softmax in the
+logits' own buffer. ``EncoderDecoder.packed_cpu_gru = False`` runs the CPU through ``nn.GRU`` too.
 """
 
 from __future__ import annotations

@@ -466,7 +466,8 @@ def make_clip_and_step(model: EncoderDecoder, optimizer: torch.optim.Optimizer, 
     memory-bound kernel: on the CPU that costs as much as a third of the model's matmuls
     (``foreach=True`` does not help: the tensors are large, the passes are the cost). On the
     CPU the update therefore runs cache-sized chunk by chunk (``clip_and_adadelta_``): the
-    same operations, the same results, ~40% less time. Compiled (``config.compile``), it is
+    same operations, the same results, 15-30% less time (``row_sparse``: only the embedding rows
+    the batch touched get the full update). Compiled (``config.compile``), it is
     one fused loop (the first call compiles: about a minute on 2 cores).
     """
     params = list(model.parameters())
