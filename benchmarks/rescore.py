@@ -244,7 +244,7 @@ def run_device(device: torch.device, model_path: Path, sources, targets, tables,
     print(f"scores vs the model's float32 forward pass: max |diff| {error:.2e}"
           f"{' (bf16 products)' if device.type == 'cuda' else ''}; bit-identical when the pairs are split "
           f"differently: {'yes' if exact else 'NO'}")
-    configs = ([(256, 256, 32), (256, 512, 16), default, (256, 512, 64), (512, 512, 32), (256, 1024, 32)]
+    configs = ([(256, 256, 64), (256, 512, 32), default, (256, 512, 128), (512, 512, 64), (256, 1024, 64)]
                if device.type == "cpu" else
                [(512, 512, 512), (1024, 1024, 1024), default, (4096, 4096, 4096), (8192, 8192, 8192)])
     n = args.pairs if device.type == "cpu" else 8 * args.pairs

@@ -76,7 +76,7 @@ UNITS_DIR = ".units"
 REQUIRED_COLUMNS = ("source", "target")
 # Batch sizes by measurement (benchmarks/rescore.py): on the CPU the readout's vocabulary-wide
 # logits must stay in cache, so the readout runs in chunks smaller than the decoder batch.
-CPU_BATCH = {"encoder_batch": 256, "decoder_batch": 512, "readout_rows": 32}
+CPU_BATCH = {"encoder_batch": 256, "decoder_batch": 512, "readout_rows": 64}
 GPU_BATCH = {"encoder_batch": 2048, "decoder_batch": 2048, "readout_rows": 2048}
 
 
@@ -205,6 +205,18 @@ class PhraseScorer:
         # the deep output's two products on h'_t and e(y_{t-1}) as one: [O_h O_y] on [h'_t; e(y_{t-1})]
         self.w_out = torch.cat([model.out_h.weight.detach(), model.out_y.weight.detach()], dim=1).contiguous()
         self._buffers: dict[str, torch.Tensor] = {}
+        if self.device.type == "cpu":  # the CPU path's pre-arranged weights (see _decode_cpu)
+            H, R = model.config.hidden, model.config.output_rank
+            b_hh = model.decoder.bias_hh_l0.detach()
+            self.b_hh_rz = torch.cat([b_hh[:2 * H], torch.zeros(H)])
+            self.b_hn = b_hh[2 * H:].contiguous()
+            self.w_hh_t = model.decoder.weight_hh_l0.detach().t().contiguous()
+            self.w_emb_t = self.w_emb.t().contiguous()
+            self.w_out_t = self.w_out.t().contiguous()
+            # q' = [G_r m; 1] and G' = [G_o^T; b_o^T]: the logits' bias comes out of the product
+            self.w_rank_t = torch.cat([model.out_rank.weight.detach().t(), torch.zeros(model.config.maxout, 1)], 1)
+            self.b_rank = torch.cat([torch.zeros(R), torch.ones(1)])
+            self.w_vocab_t = torch.cat([model.out_vocab.weight.detach().t(), model.out_vocab.bias.detach()[None]])
 
     # -- public ---------------------------------------------------------------------------
     def score(self, sources: Sequence[str], targets: Sequence[str]) -> tuple[np.ndarray, np.ndarray, ScoreStats]:
@@ -316,12 +328,56 @@ class PhraseScorer:
         n = gh[:, 2 * H:].mul_(rz[:, :H]).add_(gi[:, 2 * H:]).tanh_()
         return torch.lerp(n, h, rz[:, H:])  # z * h + (1 - z) * n
 
-    def _scratch(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
-        """A float32 buffer reused between batches (fresh multi-MB allocations cost page faults)."""
+    def _scratch(self, name: str, *shape: int) -> torch.Tensor:
+        """A float32 buffer reused between batches: on the CPU a fresh multi-MB tensor is a fresh
+        mmap whose page faults cost as much as a good part of the product that fills it."""
+        numel = int(np.prod(shape))
         buf = self._buffers.get(name)
-        if buf is None or buf.shape != shape:
-            buf = self._buffers[name] = torch.empty(shape, device=self.device)
-        return buf
+        if buf is None or buf.numel() < numel:
+            buf = self._buffers[name] = torch.empty(numel, device=self.device)
+        return buf[:numel].view(shape)
+
+    def _decode_cpu(self, tgt: torch.Tensor, gi_c: torch.Tensor, h: torch.Tensor, c_out: torch.Tensor
+                    ) -> torch.Tensor:
+        """``_decode`` on the CPU: the same arithmetic written into reused buffers (``out=``), the
+        biases folded into the products or into the gates' in-place updates."""
+        m = self.model
+        cfg = m.config
+        B, T = tgt.shape
+        H, E, V = cfg.hidden, cfg.embedding, cfg.tgt_vocab_size
+        KM = cfg.maxout * cfg.maxout_pieces
+        gi_c = gi_c + self.b_hh_rz  # W_c c + b_ih + [b_hr; b_hz; 0]
+        x = self._scratch("x", B, T, H + E)  # [h'_t; e(y_{t-1})] per position
+        x[:, 0, H:] = 0.0  # e(y_0) = 0
+        gi = self._scratch("gi", B, 3 * H)
+        if T > 1:
+            prev = m.tgt_embed(tgt[:, :-1])
+            x[:, 1:, H:] = prev
+            gi_emb = torch.mm(prev.view(-1, E), self.w_emb_t, out=self._scratch("gi_emb", B * (T - 1), 3 * H))
+            gi_emb = gi_emb.view(B, T - 1, 3 * H)
+        gh = self._scratch("gh", B, 3 * H)
+        for t in range(T):
+            torch.mm(h, self.w_hh_t, out=gh)
+            gi_t = gi_c if t == 0 else torch.add(gi_c, gi_emb[:, t - 1], out=gi)
+            rz = gh[:, :2 * H].add_(gi_t[:, :2 * H]).sigmoid_()
+            n = gh[:, 2 * H:].add_(self.b_hn).mul_(rz[:, :H]).add_(gi_t[:, 2 * H:]).tanh_()
+            h = torch.lerp(n, h, rz[:, H:], out=x[:, t, :H])  # z * h + (1 - z) * n
+        s = torch.addmm(m.out_h.bias, x.view(B * T, H + E), self.w_out_t, out=self._scratch("s", B * T, KM))
+        s.view(B, T, KM).add_(c_out.unsqueeze(1))
+        maxout = torch.amax(s.view(B * T, cfg.maxout, cfg.maxout_pieces), -1,
+                            out=self._scratch("maxout", B * T, cfg.maxout))
+        q = torch.addmm(self.b_rank, maxout, self.w_rank_t, out=self._scratch("q", B * T, cfg.output_rank + 1))
+        y = tgt.reshape(B * T, 1)
+        logp = torch.empty(B * T)
+        rows_per_chunk = self.readout_rows
+        logits = self._scratch("logits", rows_per_chunk, V)
+        logsm = self._scratch("logsm", rows_per_chunk, V)
+        for start in range(0, B * T, rows_per_chunk):
+            rows = slice(start, start + rows_per_chunk)
+            torch.mm(q[rows], self.w_vocab_t, out=logits)
+            torch._log_softmax(logits, 1, False, out=logsm)
+            logp[rows] = logsm.gather(1, y[rows]).squeeze(1)
+        return logp.view(B, T).double().sum(1)
 
     def _decode(self, tgt: torch.Tensor, gi_c: torch.Tensor, h: torch.Tensor, c_out: torch.Tensor) -> torch.Tensor:
         """Sum over t of log p(y_t | y_<t, c) for a (B, T) batch of exact-length targets (float64).
@@ -331,6 +387,8 @@ class PhraseScorer:
         [h'_t; e(y_{t-1})], then the rank-R x V logits and their log-softmax in chunks of
         ``readout_rows`` rows, so that one chunk of vocabulary-wide logits stays in cache.
         """
+        if self.device.type == "cpu":
+            return self._decode_cpu(tgt, gi_c, h, c_out)
         m = self.model
         cfg = m.config
         B, T = tgt.shape
@@ -353,16 +411,7 @@ class PhraseScorer:
         rows_per_chunk = self.readout_rows
         for start in range(0, B * T, rows_per_chunk):
             rows = slice(start, start + rows_per_chunk)
-            if self.device.type == "cpu":
-                # fused log-softmax + pick in reused buffers; the softmax over the vocabulary costs
-                # about as much as the rank-R x V product
-                logits = self._scratch("logits", (rows_per_chunk, cfg.tgt_vocab_size))
-                torch.addmm(m.out_vocab.bias, q[rows], m.out_vocab.weight.t(), out=logits)
-                logsm = self._scratch("logsm", logits.shape)
-                torch._log_softmax(logits, 1, False, out=logsm)
-                logp[rows] = logsm.gather(1, y[rows]).squeeze(1)
-            else:
-                logp[rows] = -F.cross_entropy(m.out_vocab(q[rows]).float(), y[rows, 0], reduction="none")
+            logp[rows] = -F.cross_entropy(m.out_vocab(q[rows]).float(), y[rows, 0], reduction="none")
         return logp.view(B, T).double().sum(1)
 
 

@@ -246,7 +246,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     speed.add_argument("--encoder-batch", type=int, metavar="N",
                        help="distinct sources per encoder batch (default: 256 on CPU, 2048 on GPU)")
     speed.add_argument("--decoder-batch", type=int, metavar="N",
-                       help="pairs per decoder batch (default: 256 on CPU, 2048 on GPU)")
+                       help="pairs per decoder batch (default: 512 on CPU, 2048 on GPU)")
     speed.add_argument("--readout-rows", type=int, metavar="N",
                        help="rows per vocabulary-wide softmax chunk, divides --decoder-batch "
                             "(default: 64 on CPU, the whole batch on GPU)")
