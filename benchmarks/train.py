@@ -24,6 +24,17 @@ Batches: 64 pairs of 3-6 tokens (+ </s>) per side, 15k vocabularies. Variants ta
 each batch and the matmul is re-measured between rounds, so the load of a shared machine weighs
 on every figure alike; the load average is printed at the start and the end.
 
+Notes from 2 shared cores (load average ~3, float32, 2 threads), figures of the same runs:
+- Where an update goes (rnnenc train): forward ~125 ms, backward ~180-220, clip + Adadelta
+  ~110 (compiled: ~40; compiling takes ~15 s with a warm inductor cache, a minute cold).
+- Matrix products are ~75% of forward + backward, and at the model's shapes MKL reaches only
+  ~80 GFLOP/s (64-row recurrent steps, the K=100 logits) against ~135 for 2048x2048: that
+  caps the ratio near 0.6 before any other work, so the issue's 0.6 is out of reach with an
+  honest count (the count before c's products were counted once per pair was 31% higher).
+- Tried and dropped: ``foreach=True`` Adadelta and clipping (slower: the tensors are large,
+  the passes are the cost); MKL's packed GEMM for the recurrent matrix (no gain in place);
+  logits computed transposed (V x N: faster GEMM, slower softmax; slower overall).
+
     .venv/bin/python benchmarks/train.py [--updates 20] [--device auto|cpu|cuda] [--threads N] [--compile]
 """
 
