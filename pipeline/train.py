@@ -44,6 +44,7 @@ import torch
 from pipeline.artifacts import MANIFEST_NAME, read_manifest, write_json_atomic, write_manifest
 from pipeline.errors import UserError
 from pipeline.model import Batch, EncoderDecoder, EncoderDecoderConfig, make_batch, save_model
+from pipeline.phrase_table import list_parts
 from pipeline.vocab import Vocabulary
 
 log = logging.getLogger("rnnenc")
@@ -86,15 +87,6 @@ class TrainConfig:
 # data
 
 
-def phrase_table_parts(table: Path) -> list[Path]:
-    if not table.is_dir():
-        raise UserError(f"{table}: phrase table directory not found")
-    parts = sorted(table.glob("part-*.parquet"))
-    if not parts:
-        raise UserError(f"{table}: no part-*.parquet files: not a Parquet phrase table")
-    return parts
-
-
 class PhrasePairs:
     """Random access to a Parquet phrase table's (source, target) pairs via a memory-mapped Arrow cache."""
 
@@ -102,7 +94,7 @@ class PhrasePairs:
         import datasets  # heavy import, only where the data is read
 
         self.table = Path(table)
-        parts = phrase_table_parts(self.table)
+        parts = list_parts(self.table)
         rows = {}
         for part in parts:
             try:
