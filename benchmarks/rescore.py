@@ -1,22 +1,57 @@
 """Rescoring speed and memory at the paper's dimensions (15k words, 1000 hidden, 500 maxout, rank 100).
 
 Prints, per device (the CPU, and a CUDA GPU when present), measured in the same run:
-  - the dense matmul GFLOP/s of this machine (the best of a square and the scorer's main shape);
+  - the load average at start and end (the machine is shared: judge the figures by it);
+  - the dense matmul GFLOP/s of this machine: median of 7 timings after warm-up for a 2048^2
+    square and the scorer's own big products; the peak is the best shape's median;
   - scoring one pair at a time (the model's plain forward pass, batch 1): pairs/s, GFLOP/s;
-  - the batched scorer (pipeline.rescore.PhraseScorer) for a few batch configurations: pairs/s,
-    speed-up over batch 1, achieved GFLOP/s (the FLOPs it executes, padding excluded) and its
-    ratio to the matmul peak, and the "effective" GFLOP/s (the plain forward pass's FLOPs over
-    the same time, i.e. counting the work saved by reusing each source's encoding);
-  - one end-to-end work unit (Parquet in, scores, Parquet out) with the default batch sizes;
-  - peak memory rescoring two tables 4x apart in size (CPU: peak RSS of a fresh process running
-    the units one after another, as a worker does; GPU: peak allocated device memory).
+  - the batched scorer (pipeline.rescore.PhraseScorer) for a grid of batch configurations:
+    pairs/s, speed-up over batch 1, achieved GFLOP/s and its ratio to the matmul peak, the
+    plain-forward-equivalent GFLOP/s ("fwd-equiv": the plain forward pass's FLOPs over the same
+    time, i.e. also counting the source re-encodings the scorer saves; not used for the ratio),
+    and the share of the torch threads' CPU time the process got ("cpu": < 100% = contention);
+  - the table scored end to end through ``rescore_unit`` (the worker task of ``rnnenc
+    rescore``: Parquet in, default batches, scores, Parquet out) in a fresh process at two table
+    sizes 4x apart, with its peak memory (CPU: peak RSS of the process; GPU: peak allocated
+    device memory), pairs/s and GFLOP/s.
+
+Achieved GFLOP/s = ``pipeline.rescore.scoring_flops`` of the pairs scored (2 per multiply-add
+of the products needed: each distinct source's encoder steps and c-projections once per group,
+every real target token's recurrence, deep output and 15k-word softmax) / wall time. The rows
+that fill a bucket's last fixed-size batch (copies of a real row, results dropped) are executed
+but not counted: they are the "padding" column, larger at 8,000 pairs than in a real table,
+whose groups hold 8,192 distinct sources.
+
+Threads: ``torch.set_num_threads(--threads)``, default the cores this process may use (2 here).
+``OMP_WAIT_POLICY=PASSIVE`` is set before torch loads (as ``rnnenc`` does): spinning OpenMP
+waiters made torch 10-30x slower beside other processes.
+
+CPU default batch sizes (encoder/decoder/readout rows) 256/512/64, chosen with this grid
+(``--device cpu``, 2 threads, Xeon with AVX-512, 2 MB L2 per core; load average 2.65 at start,
+1.63 at end, i.e. about 0.6-1 core used by others; matmul peak 258 GFLOP/s):
+
+   enc/dec/readout   pairs/s x batch1  GFLOP/s of peak fwd-equiv padding reuse  cpu
+        256/256/64     1,404     21.2       98    0.38       134   19.7%   4.3  86%
+        256/512/32     1,191     18.0       83    0.32       114   29.9%   4.3  84%
+        256/512/64     1,460     22.1      102    0.39       140   29.9%   4.3  90% (default)
+       256/512/128     1,299     19.6       91    0.35       124   29.9%   4.3  88%
+        512/512/64     1,274     19.2       89    0.34       122   31.1%   4.3  83%
+       256/1024/64     1,109     16.7       77    0.30       106   44.1%   4.3  89%
+
+batch 1: 66 pairs/s (0.03 of peak); end to end (units of 20,000 rows): 1,330 pairs/s at 20,000
+rows and 1,409 at 80,000 (0.38 of peak), peak RSS 906 MiB at both sizes (ratio 1.00). Before
+this batching of the readout over all positions (per-step readout, 256/256/64), the same
+machine gave 700-880 pairs/s against 1,230-1,460 for the new path in the same runs.
+Readout chunks of 32 rows make the rank-100 x 15k product less efficient, 128 rows no longer
+keep the logits in L2; decoder batches of 1024 add padding and gain nothing.
 
 The table is synthetic: a Zipf vocabulary of 16,000 words (the model knows 15,000, so some
 words are unknown), phrases of 1-7 tokens, each source with a geometric number of targets
 (mean ``--targets-per-source``), like a Moses table sorted by source. The model has the paper's
 random initialisation: speed does not depend on the weights.
 
-usage: .venv/bin/python benchmarks/rescore.py [--pairs 6000] [--baseline-pairs 200] [--threads N]
+usage: .venv/bin/python benchmarks/rescore.py [--device cpu] [--pairs 8000] [--baseline-pairs 200]
+       [--memory-rows 20000] [--rows-per-unit 20000] [--threads N] [--no-memory]   (about 3 min on the CPU)
 """
 
 from __future__ import annotations
@@ -165,13 +200,15 @@ def batch_one(model: EncoderDecoder, src_vocab, tgt_vocab, sources, targets, dev
     return len(sources) / seconds, flops / seconds / 1e9
 
 
-def batched(scorer: PhraseScorer, sources, targets) -> tuple[float, ScoreStats]:
+def batched(scorer: PhraseScorer, sources, targets) -> tuple[float, float, ScoreStats]:
+    """(wall seconds, CPU share: process CPU seconds / (wall seconds x torch threads), stats)."""
     scorer.score(sources[:500], targets[:500])  # warm-up: allocator, kernels
     sync(scorer.device)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     _, _, stats = scorer.score(sources, targets)
     sync(scorer.device)
-    return time.perf_counter() - started, stats
+    seconds = time.perf_counter() - started
+    return seconds, (time.process_time() - cpu) / seconds / torch.get_num_threads(), stats
 
 
 @torch.inference_mode()
@@ -194,10 +231,11 @@ def child_memory(args: argparse.Namespace) -> None:
     config = RescoreConfig(model=args.child_model, device="cpu", threads=args.threads)
     units, _ = plan_units(args.child_table, args.rows_per_unit)
     with tempfile.TemporaryDirectory() as out:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         records = [rescore_unit(unit, out, config) for unit in units]
         seconds = time.perf_counter() - started
     print(json.dumps({"rows": sum(u.rows for u in units), "units": len(units), "seconds": seconds,
+                      "cpu_share": (time.process_time() - cpu) / seconds / torch.get_num_threads(),
                       "flops": sum(r["flops"] for r in records),
                       "padded_rows": sum(r["stats"]["padded_rows"] for r in records),
                       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
@@ -252,18 +290,18 @@ def run_device(device: torch.device, model_path: Path, sources, targets, tables,
     print(f"batched ({n} pairs; GFLOP/s = FLOPs of the work needed (each distinct source encoded once per "
           "group, every real target token; padding rows not counted) / wall time):")
     print(f"{'enc/dec/readout':>18} {'pairs/s':>9} {'x batch1':>8} {'GFLOP/s':>8} {'of peak':>7} "
-          f"{'fwd-equiv':>9} {'padding':>7} {'reuse':>5}")
+          f"{'fwd-equiv':>9} {'padding':>7} {'reuse':>5} {'cpu':>4}")
     for enc, dec, readout in dict.fromkeys(configs):
         scorer = PhraseScorer(model, src_vocab, tgt_vocab, encoder_batch=enc, decoder_batch=dec,
                               readout_rows=readout)
-        seconds, stats = batched(scorer, src, tgt)
+        seconds, share, stats = batched(scorer, src, tgt)
         achieved = scoring_flops(model.config, stats) / seconds / 1e9
         pair_src_tokens = sum(len(s.split()) + 1 for s in src)
         effective = model_flops(model.config, pair_src_tokens, stats.target_tokens, n) / seconds / 1e9
         pad = stats.padded_rows / (stats.padded_rows + stats.pairs + stats.sources_encoded)
         mark = " (default)" if (enc, dec, readout) == default else ""
         print(f"{f'{enc}/{dec}/{readout}':>18} {n / seconds:>9,.0f} {n / seconds / pps1:>8.1f} {achieved:>8,.0f} "
-              f"{achieved / peak:>7.2f} {effective:>9,.0f} {pad:>7.1%} {n / stats.sources_encoded:>5.1f}{mark}")
+              f"{achieved / peak:>7.2f} {effective:>9,.0f} {pad:>7.1%} {n / stats.sources_encoded:>5.1f} {share:>4.0%}{mark}")
     if args.no_memory:
         return
     memory = memory_cpu(model_path, tables, args) if device.type == "cpu" else memory_gpu(model_path, tables, args)
@@ -274,7 +312,8 @@ def run_device(device: torch.device, model_path: Path, sources, targets, tables,
         gf = m["flops"] / m["seconds"] / 1e9
         print(f"  {m['rows']:>7,} rows, {m['units']:>3} units: {m['peak_rss_mib']:,.0f} MiB; "
               f"{m['rows'] / m['seconds']:,.0f} pairs/s, {gf:,.0f} GFLOP/s = {gf / peak:.2f} of peak "
-              f"({m['padded_rows']:,} padding rows)")
+              f"({m['padded_rows']:,} padding rows"
+              + (f"; CPU share {m['cpu_share']:.0%})" if "cpu_share" in m else ")"))
     print(f"  memory ratio (4x the rows): {memory[1]['peak_rss_mib'] / memory[0]['peak_rss_mib']:.2f}")
 
 

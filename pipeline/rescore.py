@@ -16,7 +16,14 @@ per group and its c, its decoder input projection W_c c + b, its initial state t
 and its readout term O_c c are reused by every target of that source. Sources are batched by
 exact length and targets by exact length, so no step runs over padding; the decoder is
 unrolled here on the model's own parameters (``model.decoder``'s weights split into the
-embedding and c parts) because the c-dependent part of the input is constant over time.
+embedding and c parts) because the c-dependent part of the input is constant over time. Only
+the recurrence runs step by step (one B x H x 3H product per step, the embeddings' input
+projections of all steps being one product); the deep output then runs once over all B x T
+positions of a batch ([O_h O_y] on [h'_t; e(y_{t-1})] as one product), and the rank-R x V
+logits and their log-softmax in chunks of ``readout_rows`` rows (64 x 15k floats = 3.8 MB, in
+L2 beside the factor). On the CPU the products write into buffers reused between batches (a
+fresh multi-MB tensor is an mmap whose page faults cost a good part of the product), with the
+biases folded into the products or the gates' in-place updates.
 
 Why the results do not depend on partitioning. A CPU GEMM's rounding depends on its shape
 (MKL picks kernels and blockings by the row count) but not on the other rows, nor on a row's
@@ -74,8 +81,10 @@ log = logging.getLogger("rnnenc")
 
 UNITS_DIR = ".units"
 REQUIRED_COLUMNS = ("source", "target")
-# Batch sizes by measurement (benchmarks/rescore.py): on the CPU the readout's vocabulary-wide
-# logits must stay in cache, so the readout runs in chunks smaller than the decoder batch.
+# Batch sizes by measurement (benchmarks/rescore.py, whose docstring has the grid): on the CPU
+# the readout's vocabulary-wide logits must stay in cache, so the readout runs in chunks
+# smaller than the decoder batch; a decoder batch of 512 feeds the recurrence's product better
+# than 256, 1024 no longer helps.
 CPU_BATCH = {"encoder_batch": 256, "decoder_batch": 512, "readout_rows": 64}
 GPU_BATCH = {"encoder_batch": 2048, "decoder_batch": 2048, "readout_rows": 2048}
 
