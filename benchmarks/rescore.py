@@ -39,9 +39,13 @@ CPU default batch sizes (encoder/decoder/readout rows) 256/512/64, chosen with t
        256/1024/64     1,109     16.7       77    0.30       106   44.1%   4.3  89%
 
 batch 1: 66 pairs/s (0.03 of peak); end to end (units of 20,000 rows): 1,330 pairs/s at 20,000
-rows and 1,409 at 80,000 (0.38 of peak), peak RSS 906 MiB at both sizes (ratio 1.00). Before
-this batching of the readout over all positions (per-step readout, 256/256/64), the same
-machine gave 700-880 pairs/s against 1,230-1,460 for the new path in the same runs.
+rows and 1,409 at 80,000 (0.38 of peak), peak RSS 906 MiB at both sizes (ratio 1.00); a
+repeat (load 1.22 -> 1.72) gave 1,418 pairs/s (0.40), end to end 1,442 (0.41), 856 MiB flat.
+Before the readout ran over all positions of a batch in reused buffers (per-step readout), in
+one quiet run (load 1.6, 8,000 pairs, best of 3): old path 1,358 pairs/s at its default
+256/256/64 and 1,259 at 256/512/64, new path 1,419 at 256/512/64 (+13% at the same batches,
+11% less CPU time per FLOP). Most of the earlier runs' gap (6 pairs/s at batch 1, 0.13-0.29 of a
+65 GFLOP/s "peak") was spinning OpenMP waiters and other processes on the 2 cores.
 Readout chunks of 32 rows make the rank-100 x 15k product less efficient, 128 rows no longer
 keep the logits in L2; decoder batches of 1024 add padding and gain nothing.
 
