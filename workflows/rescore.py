@@ -58,7 +58,7 @@ from pipeline.rescore import (
     vocabulary_mismatch,
 )
 from workflows.cli import add_cluster_arguments
-from workflows.cluster import dask_client, map_partitions
+from workflows.cluster import dask_client, gpu_resources, map_partitions
 
 log = logging.getLogger("rnnenc")
 DEFAULT_ROWS_PER_UNIT = 100_000
@@ -94,12 +94,6 @@ def check_model_fits(table: Path, units: Sequence[WorkUnit], config: RescoreConf
     if reason:
         raise UserError(f"{config.model}: does not fit the phrase table {table}: {reason}")
     return {"source": src_vocab.lang, "target": tgt_vocab.lang}, model.config
-
-
-def gpu_resources(client: Client) -> dict[str, float] | None:
-    """``{"GPU": 1}`` when some worker declares a GPU resource, else None (CPU-only clusters)."""
-    workers = client.scheduler_info().get("workers", {}).values()
-    return {"GPU": 1} if any(w.get("resources", {}).get("GPU") for w in workers) else None
 
 
 def run_identity(config: RescoreConfig, rows_per_unit: int) -> tuple[RescoreConfig, dict[str, Any]]:
