@@ -43,7 +43,6 @@ from workflows.cli import add_cluster_arguments
 from workflows.cluster import dask_client, map_partitions
 
 log = logging.getLogger("rnnenc")
-HELP = "extract and score a phrase table from an aligned corpus"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

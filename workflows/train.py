@@ -29,7 +29,6 @@ from pipeline.train import TrainConfig, train
 from workflows.cli import add_cluster_arguments
 from workflows.cluster import dask_client, gpu_resources, scheduler_address
 
-HELP = "train the RNN encoder-decoder on a phrase table"
 log = logging.getLogger("rnnenc")
 
 
