@@ -174,7 +174,8 @@ def test_output_independent_of_workers_and_failed_rerun_keeps_old_output(tmp_pat
     src, tgt = write_pair(tmp_path, en, fr)
     corpus = [CorpusInput("text", (src, tgt), "c")]
     ingest(dask_client, corpus, tmp_path / "two", CONFIG, rows_per_part=7, quiet=True)
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False) as cluster, Client(cluster) as one:
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
+            Client(cluster) as one:
         ingest(one, corpus, tmp_path / "one", CONFIG, rows_per_part=7, quiet=True)
     for a, b in zip(sorted((tmp_path / "one").glob("part-*")), sorted((tmp_path / "two").glob("part-*")),
                     strict=True):
