@@ -62,3 +62,20 @@ def dask_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def dask_client(dask_address: str) -> Iterator[Client]:
     with Client(dask_address, timeout="60s") as client:
         yield client
+
+
+def tiny_phrase_table(root: Path, rows: int = 400) -> tuple[Path, Path, Path]:
+    """A learnable toy phrase table (part-00000.parquet) and its two vocabularies, under ``root``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.vocab import Vocabulary
+
+    table = root / "table"
+    table.mkdir(parents=True)
+    sources = [f"w{i} w{(i * 7) % 50}" for i in range(rows)]
+    targets = [f"m{(i * 7) % 50} m{i % 50}" for i in range(rows)]
+    pq.write_table(pa.table({"source": sources, "target": targets}), table / "part-00000.parquet")
+    Vocabulary([f"w{i}" for i in range(rows)], lang="en").save(root / "vocab.en.txt")
+    Vocabulary([f"m{i}" for i in range(50)], lang="fr").save(root / "vocab.fr.txt")
+    return table, root / "vocab.en.txt", root / "vocab.fr.txt"

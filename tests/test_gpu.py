@@ -2,36 +2,28 @@
 
 from __future__ import annotations
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 
+from conftest import tiny_phrase_table
 from pipeline.model import load_model, score_pairs
 from pipeline.train import TrainConfig, train
-from pipeline.vocab import Vocabulary
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 def test_training_on_the_gpu_learns_and_the_model_loads_on_the_cpu(tmp_path):
-    table = tmp_path / "table"
-    table.mkdir()
-    sources = [f"w{i} w{(i * 7) % 50}" for i in range(400)]
-    targets = [f"m{(i * 7) % 50} m{i % 50}" for i in range(400)]
-    pq.write_table(pa.table({"source": sources, "target": targets}), table / "part-00000.parquet")
-    Vocabulary([f"w{i}" for i in range(400)], lang="en").save(tmp_path / "vocab.en.txt")
-    Vocabulary([f"m{i}" for i in range(50)], lang="fr").save(tmp_path / "vocab.fr.txt")
+    table, src_vocab_path, tgt_vocab_path = tiny_phrase_table(tmp_path)
     config = TrainConfig(updates=300, hidden=64, embedding=32, maxout=32, output_rank=32, valid_pairs=50,
                          valid_every=100, checkpoint_every=100, device="cuda", init_std=0.1)
-    report = train(config, table, tmp_path / "vocab.en.txt", tmp_path / "vocab.fr.txt", tmp_path / "model", quiet=True)
+    report = train(config, table, src_vocab_path, tgt_vocab_path, tmp_path / "model", quiet=True)
     assert report["device"].startswith("cuda")
     # 50 target words + </s>: a model that learned nothing sits near 51.
     assert report["counts"]["final_valid_perplexity"] < 20
 
     model_gpu, src_vocab, tgt_vocab = load_model(tmp_path / "model" / "model.pt", device="cuda")
     model_cpu, _, _ = load_model(tmp_path / "model" / "model.pt", device="cpu")
-    pairs = ([s.split() for s in sources[:64]], [t.split() for t in targets[:64]])
+    pairs = ([f"w{i} w{(i * 7) % 50}".split() for i in range(64)], [f"m{(i * 7) % 50} m{i % 50}".split() for i in range(64)])
     on_gpu = score_pairs(model_gpu, *pairs, src_vocab, tgt_vocab)
     on_cpu = score_pairs(model_cpu, *pairs, src_vocab, tgt_vocab)
     assert torch.allclose(on_gpu, on_cpu, atol=1e-3, rtol=1e-4)

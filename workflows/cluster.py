@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from distributed import Client, LocalCluster, as_completed
+from distributed import Client, Future, LocalCluster, as_completed
 from tqdm.auto import tqdm
 
 log = logging.getLogger("rnnenc")
@@ -62,12 +62,21 @@ def map_partitions(client: Client, func: Callable[..., T], items: Sequence[Any],
     prefix = key_prefix or getattr(func, "__name__", "task")
     futures = client.map(func, list(items), key=[f"{prefix}-{i}-{os.urandom(4).hex()}" for i in range(len(items))],
                          pure=False, retries=2, **kwargs)
+    with tqdm(total=len(futures), desc=desc, unit="part", disable=quiet, leave=False) as bar:
+        return results_in_order(client, futures, bar)
+
+
+def results_in_order(client: Client, futures: list[Future], bar: tqdm | None = None) -> list[Any]:
+    """Wait for ``futures`` as they finish (ticking ``bar``); results in submission order.
+
+    The first failure cancels the other futures and re-raises its exception here.
+    """
     index = {future.key: i for i, future in enumerate(futures)}
     results: list[Any] = [None] * len(futures)
     try:
-        with tqdm(total=len(futures), desc=desc, unit="part", disable=quiet, leave=False) as bar:
-            for future in as_completed(futures):
-                results[index[future.key]] = future.result()
+        for future in as_completed(futures):
+            results[index[future.key]] = future.result()
+            if bar is not None:
                 bar.update(1)
     except BaseException:
         client.cancel(futures)

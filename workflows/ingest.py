@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
-from distributed import Client, as_completed
+from distributed import Client
 from tqdm.auto import tqdm
 
 from pipeline.artifacts import atomic_output_dir, write_json_atomic, write_manifest
@@ -36,7 +36,7 @@ from pipeline.corpus import CorpusInput, InvalidUtf8, OnError, read_batches
 from pipeline.errors import UserError
 from pipeline.preprocess import PreprocessConfig, preprocess_shard
 from workflows.cli import add_cluster_arguments
-from workflows.cluster import dask_client
+from workflows.cluster import dask_client, results_in_order
 
 log = logging.getLogger("rnnenc")
 DEFAULT_ROWS_PER_PART = 100_000
@@ -99,40 +99,36 @@ def ingest(client: Client, inputs: Sequence[CorpusInput], out_dir: str | Path, c
         part_corpus: list[str] = []
         part = 0
         bar = tqdm(desc="ingest", unit="part", disable=quiet, leave=False, total=0)
-        for corpus in inputs:
-            per_corpus[corpus.name] = Counter()
-            log.info("reading %s (%s)", corpus.describe(), corpus.kind)
-            for batch in read_batches(corpus, config.source_lang, config.target_lang, rows_per_part,
-                                      invalid_utf8, on_error):
-                for line, reason, source, target in batch.rejects:
-                    dropped[reason] += 1
-                    per_corpus[corpus.name]["rejected"] += 1
-                    if write_rejects:
-                        reader_rejects.append({"corpus": corpus.name, "line": line, "reason": reason,
-                                               "source": source, "target": target})
-                totals["invalid_utf8_replaced"] += batch.invalid_utf8_replaced
-                totals["lines_read"] += len(batch) + len(batch.rejects)
-                per_corpus[corpus.name]["lines_read"] += len(batch) + len(batch.rejects)
-                if not len(batch):
-                    continue
-                raw_path = staging / f"raw-{part:05d}.parquet"
-                pq.write_table(batch.table(), raw_path, compression="zstd")
-                futures.append(client.submit(
-                    preprocess_shard, str(raw_path), str(tmp / f"part-{part:05d}.parquet"),
-                    str(staging / f"rejects-{part:05d}.parquet"), corpus.name, config,
-                    key=f"ingest-{part:05d}-{os.urandom(4).hex()}", pure=False, retries=3))
-                part_corpus.append(corpus.name)
-                part += 1
-                bar.total = part
-                bar.refresh()
-        results: list[dict | None] = [None] * len(futures)
-        index = {future.key: i for i, future in enumerate(futures)}
         try:
-            for future in as_completed(futures):
-                results[index[future.key]] = future.result()
-                bar.update(1)
+            for corpus in inputs:
+                per_corpus[corpus.name] = Counter()
+                log.info("reading %s (%s)", corpus.describe(), corpus.kind)
+                for batch in read_batches(corpus, config.source_lang, config.target_lang, rows_per_part,
+                                          invalid_utf8, on_error):
+                    for line, reason, source, target in batch.rejects:
+                        dropped[reason] += 1
+                        per_corpus[corpus.name]["rejected"] += 1
+                        if write_rejects:
+                            reader_rejects.append({"corpus": corpus.name, "line": line, "reason": reason,
+                                                   "source": source, "target": target})
+                    totals["invalid_utf8_replaced"] += batch.invalid_utf8_replaced
+                    totals["lines_read"] += len(batch) + len(batch.rejects)
+                    per_corpus[corpus.name]["lines_read"] += len(batch) + len(batch.rejects)
+                    if not len(batch):
+                        continue
+                    raw_path = staging / f"raw-{part:05d}.parquet"
+                    pq.write_table(batch.table(), raw_path, compression="zstd")
+                    futures.append(client.submit(
+                        preprocess_shard, str(raw_path), str(tmp / f"part-{part:05d}.parquet"),
+                        str(staging / f"rejects-{part:05d}.parquet"), corpus.name, config,
+                        key=f"ingest-{part:05d}-{os.urandom(4).hex()}", pure=False, retries=3))
+                    part_corpus.append(corpus.name)
+                    part += 1
+                    bar.total = part
+                    bar.refresh()
+            results = results_in_order(client, futures, bar)
         except BaseException:
-            client.cancel(futures)
+            client.cancel(futures)  # e.g. unequal line counts found after parts were submitted
             raise
         finally:
             bar.close()
