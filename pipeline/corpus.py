@@ -17,6 +17,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import io
+import itertools
 import lzma
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -135,35 +136,51 @@ def _count_remaining(handle: IO[bytes]) -> int:
 
 def read_text_pair(src_path: str, tgt_path: str, batch_rows: int, invalid_utf8: InvalidUtf8 = "replace",
                    on_error: OnError = "fail") -> Iterator[RawBatch]:
-    """Read two line-aligned text files in lockstep; unequal line counts are an error."""
-    batcher = _Batcher(batch_rows, on_error)
+    """Read two line-aligned text files in lockstep; unequal line counts are an error.
+
+    Each batch holds the next ``batch_rows`` lines of both files. Lines are taken and decoded a
+    chunk at a time (the reader runs on the client, ahead of every worker); a chunk with invalid
+    UTF-8 falls back to line-by-line handling so that the bad line is named.
+    """
     with open_binary(src_path) as src, open_binary(tgt_path) as tgt:
         line = 0
         while True:
-            raw_src = src.readline()
-            raw_tgt = tgt.readline()
-            if not raw_src or not raw_tgt:
-                if raw_src or raw_tgt:
-                    src_count = line + (1 + _count_remaining(src) if raw_src else 0)
-                    tgt_count = line + (1 + _count_remaining(tgt) if raw_tgt else 0)
-                    raise UserError(f"{src_path} has {src_count} lines but {tgt_path} has {tgt_count}: "
-                                    "the two sides of a parallel corpus must have the same number of lines")
-                break
-            line += 1
-            source, src_fixed = _decode(raw_src, invalid_utf8)
-            target, tgt_fixed = _decode(raw_tgt, invalid_utf8)
-            if source is None or target is None:
-                bad_path = src_path if source is None else tgt_path
-                batcher.reject(bad_path, line, "invalid UTF-8",
-                               raw_src.decode("utf-8", "replace").rstrip("\r\n"),
-                               raw_tgt.decode("utf-8", "replace").rstrip("\r\n"))
-            else:
-                batcher.batch.invalid_utf8_replaced += src_fixed + tgt_fixed
-                batcher.add(line, source, target)
-            if batcher.full():
-                yield batcher.take()
-    if batcher.lines_in_batch:
-        yield batcher.take()
+            src_chunk = list(itertools.islice(src, batch_rows))
+            tgt_chunk = list(itertools.islice(tgt, batch_rows))
+            if len(src_chunk) != len(tgt_chunk):
+                src_count = line + len(src_chunk) + _count_remaining(src)
+                tgt_count = line + len(tgt_chunk) + _count_remaining(tgt)
+                raise UserError(f"{src_path} has {src_count} lines but {tgt_path} has {tgt_count}: "
+                                "the two sides of a parallel corpus must have the same number of lines")
+            if not src_chunk:
+                return
+            first = line + 1
+            line += len(src_chunk)
+            try:
+                sources = [raw.rstrip(b"\r\n").decode("utf-8") for raw in src_chunk]
+                targets = [raw.rstrip(b"\r\n").decode("utf-8") for raw in tgt_chunk]
+            except UnicodeDecodeError:
+                yield _decode_pairs_one_by_one(src_path, tgt_path, src_chunk, tgt_chunk, first, invalid_utf8,
+                                               on_error)
+                continue
+            yield RawBatch(sources, targets, list(range(first, line + 1)))
+
+
+def _decode_pairs_one_by_one(src_path: str, tgt_path: str, src_chunk: list[bytes], tgt_chunk: list[bytes],
+                             first: int, invalid_utf8: InvalidUtf8, on_error: OnError) -> RawBatch:
+    batcher = _Batcher(len(src_chunk), on_error)
+    for line, (raw_src, raw_tgt) in enumerate(zip(src_chunk, tgt_chunk, strict=True), start=first):
+        source, src_fixed = _decode(raw_src, invalid_utf8)
+        target, tgt_fixed = _decode(raw_tgt, invalid_utf8)
+        if source is None or target is None:
+            bad_path = src_path if source is None else tgt_path
+            batcher.reject(bad_path, line, "invalid UTF-8",
+                           raw_src.decode("utf-8", "replace").rstrip("\r\n"),
+                           raw_tgt.decode("utf-8", "replace").rstrip("\r\n"))
+        else:
+            batcher.batch.invalid_utf8_replaced += src_fixed + tgt_fixed
+            batcher.add(line, source, target)
+    return batcher.take()
 
 
 def read_tsv(path: str, batch_rows: int, invalid_utf8: InvalidUtf8 = "replace",
