@@ -22,6 +22,8 @@ from typing import Any
 
 import xxhash
 
+from pipeline.errors import UserError
+
 MANIFEST_NAME = "manifest.json"
 _HASH_BLOCK = 1 << 22
 
@@ -78,6 +80,19 @@ def read_manifest(out_dir: str | os.PathLike) -> dict[str, Any] | None:
         return json.loads(manifest.read_text())
     except (OSError, json.JSONDecodeError):
         return None
+
+
+def require_manifest(path: str | os.PathLike, missing: str = "no such manifest") -> dict[str, Any]:
+    """The manifest at ``path`` (a manifest file or a stage directory); a UserError if absent or broken."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: {missing}") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: unreadable manifest ({exc})") from None
 
 
 def is_complete(out_dir: str | os.PathLike) -> bool:

@@ -27,7 +27,6 @@ creates a Dask client.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ import pyarrow.parquet as pq
 import xxhash
 
 from pipeline import lm
+from pipeline.artifacts import require_manifest
 from pipeline.errors import UserError
 
 Method = Literal["moore-lewis", "axelrod"]
@@ -89,12 +89,7 @@ def open_corpus(path: str | Path) -> Corpus:
     if not path.is_dir():
         raise UserError(f"{path}: not a corpus directory")
     manifest_path = path / "manifest.json"
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{manifest_path}: missing; an incomplete corpus is never read") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{manifest_path}: unreadable ({exc})") from None
+    manifest = require_manifest(manifest_path, "missing; an incomplete corpus is never read")
     config = manifest.get("config") or {}
     langs = config.get("source_lang"), config.get("target_lang")
     if not all(isinstance(lang, str) and lang for lang in langs):

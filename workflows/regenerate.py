@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import MANIFEST_NAME, changed_inputs, file_hash
+from pipeline.artifacts import MANIFEST_NAME, changed_inputs, file_hash, require_manifest
 from pipeline.errors import UserError
 from pipeline.selection import Mapper
 from workflows.select import SelectConfig, cluster_mapper, run_selection
@@ -34,12 +33,7 @@ def _load(manifest_path: str | Path) -> tuple[Path, dict[str, Any]]:
     path = Path(manifest_path)
     if path.is_dir():
         path = path / MANIFEST_NAME
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such manifest") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: unreadable manifest ({exc})") from None
+    manifest = require_manifest(path)
     if manifest.get("stage") != "select":
         raise UserError(f"{path}: not the manifest of an 'rnnenc select' output (stage: {manifest.get('stage')})")
     return path, manifest
