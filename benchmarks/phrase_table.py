@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import resource
 import shutil
 import tempfile
 import time
@@ -26,7 +25,9 @@ from workflows.cluster import map_partitions
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process image's high-water RSS (VmHWM). Not ru_maxrss: Linux carries a parent's RSS at
+    fork into the child's ru_maxrss, even across exec, so a spawned worker would report the client's."""
+    return int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0]) / 1024
 
 
 def build_table(root: Path, lines: int) -> tuple[Path, Path]:

@@ -1,53 +1,53 @@
 """Rescoring speed and memory at the paper's dimensions (15k words, 1000 hidden, 500 maxout, rank 100).
 
-Prints, per device (the CPU, and a CUDA GPU when present), measured in the same run:
+On the CPU the scorer runs as ``rnnenc rescore`` runs it: one single-threaded process per core
+(Dask's default LocalCluster; the nanny gives each worker one thread), each scoring a consecutive
+share of the pairs, all started together. Prints, measured in the same run:
   - the load average at start and end (the machine is shared: judge the figures by it);
-  - the dense matmul GFLOP/s of this machine: median of 7 timings after warm-up for a 2048^2
-    square and the scorer's own big products; the peak is the best shape's median;
-  - scoring one pair at a time (the model's plain forward pass, batch 1): pairs/s, GFLOP/s;
+  - the dense matmul GFLOP/s of this machine, all cores in one process: median of 7 timings after
+    warm-up for a 2048^2 square and the scorer's own big products; the peak is the best shape's;
+  - scoring one pair at a time (the model's plain forward pass, batch 1) in the same worker
+    layout: pairs/s, GFLOP/s;
   - the batched scorer (pipeline.rescore.PhraseScorer) for a grid of batch configurations:
     pairs/s, speed-up over batch 1, achieved GFLOP/s and its ratio to the matmul peak, the
     plain-forward-equivalent GFLOP/s ("fwd-equiv": the plain forward pass's FLOPs over the same
     time, i.e. also counting the source re-encodings the scorer saves; not used for the ratio),
-    and the share of the torch threads' CPU time the process got ("cpu": < 100% = contention);
-  - the table scored end to end through ``rescore_unit`` (the worker task of ``rnnenc
-    rescore``: Parquet in, default batches, scores, Parquet out) in a fresh process at two table
-    sizes 4x apart, with its peak memory (CPU: peak RSS of the process; GPU: peak allocated
-    device memory), pairs/s and GFLOP/s.
+    padding, source reuse, and the CPU share the workers got ("cpu": < 100% = contention); then
+    the default configuration in one process with all threads (full-size batches), for comparison;
+  - end to end: ``workflows.rescore.rescore`` (the stage itself: Parquet in, Dask map over
+    units, Parquet out, manifest) on a fresh LocalCluster at two table sizes 4x apart, with the
+    largest worker's peak RSS (VmHWM: ru_maxrss of a spawned worker carries the RSS its parent
+    had at fork) and the stage's pairs/s and GFLOP/s, model loading and start-up included.
+On a GPU: the same figures in this process, bf16, peak allocated GPU memory.
 
 Achieved GFLOP/s = ``pipeline.rescore.scoring_flops`` of the pairs scored (2 per multiply-add
-of the products needed: each distinct source's encoder steps and c-projections once per group,
-every real target token's recurrence, deep output and 15k-word softmax) / wall time. The rows
-that fill a bucket's last fixed-size batch (copies of a real row, results dropped) are executed
-but not counted: they are the "padding" column, larger at 8,000 pairs than in a real table,
-whose groups hold 8,192 distinct sources.
+of the products needed: each distinct source's encoder steps (none for U h_0 = 0) and
+c-projections once per group, every real target token's recurrence, deep output and 15k-word
+softmax) / wall time. The rows that fill a bucket's last batch (copies of a real row, results
+dropped) are executed but not counted: the "padding" column.
 
-Threads: ``torch.set_num_threads(--threads)``, default the cores this process may use (2 here).
-``OMP_WAIT_POLICY=PASSIVE`` is set before torch loads (as ``rnnenc`` does): spinning OpenMP
-waiters made torch 10-30x slower beside other processes.
+Figures (2 shared cores, Xeon with AVX-512, 2 MB L2 per core; ``--device cpu``, 139 s, load
+average 1.16 at start, 2.14 at end; matmul peak 249 GFLOP/s):
 
-CPU default batch sizes (encoder/decoder/readout rows) 256/512/64, chosen with this grid
-(``--device cpu``, 2 threads, Xeon with AVX-512, 2 MB L2 per core; load average 2.65 at start,
-1.63 at end, i.e. about 0.6-1 core used by others; matmul peak 258 GFLOP/s):
+                layout enc/dec/readout   pairs/s x batch1  GFLOP/s of peak fwd-equiv padding reuse  cpu
+  2 workers x 1 thread      256/256/64     2,331     17.0      160    0.64       223    1.8%   4.2  97%
+  2 workers x 1 thread      256/512/32     2,141     15.6      147    0.59       205    1.8%   4.2  97%
+  2 workers x 1 thread      256/512/64     2,382     17.3      163    0.65       228    1.8%   4.2  98% (default)
+  2 workers x 1 thread     256/512/128     2,291     16.7      157    0.63       219    1.8%   4.2  99%
+  2 workers x 1 thread     512/1024/64     2,267     16.5      155    0.62       217    1.8%   4.2  99%
+ 1 process x 2 threads      256/512/64     1,363      9.9       93    0.37       131   29.9%   4.3  86%
 
-   enc/dec/readout   pairs/s x batch1  GFLOP/s of peak fwd-equiv padding reuse  cpu
-        256/256/64     1,404     21.2       98    0.38       134   19.7%   4.3  86%
-        256/512/32     1,191     18.0       83    0.32       114   29.9%   4.3  84%
-        256/512/64     1,460     22.1      102    0.39       140   29.9%   4.3  90% (default)
-       256/512/128     1,299     19.6       91    0.35       124   29.9%   4.3  88%
-        512/512/64     1,274     19.2       89    0.34       122   31.1%   4.3  83%
-       256/1024/64     1,109     16.7       77    0.30       106   44.1%   4.3  89%
+batch 1: 137 pairs/s (0.06 of peak). End to end (units of 5,000 rows): 1,788 pairs/s at 20,000
+rows (0.49 of peak: model loading weighs on 10 s of work), 2,144 at 80,000 (0.59); peak worker
+RSS 670 and 672 MiB (ratio 1.00). Run to run the grid's ratios vary by about +-0.05 here.
 
-batch 1: 66 pairs/s (0.03 of peak); end to end (units of 20,000 rows): 1,330 pairs/s at 20,000
-rows and 1,409 at 80,000 (0.38 of peak), peak RSS 906 MiB at both sizes (ratio 1.00); a
-repeat (load 1.22 -> 1.72) gave 1,418 pairs/s (0.40), end to end 1,442 (0.41), 856 MiB flat.
-Before the readout ran over all positions of a batch in reused buffers (per-step readout), in
-one quiet run (load 1.6, 8,000 pairs, best of 3): old path 1,358 pairs/s at its default
-256/256/64 and 1,259 at 256/512/64, new path 1,419 at 256/512/64 (+13% at the same batches,
-11% less CPU time per FLOP). Most of the earlier runs' gap (6 pairs/s at batch 1, 0.13-0.29 of a
-65 GFLOP/s "peak") was spinning OpenMP waiters and other processes on the 2 cores.
-Readout chunks of 32 rows make the rank-100 x 15k product less efficient, 128 rows no longer
-keep the logits in L2; decoder batches of 1024 add padding and gain nothing.
+What made the difference (same machine, same day): single-threaded workers pad a bucket's last
+batch only to a multiple of 16 rows (see ``pipeline.rescore``), 1.8% padding instead of 30%
+(0.44-0.48 -> 0.62-0.65 of peak); one thread per process also spares the two threads'
+hand-offs on every small product (1 process x 2 threads: 0.37). Readout chunks of 32 rows make
+the rank-100 x 15k product less efficient; 128 rows no longer keep the logits in L2.
+Before this session's fix the memory figure was ru_maxrss of a fresh process, i.e. the
+benchmark's own RSS at fork (850-906 MiB): not a measurement of the scorer.
 
 The table is synthetic: a Zipf vocabulary of 16,000 words (the model knows 15,000, so some
 words are unknown), phrases of 1-7 tokens, each source with a geometric number of targets
@@ -55,7 +55,7 @@ words are unknown), phrases of 1-7 tokens, each source with a geometric number o
 random initialisation: speed does not depend on the weights.
 
 usage: .venv/bin/python benchmarks/rescore.py [--device cpu] [--pairs 8000] [--baseline-pairs 200]
-       [--memory-rows 20000] [--rows-per-unit 20000] [--threads N] [--no-memory]   (about 3 min on the CPU)
+       [--memory-rows 20000] [--rows-per-unit 5000] [--threads N] [--no-memory]   (about 2.5 min on the CPU)
 """
 
 from __future__ import annotations
@@ -63,7 +63,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -96,6 +95,7 @@ from pipeline.rescore import (
     plan_units,
     rescore_unit,
     scoring_flops,
+    torch_threads,
 )
 from pipeline.vocab import Vocabulary
 
@@ -230,28 +230,92 @@ def correctness(model: EncoderDecoder, src_vocab, tgt_vocab, sources, targets, d
     return float(np.abs(whole[:m] - direct.numpy()).max()), bool(np.array_equal(whole, pieces))
 
 
-def child_memory(args: argparse.Namespace) -> None:
-    """Score every unit of ``--child-table`` one after another, print peak RSS (MiB) as JSON."""
-    config = RescoreConfig(model=args.child_model, device="cpu", threads=args.threads)
-    units, _ = plan_units(args.child_table, args.rows_per_unit)
-    with tempfile.TemporaryDirectory() as out:
-        started, cpu = time.perf_counter(), time.process_time()
-        records = [rescore_unit(unit, out, config) for unit in units]
-        seconds = time.perf_counter() - started
-    print(json.dumps({"rows": sum(u.rows for u in units), "units": len(units), "seconds": seconds,
-                      "cpu_share": (time.process_time() - cpu) / seconds / torch.get_num_threads(),
-                      "flops": sum(r["flops"] for r in records),
-                      "padded_rows": sum(r["stats"]["padded_rows"] for r in records),
-                      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+def child_score(args: argparse.Namespace) -> None:
+    """A worker of the parallel runs: score this child's slice of ``--child-pairs`` with one torch
+    thread (as a Dask worker does), warm up, say "ready", wait for "go" on stdin, print JSON."""
+    pairs = json.loads(Path(args.child_pairs).read_text())
+    sources, targets = pairs["sources"], pairs["targets"]
+    model, src_vocab, tgt_vocab = load_model(args.child_model, "cpu")
+    if args.child_config == "batch1":
+        batch_one(model, src_vocab, tgt_vocab, sources[:5], targets[:5], torch.device("cpu"))
+        print("ready", flush=True)
+        sys.stdin.readline()
+        pairs_per_s, gflops = batch_one(model, src_vocab, tgt_vocab, sources, targets, torch.device("cpu"))
+        print(json.dumps({"pairs": len(sources), "seconds": len(sources) / pairs_per_s,
+                          "flops": gflops * 1e9 * len(sources) / pairs_per_s}))
+        return
+    enc, dec, readout = map(int, args.child_config.split("/"))
+    scorer = PhraseScorer(model, src_vocab, tgt_vocab, encoder_batch=enc, decoder_batch=dec, readout_rows=readout)
+    scorer.score(sources[:500], targets[:500])  # warm-up: allocator, kernels, the row-count probe
+    print("ready", flush=True)
+    sys.stdin.readline()
+    started, cpu = time.perf_counter(), time.process_time()
+    _, _, stats = scorer.score(sources, targets)
+    seconds = time.perf_counter() - started
+    print(json.dumps({"pairs": len(sources), "seconds": seconds, "cpu_share": (time.process_time() - cpu) / seconds,
+                      "flops": scoring_flops(model.config, stats), "stats": stats.to_dict(),
+                      "rows_multiple": scorer._multiple}))
 
 
-def memory_cpu(model_path: Path, tables: list[Path], args: argparse.Namespace) -> list[dict]:
+def in_workers(model_path: Path, sources: list[str], targets: list[str], config: str, workers: int,
+               tmp: Path) -> dict:
+    """Score ``sources``/``targets`` split over ``workers`` processes of one torch thread each,
+    started together: the layout ``rnnenc rescore`` runs on (one single-threaded Dask worker per
+    core). Returns the summed pairs, FLOPs and stats with the slowest worker's seconds."""
+    procs = []
+    for w in range(workers):
+        share = tmp / f"pairs-{w}.json"
+        part = slice(w * len(sources) // workers, (w + 1) * len(sources) // workers)  # consecutive, as units
+        share.write_text(json.dumps({"sources": sources[part], "targets": targets[part]}))
+        cmd = [sys.executable, __file__, "--child-pairs", str(share), "--child-model", str(model_path),
+               "--child-config", config, "--threads", "1"]
+        procs.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+    for proc in procs:
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"a worker process failed (config {config})")
+    for proc in procs:
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    results = []
+    for proc in procs:
+        out, _ = proc.communicate()
+        if proc.returncode:
+            raise RuntimeError(f"a worker process failed (config {config})")
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    total = {"pairs": sum(r["pairs"] for r in results), "seconds": max(r["seconds"] for r in results),
+             "flops": sum(r["flops"] for r in results)}
+    if "stats" in results[0]:
+        total["stats"] = {k: sum(r["stats"][k] for r in results) for k in results[0]["stats"]}
+        total["cpu_share"] = sum(r["cpu_share"] for r in results) / workers
+        total["rows_multiple"] = {r["rows_multiple"] for r in results}
+    return total
+
+
+def end_to_end_cpu(model_path: Path, tables: list[Path], args: argparse.Namespace, workers: int,
+                   tmp: Path) -> list[dict]:
+    """``rnnenc rescore``'s own Dask map (workflows.rescore.rescore) on a fresh LocalCluster of
+    ``workers`` single-threaded worker processes per table; memory = the largest worker's peak RSS."""
+    from workflows.cluster import dask_client
+    from workflows.rescore import rescore
+
+    def peak_rss_mib() -> float:
+        # VmHWM, this process image's own high-water mark: ru_maxrss would carry the RSS of the
+        # benchmark process that forked the worker (Linux keeps it across fork and exec)
+        status = Path("/proc/self/status").read_text()
+        return int(status.split("VmHWM:")[1].split()[0]) / 1024
+
     results = []
     for table in tables:
-        cmd = [sys.executable, __file__, "--child-table", str(table), "--child-model", str(model_path),
-               "--rows-per-unit", str(args.rows_per_unit), "--threads", str(args.threads)]
-        done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        with dask_client(n_workers=workers) as client:
+            started = time.perf_counter()
+            report = rescore(client, table, tmp / f"out-{table.name}", RescoreConfig(model=str(model_path),
+                             device="cpu"), rows_per_unit=args.rows_per_unit, quiet=True)
+            seconds = time.perf_counter() - started
+            rss = max(client.run(peak_rss_mib).values())
+        stats = ScoreStats(**{f: report[f] for f in ScoreStats.__dataclass_fields__})
+        results.append({"rows": report["rows"], "units": report["units"], "seconds": seconds,
+                        "flops": scoring_flops(EncoderDecoderConfig(), stats),
+                        "padded_rows": report["padded_rows"], "peak_rss_mib": rss})
     return results
 
 
@@ -272,53 +336,104 @@ def memory_gpu(model_path: Path, tables: list[Path], args: argparse.Namespace) -
     return results
 
 
-def run_device(device: torch.device, model_path: Path, sources, targets, tables, args) -> None:
+HEADER = (f"{'layout':>22} {'enc/dec/readout':>15} {'pairs/s':>9} {'x batch1':>8} {'GFLOP/s':>8} {'of peak':>7} "
+          f"{'fwd-equiv':>9} {'padding':>7} {'reuse':>5} {'cpu':>4}")
+
+
+def grid_row(layout: str, config: tuple[int, int, int], n: int, seconds: float, flops: float, stats: dict,
+             share: float, pps1: float, peak: float, pair_src_tokens: int, mark: str = "") -> str:
+    achieved = flops / seconds / 1e9
+    effective = model_flops(EncoderDecoderConfig(), pair_src_tokens, stats["target_tokens"], n) / seconds / 1e9
+    pad = stats["padded_rows"] / (stats["padded_rows"] + stats["pairs"] + stats["sources_encoded"])
+    return (f"{layout:>22} {'/'.join(map(str, config)):>15} {n / seconds:>9,.0f} {n / seconds / pps1:>8.1f} "
+            f"{achieved:>8,.0f} {achieved / peak:>7.2f} {effective:>9,.0f} {pad:>7.1%} "
+            f"{n / stats['sources_encoded']:>5.1f} {share:>4.0%}{mark}")
+
+
+def run_cpu(model_path: Path, sources, targets, tables, args, tmp: Path) -> None:
+    device = torch.device("cpu")
+    workers = args.threads
     model, src_vocab, tgt_vocab = load_model(model_path, device)
     default = batch_sizes(RescoreConfig(model=""), device)
     peak, shapes = matmul_peak(device, default[1])
-    print(f"\n== {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'torch threads: ' + str(torch.get_num_threads())}) ==")
-    print(f"dense matmul ({'bf16' if device.type == 'cuda' else 'float32'}, median of 7 after warm-up): "
+    print(f"\n== cpu: {workers} single-threaded worker processes (rnnenc rescore's layout: one Dask worker "
+          f"per core), against the matmul of all {workers} threads ==")
+    print("dense matmul (float32, median of 7 after warm-up, all threads in one process): "
           + ", ".join(f"{shape} {g:,.0f}" for shape, g in shapes) + f" GFLOP/s; peak = {peak:,.0f}")
-    n1 = args.baseline_pairs if device.type == "cpu" else 4 * args.baseline_pairs
-    pps1, gf1 = batch_one(model, src_vocab, tgt_vocab, sources[:n1], targets[:n1], device)
-    print(f"batch 1 (model forward, {n1} pairs): {pps1:,.1f} pairs/s, {gf1:,.1f} GFLOP/s = {gf1 / peak:.2f} of peak")
-    error, exact = correctness(model, src_vocab, tgt_vocab, sources, targets, device)
-    print(f"scores vs the model's float32 forward pass: max |diff| {error:.2e}"
-          f"{' (bf16 products)' if device.type == 'cuda' else ''}; bit-identical when the pairs are split "
-          f"differently: {'yes' if exact else 'NO'}")
-    configs = ([(256, 256, 64), (256, 512, 32), default, (256, 512, 128), (512, 512, 64), (256, 1024, 64)]
-               if device.type == "cpu" else
-               [(512, 512, 512), (1024, 1024, 1024), default, (4096, 4096, 4096), (8192, 8192, 8192)])
-    n = args.pairs if device.type == "cpu" else 8 * args.pairs
+    n1 = args.baseline_pairs
+    one = in_workers(model_path, sources[:n1], targets[:n1], "batch1", workers, tmp)
+    pps1, gf1 = one["pairs"] / one["seconds"], one["flops"] / one["seconds"] / 1e9
+    print(f"batch 1 (the model's forward pass, one pair at a time, {n1} pairs over {workers} workers): "
+          f"{pps1:,.1f} pairs/s, {gf1:,.1f} GFLOP/s = {gf1 / peak:.2f} of peak")
+    with torch_threads(1):
+        error, exact = correctness(model, src_vocab, tgt_vocab, sources, targets, device)
+    print(f"scores vs the model's float32 forward pass (1 thread): max |diff| {error:.2e}; bit-identical when "
+          f"the pairs are split differently: {'yes' if exact else 'NO'}")
+    n = args.pairs
     src, tgt = sources[:n], targets[:n]
+    pair_src_tokens = sum(len(s.split()) + 1 for s in src)
     print(f"batched ({n} pairs; GFLOP/s = FLOPs of the work needed (each distinct source encoded once per "
-          "group, every real target token; padding rows not counted) / wall time):")
-    print(f"{'enc/dec/readout':>18} {'pairs/s':>9} {'x batch1':>8} {'GFLOP/s':>8} {'of peak':>7} "
-          f"{'fwd-equiv':>9} {'padding':>7} {'reuse':>5} {'cpu':>4}")
-    for enc, dec, readout in dict.fromkeys(configs):
-        scorer = PhraseScorer(model, src_vocab, tgt_vocab, encoder_batch=enc, decoder_batch=dec,
-                              readout_rows=readout)
-        seconds, share, stats = batched(scorer, src, tgt)
-        achieved = scoring_flops(model.config, stats) / seconds / 1e9
-        pair_src_tokens = sum(len(s.split()) + 1 for s in src)
-        effective = model_flops(model.config, pair_src_tokens, stats.target_tokens, n) / seconds / 1e9
-        pad = stats.padded_rows / (stats.padded_rows + stats.pairs + stats.sources_encoded)
-        mark = " (default)" if (enc, dec, readout) == default else ""
-        print(f"{f'{enc}/{dec}/{readout}':>18} {n / seconds:>9,.0f} {n / seconds / pps1:>8.1f} {achieved:>8,.0f} "
-              f"{achieved / peak:>7.2f} {effective:>9,.0f} {pad:>7.1%} {n / stats.sources_encoded:>5.1f} {share:>4.0%}{mark}")
+          "group, every real target token; padding rows not counted) / wall time of the slowest worker):")
+    print(HEADER)
+    configs = [(256, 256, 64), (256, 512, 32), default, (256, 512, 128), (512, 1024, 64)]
+    multiples = set()
+    for config in dict.fromkeys(configs):
+        r = in_workers(model_path, src, tgt, "/".join(map(str, config)), workers, tmp)
+        multiples |= r["rows_multiple"]
+        print(grid_row(f"{workers} workers x 1 thread", config, n, r["seconds"], r["flops"], r["stats"],
+                       r["cpu_share"], pps1, peak, pair_src_tokens, " (default)" if config == default else ""))
+    scorer = PhraseScorer(model, src_vocab, tgt_vocab, encoder_batch=default[0], decoder_batch=default[1],
+                          readout_rows=default[2])
+    seconds, share, stats = batched(scorer, src, tgt)
+    print(grid_row(f"1 process x {torch.get_num_threads()} threads", default, n, seconds,
+                   scoring_flops(model.config, stats), stats.to_dict(), share, pps1, peak, pair_src_tokens))
+    print(f"(batches of one thread: rows padded to a multiple of {multiples} (None: to the full batch); "
+          f"several threads: to the full batch)")
     if args.no_memory:
         return
-    memory = memory_cpu(model_path, tables, args) if device.type == "cpu" else memory_gpu(model_path, tables, args)
-    what = "peak RSS of a fresh process" if device.type == "cpu" else "peak allocated GPU memory"
-    print(f"end to end through rescore_unit (Parquet in, default batches, scores, Parquet out), units of "
-          f"{args.rows_per_unit:,} rows; memory = {what}:")
+    memory = end_to_end_cpu(model_path, tables, args, workers, tmp)
+    print_end_to_end(memory, args, peak, f"rnnenc rescore's Dask map on a LocalCluster of {workers} workers x "
+                     "1 thread; memory = the largest worker's peak RSS")
+
+
+def print_end_to_end(memory: list[dict], args: argparse.Namespace, peak: float, what: str) -> None:
+    print(f"end to end ({what}; default batches, units of {args.rows_per_unit:,} rows, Parquet in and out):")
     for m in memory:
         gf = m["flops"] / m["seconds"] / 1e9
         print(f"  {m['rows']:>7,} rows, {m['units']:>3} units: {m['peak_rss_mib']:,.0f} MiB; "
               f"{m['rows'] / m['seconds']:,.0f} pairs/s, {gf:,.0f} GFLOP/s = {gf / peak:.2f} of peak "
-              f"({m['padded_rows']:,} padding rows"
-              + (f"; CPU share {m['cpu_share']:.0%})" if "cpu_share" in m else ")"))
+              f"({m['padded_rows']:,} padding rows)")
     print(f"  memory ratio (4x the rows): {memory[1]['peak_rss_mib'] / memory[0]['peak_rss_mib']:.2f}")
+
+
+def run_gpu(device: torch.device, model_path: Path, sources, targets, tables, args) -> None:
+    model, src_vocab, tgt_vocab = load_model(model_path, device)
+    default = batch_sizes(RescoreConfig(model=""), device)
+    peak, shapes = matmul_peak(device, default[1])
+    print(f"\n== {device} ({torch.cuda.get_device_name(device)}) ==")
+    print("dense matmul (bf16, median of 7 after warm-up): "
+          + ", ".join(f"{shape} {g:,.0f}" for shape, g in shapes) + f" GFLOP/s; peak = {peak:,.0f}")
+    n1 = 4 * args.baseline_pairs
+    pps1, gf1 = batch_one(model, src_vocab, tgt_vocab, sources[:n1], targets[:n1], device)
+    print(f"batch 1 (model forward, {n1} pairs): {pps1:,.1f} pairs/s, {gf1:,.1f} GFLOP/s = {gf1 / peak:.2f} of peak")
+    error, exact = correctness(model, src_vocab, tgt_vocab, sources, targets, device)
+    print(f"scores vs the model's float32 forward pass: max |diff| {error:.2e} (bf16 products); bit-identical "
+          f"when the pairs are split differently: {'yes' if exact else 'NO'}")
+    n = 8 * args.pairs
+    src, tgt = sources[:n], targets[:n]
+    pair_src_tokens = sum(len(s.split()) + 1 for s in src)
+    print(f"batched ({n} pairs):")
+    print(HEADER)
+    for config in dict.fromkeys([(512, 512, 512), (1024, 1024, 1024), default, (4096, 4096, 4096),
+                                 (8192, 8192, 8192)]):
+        scorer = PhraseScorer(model, src_vocab, tgt_vocab, encoder_batch=config[0], decoder_batch=config[1],
+                              readout_rows=config[2])
+        seconds, share, stats = batched(scorer, src, tgt)
+        print(grid_row("1 process, GPU", config, n, seconds, scoring_flops(model.config, stats), stats.to_dict(),
+                       share, pps1, peak, pair_src_tokens, " (default)" if config == default else ""))
+    if not args.no_memory:
+        print_end_to_end(memory_gpu(model_path, tables, args), args, peak,
+                         "rescore_unit in this process; memory = peak allocated GPU memory")
 
 
 def main() -> None:
@@ -326,18 +441,20 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=8000, help="pairs scored batched on the CPU (GPU: 8x)")
     parser.add_argument("--baseline-pairs", type=int, default=200, help="pairs scored one at a time (GPU: 4x)")
     parser.add_argument("--memory-rows", type=int, default=20_000, help="the smaller table of the memory test")
-    parser.add_argument("--rows-per-unit", type=int, default=20_000)
+    parser.add_argument("--rows-per-unit", type=int, default=5_000,
+                        help="rows per work unit end to end (the smaller table gives each worker 2 units)")
     parser.add_argument("--targets-per-source", type=float, default=4.0)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="torch threads (default: the cores this process may use, %(default)s)")
     parser.add_argument("--device", choices=["all", "cpu", "cuda"], default="all")
     parser.add_argument("--no-memory", action="store_true", help="skip the end-to-end memory runs")
-    parser.add_argument("--child-table", help=argparse.SUPPRESS)
+    parser.add_argument("--child-pairs", help=argparse.SUPPRESS)
+    parser.add_argument("--child-config", help=argparse.SUPPRESS)
     parser.add_argument("--child-model", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.child_table:
-        child_memory(args)
+    if args.child_pairs:
+        child_score(args)
         return
     started = time.perf_counter()
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; torch {torch.__version__}, "
@@ -356,7 +473,10 @@ def main() -> None:
         print(f"paper-size model {EncoderDecoderConfig().to_dict()}; synthetic table, "
               f"{args.targets_per_source} targets per source on average")
         for device in devices:
-            run_device(device, model_path, sources, targets, tables, args)
+            if device.type == "cpu":
+                run_cpu(model_path, sources, targets, tables, args, tmp)
+            else:
+                run_gpu(device, model_path, sources, targets, tables, args)
     print(f"\nload average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
           f"{time.perf_counter() - started:.0f} s")
 

@@ -221,7 +221,9 @@ class EncoderDecoder(nn.Module):
     #: False: through ``nn.GRU`` as on CUDA (cuDNN), the same equations
     packed_cpu_gru: bool = True
 
-    def __init__(self, config: EncoderDecoderConfig):
+    def __init__(self, config: EncoderDecoderConfig, *, initialise: bool = True):
+        """``initialise=False`` leaves torch's default initialisation, for weights about to be loaded
+        (the paper's orthogonal initialisation costs seconds of SVDs at the paper's size)."""
         super().__init__()
         self.config = config
         E, H, M, K, R = (config.embedding, config.hidden, config.maxout, config.maxout_pieces,
@@ -239,7 +241,8 @@ class EncoderDecoder(nn.Module):
         self.out_c = nn.Linear(H, K * M, bias=False)
         self.out_rank = nn.Linear(M, R, bias=False)
         self.out_vocab = nn.Linear(R, config.tgt_vocab_size)
-        self.reset_parameters()
+        if initialise:
+            self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Weights N(0, init_std^2) (the paper: 0.01); recurrent matrices orthogonal per gate; biases 0."""
@@ -416,7 +419,7 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu"
     tgt_vocab = Vocabulary.from_dict(payload["tgt_vocab"])
     if (len(src_vocab), len(tgt_vocab)) != (config.src_vocab_size, config.tgt_vocab_size):
         raise UserError(f"{path}: vocabulary sizes do not match the model's config")
-    model = EncoderDecoder(config)
+    model = EncoderDecoder(config, initialise=False)
     model.load_state_dict(payload["state_dict"])
     return model.to(device).eval(), src_vocab, tgt_vocab
 

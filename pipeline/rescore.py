@@ -23,16 +23,27 @@ positions of a batch ([O_h O_y] on [h'_t; e(y_{t-1})] as one product), and the r
 logits and their log-softmax in chunks of ``readout_rows`` rows (64 x 15k floats = 3.8 MB, in
 L2 beside the factor). On the CPU the products write into buffers reused between batches (a
 fresh multi-MB tensor is an mmap whose page faults cost a good part of the product), with the
-biases folded into the products or the gates' in-place updates.
+biases folded into the products or the gates' in-place updates; the encoder is unrolled the
+same way (h_0 = 0: no product at its first step), and c's three projections are one product.
 
-Why the results do not depend on partitioning. A CPU GEMM's rounding depends on its shape
-(MKL picks kernels and blockings by the row count) but not on the other rows, nor on a row's
-position. So every batch has a fixed number of rows (the last one of a bucket is filled with
-copies of its first row, whose results are dropped), and its other dimension is an exact
-phrase length: a pair always meets exactly the same arithmetic, whichever rows share its
-batch, whatever the partitioning, and scores are bit-identical. This holds on the CPU for a
-given batch configuration and torch thread count (Dask's nanny runs workers with one thread).
-On a GPU (measured on an H100) scores are reproducible run to run, but differ between
+Why the results do not depend on partitioning. A pair's bits must not depend on which rows share
+its batch. Every batch's other dimension is an exact phrase length; its row count is fixed in
+one of two ways (the last batch of a bucket is filled with copies of its first row, whose
+results are dropped):
+
+- one CPU thread, the layout of ``rnnenc rescore`` (Dask's nanny runs each worker with one
+  thread): MKL's float32 GEMM gives a row the same bits for every row count that is a multiple of
+  16 when the weights are taken transposed in place (the "NT" form; the pre-transposed "NN" form
+  changes its blocking below about 192 rows), and element-wise loops over multiples of 16 rows
+  have no scalar remainder. So the last batch is padded only to a multiple of 16 rows
+  (``ROW_MULTIPLE``): about 2% padding instead of 30% with full batches on an 8,000-pair
+  table. This rests on MKL's kernel choice, not on a documented guarantee, so each scorer
+  probes it once on the model's own weights and falls back to full batches if it fails;
+- several threads (they split a product by its row count): every batch has exactly the batch
+  size.
+
+Either way scores are bit-identical whatever the partitioning, for a given batch configuration
+and thread count. On a GPU (measured on an H100) scores are reproducible run to run, but differ between
 partitionings in the last float32 bit (up to 2e-6 on scores of -30): some CUDA kernel's
 rounding depends on more than the shape; a mixed CPU/GPU cluster mixes the two roundings.
 
@@ -174,23 +185,33 @@ def scoring_flops(config: EncoderDecoderConfig, stats: ScoreStats) -> int:
     """
     E, H, M, K, R, V = (config.embedding, config.hidden, config.maxout, config.maxout_pieces,
                         config.output_rank, config.tgt_vocab_size)
-    encoder = stats.source_tokens * 3 * H * (E + H) + stats.sources_encoded * (3 * H * H + H * H + H * K * M)
+    # the first step's U h_0 is not a product to make (h_0 = 0)
+    encoder = (stats.source_tokens * 3 * H * E + (stats.source_tokens - stats.sources_encoded) * 3 * H * H
+               + stats.sources_encoded * (3 * H * H + H * H + H * K * M))
     decoder = stats.target_tokens * (3 * H * H + 3 * H * E)
     output = stats.target_tokens * (H * K * M + E * K * M + M * R + R * V)
     return 2 * (encoder + decoder + output)
 
 
-def _chunks(indices: np.ndarray, size: int) -> Iterator[tuple[np.ndarray, int]]:
-    """Fixed-size chunks of ``indices``; the last padded with copies of its first element.
+def _chunks(indices: np.ndarray, size: int, multiple: int | None = None) -> Iterator[tuple[np.ndarray, int]]:
+    """Chunks of ``size`` elements of ``indices``; the last one filled with copies of its first
+    element up to ``size``, or with ``multiple`` up to the next multiple of ``multiple``.
 
     Yields (padded chunk, number of real rows).
     """
     for start in range(0, len(indices), size):
         chunk = indices[start:start + size]
         real = len(chunk)
-        if real < size:
-            chunk = np.concatenate([chunk, np.full(size - real, chunk[0], dtype=chunk.dtype)])
+        padded = size if multiple is None else min(size, -(-real // multiple) * multiple)
+        if real < padded:
+            chunk = np.concatenate([chunk, np.full(padded - real, chunk[0], dtype=chunk.dtype)])
         yield chunk, real
+
+
+#: single-threaded, MKL's float32 GEMM gives every row the same bits for any row count that is a
+#: multiple of this (below 16 rows it takes other kernels); multiples of 16 rows also keep every
+#: element-wise loop free of a scalar remainder (AVX-512 loops run 32 floats at a time)
+ROW_MULTIPLE = 16
 
 
 class PhraseScorer:
@@ -214,18 +235,32 @@ class PhraseScorer:
         # the deep output's two products on h'_t and e(y_{t-1}) as one: [O_h O_y] on [h'_t; e(y_{t-1})]
         self.w_out = torch.cat([model.out_h.weight.detach(), model.out_y.weight.detach()], dim=1).contiguous()
         self._buffers: dict[str, torch.Tensor] = {}
+        self._probed: bool | None = None  # see _rows_independent
+        self._multiple: int | None = None
         if self.device.type == "cpu":  # the CPU path's pre-arranged weights (see _decode_cpu)
             H, R = model.config.hidden, model.config.output_rank
             b_hh = model.decoder.bias_hh_l0.detach()
             self.b_hh_rz = torch.cat([b_hh[:2 * H], torch.zeros(H)])
             self.b_hn = b_hh[2 * H:].contiguous()
-            self.w_hh_t = model.decoder.weight_hh_l0.detach().t().contiguous()
+            # the K = 1000 products take their weights transposed in place (MKL's 'NT' form): single-
+            # threaded, that form gives a row the same bits for every multiple of 16 rows, the
+            # pre-transposed 'NN' form does not (its blocking changes below about 192 rows)
+            self.w_hh_t = model.decoder.weight_hh_l0.detach().t()
             self.w_emb_t = self.w_emb.t().contiguous()
-            self.w_out_t = self.w_out.t().contiguous()
+            self.w_out_t = self.w_out.t()
             # q' = [G_r m; 1] and G' = [G_o^T; b_o^T]: the logits' bias comes out of the product
             self.w_rank_t = torch.cat([model.out_rank.weight.detach().t(), torch.zeros(model.config.maxout, 1)], 1)
             self.b_rank = torch.cat([torch.zeros(R), torch.ones(1)])
             self.w_vocab_t = torch.cat([model.out_vocab.weight.detach().t(), model.out_vocab.bias.detach()[None]])
+            enc = model.encoder
+            self.enc_w_ih_t = enc.weight_ih_l0.detach().t().contiguous()
+            self.enc_b_ih = enc.bias_ih_l0.detach()
+            self.enc_w_hh_t = enc.weight_hh_l0.detach().t()
+            # c's three projections as one product: [W_c; W_init; O_c] c + [b_ih; b_init; 0]
+            self.c_proj_t = torch.cat([self.w_c, model.init_state.weight.detach(),
+                                       model.out_c.weight.detach()]).t()
+            self.c_bias = torch.cat([model.decoder.bias_ih_l0.detach(), model.init_state.bias.detach(),
+                                     torch.zeros(model.out_c.weight.shape[0])])
 
     # -- public ---------------------------------------------------------------------------
     def score(self, sources: Sequence[str], targets: Sequence[str]) -> tuple[np.ndarray, np.ndarray, ScoreStats]:
@@ -241,10 +276,35 @@ class PhraseScorer:
         stats = ScoreStats(pairs=n)
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast
                     else contextlib.nullcontext())
+        # rows per batch: any multiple of ROW_MULTIPLE where a row's bits cannot depend on the
+        # row count (one CPU thread, checked on this machine's GEMMs), else exactly the batch size
+        self._multiple = ROW_MULTIPLE if self._rows_independent() else None
         with torch.inference_mode(), autocast:
             for group in self._groups(sources):
                 self._score_group(group, sources, targets, logp, unk, stats)
         return logp, unk, stats
+
+    def _rows_independent(self) -> bool:
+        """Do this process's products give a row the same bits in a batch of any multiple of
+        ``ROW_MULTIPLE`` rows? Only on one CPU thread (several threads split the rows by
+        count); probed once per scorer on the model's own weights, since it rests on MKL's
+        kernel choice, not on a documented guarantee."""
+        if self.device.type != "cpu" or torch.get_num_threads() != 1:
+            return False
+        if self._probed is None:
+            g = torch.Generator().manual_seed(0)
+            biggest = max(self.encoder_batch, self.decoder_batch)
+            counts = sorted({ROW_MULTIPLE, 2 * ROW_MULTIPLE, 3 * ROW_MULTIPLE, 5 * ROW_MULTIPLE, biggest})
+            self._probed = True
+            with torch.inference_mode():
+                for weight in (self.w_hh_t, self.w_emb_t, self.w_out_t, self.w_rank_t, self.w_vocab_t,
+                               self.enc_w_ih_t, self.enc_w_hh_t, self.c_proj_t):
+                    x = torch.randn(biggest, weight.shape[0], generator=g)
+                    full = x @ weight
+                    if not all(torch.equal(x[:m] @ weight, full[:m]) for m in counts[:-1]):
+                        self._probed = False
+                        break
+        return self._probed
 
     # -- internals ------------------------------------------------------------------------
     def _groups(self, sources: Sequence[str]) -> Iterator[np.ndarray]:
@@ -293,7 +353,7 @@ class PhraseScorer:
         tgt_len = np.fromiter(map(len, tgt_ids), dtype=np.int64, count=len(tgt_ids))
         for length in np.unique(tgt_len):
             bucket = np.flatnonzero(tgt_len == length)
-            for chunk, real in _chunks(bucket, self.decoder_batch):
+            for chunk, real in _chunks(bucket, self.decoder_batch, self._multiple):
                 stats.padded_rows += len(chunk) - real
                 tgt = torch.tensor([tgt_ids[k] for k in chunk], dtype=torch.long).to(self.device)
                 src = torch.from_numpy(pair_src[chunk]).to(self.device)
@@ -310,15 +370,46 @@ class PhraseScorer:
         c_out = torch.empty(n, m.config.maxout * m.config.maxout_pieces, device=self.device)
         lengths = np.fromiter(map(len, src_ids), dtype=np.int64, count=n)
         for length in np.unique(lengths):
-            for chunk, real in _chunks(np.flatnonzero(lengths == length), self.encoder_batch):
+            for chunk, real in _chunks(np.flatnonzero(lengths == length), self.encoder_batch, self._multiple):
                 stats.padded_rows += len(chunk) - real
                 src = torch.tensor([src_ids[k] for k in chunk], dtype=torch.long).to(self.device)
-                c = self._encoder_state(src)
                 rows = torch.from_numpy(chunk[:real]).to(self.device)
+                if self.device.type == "cpu":
+                    projected = self._encode_cpu(src)[:real]
+                    gi_c[rows] = projected[:, :3 * H]
+                    h0[rows] = projected[:, 3 * H:4 * H].tanh_()
+                    c_out[rows] = projected[:, 4 * H:]
+                    continue
+                c = self._encoder_state(src)
                 gi_c[rows] = F.linear(c, self.w_c, m.decoder.bias_ih_l0)[:real].float()
                 h0[rows] = torch.tanh(m.init_state(c))[:real].float()
                 c_out[rows] = m.out_c(c)[:real].float()
         return gi_c, h0, c_out
+
+    def _encode_cpu(self, src: torch.Tensor) -> torch.Tensor:
+        """[W_c c + b_ih; W c + b; O_c c] (B, 3H + H + K*M) for a (B, L) batch of exact-length
+        sources, on the CPU: the encoder unrolled like ``_decode_cpu`` (every step's input
+        projection one product; h_0 = 0, so the first step has no U h product), then the three
+        c projections as one product."""
+        enc = self.model.encoder
+        B, L = src.shape
+        H = self.model.config.hidden
+        gi = torch.addmm(self.enc_b_ih, self.model.src_embed(src).view(B * L, -1), self.enc_w_ih_t,
+                         out=self._scratch("enc_gi", B * L, 3 * H)).view(B, L, 3 * H)
+        gh = self._scratch("enc_gh", B, 3 * H)
+        h = self._scratch("enc_h", B, H)
+        for t in range(L):
+            if t == 0:
+                gh.copy_(enc.bias_hh_l0.expand(B, 3 * H))
+            else:
+                torch.addmm(enc.bias_hh_l0, h, self.enc_w_hh_t, out=gh)
+            rz = gh[:, :2 * H].add_(gi[:, t, :2 * H]).sigmoid_()
+            n = gh[:, 2 * H:].mul_(rz[:, :H]).add_(gi[:, t, 2 * H:]).tanh_()
+            if t == 0:
+                torch.mul(n, 1 - rz[:, H:], out=h)  # h_0 = 0: h = (1 - z) n
+            else:
+                torch.lerp(n, h, rz[:, H:], out=h)  # z * h + (1 - z) * n
+        return torch.addmm(self.c_bias, h, self.c_proj_t, out=self._scratch("enc_c", B, self.c_proj_t.shape[1]))
 
     def _encoder_state(self, src: torch.Tensor) -> torch.Tensor:
         """c for a (B, L) batch of exact-length sources: the encoder's last hidden state."""
@@ -379,12 +470,11 @@ class PhraseScorer:
         y = tgt.reshape(B * T, 1)
         logp = torch.empty(B * T)
         rows_per_chunk = self.readout_rows
-        logits = self._scratch("logits", rows_per_chunk, V)
-        logsm = self._scratch("logsm", rows_per_chunk, V)
         for start in range(0, B * T, rows_per_chunk):
             rows = slice(start, start + rows_per_chunk)
-            torch.mm(q[rows], self.w_vocab_t, out=logits)
-            torch._log_softmax(logits, 1, False, out=logsm)
+            n = min(rows_per_chunk, B * T - start)  # a multiple of 16 when B is
+            logits = torch.mm(q[rows], self.w_vocab_t, out=self._scratch("logits", rows_per_chunk, V)[:n])
+            logsm = torch._log_softmax(logits, 1, False, out=self._scratch("logsm", rows_per_chunk, V)[:n])
             logp[rows] = logsm.gather(1, y[rows]).squeeze(1)
         return logp.view(B, T).double().sum(1)
 

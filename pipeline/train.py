@@ -350,7 +350,7 @@ def train(config: TrainConfig, phrase_table: str | os.PathLike, src_vocab_path: 
                                         embedding=config.embedding, hidden=config.hidden,
                                         maxout=config.maxout, output_rank=config.output_rank,
                                         init_std=config.init_std)
-    model = EncoderDecoder(model_config).to(device)
+    model = EncoderDecoder(model_config, initialise=not resume).to(device)  # resumed: weights and RNG loaded below
     optimizer = torch.optim.Adadelta(model.parameters(), lr=1.0, rho=config.rho, eps=config.eps)
     state: dict[str, Any] = {"update": 0, "best_valid": None, "best_update": None, "bad_validations": 0,
                              "stopped_early": False, "draws_too_long": 0, "target_tokens": 0,

@@ -147,6 +147,31 @@ def test_scorer_is_exact_whatever_the_company(data: dict) -> None:
     assert np.array_equal(np.concatenate(pieces), whole)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batches_padded_to_16_rows_on_one_thread_are_exact(data: dict, threads: int) -> None:
+    """One thread: a bucket's last batch is padded to a multiple of 16 rows, not to the full batch,
+    and a pair's bits still do not depend on its company; several threads: full batches."""
+    model, src_vocab, tgt_vocab = load_model(data["model"])
+    rows = data["rows"][:600]
+    sources, targets = [r["source"] for r in rows], [r["target"] for r in rows]
+    with torch_threads(threads):
+        scorer = PhraseScorer(model, src_vocab, tgt_vocab, encoder_batch=48, decoder_batch=64, readout_rows=32,
+                              group_sources=60)
+        whole, _, stats = scorer.score(sources, targets)
+        assert scorer._multiple == (16 if threads == 1 else None), "this machine's GEMMs failed the row probe"
+        lengths = {(len(s.split()), len(t.split())) for s, t in zip(sources, targets, strict=True)}
+        assert stats.padded_rows > 0
+        if threads == 1:  # at most 15 padding rows per bucket: far fewer than full batches would need
+            assert stats.padded_rows < 15 * 2 * len(lengths) * stats.groups
+        pieces = [scorer.score(sources[a:b], targets[a:b])[0] for a, b in ((0, 5), (5, 333), (333, 600))]
+        order = np.random.default_rng(2).permutation(len(rows))
+        shuffled, _, _ = scorer.score([sources[i] for i in order], [targets[i] for i in order])
+    assert np.array_equal(np.concatenate(pieces), whole) and np.array_equal(shuffled, whole[order])
+    direct = score_pairs(model, [s.split() for s in sources], [t.split() for t in targets], src_vocab, tgt_vocab,
+                         batch_size=1).numpy()
+    assert np.abs(whole - direct).max() < 1e-4
+
+
 def test_identical_across_partitionings_on_a_two_worker_cluster(data: dict, dask_client, tmp_path: Path) -> None:
     outputs = {}
     for name, rows_per_unit in (("groups100", 100), ("parts", 500), ("single", 10_000)):
