@@ -441,8 +441,9 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=8000, help="pairs scored batched on the CPU (GPU: 8x)")
     parser.add_argument("--baseline-pairs", type=int, default=200, help="pairs scored one at a time (GPU: 4x)")
     parser.add_argument("--memory-rows", type=int, default=20_000, help="the smaller table of the memory test")
-    parser.add_argument("--rows-per-unit", type=int, default=5_000,
-                        help="rows per work unit end to end (the smaller table gives each worker 2 units)")
+    parser.add_argument("--rows-per-unit", type=int,
+                        help="rows per work unit end to end (default: 5,000 on the CPU, so that the smaller "
+                             "table gives each worker 2 units; 20,000 on a GPU, whose batches are larger)")
     parser.add_argument("--targets-per-source", type=float, default=4.0)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="torch threads (default: the cores this process may use, %(default)s)")
@@ -456,6 +457,7 @@ def main() -> None:
     if args.child_pairs:
         child_score(args)
         return
+    cpu_units, gpu_units = (args.rows_per_unit or 5_000), (args.rows_per_unit or 20_000)
     started = time.perf_counter()
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
@@ -474,8 +476,10 @@ def main() -> None:
               f"{args.targets_per_source} targets per source on average")
         for device in devices:
             if device.type == "cpu":
+                args.rows_per_unit = cpu_units
                 run_cpu(model_path, sources, targets, tables, args, tmp)
             else:
+                args.rows_per_unit = gpu_units
                 run_gpu(device, model_path, sources, targets, tables, args)
     print(f"\nload average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
           f"{time.perf_counter() - started:.0f} s")
