@@ -68,8 +68,7 @@ def run(workers: int, corpus: list[str], aligned: list[str], out: Path, config: 
         with get_task_stream(client) as stream:
             report = build_phrase_table(
                 corpus, aligned, out, config,
-                map_fn=lambda func, items, desc: map_partitions(client, func, items, desc=desc, quiet=True),
-                run_fn=lambda func, *args: client.submit(func, *args, pure=False).result())
+                map_fn=lambda func, items, desc: map_partitions(client, func, items, desc=desc, quiet=True))
     report["busy_s"] = sum(span["stop"] - span["start"] for task in stream.data for span in task["startstops"]
                            if span["action"] == "compute")
     return report
@@ -102,23 +101,23 @@ def main() -> None:
           f"pairs, {args.buckets} buckets; {first['extracted_occurrences']:,} phrase occurrences, "
           f"{first['distinct_pairs']:,} distinct pairs; {args.rounds} rounds of 1 then 2 workers, medians")
     print(f"eflomal alignment (serial, not compared): {align_s:.2f} s, {args.pairs / align_s:,.0f} pairs/s\n")
-    print(f"{'workers':<8} {'extract s':>9} {'pairs/s':>9} {'words/s':>9} {'lexicon s':>9} {'score s':>8} "
+    print(f"{'workers':<8} {'extract s':>9} {'pairs/s':>9} {'words/s':>9} {'score s':>8} "
           f"{'phrases/s':>10} {'total s':>8} {'speed-up':>8}")
 
     def median(workers: int, key: str) -> float:
         return statistics.median(r["timings"][key] for r in reports[workers])
 
-    totals = {w: [sum(r["timings"][k] for k in ("extract_s", "lexicon_s", "score_s")) for r in reports[w]]
+    totals = {w: [sum(r["timings"][k] for k in ("extract_s", "score_s")) for r in reports[w]]
               for w in (1, 2)}
     # the speed-up is the median of each round's ratio: a round's two runs are minutes apart, so
     # the shared machine's changing speed weighs on both alike
     ratios = [a / b for a, b in zip(totals[1], totals[2], strict=True)]
     for workers in (1, 2):
-        extract, lexicon, score = (median(workers, k) for k in ("extract_s", "lexicon_s", "score_s"))
+        extract, score = (median(workers, k) for k in ("extract_s", "score_s"))
         total = statistics.median(totals[workers])
         speed_up = statistics.median(ratios) if workers == 2 else 1.0
-        print(f"{workers:<8} {extract:9.2f} {args.pairs / extract:9,.0f} {words / extract:9,.0f} {lexicon:9.2f} "
-              f"{score:8.2f} {first['distinct_pairs'] / (lexicon + score):10,.0f} {total:8.2f} {speed_up:7.2f}x")
+        print(f"{workers:<8} {extract:9.2f} {args.pairs / extract:9,.0f} {words / extract:9,.0f} "
+              f"{score:8.2f} {first['distinct_pairs'] / score:10,.0f} {total:8.2f} {speed_up:7.2f}x")
     busy = {w: [r["busy_s"] for r in reports[w]] for w in (1, 2)}
     print(f"\nspeed-up per round (1-worker total / 2-worker total): {', '.join(f'{r:.2f}x' for r in ratios)}")
     print("task seconds (computing, summed over workers) per round: 1 worker "

@@ -77,7 +77,7 @@ EXTRACT_SCHEMA = pa.schema([("source", pa.string()), ("target", pa.string()), ("
 LEXCOUNT_SCHEMA = pa.schema([("source", pa.string()), ("target", pa.string()), ("count", pa.int64())])
 SCORED_SCHEMA = pa.schema([("source", pa.string()), ("target", pa.string()), ("alignment", pa.string()),
                            ("c_fe", pa.int64()), ("c_e", pa.int64()), ("p_f_e", pa.float64()),
-                           ("lex_f_e", pa.float64()), ("lex_e_f", pa.float64()), ("keep", pa.bool_())])
+                           ("keep", pa.bool_())])
 TOKENS_PER_BUCKET = 500_000   # source tokens per bucket when the count is left to the corpus size
 SAMPLES_PER_RANGE = 256
 
@@ -311,9 +311,8 @@ def _read_dir(directory: Path, schema: pa.Schema) -> pd.DataFrame:
     return pa.concat_tables([pq.read_table(f, schema=schema) for f in files]).to_pandas()
 
 
-def score_target_bucket(bucket: int, work_dir: str, lexicon_path: str, splitters: Sequence[str],
-                        min_count: int) -> dict[str, Any]:
-    """c(f,e), c(e), φ(f|e) and both lexical weights of every pair in one target bucket.
+def score_target_bucket(bucket: int, work_dir: str, splitters: Sequence[str], min_count: int) -> dict[str, Any]:
+    """c(f,e), c(e) and φ(f|e) of every pair in one target bucket.
 
     Writes ``work_dir/scored/r-RRRRR/b-BBBBB.parquet`` per source range; returns the kept
     rows per range (for the line numbers of the final table).
@@ -330,15 +329,6 @@ def score_target_bucket(bucket: int, work_dir: str, lexicon_path: str, splitters
         alignment=("alignment", "first"), c_fe=("count", "sum"))
     pairs["c_e"] = pairs.groupby("target")["c_fe"].transform("sum")
     pairs["p_f_e"] = pairs["c_fe"] / pairs["c_e"]
-    lexicon = load_lexicon(lexicon_path)
-    lex_e_f, lex_f_e = [], []
-    for source, target, alignment in zip(pairs["source"].tolist(), pairs["target"].tolist(),
-                                         pairs["alignment"].tolist(), strict=True):
-        weights = lexical_weights(source.split(), target.split(), _links(alignment), lexicon)
-        lex_e_f.append(weights[0])
-        lex_f_e.append(weights[1])
-    pairs["lex_f_e"] = np.asarray(lex_f_e, dtype=np.float64)
-    pairs["lex_e_f"] = np.asarray(lex_e_f, dtype=np.float64)
     pairs["keep"] = pairs["c_fe"] >= min_count
     ranges = np.asarray([bisect.bisect_right(splitters, range_key(s)) for s in pairs["source"].tolist()],
                         dtype=np.int64)
@@ -351,8 +341,19 @@ def score_target_bucket(bucket: int, work_dir: str, lexicon_path: str, splitters
     return {"rows": len(pairs), "kept_per_range": kept}
 
 
-def finish_range(item: tuple[int, int, int], work_dir: str, out_dir: str) -> dict[str, Any]:
-    """c(f), φ(e|f), pruning and byte-order sort of one source range; one phrase-table part.
+def score_target_bucket_or_lexicon(item: tuple[str, int], work_dir: str, out_dir: str, splitters: Sequence[str],
+                                   min_count: int) -> dict[str, Any]:
+    """One task of the second step: ``("lexicon", 0)`` builds the lexical table, ``("bucket", b)``
+    scores target bucket b. One map runs both, so the lexicon is not a serial step."""
+    kind, bucket = item
+    if kind == "lexicon":
+        return build_lexicon([str(p) for p in sorted((Path(work_dir) / "lexcounts").glob("*.parquet"))], out_dir)
+    return score_target_bucket(bucket, work_dir, splitters, min_count)
+
+
+def finish_range(item: tuple[int, int, int], work_dir: str, out_dir: str, lexicon_path: str) -> dict[str, Any]:
+    """c(f), φ(e|f), pruning, both lexical weights and byte-order sort of one source range; one
+    phrase-table part.
 
     ``item``: (range index, output part index, first line number of the part).
     """
@@ -365,15 +366,21 @@ def finish_range(item: tuple[int, int, int], work_dir: str, out_dir: str) -> dic
     keys = [line_key(s, t) for s, t in zip(frame["source"].tolist(), frame["target"].tolist(), strict=True)]
     frame = frame.iloc[sorted(range(len(keys)), key=keys.__getitem__)]
     n = len(frame)
+    lexicon = load_lexicon(lexicon_path)
+    weights = [lexical_weights(source.split(), target.split(), _links(alignment), lexicon)
+               for source, target, alignment in zip(frame["source"].tolist(), frame["target"].tolist(),
+                                                    frame["alignment"].tolist(), strict=True)]
+    lex_e_f = np.asarray([w[0] for w in weights], dtype=np.float64)
+    lex_f_e = np.asarray([w[1] for w in weights], dtype=np.float64)
     counts = [f"{e} {f} {fe}" for e, f, fe in zip(frame["c_e"].tolist(), frame["c_f"].tolist(),
                                                   frame["c_fe"].tolist(), strict=True)]
     table = pa.table({
         "source": pa.array(frame["source"].tolist(), pa.string()),
         "target": pa.array(frame["target"].tolist(), pa.string()),
         "score0": pa.array(frame["p_f_e"].to_numpy(), pa.float64()).cast(pa.float32()),
-        "score1": pa.array(frame["lex_f_e"].to_numpy(), pa.float64()).cast(pa.float32()),
+        "score1": pa.array(lex_f_e, pa.float64()).cast(pa.float32()),
         "score2": pa.array(frame["p_e_f"].to_numpy(), pa.float64()).cast(pa.float32()),
-        "score3": pa.array(frame["lex_e_f"].to_numpy(), pa.float64()).cast(pa.float32()),
+        "score3": pa.array(lex_e_f, pa.float64()).cast(pa.float32()),
         "alignment": pa.array(frame["alignment"].tolist(), pa.string()),
         "counts": pa.array(counts, pa.string()),
         "extra": pa.array([[] for _ in range(n)], pa.list_(pa.string())),
@@ -416,12 +423,12 @@ def choose_splitters(samples: Sequence[Sequence[str]], ranges: int) -> list[str]
 
 
 def build_phrase_table(corpus_parts: Sequence[str], alignment_parts: Sequence[str], out_dir: str | os.PathLike,
-                       config: PhraseConfig = PhraseConfig(), *, map_fn: MapFn | None = None,
-                       run_fn: Callable[..., Any] | None = None) -> dict[str, Any]:
+                       config: PhraseConfig = PhraseConfig(), *, map_fn: MapFn | None = None) -> dict[str, Any]:
     """Extract and score into ``out_dir``: ``table/part-*.parquet``, ``lex.f2e``, ``lex.e2f``, ``lex.parquet``.
 
-    ``map_fn(func, items, desc)`` runs tasks (a Dask map in ``workflows``; a loop by default),
-    ``run_fn(func, *args)`` runs the one lexicon task. Scratch files go to ``out_dir/.work``
+    ``map_fn(func, items, desc)`` runs tasks (a Dask map in ``workflows``; a loop by default):
+    extraction; the lexical table beside the target-side scoring; the source-side scoring with
+    the lexical weights (of the kept pairs only). Scratch files go to ``out_dir/.work``
     (the workers must see ``out_dir``) and are removed at the end. Returns the report.
     """
     if config.max_length < 1:
@@ -433,7 +440,6 @@ def build_phrase_table(corpus_parts: Sequence[str], alignment_parts: Sequence[st
     if len(corpus_parts) != len(alignment_parts):
         raise UserError(f"phrases: {len(alignment_parts)} alignment parts for {len(corpus_parts)} corpus parts")
     map_fn = map_fn or local_map
-    run_fn = run_fn or (lambda func, *args: func(*args))
     out = Path(out_dir)
     work = out / ".work"
     if work.exists():
@@ -453,13 +459,12 @@ def build_phrase_table(corpus_parts: Sequence[str], alignment_parts: Sequence[st
         stats.update(result["counts"])
     timings["extract_s"] = time.perf_counter() - started
     started = time.perf_counter()
-    lex_counts = run_fn(build_lexicon, [str(p) for p in sorted((work / "lexcounts").glob("*.parquet"))], str(out))
-    timings["lexicon_s"] = time.perf_counter() - started
-    started = time.perf_counter()
     splitters = choose_splitters([r["sample"] for r in extracted], buckets)
-    scored = map_fn(functools.partial(score_target_bucket, work_dir=str(work), lexicon_path=str(out / "lex.parquet"),
+    # the lexicon first, so that its task starts at once beside the buckets' tasks
+    second = map_fn(functools.partial(score_target_bucket_or_lexicon, work_dir=str(work), out_dir=str(out),
                                       splitters=splitters, min_count=config.min_count),
-                    list(range(buckets)), "score by target")
+                    [("lexicon", 0)] + [("bucket", b) for b in range(buckets)], "score by target")
+    lex_counts, scored = second[0], second[1:]
     kept: Counter = Counter()
     for result in scored:
         kept.update(result["kept_per_range"])
@@ -468,7 +473,8 @@ def build_phrase_table(corpus_parts: Sequence[str], alignment_parts: Sequence[st
         items.append((r, len(items), line))
         line += kept[r]
     (out / "table").mkdir(exist_ok=True)
-    finished = map_fn(functools.partial(finish_range, work_dir=str(work), out_dir=str(out / "table")),
+    finished = map_fn(functools.partial(finish_range, work_dir=str(work), out_dir=str(out / "table"),
+                                        lexicon_path=str(out / "lex.parquet")),
                       items, "score by source")
     timings["score_s"] = time.perf_counter() - started
     shutil.rmtree(work)

@@ -105,9 +105,6 @@ def run_phrases(client, corpus: str | Path, out: str | Path, config: PhraseConfi
     def map_fn(func, items, desc):
         return map_partitions(client, func, items, desc=desc, quiet=quiet)
 
-    def run_fn(func, *args):
-        return client.submit(func, *args, pure=False).result()
-
     given = list_parts(alignment) if alignment else None
     if given is not None and len(given) != len(parts):
         raise UserError(f"{alignment}: {len(given)} alignment parts for the {len(parts)} parts of {corpus_dir}")
@@ -127,7 +124,7 @@ def run_phrases(client, corpus: str | Path, out: str | Path, config: PhraseConfi
         timings["align_s"] = round(time.perf_counter() - started, 3)
         started = time.perf_counter()
         report = build_phrase_table([str(p) for p in parts], [str(a) for a in aligned], tmp, config,
-                                    map_fn=map_fn, run_fn=run_fn)
+                                    map_fn=map_fn)
         timings["extract_score_s"] = round(time.perf_counter() - started, 3)
         started = time.perf_counter()
         exported = export_moses(tmp / "table", tmp / "phrase-table.gz", ExportConfig(), map_fn=map_fn,
