@@ -5,20 +5,28 @@ eflomal (timed, not part of the comparison: eflomal runs its own threads); then
 `pipeline.phrases.build_phrase_table` extracts and scores them on a LocalCluster of 1 and of 2
 single-threaded worker processes, in --rounds rounds of a 1-worker then a 2-worker run (medians;
 the speed-up is the median of the rounds' ratios). Extraction: sentence pairs/s and words/s
-(source + target); scoring (lexical table + both group-by passes): distinct phrase pairs/s.
+(source + target); scoring (lexical table, beside the target-side group-by, then the source-side one): distinct
+phrase pairs/s.
 Target: >= 1.8x on 2 workers. Cluster start-up is excluded. Every run must give the same table
 (checked). Also printed, from Dask's task stream: the task seconds summed over workers, and how
 busy the 2 workers were (task seconds / (2 x wall)): what the code loses to serial steps and
 stragglers, apart from the machine (the same tasks take 6-14% more CPU seconds when both of this
 machine's vCPUs are busy than when one is).
 
-One run (2 shared vCPUs, 3 rounds; 2026-11-26):
+Two runs (2 shared vCPUs, 3 rounds each; 2026-11-26, after the lexical table moved beside the
+target-side scoring):
 
-    workers  extract s   pairs/s   words/s lexicon s  score s  phrases/s  total s speed-up
-    1             5.74     1,393    37,639      0.33    10.46     28,410    16.11    1.00x
-    2             3.17     2,521    68,136      0.32     6.14     47,491     9.65    1.82x
-    speed-up per round: 1.83x, 1.82x, 1.67x; task seconds 1 worker 17.53, 15.02, 15.99;
-    2 workers 18.50, 16.03, 18.25; 2 workers busy 96%, 96%, 95%
+    workers  extract s   pairs/s   words/s  score s  phrases/s  total s speed-up
+    1             5.92     1,351    36,514    10.70     28,494    17.92    1.00x
+    2             3.41     2,347    63,419     6.07     50,189     9.38    1.85x
+    speed-up per round: 1.91x, 1.58x, 1.85x; 2 workers busy 94%, 95%, 96%
+
+    1             6.51     1,229    33,205    11.29     27,053    17.80    1.00x
+    2             3.54     2,263    61,159     6.51     46,905     9.79    1.82x
+    speed-up per round: 1.82x, 1.63x, 2.33x; 2 workers busy 95%, 95%, 96%
+
+Single rounds swing with the machine (the 2.33x round: a slow 1-worker run, 25.1 task seconds
+against 17.7 in the other rounds); the median of the rounds is the figure to read.
 
 usage: python benchmarks/phrases.py [--pairs 8000] [--rows-per-part 500] [--buckets 8] [--rounds 3]
 """
