@@ -27,13 +27,14 @@ Distributed group-bys, never a dictionary of all phrases:
 1. ``extract_part`` (one task per corpus part): extracts, sums occurrences within the part,
    and writes them hash-partitioned by target phrase into ``n_buckets`` files; also the part's
    word-link counts and a hash-thinned sample of source phrases (for the range cut of 3).
-2. ``build_lexicon`` (one task): sums the word-link counts into the lexical table (word
-   pairs only, the size of Moses's ``lex.*`` files), loaded once per worker process.
-3. ``score_target_bucket`` (one task per target bucket): c(f,e), best alignment, c(e), φ(f|e)
-   and both lexical weights; writes each row to the source *range* bucket of its source
-   phrase (cut points from the sample, so each range is a contiguous stretch of the final order).
-4. ``finish_range`` (one task per range): c(f), φ(e|f), pruning, sort in ``LC_ALL=C`` order,
-   one Parquet phrase-table part.
+2. ``build_lexicon`` (one task) sums the word-link counts into the lexical table (word
+   pairs only, the size of Moses's ``lex.*`` files), loaded once per worker process; it runs
+   in the same map as 3 (``score_target_bucket_or_lexicon``), so it is no serial step.
+3. ``score_target_bucket`` (one task per target bucket): c(f,e), best alignment, c(e), φ(f|e);
+   writes each row to the source *range* bucket of its source phrase (cut points from the
+   sample, so each range is a contiguous stretch of the final order).
+4. ``finish_range`` (one task per range): c(f), φ(e|f), pruning, both lexical weights (of the
+   kept pairs only), sort in ``LC_ALL=C`` order, one Parquet phrase-table part.
 
 Every step is exact integer counting followed by the same float operations in a fixed order,
 and rows are sorted by byte order before writing, so the output is byte-identical whatever
