@@ -254,7 +254,7 @@ def child_score(args: argparse.Namespace) -> None:
     seconds = time.perf_counter() - started
     print(json.dumps({"pairs": len(sources), "seconds": seconds, "cpu_share": (time.process_time() - cpu) / seconds,
                       "flops": scoring_flops(model.config, stats), "stats": stats.to_dict(),
-                      "rows_multiple": scorer._multiple}))
+                      "rows_multiple": scorer.rows_multiple}))
 
 
 def in_workers(model_path: Path, sources: list[str], targets: list[str], config: str, workers: int,

@@ -284,6 +284,12 @@ class PhraseScorer:
                 self._score_group(group, sources, targets, logp, unk, stats)
         return logp, unk, stats
 
+    @property
+    def rows_multiple(self) -> int | None:
+        """What the last call of ``score`` padded a bucket's last batch to: a multiple of this many
+        rows, or None for the full batch size."""
+        return self._multiple
+
     def _rows_independent(self) -> bool:
         """Do this process's products give a row the same bits in a batch of any multiple of
         ``ROW_MULTIPLE`` rows? Only on one CPU thread (several threads split the rows by

@@ -158,7 +158,7 @@ def test_batches_padded_to_16_rows_on_one_thread_are_exact(data: dict, threads: 
         scorer = PhraseScorer(model, src_vocab, tgt_vocab, encoder_batch=48, decoder_batch=64, readout_rows=32,
                               group_sources=60)
         whole, _, stats = scorer.score(sources, targets)
-        assert scorer._multiple == (16 if threads == 1 else None), "this machine's GEMMs failed the row probe"
+        assert scorer.rows_multiple == (16 if threads == 1 else None), "this machine's GEMMs failed the row probe"
         lengths = {(len(s.split()), len(t.split())) for s, t in zip(sources, targets, strict=True)}
         assert stats.padded_rows > 0
         if threads == 1:  # at most 15 padding rows per bucket: far fewer than full batches would need
