@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
+from sacremoses import MosesTokenizer
 
 from pipeline.artifacts import is_complete, read_manifest
 from pipeline.corpus import CorpusInput
@@ -232,3 +233,25 @@ def test_cli_ingest_through_two_worker_cluster(tmp_path, dask_address):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["rejects_written"] == 3
     assert read_corpus(tmp_path / "out").num_rows == 4
+
+
+def test_compiled_normaliser_matches_sacremoses(tmp_path):
+    """The normaliser compiled once gives sacremoses' output on every character its table names."""
+    from sacremoses import MosesPunctNormalizer
+
+    from pipeline.preprocess import CompiledPunctNormalizer
+    from pipeline.synthetic import DemoConfig, generate_demo
+
+    demo = generate_demo(tmp_path / "demo", DemoConfig(pool_size=2_000, in_domain_size=100, dev_size=100,
+                                                        phrase_table_pairs=100))
+    lines = demo.pool_src.read_text(encoding="utf-8").splitlines() + demo.pool_tgt.read_text(
+        encoding="utf-8").splitlines()
+    specials = "\r()%:;`'„“”–—´‘’‚…«»\xa0ºC?!,\"."
+    lines += [f"a{x}b {x} 1{x}2 ({x}) x{y}y  {x}{y} " for x in specials for y in specials]
+    lines += ["nº\xa05 à 20\xa0ºC, 3\xa0cm\xa0? «\xa0oui\xa0» l’été ''x'' ´´y´´ 5 % (a) , ok", "   ", ""]
+    for lang in ("en", "fr", "de"):
+        plain, compiled = MosesPunctNormalizer(lang=lang), CompiledPunctNormalizer(lang=lang)
+        assert [compiled.normalize(line) for line in lines] == [plain.normalize(line) for line in lines]
+        assert [tokenize(line, lang) for line in lines[-50:]] == [
+            " ".join(MosesTokenizer(lang=lang).tokenize(plain.normalize(line), escape=True,
+                                                        return_str=True).split()) for line in lines[-50:]]
