@@ -44,14 +44,17 @@ import os
 
 # before torch is imported: spinning OpenMP waiters slow everything down beside other processes
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")  # as `rnnenc train` runs (workflows/cli.py)
 
 import argparse  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
+from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from pipeline.model import Batch, EncoderDecoder, EncoderDecoderConfig, model_flops, pad_ids  # noqa: E402
 from pipeline.train import TrainConfig, autocast, make_clip_and_step, pick_device  # noqa: E402
@@ -87,6 +90,44 @@ def matmul_gflops(device: torch.device, dtype: torch.dtype, m: int = 2048, k: in
         sync(device)
         times.append((time.perf_counter() - start) / reps)
     return 2 * m * k * n / min(times) / 1e9
+
+
+class ProductLog(TorchDispatchMode):
+    """Records every matrix product (aten mm/addmm/bmm) run under it: shapes and strides of the operands."""
+
+    PRODUCTS = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[Any, list[tuple[torch.Size, tuple[int, ...]]]]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in self.PRODUCTS:
+            self.calls.append((func, [(a.shape, a.stride()) for a in args if isinstance(a, torch.Tensor)]))
+        return func(*args, **(kwargs or {}))
+
+
+class ProductReplay:
+    """The matrix products of one update, replayed alone in their order on random operands of the
+    same shapes and memory layouts: how fast this machine runs the model's own products."""
+
+    def __init__(self, calls: list, device: torch.device, dtype: torch.dtype):
+        def operand(shape: torch.Size, stride: tuple[int, ...]) -> torch.Tensor:
+            extent = 1 + sum((size - 1) * step for size, step in zip(shape, stride, strict=True))
+            return torch.randn(extent, device=device, dtype=dtype).as_strided(shape, stride)
+
+        self.products = [(func, [operand(*layout) for layout in layouts]) for func, layouts in calls]
+        self.flops = sum(2 * ops[-2].shape[-2] * ops[-2].shape[-1] * ops[-1].shape[-1]
+                         * (ops[-1].shape[0] if ops[-1].dim() == 3 else 1) for _, ops in self.products)
+        self.device = device
+
+    def seconds(self) -> float:
+        sync(self.device)
+        start = time.perf_counter()
+        for func, operands in self.products:
+            func(*operands)
+        sync(self.device)
+        return time.perf_counter() - start
 
 
 class NaiveLoop(nn.Module):
@@ -211,14 +252,25 @@ def main() -> None:
     runners["naive GRUCell loop"] = naive = Runner(NaiveLoop(model), model, device, plain_step=True)
     # variants take turns on each batch and the matmul is re-measured between rounds, so a
     # shared machine's changing load hits all figures alike
-    peaks = []
+    peaks, product_rates = [], []
+    replay = None
     for i, batch in enumerate(batches):
         batch = batch.to(device)
         for runner in runners.values():
             runner.step(batch, flops[i], record=i >= args.warmup)
+        if replay is None:  # the products of one rnnenc update, recorded once
+            log = ProductLog()
+            with log, autocast(device):
+                model.loss(batch).backward()
+            model.zero_grad(set_to_none=True)
+            replay = ProductReplay(log.calls, device, dtype)
+            replay_model_flops = flops[i]
         if i >= args.warmup:
             peaks.append(matmul_gflops(device, dtype))
+            replay.seconds()
+            product_rates.append(replay.flops / min(replay.seconds() for _ in range(3)) / 1e9)
     peak = statistics.median(peaks)
+    products = statistics.median(product_rates)
     load_end = os.getloadavg()
     shapes = {"recurrent step 64x1000 . 1000x3000": (64, 1000, 3000),
               "logits 350x100 . 100x15003": (350, 100, 15_003),
@@ -226,7 +278,8 @@ def main() -> None:
     shaped = {label: matmul_gflops(device, dtype, *mkn, reps=10) for label, mkn in shapes.items()}
 
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {name}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; {args.updates} timed updates "
+    print(f"device: {name}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
+          f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}; {args.updates} timed updates "
           f"per variant (+{args.warmup} warm-up)")
     print(f"load average (1/5/15 min): start {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}, "
           f"end {load_end[0]:.2f}/{load_end[1]:.2f}/{load_end[2]:.2f} ({os.cpu_count()} cores)")
@@ -237,6 +290,10 @@ def main() -> None:
           f"{len(peaks)} measurements between rounds, range {min(peaks):.0f}-{max(peaks):.0f})")
     print("matmul at the model's shapes (after the rounds): "
           + "; ".join(f"{label}: {value:.0f}" for label, value in shaped.items()) + " GFLOP/s\n")
+    print(f"the matrix products of one rnnenc update alone ({len(replay.products)} products, "
+          f"{replay.flops / 1e9:.2f} GFLOP; model_flops counts {replay_model_flops / 1e9:.2f}), replayed in "
+          f"order at their shapes and layouts: {products:.1f} GFLOP/s = {products / peak:.2f} of the matmul figure "
+          f"(median of {len(product_rates)}): the ratio an update could reach if nothing but its products took time\n")
     print("| variant | updates/s | GFLOP/s | ratio to matmul | forward ms | backward ms | clip+Adadelta ms |")
     print("|---|---|---|---|---|---|---|")
     for label, r in runners.items():
