@@ -24,16 +24,29 @@ Batches: 64 pairs of 3-6 tokens (+ </s>) per side, 15k vocabularies. Variants ta
 each batch and the matmul is re-measured between rounds, so the load of a shared machine weighs
 on every figure alike; the load average is printed at the start and the end.
 
-Notes from 2 shared cores (load average ~3, float32, 2 threads), figures of the same runs:
-- Where an update goes (rnnenc train): forward ~125 ms, backward ~180-220, clip + Adadelta
-  ~110 (compiled: ~40; compiling takes ~15 s with a warm inductor cache, a minute cold).
-- Matrix products are ~75% of forward + backward, and at the model's shapes MKL reaches only
-  ~80 GFLOP/s (64-row recurrent steps, the K=100 logits) against ~135 for 2048x2048: that
-  caps the ratio near 0.6 before any other work, so the issue's 0.6 is out of reach with an
-  honest count (the count before c's products were counted once per pair was 31% higher).
+The "products alone" line replays the matrix products of one rnnenc update (recorded with a
+TorchDispatchMode: shapes and memory layouts), in order, with nothing between them: the ratio
+an update would reach if its gates, softmax, gathers and optimizer took no time at all.
+
+One run on 2 shared vCPUs (Xeon, AVX-512, 2026-11-26, `--updates 10 --compile`): matmul 256
+GFLOP/s; products alone 166 GFLOP/s = 0.63 (0.56-0.63 over the session's runs);
+rnnenc train 4.07 updates/s, 82 GFLOP/s = 0.31 (forward 64 ms, backward 111, clip + Adadelta
+68); with --compile 4.98 updates/s = 0.37 (clip + Adadelta 31 ms); plain fused PyTorch 0.22;
+naive loop 0.16; rnnenc train 1.90x the naive loop.
+
+- The issue's 0.6 is out of reach on this machine: its products alone reach 0.56-0.63 (half of
+  their FLOPs are 64-row recurrent steps, at 115-175 GFLOP/s), and clip + Adadelta, a
+  memory-bound pass over 17M parameters and their state, costs 31 ms even fused, a quarter of
+  the 130 ms an update would have to take at 0.6. The target was set on a machine whose matmul
+  ran at ~135 GFLOP/s (AVX2), where the same memory-bound work weighed half as much.
+- What moved the ratio from 0.16 to 0.31 here: OpenMP waiters that spin briefly before sleeping
+  (GOMP_SPINCOUNT, set by `rnnenc train`; with sleeping waiters every op waited 100+ us for the
+  second thread to wake), clip + Adadelta on both threads in 2^17-element chunks, and the
+  logits as mm + bias (addmm ran that GEMM at ~100 GFLOP/s against ~180).
 - Tried and dropped: ``foreach=True`` Adadelta and clipping (slower: the tensors are large,
-  the passes are the cost); MKL's packed GEMM for the recurrent matrix (no gain in place);
-  logits computed transposed (V x N: faster GEMM, slower softmax; slower overall).
+  the passes are the cost); the optimizer split over two Python threads (2.3x slower: the GIL);
+  MKL's packed GEMM for the recurrent matrix (no gain in place); logits computed transposed
+  (V x N: faster GEMM, slower softmax; slower overall).
 
     .venv/bin/python benchmarks/train.py [--updates 20] [--device auto|cpu|cuda] [--threads N] [--compile]
 """

@@ -187,7 +187,7 @@ class _PackedGRU(torch.autograd.Function):
 class _LogSoftmaxPick(torch.autograd.Function):
     """log softmax(x W^T + b)[target] per row, the logits' buffer reused in place (the CPU path).
 
-    Forward: one GEMM into the (N, V) logits, log-softmax in place, pick. Backward: the saved
+    Forward: one GEMM into the (N, V) logits, the bias, log-softmax in place, pick. Backward: the saved
     log-probabilities become the softmax in place, d logits = g (onehot - softmax), then the
     two GEMMs and the bias sum. No (N, V) buffer beyond the logits, no zero-filled one-hot
     gradient: at 15k words these memory passes cost about as much as a GEMM. One backward only.
@@ -195,7 +195,9 @@ class _LogSoftmaxPick(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, target: Tensor) -> Tensor:
-        logp = torch.addmm(bias, x, weight.t())
+        # mm then the bias: addmm broadcasts the bias into the (N, V) output first and then runs
+        # its GEMM at about 100 GFLOP/s here, against about 180 for mm + add_ (2 cores, AVX-512)
+        logp = torch.mm(x, weight.t()).add_(bias)
         torch._log_softmax(logp, 1, False, out=logp)
         ctx.save_for_backward(x, weight, target, logp)
         ctx.used = False

@@ -14,16 +14,16 @@ import os
 import sys
 from collections.abc import Sequence
 
-# OpenMP threads that spin while waiting make torch 10-30x slower as soon as another process
-# wants the same cores (a Dask worker, a second job); sleeping waiters cost almost nothing when
-# the machine is quiet. Must be set before torch loads its OpenMP runtime.
+# OpenMP's waiting threads. Spinning ones make torch 10-30x slower as soon as another process
+# wants the same cores (a Dask worker, a second job), so they sleep (PASSIVE). Sleeping has a
+# cost too: every op that wakes the second thread waits for it (100+ us on a virtual machine),
+# which left 2-thread training no faster than 1 thread. Training owns the cores, so the commands
+# that train in this process let waiters spin GOMP_SPINCOUNT times (a fraction of a millisecond)
+# before sleeping: forward + backward about 1.7x faster on 2 cores alone, 1.5x slower beside
+# another process on the same cores (then set GOMP_SPINCOUNT=0 or lower --threads). The embedded
+# Dask cluster's workers get GOMP_SPINCOUNT=0 (workflows/cluster.py). Both must be set before
+# torch loads its OpenMP runtime.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-# Waiters that sleep at once cost something too: every torch op that wakes the second thread
-# waits for it (100+ us on a virtual machine), which left 2-thread training no faster than 1
-# thread. Training runs in this process and owns the cores, so there the waiters first spin
-# GOMP_SPINCOUNT times (about half a millisecond) before sleeping: about 1.6x faster updates on 2
-# cores alone, 1.5x slower beside another process on the same cores (then set GOMP_SPINCOUNT=0
-# or lower --threads). Dask workers inherit it; their torch runs single-threaded.
 TRAINS_IN_PROCESS = ("train", "run", "demo")
 if len(sys.argv) > 1 and sys.argv[1] in TRAINS_IN_PROCESS:
     os.environ.setdefault("GOMP_SPINCOUNT", "10000")

@@ -36,8 +36,10 @@ def dask_client(scheduler: str | None = None, n_workers: int | None = None,
         return
     n_workers = n_workers or os.cpu_count() or 1
     log.info("starting a local Dask cluster: %d worker process(es), 1 thread each", n_workers)
+    # The workers fill every core, so an OpenMP thread in one (eflomal's, torch's) must sleep at
+    # once rather than spin beside the others, whatever this process does (workflows/cli.py).
     with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                      memory_limit=memory_limit, dashboard_address=":0",
+                      memory_limit=memory_limit, dashboard_address=":0", env={"GOMP_SPINCOUNT": "0"},
                       silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         yield client
 
