@@ -271,7 +271,8 @@ def main() -> None:
         batch = batch.to(device)
         for runner in runners.values():
             runner.step(batch, flops[i], record=i >= args.warmup)
-        if replay is None:  # the products of one rnnenc update, recorded once
+        if replay is None and device.type == "cpu":  # the products of one rnnenc update, recorded once
+            # (on CUDA the recurrences are cuDNN calls, not separate products: nothing to replay)
             log = ProductLog()
             with log, autocast(device):
                 model.loss(batch).backward()
@@ -280,10 +281,10 @@ def main() -> None:
             replay_model_flops = flops[i]
         if i >= args.warmup:
             peaks.append(matmul_gflops(device, dtype))
-            replay.seconds()
-            product_rates.append(replay.flops / min(replay.seconds() for _ in range(3)) / 1e9)
+            if replay is not None:
+                replay.seconds()
+                product_rates.append(replay.flops / min(replay.seconds() for _ in range(3)) / 1e9)
     peak = statistics.median(peaks)
-    products = statistics.median(product_rates)
     load_end = os.getloadavg()
     shapes = {"recurrent step 64x1000 . 1000x3000": (64, 1000, 3000),
               "logits 350x100 . 100x15003": (350, 100, 15_003),
@@ -303,10 +304,13 @@ def main() -> None:
           f"{len(peaks)} measurements between rounds, range {min(peaks):.0f}-{max(peaks):.0f})")
     print("matmul at the model's shapes (after the rounds): "
           + "; ".join(f"{label}: {value:.0f}" for label, value in shaped.items()) + " GFLOP/s\n")
-    print(f"the matrix products of one rnnenc update alone ({len(replay.products)} products, "
-          f"{replay.flops / 1e9:.2f} GFLOP; model_flops counts {replay_model_flops / 1e9:.2f}), replayed in "
-          f"order at their shapes and layouts: {products:.1f} GFLOP/s = {products / peak:.2f} of the matmul figure "
-          f"(median of {len(product_rates)}): the ratio an update could reach if nothing but its products took time\n")
+    if replay is not None:
+        products = statistics.median(product_rates)
+        print(f"the matrix products of one rnnenc update alone ({len(replay.products)} products, "
+              f"{replay.flops / 1e9:.2f} GFLOP; model_flops counts {replay_model_flops / 1e9:.2f}), replayed in "
+              f"order at their shapes and layouts: {products:.1f} GFLOP/s = {products / peak:.2f} of the matmul "
+              f"figure (median of {len(product_rates)}): the ratio an update could reach if nothing but its "
+              f"products took time\n")
     print("| variant | updates/s | GFLOP/s | ratio to matmul | forward ms | backward ms | clip+Adadelta ms |")
     print("|---|---|---|---|---|---|---|")
     for label, r in runners.items():
