@@ -24,7 +24,14 @@ from pipeline.artifacts import read_manifest
 from pipeline.errors import UserError
 from pipeline.model import EncoderDecoder, EncoderDecoderConfig, load_model, score_pairs
 from pipeline.synthetic import DemoConfig, generate_demo
-from pipeline.train import PairSampler, TrainConfig, clip_and_adadelta_, draw_validation, train
+from pipeline.train import (
+    ADADELTA_CHUNK,
+    PairSampler,
+    TrainConfig,
+    clip_and_adadelta_,
+    draw_validation,
+    train,
+)
 from pipeline.vocab import Vocabulary
 
 TINY = dict(embedding=8, hidden=16, maxout=8, output_rank=8, threads=1, seed=7)
@@ -234,10 +241,15 @@ def test_learns_the_demo_phrase_table(tmp_path):
                       "unigram_ppl": unigram_ppl, "held_out_true_pairs": len(held_out_true)}))
 
 
-def test_chunked_clip_and_adadelta_is_torchs_bit_for_bit():
+@pytest.mark.parametrize("hidden, chunk", [(6, 7), (200, None)])
+def test_chunked_clip_and_adadelta_is_torchs_bit_for_bit(hidden, chunk):
+    """Chunks that cut tensors (7 elements), and the default chunks on 2 threads over tensors
+    large enough (120k elements) for torch to split each op between the threads."""
     torch.manual_seed(0)
-    config = EncoderDecoderConfig(src_vocab_size=30, tgt_vocab_size=40, embedding=4, hidden=6, maxout=5,
+    config = EncoderDecoderConfig(src_vocab_size=30, tgt_vocab_size=40, embedding=4, hidden=hidden, maxout=5,
                                   output_rank=3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
     models = [EncoderDecoder(config) for _ in range(2)]
     models[1].load_state_dict(models[0].state_dict())
     optimizers = [torch.optim.Adadelta(m.parameters(), lr=1.0, rho=0.95, eps=1e-6) for m in models]
@@ -251,8 +263,9 @@ def test_chunked_clip_and_adadelta_is_torchs_bit_for_bit():
                 p.grad = g.clone()
         torch.nn.utils.clip_grad_norm_(list(models[0].parameters()), 1.0)
         optimizers[0].step()
-        clip_and_adadelta_(list(models[1].parameters()), optimizers[1], 1.0, chunk=7,  # chunks cut tensors
+        clip_and_adadelta_(list(models[1].parameters()), optimizers[1], 1.0, chunk=chunk or ADADELTA_CHUNK,
                            row_sparse=[models[1].src_embed.weight, models[1].tgt_embed.weight])
+    torch.set_num_threads(threads)
     for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
         assert torch.equal(a, b)
     ref, got = optimizers[0].state_dict(), optimizers[1].state_dict()

@@ -191,3 +191,19 @@ def test_killing_a_worker_midway_leaves_outputs_identical(demo_data, tmp_path):
     stormy_report = json.loads((stormy_out / "report.json").read_text())
     for key in ("pairs_written", "dropped_by_reason", "source_words", "target_words"):
         assert calm_report[key] == stormy_report[key]
+
+
+def test_openmp_waiters_spin_in_training_commands_and_never_in_local_workers():
+    """`train`/`run`/`demo` let OpenMP waiters spin briefly (they own the cores); other commands
+    and the embedded cluster's workers, which fill every core, keep them sleeping."""
+    probe = ("import os, sys; sys.argv = ['rnnenc', sys.argv[1]]; import workflows.cli; "
+             "print(os.environ.get('GOMP_SPINCOUNT'), os.environ.get('OMP_WAIT_POLICY'))")
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    for command, expected in (("train", "10000 PASSIVE"), ("demo", "10000 PASSIVE"), ("select", "None PASSIVE")):
+        out = subprocess.run([sys.executable, "-c", probe, command], env=env, capture_output=True, text=True,
+                             check=True, cwd=Path(__file__).parent.parent).stdout.strip()
+        assert out == expected, command
+    from workflows.cluster import dask_client
+
+    with dask_client(None, 1) as client:
+        assert list(client.run(lambda: os.environ.get("GOMP_SPINCOUNT")).values()) == ["0"]
