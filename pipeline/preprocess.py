@@ -62,7 +62,7 @@ class CompiledPunctNormalizer(MosesPunctNormalizer):
     substitutions for every sentence, and the ``re`` module's cache look-up and argument checks
     cost as much as the matching itself on sentence-length text: with the same table compiled
     once, normalisation runs about twice as fast (``benchmarks/ingest.py``). Same table, same
-    order, same output (``tests/test_preprocess.py`` compares them on every special character).
+    order, same output (``tests/test_ingest.py`` compares them on every character the table names).
     """
 
     def __init__(self, lang: str = "en", **kwargs: Any):
