@@ -21,6 +21,7 @@ interrupted one would have done: on the CPU it ends with bitwise the same parame
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import dataclasses
 import io
@@ -469,16 +470,49 @@ def make_clip_and_step(model: EncoderDecoder, optimizer: torch.optim.Optimizer, 
         torch.nn.utils.clip_grad_norm_(params, config.clip_norm)
         optimizer.step()
 
-    if config.compile:
-        return torch.compile(clip_and_step)
+    eager = clip_and_step
     if all(p.device.type == "cpu" for p in params) and isinstance(optimizer, torch.optim.Adadelta):
         embeddings = [model.src_embed.weight, model.tgt_embed.weight]
 
         def chunked_step() -> None:
             clip_and_adadelta_(params, optimizer, config.clip_norm, row_sparse=embeddings)
 
-        return chunked_step
-    return clip_and_step
+        eager = chunked_step
+    if config.compile:
+        return _compiled_or_eager(torch.compile(clip_and_step), eager, params, optimizer)
+    return eager
+
+
+def _compiled_or_eager(compiled: Callable[[], None], eager: Callable[[], None], params: list[torch.Tensor],
+                       optimizer: torch.optim.Optimizer) -> Callable[[], None]:
+    """``compiled``, or ``eager`` from the first update on if compiling fails (no C++ compiler,
+    an unsupported platform): the parameters, gradients and optimizer state are restored to
+    what they were before the failed call, so the run goes on as if it had been eager."""
+    chosen: list[Callable[[], None]] = []
+
+    def step() -> None:
+        if chosen:
+            chosen[0]()
+            return
+        log.info("compiling the clip + Adadelta step (first update: seconds, up to a minute on a cold cache)")
+        saved = ([p.detach().clone() for p in params], [None if p.grad is None else p.grad.clone() for p in params],
+                 copy.deepcopy(optimizer.state_dict()))
+        try:
+            compiled()
+        except Exception as exc:  # torch raises many types (InductorError, BackendCompilerFailed, ...)
+            log.warning("--compile: torch.compile failed (%s: %s); clip + Adadelta run uncompiled",
+                        type(exc).__name__, str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+            with torch.no_grad():
+                for p, value, grad in zip(params, *saved[:2], strict=True):
+                    p.copy_(value)
+                    p.grad = grad
+            optimizer.load_state_dict(saved[2])
+            chosen.append(eager)
+            eager()
+            return
+        chosen.append(compiled)
+
+    return step
 
 
 # elements: each of 2 threads takes half of a chunk's parameter, gradient, state and buffers (3.5 MB)

@@ -273,3 +273,51 @@ def test_chunked_clip_and_adadelta_is_torchs_bit_for_bit(hidden, chunk):
     for i, state in ref["state"].items():
         for key, value in state.items():
             assert torch.equal(value, got["state"][i][key]), (i, key)
+
+
+def _tiny_model_and_grads(seed: int = 0) -> tuple[list[EncoderDecoder], list[list[torch.Tensor]]]:
+    torch.manual_seed(seed)
+    config = EncoderDecoderConfig(src_vocab_size=30, tgt_vocab_size=40, embedding=4, hidden=6, maxout=5,
+                                  output_rank=3)
+    models = [EncoderDecoder(config) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    grads = [[torch.randn_like(p) * scale for p in models[0].parameters()] for scale in (1.0, 0.01, 1.0)]
+    return models, grads
+
+
+def _steps(model: EncoderDecoder, grads: list[list[torch.Tensor]], compile_step: bool) -> torch.optim.Optimizer:
+    from pipeline.train import make_clip_and_step
+
+    optimizer = torch.optim.Adadelta(model.parameters(), lr=1.0, rho=0.95, eps=1e-6)
+    step = make_clip_and_step(model, optimizer, TrainConfig(compile=compile_step))
+    for update in grads:
+        for p, g in zip(model.parameters(), update, strict=True):
+            p.grad = g.clone()
+        step()
+    return optimizer
+
+
+def test_compiled_clip_and_adadelta_matches_eager():
+    models, grads = _tiny_model_and_grads()
+    _steps(models[0], grads, compile_step=False)
+    _steps(models[1], grads, compile_step=True)
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_failed_compile_falls_back_to_eager_with_a_warning(tmp_path, monkeypatch, caplog):
+    """A machine without a working C++ compiler (a real failure: the compiler path does not exist)."""
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # nothing compiled to reuse
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (str(tmp_path / "no-such-c++"),))
+    models, grads = _tiny_model_and_grads(seed=1)
+    reference = _steps(models[0], grads, compile_step=False)
+    with caplog.at_level("WARNING", logger="rnnenc"):
+        fallback = _steps(models[1], grads, compile_step=True)
+    assert "torch.compile failed" in caplog.text
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        assert torch.equal(a, b)  # restored, then the eager step: as if never compiled
+    for i, state in reference.state_dict()["state"].items():
+        for key, value in state.items():
+            assert torch.equal(value, fallback.state_dict()["state"][i][key]), (i, key)

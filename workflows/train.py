@@ -67,8 +67,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     opt.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device,
                      help="auto: CUDA when present, else CPU (default %(default)s)")
     opt.add_argument("--compile", action="store_true",
-                     help="torch.compile the clip + Adadelta step into one fused pass (first update "
-                          "compiles, about a minute on a small CPU): worth it for long runs")
+                     help="torch.compile the clip + Adadelta step into one fused pass (needs a C++ "
+                          "compiler; the first update compiles, up to a minute): about 1.2x the updates/s "
+                          "of a paper-size model on a CPU; if compiling fails, a warning and the "
+                          "uncompiled step")
     opt.add_argument("--threads", type=int, default=d.threads,
                      help="CPU threads; 0 = all cores (default %(default)s)")
     add_cluster_arguments(parser)
