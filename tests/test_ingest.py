@@ -16,12 +16,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
-from sacremoses import MosesTokenizer
+from sacremoses import MosesPunctNormalizer, MosesTokenizer
 
 from pipeline.artifacts import is_complete, read_manifest
 from pipeline.corpus import CorpusInput
 from pipeline.errors import UserError
-from pipeline.preprocess import PreprocessConfig, tokenize
+from pipeline.preprocess import CompiledPunctNormalizer, PreprocessConfig, tokenize
+from pipeline.synthetic import DemoConfig, generate_demo
 from workflows.ingest import ingest
 
 CONFIG = PreprocessConfig(source_lang="en", target_lang="fr")
@@ -237,11 +238,6 @@ def test_cli_ingest_through_two_worker_cluster(tmp_path, dask_address):
 
 def test_compiled_normaliser_matches_sacremoses(tmp_path):
     """The normaliser compiled once gives sacremoses' output on every character its table names."""
-    from sacremoses import MosesPunctNormalizer
-
-    from pipeline.preprocess import CompiledPunctNormalizer
-    from pipeline.synthetic import DemoConfig, generate_demo
-
     demo = generate_demo(tmp_path / "demo", DemoConfig(pool_size=2_000, in_domain_size=100, dev_size=100,
                                                         phrase_table_pairs=100))
     lines = demo.pool_src.read_text(encoding="utf-8").splitlines() + demo.pool_tgt.read_text(

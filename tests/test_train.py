@@ -241,15 +241,21 @@ def test_learns_the_demo_phrase_table(tmp_path):
                       "unigram_ppl": unigram_ppl, "held_out_true_pairs": len(held_out_true)}))
 
 
+@pytest.fixture
+def two_threads():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("hidden, chunk", [(6, 7), (200, None)])
-def test_chunked_clip_and_adadelta_is_torchs_bit_for_bit(hidden, chunk):
+def test_chunked_clip_and_adadelta_is_torchs_bit_for_bit(hidden, chunk, two_threads):
     """Chunks that cut tensors (7 elements), and the default chunks on 2 threads over tensors
     large enough (120k elements) for torch to split each op between the threads."""
     torch.manual_seed(0)
     config = EncoderDecoderConfig(src_vocab_size=30, tgt_vocab_size=40, embedding=4, hidden=hidden, maxout=5,
                                   output_rank=3)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
     models = [EncoderDecoder(config) for _ in range(2)]
     models[1].load_state_dict(models[0].state_dict())
     optimizers = [torch.optim.Adadelta(m.parameters(), lr=1.0, rho=0.95, eps=1e-6) for m in models]
@@ -265,7 +271,6 @@ def test_chunked_clip_and_adadelta_is_torchs_bit_for_bit(hidden, chunk):
         optimizers[0].step()
         clip_and_adadelta_(list(models[1].parameters()), optimizers[1], 1.0, chunk=chunk or ADADELTA_CHUNK,
                            row_sparse=[models[1].src_embed.weight, models[1].tgt_embed.weight])
-    torch.set_num_threads(threads)
     for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
         assert torch.equal(a, b)
     ref, got = optimizers[0].state_dict(), optimizers[1].state_dict()
