@@ -31,7 +31,7 @@ log = logging.getLogger("rnnenc")
 TOOLS = ("lmplz", "build_binary")
 BUILD_HINT = ("build them with scripts/build_kenlm.sh (needs cmake, g++, boost, zlib: sudo apt-get install "
               "cmake build-essential libboost-program-options-dev libboost-system-dev libboost-thread-dev "
-              "zlib1g-dev libbz2-dev liblzma-dev), or set KENLM_BIN to a directory holding lmplz and build_binary")
+              "libboost-test-dev zlib1g-dev libbz2-dev liblzma-dev), or set KENLM_BIN to a directory holding lmplz and build_binary")
 # lmplz's message when modified Kneser-Ney discounts cannot be estimated (tiny or artificial data).
 _BAD_DISCOUNT_MARKERS = ("discount_fallback", "BadDiscountException", "Kneser-Ney discounts")
 

@@ -15,22 +15,38 @@ if [ -x "$BIN/lmplz" ] && [ -x "$BIN/build_binary" ]; then
   exit 0
 fi
 
+# Everything the build needs, as Debian packages and as the file each one provides, so a machine
+# with only some of them still gets the rest. KenLM's CMakeLists asks for Boost's
+# unit_test_framework even with -DCOMPILE_TESTS=OFF, hence libboost-test-dev.
+APT_PACKAGES=(cmake make g++ libboost-program-options-dev libboost-system-dev libboost-thread-dev
+  libboost-test-dev zlib1g-dev libbz2-dev liblzma-dev)
+PROBES=(cmake make g++
+  /usr/include/boost/program_options.hpp /usr/include/boost/system/error_code.hpp
+  /usr/include/boost/thread.hpp /usr/include/boost/test/unit_test.hpp
+  /usr/include/zlib.h /usr/include/bzlib.h /usr/include/lzma.h)
 missing=()
-command -v cmake >/dev/null || missing+=(cmake)
-command -v g++ >/dev/null || missing+=(g++)
-for header in boost/program_options.hpp boost/thread.hpp zlib.h bzlib.h lzma.h; do
-  [ -e "/usr/include/$header" ] || missing+=("$header")
+for i in "${!PROBES[@]}"; do
+  probe="${PROBES[$i]}"
+  case "$probe" in
+    /*) [ -e "$probe" ] || missing+=("${APT_PACKAGES[$i]}") ;;
+    *) command -v "$probe" >/dev/null || missing+=("${APT_PACKAGES[$i]}") ;;
+  esac
 done
+if command -v dpkg-query >/dev/null; then
+  # A header can outlive its package's libraries (a purge of the runtime library alone): ask dpkg too.
+  for package in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
+      || [[ " ${missing[*]} " == *" $package "* ]] || missing+=("$package")
+  done
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "build_kenlm: installing the toolchain with apt-get (missing: ${missing[*]})" >&2
+    echo "build_kenlm: installing with apt-get: ${missing[*]}" >&2
     apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake build-essential \
-      libboost-program-options-dev libboost-system-dev libboost-thread-dev \
-      zlib1g-dev libbz2-dev liblzma-dev >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
   else
-    echo "build_kenlm: missing ${missing[*]}. Install the toolchain, then rerun:" >&2
-    echo "  sudo apt-get install cmake build-essential libboost-program-options-dev libboost-system-dev libboost-thread-dev zlib1g-dev libbz2-dev liblzma-dev" >&2
+    echo "build_kenlm: missing ${missing[*]}. Install them, then rerun:" >&2
+    echo "  sudo apt-get install ${APT_PACKAGES[*]}" >&2
     echo "or point KENLM_BIN at a directory holding lmplz and build_binary." >&2
     exit 1
   fi
