@@ -42,7 +42,7 @@ rows (0.49 of peak: model loading weighs on 10 s of work), 2,144 at 80,000 (0.59
 RSS 670 and 672 MiB (ratio 1.00). Run to run the grid's ratios vary by about +-0.05 here.
 
 What made the difference (same machine, same day): single-threaded workers pad a bucket's last
-batch only to a multiple of 16 rows (see ``pipeline.rescore``), 1.8% padding instead of 30%
+batch only to a multiple of 16 rows (now on any thread count, see ``pipeline.rescore``), 1.8% padding instead of 30%
 (0.44-0.48 -> 0.62-0.65 of peak); one thread per process also spares the two threads'
 hand-offs on every small product (1 process x 2 threads: 0.37). Readout chunks of 32 rows make
 the rank-100 x 15k product less efficient; 128 rows no longer keep the logits in L2.
@@ -217,13 +217,14 @@ def batched(scorer: PhraseScorer, sources, targets) -> tuple[float, float, Score
 
 @torch.inference_mode()
 def correctness(model: EncoderDecoder, src_vocab, tgt_vocab, sources, targets, device) -> tuple[float, bool]:
-    """(max |score - forward pass| over some pairs, are scores bit-identical when the pairs are split?)."""
+    """(max |score - forward pass| over some pairs, are scores bit-identical when the pairs are split
+    into other calls along their groups?)."""
     defaults = batch_sizes(RescoreConfig(model=""), device)
     scorer = PhraseScorer(model, src_vocab, tgt_vocab, encoder_batch=defaults[0], decoder_batch=defaults[1],
-                          readout_rows=defaults[2])
+                          readout_rows=defaults[2], group_rows=1000)
     n = min(len(sources), 3000)
     whole = scorer.score(sources[:n], targets[:n])[0]
-    pieces = np.concatenate([scorer.score(sources[a:b], targets[a:b])[0] for a, b in ((0, 333), (333, 2000), (2000, n))])
+    pieces = np.concatenate([scorer.score(sources[a:b], targets[a:b])[0] for a, b in ((0, 1000), (1000, 2000), (2000, n))])
     m = 300
     direct = torch.cat([model(make_batch([s.split() for s in sources[a:a + 50]], [t.split() for t in targets[a:a + 50]],
                                          src_vocab, tgt_vocab).to(device)).double().cpu() for a in range(0, m, 50)])
@@ -246,15 +247,14 @@ def child_score(args: argparse.Namespace) -> None:
         return
     enc, dec, readout = map(int, args.child_config.split("/"))
     scorer = PhraseScorer(model, src_vocab, tgt_vocab, encoder_batch=enc, decoder_batch=dec, readout_rows=readout)
-    scorer.score(sources[:500], targets[:500])  # warm-up: allocator, kernels, the row-count probe
+    scorer.score(sources[:500], targets[:500])  # warm-up: allocator, kernels
     print("ready", flush=True)
     sys.stdin.readline()
     started, cpu = time.perf_counter(), time.process_time()
     _, _, stats = scorer.score(sources, targets)
     seconds = time.perf_counter() - started
     print(json.dumps({"pairs": len(sources), "seconds": seconds, "cpu_share": (time.process_time() - cpu) / seconds,
-                      "flops": scoring_flops(model.config, stats), "stats": stats.to_dict(),
-                      "rows_multiple": scorer.rows_multiple}))
+                      "flops": scoring_flops(model.config, stats), "stats": stats.to_dict()}))
 
 
 def in_workers(model_path: Path, sources: list[str], targets: list[str], config: str, workers: int,
@@ -287,7 +287,6 @@ def in_workers(model_path: Path, sources: list[str], targets: list[str], config:
     if "stats" in results[0]:
         total["stats"] = {k: sum(r["stats"][k] for r in results) for k in results[0]["stats"]}
         total["cpu_share"] = sum(r["cpu_share"] for r in results) / workers
-        total["rows_multiple"] = {r["rows_multiple"] for r in results}
     return total
 
 
@@ -323,7 +322,7 @@ def memory_gpu(model_path: Path, tables: list[Path], args: argparse.Namespace) -
     results = []
     config = RescoreConfig(model=str(model_path), device="cuda")
     for table in tables:
-        units, _ = plan_units(table, args.rows_per_unit)
+        units, _ = plan_units(table, args.rows_per_unit, config.group_rows)
         torch.cuda.reset_peak_memory_stats()
         with tempfile.TemporaryDirectory() as out:
             started = time.perf_counter()
@@ -376,10 +375,8 @@ def run_cpu(model_path: Path, sources, targets, tables, args, tmp: Path) -> None
           "group, every real target token; padding rows not counted) / wall time of the slowest worker):")
     print(HEADER)
     configs = [(256, 256, 64), (256, 512, 32), default, (256, 512, 128), (512, 1024, 64)]
-    multiples = set()
     for config in dict.fromkeys(configs):
         r = in_workers(model_path, src, tgt, "/".join(map(str, config)), workers, tmp)
-        multiples |= r["rows_multiple"]
         print(grid_row(f"{workers} workers x 1 thread", config, n, r["seconds"], r["flops"], r["stats"],
                        r["cpu_share"], pps1, peak, pair_src_tokens, " (default)" if config == default else ""))
     scorer = PhraseScorer(model, src_vocab, tgt_vocab, encoder_batch=default[0], decoder_batch=default[1],
@@ -387,8 +384,7 @@ def run_cpu(model_path: Path, sources, targets, tables, args, tmp: Path) -> None
     seconds, share, stats = batched(scorer, src, tgt)
     print(grid_row(f"1 process x {torch.get_num_threads()} threads", default, n, seconds,
                    scoring_flops(model.config, stats), stats.to_dict(), share, pps1, peak, pair_src_tokens))
-    print(f"(batches of one thread: rows padded to a multiple of {multiples} (None: to the full batch); "
-          f"several threads: to the full batch)")
+    print("(a bucket's last batch padded to a multiple of 16 rows, on any thread count)")
     if args.no_memory:
         return
     memory = end_to_end_cpu(model_path, tables, args, workers, tmp)

@@ -10,8 +10,8 @@ For every pair the stage adds two float32 columns (names configurable):
 Both are declared with domain ``log`` in the ``rnnenc.scores`` schema metadata, so the Moses
 export writes exp(value) and Moses, which takes the log of every score, sees the values as is.
 
-How it runs fast. Pairs are cut into groups of at most ``group_sources`` distinct source
-phrases (a phrase table repeats each source many times): each distinct source is encoded once
+How it runs fast. Pairs are cut into groups of ``group_rows`` consecutive pairs (a phrase
+table sorted by source repeats each source many times): each distinct source is encoded once
 per group and its c, its decoder input projection W_c c + b, its initial state tanh(W c + b)
 and its readout term O_c c are reused by every target of that source. Sources are batched by
 exact length and targets by exact length, so no step runs over padding; the decoder is
@@ -26,33 +26,25 @@ fresh multi-MB tensor is an mmap whose page faults cost a good part of the produ
 biases folded into the products or the gates' in-place updates; the encoder is unrolled the
 same way (h_0 = 0: no product at its first step), and c's three projections are one product.
 
-Why the results do not depend on partitioning. A pair's bits must not depend on which rows share
-its batch. Every batch's other dimension is an exact phrase length; its row count is fixed in
-one of two ways (the last batch of a bucket is filled with copies of its first row, whose
-results are dropped):
+Why the results do not depend on partitioning, by construction. A float32 product's bits can
+depend on its shape and on which rows share it (how BLAS blocks a GEMM differs between CPUs:
+MKL runs other kernels on AMD than on Intel), so no promise may rest on a row's bits being
+independent of its company. Instead the company is fixed: the table's rows, in their global
+order (parts sorted by name, row groups, rows), are cut into *groups* of ``group_rows``
+consecutive rows, from row 0; a group is scored on its own (its distinct sources encoded,
+its targets bucketed by length, every bucket's last batch padded with copies of its first row
+to a multiple of 16 rows), and work units are whole groups. A pair therefore always meets the
+same pairs in the same GEMM shapes, whatever the files, row groups, units or workers, and its
+bits follow from the table, the model and the batch configuration alone (on one machine and
+one thread count per worker: Dask runs one). Only the group size and the batch sizes change
+the last bits, and they are part of the run's identity.
 
-- one CPU thread, the layout of ``rnnenc rescore`` (Dask's nanny runs each worker with one
-  thread): MKL's float32 GEMM gives a row the same bits for every row count that is a multiple of
-  16 when the weights are taken transposed in place (the "NT" form; the pre-transposed "NN" form
-  changes its blocking below about 192 rows), and element-wise loops over multiples of 16 rows
-  have no scalar remainder. So the last batch is padded only to a multiple of 16 rows
-  (``ROW_MULTIPLE``): about 2% padding instead of 30% with full batches on an 8,000-pair
-  table. This rests on MKL's kernel choice, not on a documented guarantee, so each scorer
-  probes it once on the model's own weights and falls back to full batches if it fails;
-- several threads (they split a product by its row count): every batch has exactly the batch
-  size.
-
-Either way scores are bit-identical whatever the partitioning, for a given batch configuration
-and thread count. On a GPU (measured on an H100) scores are reproducible run to run, but differ between
-partitionings in the last float32 bit (up to 2e-6 on scores of -30): some CUDA kernel's
-rounding depends on more than the shape; a mixed CPU/GPU cluster mixes the two roundings.
-
-Work units. The input's parts are cut into units of consecutive row groups (at most
-``rows_per_unit`` rows, at least one row group); unit ``u`` of input part ``p`` writes
-``part-ppppp-uuuuu.parquet`` atomically (temporary file, rename) and then its record
-``.units/part-ppppp-uuuuu.json`` (the unit's input file, size, mtime, row groups, counts). A
-unit whose part and record exist and whose record matches is done: an interrupted run resumes
-there. Orchestration (Dask, manifests) lives in ``workflows/rescore.py``.
+Work units. Unit ``u`` covers the global rows [u*R, (u+1)*R), R being ``rows_per_unit`` rounded
+up to whole groups; it may span several input parts. It writes ``part-uuuuu.parquet``
+atomically (temporary file, rename) and then its record ``.units/part-uuuuu.json`` (the row
+ranges it read, with each file's size and mtime, and its counts). A unit whose part and record
+exist and whose record matches is done: an interrupted run resumes there. Orchestration (Dask,
+manifests) lives in ``workflows/rescore.py``.
 """
 
 from __future__ import annotations
@@ -111,7 +103,7 @@ class RescoreConfig:
     encoder_batch: int | None = None  # distinct sources per encoder batch (None: by device)
     decoder_batch: int | None = None  # pairs per decoder batch
     readout_rows: int | None = None  # rows per vocabulary-wide softmax chunk (divides decoder_batch)
-    group_sources: int = 8192  # distinct sources whose encodings are kept at once (memory bound)
+    group_rows: int = 8192  # consecutive rows of the table scored together (the determinism unit)
     bf16: bool = True  # GPU only: bf16 autocast for the matrix products
     threads: int | None = None  # torch intra-op threads while scoring (None: leave as is)
 
@@ -121,7 +113,7 @@ class RescoreConfig:
     def validate(self) -> None:
         if not self.logp_column or not self.unk_column or self.logp_column == self.unk_column:
             raise UserError("rescore: the two new column names must be distinct and non-empty")
-        for name in ("encoder_batch", "decoder_batch", "readout_rows", "group_sources", "threads"):
+        for name in ("encoder_batch", "decoder_batch", "readout_rows", "group_rows", "threads"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UserError(f"rescore: {name.replace('_', '-')} must be at least 1")
@@ -193,24 +185,24 @@ def scoring_flops(config: EncoderDecoderConfig, stats: ScoreStats) -> int:
     return 2 * (encoder + decoder + output)
 
 
-def _chunks(indices: np.ndarray, size: int, multiple: int | None = None) -> Iterator[tuple[np.ndarray, int]]:
+def _chunks(indices: np.ndarray, size: int, multiple: int) -> Iterator[tuple[np.ndarray, int]]:
     """Chunks of ``size`` elements of ``indices``; the last one filled with copies of its first
-    element up to ``size``, or with ``multiple`` up to the next multiple of ``multiple``.
+    element up to the next multiple of ``multiple`` (at most ``size``).
 
     Yields (padded chunk, number of real rows).
     """
     for start in range(0, len(indices), size):
         chunk = indices[start:start + size]
         real = len(chunk)
-        padded = size if multiple is None else min(size, -(-real // multiple) * multiple)
+        padded = min(size, -(-real // multiple) * multiple)
         if real < padded:
             chunk = np.concatenate([chunk, np.full(padded - real, chunk[0], dtype=chunk.dtype)])
         yield chunk, real
 
 
-#: single-threaded, MKL's float32 GEMM gives every row the same bits for any row count that is a
-#: multiple of this (below 16 rows it takes other kernels); multiples of 16 rows also keep every
-#: element-wise loop free of a scalar remainder (AVX-512 loops run 32 floats at a time)
+#: a bucket's last batch is padded to a multiple of this many rows: the batch shapes are a
+#: function of the group's content either way; multiples of 16 keep the element-wise loops free
+#: of a scalar remainder (AVX-512 runs 16 floats at a time) at about 1% padding
 ROW_MULTIPLE = 16
 
 
@@ -218,14 +210,16 @@ class PhraseScorer:
     """log p(target | source) and unknown-word counts for lists of phrase pairs, batched as above."""
 
     def __init__(self, model: EncoderDecoder, src_vocab: Vocabulary, tgt_vocab: Vocabulary, *,
-                 encoder_batch: int, decoder_batch: int, readout_rows: int, group_sources: int = 8192,
+                 encoder_batch: int, decoder_batch: int, readout_rows: int, group_rows: int = 8192,
                  bf16: bool = True):
         if decoder_batch % readout_rows:
             raise ValueError("readout_rows must divide decoder_batch")
         self.model = model
         self.src_vocab, self.tgt_vocab = src_vocab, tgt_vocab
         self.encoder_batch, self.decoder_batch, self.readout_rows = encoder_batch, decoder_batch, readout_rows
-        self.group_sources = group_sources
+        if group_rows < 1:
+            raise ValueError("group_rows must be at least 1")
+        self.group_rows = group_rows
         self.device = next(model.parameters()).device
         self.autocast = bf16 and self.device.type == "cuda"
         E = model.config.embedding
@@ -235,16 +229,12 @@ class PhraseScorer:
         # the deep output's two products on h'_t and e(y_{t-1}) as one: [O_h O_y] on [h'_t; e(y_{t-1})]
         self.w_out = torch.cat([model.out_h.weight.detach(), model.out_y.weight.detach()], dim=1).contiguous()
         self._buffers: dict[str, torch.Tensor] = {}
-        self._probed: bool | None = None  # see _rows_independent
-        self._multiple: int | None = None
         if self.device.type == "cpu":  # the CPU path's pre-arranged weights (see _decode_cpu)
             H, R = model.config.hidden, model.config.output_rank
             b_hh = model.decoder.bias_hh_l0.detach()
             self.b_hh_rz = torch.cat([b_hh[:2 * H], torch.zeros(H)])
             self.b_hn = b_hh[2 * H:].contiguous()
-            # the K = 1000 products take their weights transposed in place (MKL's 'NT' form): single-
-            # threaded, that form gives a row the same bits for every multiple of 16 rows, the
-            # pre-transposed 'NN' form does not (its blocking changes below about 192 rows)
+            # the K = 1000 products take their weights transposed in place (BLAS's 'NT' form)
             self.w_hh_t = model.decoder.weight_hh_l0.detach().t()
             self.w_emb_t = self.w_emb.t().contiguous()
             self.w_out_t = self.w_out.t()
@@ -266,7 +256,10 @@ class PhraseScorer:
     def score(self, sources: Sequence[str], targets: Sequence[str]) -> tuple[np.ndarray, np.ndarray, ScoreStats]:
         """(log p per pair (float64), unknown words per pair (int32), stats), in input order.
 
-        ``sources``/``targets``: space-separated token strings, none empty.
+        ``sources``/``targets``: space-separated token strings, none empty. The pairs are scored in
+        groups of ``group_rows`` consecutive pairs from the first: a pair's bits follow from its
+        group alone, so callers that promise identical results pass whole groups of one global
+        row order (``rescore_unit`` does).
         """
         n = len(sources)
         if len(targets) != n:
@@ -276,57 +269,13 @@ class PhraseScorer:
         stats = ScoreStats(pairs=n)
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast
                     else contextlib.nullcontext())
-        # rows per batch: any multiple of ROW_MULTIPLE where a row's bits cannot depend on the
-        # row count (one CPU thread, checked on this machine's GEMMs), else exactly the batch size
-        self._multiple = ROW_MULTIPLE if self._rows_independent() else None
         with torch.inference_mode(), autocast:
-            for group in self._groups(sources):
+            for start in range(0, n, self.group_rows):
+                group = np.arange(start, min(n, start + self.group_rows))
                 self._score_group(group, sources, targets, logp, unk, stats)
         return logp, unk, stats
 
-    @property
-    def rows_multiple(self) -> int | None:
-        """What the last call of ``score`` padded a bucket's last batch to: a multiple of this many
-        rows, or None for the full batch size."""
-        return self._multiple
-
-    def _rows_independent(self) -> bool:
-        """Do this process's products give a row the same bits in a batch of any multiple of
-        ``ROW_MULTIPLE`` rows? Only on one CPU thread (several threads split the rows by
-        count); probed once per scorer on the model's own weights, since it rests on MKL's
-        kernel choice, not on a documented guarantee."""
-        if self.device.type != "cpu" or torch.get_num_threads() != 1:
-            return False
-        if self._probed is None:
-            g = torch.Generator().manual_seed(0)
-            biggest = max(self.encoder_batch, self.decoder_batch)
-            counts = sorted({ROW_MULTIPLE, 2 * ROW_MULTIPLE, 3 * ROW_MULTIPLE, 5 * ROW_MULTIPLE, biggest})
-            self._probed = True
-            with torch.inference_mode():
-                for weight in (self.w_hh_t, self.w_emb_t, self.w_out_t, self.w_rank_t, self.w_vocab_t,
-                               self.enc_w_ih_t, self.enc_w_hh_t, self.c_proj_t):
-                    x = torch.randn(biggest, weight.shape[0], generator=g)
-                    full = x @ weight
-                    if not all(torch.equal(x[:m] @ weight, full[:m]) for m in counts[:-1]):
-                        self._probed = False
-                        break
-        return self._probed
-
     # -- internals ------------------------------------------------------------------------
-    def _groups(self, sources: Sequence[str]) -> Iterator[np.ndarray]:
-        """Consecutive pair ranges holding at most ``group_sources`` distinct sources."""
-        seen: set[str] = set()
-        start = 0
-        for i, source in enumerate(sources):
-            if source not in seen:
-                if len(seen) == self.group_sources:
-                    yield np.arange(start, i)
-                    seen.clear()
-                    start = i
-                seen.add(source)
-        if start < len(sources):
-            yield np.arange(start, len(sources))
-
     def _score_group(self, pairs: np.ndarray, sources: Sequence[str], targets: Sequence[str],
                      logp: np.ndarray, unk: np.ndarray, stats: ScoreStats) -> None:
         stoi_src, stoi_tgt = self.src_vocab.stoi, self.tgt_vocab.stoi
@@ -359,7 +308,7 @@ class PhraseScorer:
         tgt_len = np.fromiter(map(len, tgt_ids), dtype=np.int64, count=len(tgt_ids))
         for length in np.unique(tgt_len):
             bucket = np.flatnonzero(tgt_len == length)
-            for chunk, real in _chunks(bucket, self.decoder_batch, self._multiple):
+            for chunk, real in _chunks(bucket, self.decoder_batch, ROW_MULTIPLE):
                 stats.padded_rows += len(chunk) - real
                 tgt = torch.tensor([tgt_ids[k] for k in chunk], dtype=torch.long).to(self.device)
                 src = torch.from_numpy(pair_src[chunk]).to(self.device)
@@ -376,7 +325,7 @@ class PhraseScorer:
         c_out = torch.empty(n, m.config.maxout * m.config.maxout_pieces, device=self.device)
         lengths = np.fromiter(map(len, src_ids), dtype=np.int64, count=n)
         for length in np.unique(lengths):
-            for chunk, real in _chunks(np.flatnonzero(lengths == length), self.encoder_batch, self._multiple):
+            for chunk, real in _chunks(np.flatnonzero(lengths == length), self.encoder_batch, ROW_MULTIPLE):
                 stats.padded_rows += len(chunk) - real
                 src = torch.tensor([src_ids[k] for k in chunk], dtype=torch.long).to(self.device)
                 rows = torch.from_numpy(chunk[:real]).to(self.device)
@@ -526,10 +475,10 @@ class PhraseScorer:
 
 @functools.lru_cache(maxsize=2)
 def _cached_scorer(model_path: str, stamp: tuple[int, int], device: str, encoder_batch: int,
-                   decoder_batch: int, readout_rows: int, group_sources: int, bf16: bool) -> PhraseScorer:
+                   decoder_batch: int, readout_rows: int, group_rows: int, bf16: bool) -> PhraseScorer:
     model, src_vocab, tgt_vocab = load_model(model_path, device)
     return PhraseScorer(model, src_vocab, tgt_vocab, encoder_batch=encoder_batch, decoder_batch=decoder_batch,
-                        readout_rows=readout_rows, group_sources=group_sources, bf16=bf16)
+                        readout_rows=readout_rows, group_rows=group_rows, bf16=bf16)
 
 
 def scorer_for(config: RescoreConfig) -> PhraseScorer:
@@ -541,7 +490,7 @@ def scorer_for(config: RescoreConfig) -> PhraseScorer:
     device = resolve_device(config.device)
     encoder, decoder, readout = batch_sizes(config, device)
     return _cached_scorer(str(path.resolve()), (info.st_size, info.st_mtime_ns), str(device), encoder, decoder,
-                          readout, config.group_sources, config.bf16)
+                          readout, config.group_rows, config.bf16)
 
 
 @contextlib.contextmanager
@@ -589,33 +538,58 @@ def check_schema(schema: pa.Schema, where: object) -> None:
 
 
 @dataclass(frozen=True)
-class WorkUnit:
-    """Consecutive row groups of one input part; its output is ``name``."""
+class RowRange:
+    """Rows [start, stop) of one row group of one input part."""
 
     path: str
-    part: int  # index of the input part (sorted by name)
-    index: int  # unit index within the part
-    row_groups: tuple[int, ...]
+    row_group: int
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """Global rows [first_row, first_row + rows) of the table, whole groups; its output is ``name``."""
+
+    index: int
+    first_row: int
     rows: int
-    size: int  # identity of the input file: a changed file redoes its units
-    mtime_ns: int
+    ranges: tuple[RowRange, ...]
+    files: tuple[tuple[str, int, int], ...]  # (path, size, mtime_ns): a changed file redoes its units
 
     @property
     def name(self) -> str:
-        return f"part-{self.part:05d}-{self.index:05d}.parquet"
+        return f"part-{self.index:05d}.parquet"
+
+    @property
+    def where(self) -> str:
+        """The first input part it reads, for messages."""
+        return self.ranges[0].path
 
     def spec(self) -> dict[str, Any]:
-        return {"path": self.path, "row_groups": list(self.row_groups), "rows": self.rows, "size": self.size,
-                "mtime_ns": self.mtime_ns}
+        return {"first_row": self.first_row, "rows": self.rows,
+                "ranges": [dataclasses.asdict(r) for r in self.ranges],
+                "files": [list(f) for f in self.files]}
 
 
-def plan_units(table: str | os.PathLike, rows_per_unit: int) -> tuple[list[WorkUnit], pa.Schema]:
-    """Cut the table into work units from the Parquet footers only; return them and the common schema."""
+def unit_rows(rows_per_unit: int, group_rows: int) -> int:
+    """``rows_per_unit`` rounded up to whole groups: a unit never cuts a group."""
+    return max(1, -(-rows_per_unit // group_rows)) * group_rows
+
+
+def plan_units(table: str | os.PathLike, rows_per_unit: int, group_rows: int) -> tuple[list[WorkUnit], pa.Schema]:
+    """Cut the table's global row order into work units of whole groups, from the Parquet footers
+    only; return them and the common schema. The cut does not depend on how the rows are split
+    into files or row groups."""
     if rows_per_unit < 1:
         raise UserError("rescore: --rows-per-unit must be at least 1")
-    units: list[WorkUnit] = []
+    if group_rows < 1:
+        raise UserError("rescore: --group-rows must be at least 1")
+    size = unit_rows(rows_per_unit, group_rows)
     schema: pa.Schema | None = None
-    for p, path in enumerate(list_parts(table)):
+    row_groups: list[tuple[str, int, int]] = []  # (path, row group, rows) in global order
+    stamps: dict[str, tuple[int, int]] = {}
+    for path in list_parts(table):
         try:
             meta = pq.ParquetFile(path)
         except (OSError, pa.ArrowException) as exc:
@@ -626,22 +600,49 @@ def plan_units(table: str | os.PathLike, rows_per_unit: int) -> tuple[list[WorkU
             schema = part_schema
         elif not part_schema.equals(schema, check_metadata=True):
             raise UserError(f"{path}: schema or 'rnnenc.scores' metadata differs from the table's first part")
+        resolved = str(path.resolve())
         info = path.stat()
-        groups: list[int] = []
-        rows = 0
-        for g in range(meta.num_row_groups):
-            n = meta.metadata.row_group(g).num_rows
-            if groups and rows + n > rows_per_unit:
-                units.append(WorkUnit(str(path.resolve()), p, len([u for u in units if u.part == p]),
-                                      tuple(groups), rows, info.st_size, info.st_mtime_ns))
-                groups, rows = [], 0
-            groups.append(g)
-            rows += n
-        if groups:
-            units.append(WorkUnit(str(path.resolve()), p, len([u for u in units if u.part == p]),
-                                  tuple(groups), rows, info.st_size, info.st_mtime_ns))
+        stamps[resolved] = (info.st_size, info.st_mtime_ns)
+        row_groups += [(resolved, g, meta.metadata.row_group(g).num_rows) for g in range(meta.num_row_groups)]
     assert schema is not None
+    units: list[WorkUnit] = []
+    ranges: list[RowRange] = []
+    taken = 0  # rows of the current unit
+    for path, g, n in row_groups:
+        offset = 0
+        while offset < n:
+            stop = min(n, offset + size - taken)
+            ranges.append(RowRange(path, g, offset, stop))
+            taken += stop - offset
+            offset = stop
+            if taken == size:
+                units.append(_unit(len(units), size, ranges, stamps))
+                ranges, taken = [], 0
+    if ranges:
+        units.append(_unit(len(units), size, ranges, stamps))
     return units, schema
+
+
+def _unit(index: int, size: int, ranges: list[RowRange], stamps: dict[str, tuple[int, int]]) -> WorkUnit:
+    paths = sorted({r.path for r in ranges})
+    return WorkUnit(index, index * size, sum(r.stop - r.start for r in ranges), tuple(ranges),
+                    tuple((p, *stamps[p]) for p in paths))
+
+
+def read_unit(unit: WorkUnit, columns: Sequence[str] | None = None) -> pa.Table:
+    """The unit's rows, as one contiguous table (its bytes once written do not depend on how the
+    rows were split into files)."""
+    pieces = []
+    files: dict[str, pq.ParquetFile] = {}
+    for r in unit.ranges:
+        if r.path not in files:
+            files[r.path] = pq.ParquetFile(r.path)
+        group = files[r.path].read_row_group(r.row_group, columns=list(columns) if columns else None)
+        if group.num_rows < r.stop:
+            raise UserError(f"{r.path}: changed while rescoring (row group {r.row_group} has {group.num_rows} "
+                            f"rows, {r.stop} expected)")
+        pieces.append(group.slice(r.start, r.stop - r.start))
+    return pa.concat_tables(pieces).combine_chunks()
 
 
 def unit_record_path(staging: Path, unit: WorkUnit) -> Path:
@@ -660,6 +661,15 @@ def completed_record(staging: Path, unit: WorkUnit) -> dict[str, Any] | None:
     return record if record.get("unit") == unit.spec() else None
 
 
+def _row_range(unit: WorkUnit, row: int) -> tuple[RowRange, int]:
+    """The range holding the unit's ``row``, and the row's index in its row group."""
+    for r in unit.ranges:
+        if row < r.stop - r.start:
+            return r, r.start + row
+        row -= r.stop - r.start
+    raise IndexError(row)
+
+
 def _check_pairs(table: pa.Table, unit: WorkUnit) -> tuple[list[str], list[str]]:
     lines = table.column("line").to_pylist() if "line" in table.column_names else None
     for side in REQUIRED_COLUMNS:
@@ -668,7 +678,8 @@ def _check_pairs(table: pa.Table, unit: WorkUnit) -> tuple[list[str], list[str]]
         if pc.any(empty).as_py():
             row = int(np.flatnonzero(empty.to_numpy(zero_copy_only=False))[0])
             line = lines[row] if lines else None
-            where = f"{unit.path}:{line}" if line is not None else f"{unit.path} (row group {unit.row_groups[0]}+)"
+            r, index = _row_range(unit, row)
+            where = f"{r.path}:{line}" if line is not None else f"{r.path} (row group {r.row_group}, row {index})"
             raise UserError(f"{where}: empty or null {side} phrase")
     return table.column("source").to_pylist(), table.column("target").to_pylist()
 
@@ -676,15 +687,13 @@ def _check_pairs(table: pa.Table, unit: WorkUnit) -> tuple[list[str], list[str]]
 def rescore_unit(unit: WorkUnit, staging: str | os.PathLike, config: RescoreConfig) -> dict[str, Any]:
     """Score one unit and commit ``staging/<unit.name>`` and its record; return the record.
 
-    Runs on a worker: loads the model once per process, reads only the unit's row groups.
+    Runs on a worker: loads the model once per process, reads only the unit's row groups. The
+    unit is whole groups of the global row order, so ``scorer.score``'s groups are the table's.
     """
     started = time.perf_counter()
     staging = Path(staging)
-    table = pq.ParquetFile(unit.path).read_row_groups(list(unit.row_groups))
-    if table.num_rows != unit.rows:
-        raise UserError(f"{unit.path}: changed while rescoring (expected {unit.rows} rows in row groups "
-                        f"{unit.row_groups[0]}-{unit.row_groups[-1]})")
-    output_schema(table.schema, config, unit.path)  # fails before scoring, not after
+    table = read_unit(unit)
+    output_schema(table.schema, config, unit.where)  # fails before scoring, not after
     sources, targets = _check_pairs(table, unit)
     scorer = scorer_for(config)
     with torch_threads(config.threads):
@@ -723,6 +732,6 @@ def vocabulary_mismatch(sources: Sequence[str], targets: Sequence[str], src_voca
             f"{hint}")
 
 
-__all__ = ["PhraseScorer", "RescoreConfig", "ScoreStats", "WorkUnit", "batch_sizes", "check_schema",
-           "completed_record", "output_schema", "plan_units", "rescore_unit", "resolve_device", "scorer_for",
+__all__ = ["PhraseScorer", "RescoreConfig", "RowRange", "ScoreStats", "WorkUnit", "batch_sizes", "check_schema",
+           "completed_record", "output_schema", "plan_units", "read_unit", "rescore_unit", "unit_rows", "resolve_device", "scorer_for",
            "scoring_flops", "torch_threads", "vocabulary_mismatch"]

@@ -72,6 +72,7 @@ def test_c_byte_order_with_the_separator_in_the_key(tmp_path):
         assert (tmp_path / "s.gz").read_bytes() == out.read_bytes()
 
 
+@pytest.mark.determinism
 def test_merge_with_a_small_fan_in_and_byte_identity_across_partitionings(tmp_path):
     rng = random.Random(3)
     words = ["a", "b", "é", "ab", "a b", "zz"]

@@ -168,6 +168,7 @@ def test_cleaning_options_and_lowercase():
     assert clean_reason(0, 1, config) == "empty side"
 
 
+@pytest.mark.determinism
 def test_output_independent_of_workers_and_failed_rerun_keeps_old_output(tmp_path, dask_client):
     from distributed import Client, LocalCluster
 

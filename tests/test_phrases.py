@@ -130,6 +130,7 @@ def demo_aligned(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[tuple[s
     return [(p[2], p[3], a) for p, a in zip(pairs, links, strict=True)], root
 
 
+@pytest.mark.determinism
 def test_same_bytes_for_any_partitioning_buckets_and_a_2_worker_cluster(tmp_path: Path, demo_aligned, dask_client):
     rows, _ = demo_aligned
     outputs = {}

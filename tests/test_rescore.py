@@ -24,7 +24,7 @@ from pipeline.artifacts import file_hash, read_manifest, write_manifest
 from pipeline.errors import UserError
 from pipeline.model import EncoderDecoder, EncoderDecoderConfig, load_model, save_model, score_pairs
 from pipeline.phrase_table import import_moses, read_score_columns
-from pipeline.rescore import PhraseScorer, RescoreConfig, plan_units, rescore_unit, torch_threads
+from pipeline.rescore import PhraseScorer, RescoreConfig, plan_units, read_unit, rescore_unit, torch_threads
 from pipeline.synthetic import DemoConfig, generate_demo
 from pipeline.vocab import Vocabulary
 from workflows import cli
@@ -34,7 +34,8 @@ from workflows.rescore import prepare_staging, rescore, run_identity, staging_di
 DEMO = DemoConfig(seed=3, pool_size=2000, in_domain_size=200, dev_size=50, phrase_table_pairs=1500)
 SCORES = [{"name": f"score{i}", "domain": "prob"} for i in range(4)]
 # Small fixed batches so that a few hundred pairs make many groups, buckets and padded batches.
-SMALL = {"encoder_batch": 8, "decoder_batch": 16, "readout_rows": 4, "group_sources": 40, "threads": 1}
+SMALL = {"encoder_batch": 8, "decoder_batch": 16, "readout_rows": 4, "group_rows": 50, "threads": 1}
+GROUP = SMALL["group_rows"]
 
 
 def write_table(table: pa.Table, out: Path, rows_per_part: int, row_group_size: int,
@@ -103,7 +104,7 @@ def config(model: Path, **overrides) -> RescoreConfig:
 
 
 def test_scores_equal_forward_pass_and_unknown_counts(data: dict, tmp_path: Path) -> None:
-    units, _ = plan_units(data["groups100"], rows_per_unit=300)
+    units, _ = plan_units(data["groups100"], rows_per_unit=300, group_rows=GROUP)
     assert sum(u.rows for u in units) == len(data["rows"]) and {u.rows for u in units[:-1]} == {300}
     for unit in units:
         rescore_unit(unit, tmp_path, config(data["model"]))
@@ -131,47 +132,62 @@ def test_scores_equal_forward_pass_and_unknown_counts(data: dict, tmp_path: Path
                                                               {"name": "rnn_unk", "domain": "log"}]
 
 
-def test_scorer_is_exact_whatever_the_company(data: dict) -> None:
-    """A pair's score does not depend on which pairs share its batches or group."""
+@pytest.mark.determinism
+def test_a_pairs_bits_follow_from_its_group_alone(data: dict) -> None:
+    """Scored in any calls that keep its group whole, a pair's score is the same bit for bit."""
     model, src_vocab, tgt_vocab = load_model(data["model"])
     rows = data["rows"][:400]
     sources, targets = [r["source"] for r in rows], [r["target"] for r in rows]
     scorer = PhraseScorer(model, src_vocab, tgt_vocab, encoder_batch=8, decoder_batch=16, readout_rows=4,
-                          group_sources=25)
+                          group_rows=25)
     whole, unk, stats = scorer.score(sources, targets)
-    assert stats.groups > 5 and stats.padded_rows > 0 and stats.sources_encoded < len(rows)
-    order = np.random.default_rng(1).permutation(len(rows))
-    shuffled, _, _ = scorer.score([sources[i] for i in order], [targets[i] for i in order])
-    assert np.array_equal(shuffled, whole[order])
-    pieces = [scorer.score(sources[a:b], targets[a:b])[0] for a, b in ((0, 7), (7, 150), (150, 400))]
-    assert np.array_equal(np.concatenate(pieces), whole)
+    assert stats.groups == 16 and stats.padded_rows > 0 and stats.sources_encoded < len(rows)
+    pieces = [scorer.score(sources[a:b], targets[a:b]) for a, b in ((0, 25), (25, 150), (150, 400))]
+    assert np.array_equal(np.concatenate([p[0] for p in pieces]), whole)
+    assert np.array_equal(np.concatenate([p[1] for p in pieces]), unk)
+    # a fresh scorer (new buffers) in the same process agrees too
+    again = PhraseScorer(model, src_vocab, tgt_vocab, encoder_batch=8, decoder_batch=16, readout_rows=4,
+                         group_rows=25)
+    assert np.array_equal(again.score(sources[100:200], targets[100:200])[0], whole[100:200])
 
 
+@pytest.mark.determinism
 @pytest.mark.parametrize("threads", [1, 2])
-def test_batches_padded_to_16_rows_on_one_thread_are_exact(data: dict, threads: int) -> None:
-    """One thread: a bucket's last batch is padded to a multiple of 16 rows, not to the full batch,
-    and a pair's bits still do not depend on its company; several threads: full batches."""
+def test_batches_padded_to_16_rows_are_exact_on_any_thread_count(data: dict, threads: int) -> None:
+    """A bucket's last batch is padded to a multiple of 16 rows, not to the full batch; the padded
+    scores equal the model's forward pass and whole groups score alike in any call."""
     model, src_vocab, tgt_vocab = load_model(data["model"])
     rows = data["rows"][:600]
     sources, targets = [r["source"] for r in rows], [r["target"] for r in rows]
     with torch_threads(threads):
         scorer = PhraseScorer(model, src_vocab, tgt_vocab, encoder_batch=48, decoder_batch=64, readout_rows=32,
-                              group_sources=60)
+                              group_rows=120)
         whole, _, stats = scorer.score(sources, targets)
-        assert scorer.rows_multiple == (16 if threads == 1 else None), "this machine's GEMMs failed the row probe"
         lengths = {(len(s.split()), len(t.split())) for s, t in zip(sources, targets, strict=True)}
         assert stats.padded_rows > 0
-        if threads == 1:  # at most 15 padding rows per bucket: far fewer than full batches would need
-            assert stats.padded_rows < 15 * 2 * len(lengths) * stats.groups
-        pieces = [scorer.score(sources[a:b], targets[a:b])[0] for a, b in ((0, 5), (5, 333), (333, 600))]
-        order = np.random.default_rng(2).permutation(len(rows))
-        shuffled, _, _ = scorer.score([sources[i] for i in order], [targets[i] for i in order])
-    assert np.array_equal(np.concatenate(pieces), whole) and np.array_equal(shuffled, whole[order])
+        # at most 15 padding rows per bucket: far fewer than full batches would need
+        assert stats.padded_rows < 15 * 2 * len(lengths) * stats.groups
+        pieces = [scorer.score(sources[a:b], targets[a:b])[0] for a, b in ((0, 120), (120, 360), (360, 600))]
+    assert np.array_equal(np.concatenate(pieces), whole)
     direct = score_pairs(model, [s.split() for s in sources], [t.split() for t in targets], src_vocab, tgt_vocab,
                          batch_size=1).numpy()
     assert np.abs(whole - direct).max() < 1e-4
 
 
+def test_units_cut_the_global_row_order_into_whole_groups(data: dict) -> None:
+    """The same units, row for row, whatever the files and row groups; rows_per_unit rounds up to groups."""
+    plans = {name: plan_units(data[name], rows_per_unit=120, group_rows=GROUP)[0]
+             for name in ("groups100", "parts", "single")}
+    for units in plans.values():
+        assert [(u.index, u.first_row, u.rows) for u in units] == [(i, 150 * i, 150) for i in range(10)]
+        assert sum(r.stop - r.start for u in units for r in u.ranges) == len(data["rows"])
+    assert len(plans["parts"][4].ranges) == 2  # rows 600-749 span the two parts of 700 rows
+    for units in plans.values():
+        lines = [read_unit(u, columns=["line"]).column("line").to_pylist() for u in units]
+        assert lines == [list(range(150 * i + 1, 150 * i + 151)) for i in range(10)]
+
+
+@pytest.mark.determinism
 def test_identical_across_partitionings_on_a_two_worker_cluster(data: dict, dask_client, tmp_path: Path) -> None:
     outputs = {}
     for name, rows_per_unit in (("groups100", 100), ("parts", 500), ("single", 10_000)):
@@ -188,10 +204,17 @@ def test_identical_across_partitionings_on_a_two_worker_cluster(data: dict, dask
     for table in outputs.values():
         assert table.equals(reference)
         assert table.column("rnn_logp").to_pylist() == reference.column("rnn_logp").to_pylist()
+    # the same units from other files write the same bytes
+    parts = {}
+    for name in ("groups100", "parts", "single"):
+        out = tmp_path / f"{name}-500"
+        rescore(dask_client, data[name], out, config(data["model"]), rows_per_unit=500, quiet=True)
+        parts[name] = {p.name: p.read_bytes() for p in sorted(out.glob("part-*.parquet"))}
+    assert len(parts["single"]) == 3 and parts["groups100"] == parts["parts"] == parts["single"]
     # the same as scoring in this process, one unit at a time
     local = tmp_path / "local"
     local.mkdir()
-    units, _ = plan_units(data["parts"], rows_per_unit=500)
+    units, _ = plan_units(data["parts"], rows_per_unit=500, group_rows=GROUP)
     for unit in units:
         rescore_unit(unit, local, config(data["model"]))
     assert read_out(local).equals(reference)
@@ -201,17 +224,17 @@ def test_interrupted_run_resumes_with_every_row_once(data: dict, dask_client, tm
     table, out = data["groups100"], tmp_path / "out"
     cfg = config(data["model"])
     resolved, run = run_identity(cfg, 100)
-    units, _ = plan_units(table, 100)
+    units, _ = plan_units(table, 100, GROUP)
     staging = staging_dir(out)
     prepare_staging(staging, run, units)
     for unit in units[:6]:  # committed before the interruption
         rescore_unit(unit, staging, resolved)
     # debris of the interruption: a half-written part, a part whose record was never written,
     # and a part of another plan of the table
-    (staging / ".part-00000-00009.parquet.tmp-dead").write_bytes(b"PAR1 truncated")
+    (staging / ".part-00009.parquet.tmp-dead").write_bytes(b"PAR1 truncated")
     rescore_unit(units[7], staging, resolved)
-    (staging / ".units" / "part-00000-00007.json").unlink()
-    (staging / "part-00000-00099.parquet").write_bytes((staging / units[0].name).read_bytes())
+    (staging / ".units" / "part-00007.json").unlink()
+    (staging / "part-00099.parquet").write_bytes((staging / units[0].name).read_bytes())
 
     report = rescore(dask_client, table, out, cfg, rows_per_unit=100, quiet=True)
     assert report["units_resumed"] == 6 and report["units_scored"] == len(units) - 6
@@ -232,7 +255,8 @@ def test_killed_cli_run_resumes(data: dict, dask_address: str, tmp_path: Path) -
     out = tmp_path / "out"
     argv = [sys.executable, "-m", "workflows.cli", "rescore", "--phrase-table", str(table), "--model",
             str(data["model"]), "--out", str(out), "--scheduler", dask_address, "--device", "cpu",
-            "--rows-per-unit", "100", "--encoder-batch", "8", "--decoder-batch", "16", "--readout-rows", "4",
+            "--rows-per-unit", "100", "--group-rows", str(GROUP), "--encoder-batch", "8", "--decoder-batch", "16",
+            "--readout-rows", "4",
             "--threads", "1", "--quiet"]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     staging = staging_dir(out)
@@ -341,10 +365,10 @@ def test_cli_one_line_errors(data: dict, dask_address: str, tmp_path: Path, caps
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_bf16_scores_and_partition_independence(data: dict, tmp_path: Path) -> None:
     gpu = RescoreConfig(model=str(data["model"]), device="cuda", encoder_batch=64, decoder_batch=64,
-                        readout_rows=64, group_sources=40)
+                        readout_rows=64, group_rows=GROUP)
     for name, rows_per_unit in (("groups100", 100), ("single", 10_000), ("single-again", 10_000)):
         (tmp_path / name).mkdir()
-        for unit in plan_units(data[name.removesuffix("-again")], rows_per_unit)[0]:
+        for unit in plan_units(data[name.removesuffix("-again")], rows_per_unit, GROUP)[0]:
             rescore_unit(unit, tmp_path / name, gpu)
     a, b = read_out(tmp_path / "groups100"), read_out(tmp_path / "single")
     assert b.equals(read_out(tmp_path / "single-again"))  # reproducible run to run

@@ -124,6 +124,7 @@ def test_cut_is_exact_with_ties_and_duplicates(tmp_path):
                 assert cut.rounds > 2  # the small limit forced the narrowing rounds (and the hash level)
 
 
+@pytest.mark.determinism
 def test_same_bytes_for_any_partitioning_and_workers(small, tmp_path, dask_client):
     cfg = dict(in_domain=str(small["in_domain"]), mode="words", amount="3k", max_candidates=50, hf_dataset=True)
     serial = run_selection(SelectConfig(pool=str(small["pool1"]), **cfg), tmp_path / "serial",
@@ -157,6 +158,7 @@ def test_same_bytes_for_any_partitioning_and_workers(small, tmp_path, dask_clien
     assert report["selected"]["pairs"] == counts["selected_pairs"] and report["out_domain_sample"]["fold0_pairs"] > 0
 
 
+@pytest.mark.determinism
 def test_regenerate_is_byte_identical_and_stops_on_changes(small, tmp_path, dask_client):
     pool = tmp_path / "pool"
     pool.mkdir()

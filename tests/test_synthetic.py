@@ -34,6 +34,7 @@ def _all_files(files: DemoFiles) -> list[Path]:
     return [getattr(files, f) for f in DemoFiles.__dataclass_fields__ if f != "root"]
 
 
+@pytest.mark.determinism
 def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path, demo):
     again = generate_demo(tmp_path / "again", SMALL)
     for a, b in zip(_all_files(demo), _all_files(again), strict=True):

@@ -115,6 +115,7 @@ def test_sampler_is_uniform_over_training_pairs_and_never_draws_validation():
     np.testing.assert_array_equal(sampler.draw(17, 64), PairSampler(1000, valid, seed=3).draw(17, 64))
 
 
+@pytest.mark.determinism
 def test_resume_after_a_kill_ends_with_the_same_parameters(toy, tmp_path):
     common = dict(updates=240, batch_size=16, max_length=10, valid_pairs=40, valid_every=30,
                   checkpoint_every=20, log_every=10, **TINY)
@@ -249,6 +250,7 @@ def two_threads():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.determinism
 @pytest.mark.parametrize("hidden, chunk", [(6, 7), (200, None)])
 def test_chunked_clip_and_adadelta_is_torchs_bit_for_bit(hidden, chunk, two_threads):
     """Chunks that cut tensors (7 elements), and the default chunks on 2 threads over tensors

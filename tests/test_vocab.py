@@ -77,6 +77,7 @@ def test_coverage_is_the_share_of_running_words():
     assert vocab.meta["types"] == 4
 
 
+@pytest.mark.determinism
 def test_corpus_vocabulary_is_the_same_whatever_the_parts(tmp_path):
     pairs = [("the cat sat", "le chat"), ("the dog", "le chien"), ("a cat", "un chat"), ("the end", "la fin")] * 3
     reports = []

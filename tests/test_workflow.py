@@ -151,6 +151,7 @@ def test_changed_input_reruns_its_stage_and_downstream_only(demo_data, dask_addr
         in_domain.write_bytes(original)
 
 
+@pytest.mark.determinism
 def test_killing_a_worker_midway_leaves_outputs_identical(demo_data, tmp_path):
     body = ("run: {run}\nartifacts: artifacts\nlanguages: {{source: en, target: fr}}\nstages:\n"
             "  pool: {{command: ingest, src: data/pool.en, tgt: data/pool.fr, rows_per_part: 100}}\n")

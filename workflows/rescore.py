@@ -7,13 +7,15 @@ score.py) and ``rnn_unk`` = source words unknown to the model's source vocabular
 words unknown to its target vocabulary. Both are declared with domain ``log`` in the
 ``rnnenc.scores`` metadata, so the Moses export writes exp(value).
 
-The table is cut into work units of consecutive row groups (--rows-per-unit); each Dask task
+The table's rows, in their global order, are cut into groups of --group-rows consecutive rows
+scored together, and into work units of whole groups (--rows-per-unit); each Dask task
 scores one unit with the model loaded once per worker process (CUDA with bf16 when the worker
 has a GPU; tasks ask for the ``GPU`` resource when workers declare it) and commits one output
 part atomically. Units are staged in OUT.partial/: after an interruption, rerun the same
 command and it resumes with the units not yet committed. OUT/report.json and, last,
-OUT/manifest.json are written once every part exists. Scores are identical whatever the
-partitioning and the number of workers (for a given device and batch configuration).
+OUT/manifest.json are written once every part exists. Scores are identical bit for bit whatever
+the files, row groups, units and number of workers, by construction: a pair always meets the same
+pairs in the same batch shapes (for a given machine, group and batch configuration).
 The table, the model and OUT must be on a filesystem the workers share.
 
 example:
@@ -33,7 +35,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 from distributed import Client
 
 from pipeline.artifacts import (
@@ -54,6 +55,7 @@ from pipeline.rescore import (
     completed_record,
     output_schema,
     plan_units,
+    read_unit,
     rescore_unit,
     vocabulary_mismatch,
 )
@@ -85,9 +87,7 @@ def check_model_fits(table: Path, units: Sequence[WorkUnit], config: RescoreConf
             raise UserError(f"{config.model}: the model's {side} language is '{model_lang}' but the phrase "
                             f"table's is '{table_lang}' (model {model_langs[0]}->{model_langs[1]}, table "
                             f"{table_langs[0]}->{table_langs[1]})")
-    first = units[0]
-    sample = pq.ParquetFile(first.path).read_row_groups(list(first.row_groups), columns=["source", "target"])
-    sample = sample.slice(0, SAMPLE_ROWS)
+    sample = read_unit(units[0], columns=["source", "target"]).slice(0, SAMPLE_ROWS)
     reason = vocabulary_mismatch([s or "" for s in sample.column("source").to_pylist()],
                                  [t or "" for t in sample.column("target").to_pylist()],
                                  src_vocab, tgt_vocab, max_unknown_rate)
@@ -142,7 +142,7 @@ def rescore(client: Client, table: str | os.PathLike, out: str | os.PathLike, co
     config.validate()
     if out.resolve() == table.resolve():
         raise UserError(f"{out}: the output must differ from the input (the input is never modified)")
-    units, schema = plan_units(table, rows_per_unit)
+    units, schema = plan_units(table, rows_per_unit, config.group_rows)
     output_schema(schema, config, table)  # metadata and column names, checked before any work
     langs, model_config = check_model_fits(table, units, config, max_unknown_rate)
     config, run = run_identity(config, rows_per_unit)
@@ -244,14 +244,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     speed.add_argument("--readout-rows", type=int, metavar="N",
                        help="rows per vocabulary-wide softmax chunk, divides --decoder-batch "
                             "(default: 64 on CPU, the whole batch on GPU)")
-    speed.add_argument("--group-sources", type=int, default=8192, metavar="N",
-                       help="distinct sources encoded and kept at once (default: %(default)s, about "
-                            "20 KB each at the paper's sizes)")
+    speed.add_argument("--group-rows", type=int, default=8192, metavar="N",
+                       help="consecutive rows of the table scored together: a pair's bits depend on its "
+                            "group, never on the files, units or workers (default: %(default)s; memory: "
+                            "about 20 KB per distinct source at the paper's sizes)")
     speed.add_argument("--no-bf16", action="store_true", help="GPU: compute in float32, not bf16")
     speed.add_argument("--threads", type=int, metavar="N",
                        help="torch threads per worker while scoring (default: the worker's; Dask runs 1)")
     parser.add_argument("--rows-per-unit", type=int, default=DEFAULT_ROWS_PER_UNIT, metavar="N",
-                        help="rows per Dask task and output part (whole row groups; default: %(default)s)")
+                        help="rows per Dask task and output part, rounded up to whole --group-rows "
+                             "(default: %(default)s)")
     parser.add_argument("--max-unknown-rate", type=float, default=0.5, metavar="R",
                         help="refuse a model whose vocabularies miss more than this share of a side's "
                              "tokens in a sample of the table (default: %(default)s)")
@@ -261,7 +263,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> RescoreConfig:
     return RescoreConfig(model=args.model, logp_column=args.logp_column, unk_column=args.unk_column,
                          device=args.device, encoder_batch=args.encoder_batch, decoder_batch=args.decoder_batch,
-                         readout_rows=args.readout_rows, group_sources=args.group_sources, bf16=not args.no_bf16,
+                         readout_rows=args.readout_rows, group_rows=args.group_rows, bf16=not args.no_bf16,
                          threads=args.threads)
 
 
