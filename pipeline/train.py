@@ -12,14 +12,16 @@ Optimisation. Adadelta (rho 0.95, eps 1e-6), gradient-norm clipping at 1 (Ground
 summed token negative log-likelihood over the 64 pairs.
 
 Outputs in ``out``: ``checkpoints/last.pt`` (every ``checkpoint_every`` updates and at the end,
-atomic), ``checkpoints/best.pt`` (best validation), ``metrics.csv``, ``tensorboard/``,
-``model.pt`` (the best validated parameters, else the last), ``learning_curve.png``,
-``report.json`` and, last, ``manifest.json``. A resumed run replays exactly what the
-interrupted one would have done: on the CPU it ends with bitwise the same parameters.
+atomic; tensors and plain data only, read back with ``weights_only=True``), ``checkpoints/best.pt``
+(best validation), ``metrics.csv``, ``tensorboard/``, ``model.pt`` (the best validated
+parameters, else the last), ``learning_curve.png``, ``report.json`` and, last, ``manifest.json``.
+A resumed run replays exactly what the interrupted one would have done: on the CPU it ends with
+bitwise the same parameters.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import csv
@@ -28,9 +30,12 @@ import io
 import logging
 import math
 import os
+import pickle
+import re
 import shutil
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,19 +195,109 @@ def draw_validation(n_pairs: int, n_valid: int, seed: int) -> np.ndarray:
 # checkpoints
 
 
+# A checkpoint is read with ``torch.load(weights_only=True)``: a file in the output directory
+# is not trusted to run code (a full unpickle of a crafted last.pt runs whatever it names before
+# its format can be checked). So everything in it is a tensor or plain data (dict, list, tuple,
+# str, int, float, bool, None): the model's and Adadelta's state dicts, torch's RNG state as a
+# uint8 tensor, and the loop state below. The sampler needs no state of its own (update k's
+# draw is ``default_rng([seed, k])``), and neither numpy's nor Python's global RNG is used.
+PLAIN_TYPES = (str, int, float, bool, type(None))
+# the loop state (``train``'s ``state``) and the type of each entry
+STATE_TYPES: dict[str, tuple[type, ...]] = {
+    "update": (int,), "best_valid": (float, type(None)), "best_update": (int, type(None)),
+    "bad_validations": (int,), "stopped_early": (bool,), "draws_too_long": (int,), "target_tokens": (int,),
+    "window": (list,), "seconds": (float,)}
+CHECKPOINT_TYPES: dict[str, type] = {
+    "format": str, "config": dict, "model_config": dict, "n_pairs": int, "model": dict, "optimizer": dict,
+    "torch_rng": torch.Tensor, "state": dict}
+
+
+def check_plain(value: Any, where: str = "checkpoint") -> None:
+    """Raise TypeError unless ``value`` is tensors and plain data only, as weights_only loads them.
+
+    Run on every save, so that a numpy scalar or array slipping into the state fails the run
+    that writes it rather than the ``--resume`` that would read it.
+    """
+    # exact types: numpy.float64 is a float subclass, yet weights_only refuses it
+    if isinstance(value, torch.Tensor) or type(value) in PLAIN_TYPES:
+        return
+    if type(value) in (dict, collections.OrderedDict):  # state_dict()s are OrderedDicts
+        for key, item in value.items():
+            if type(key) not in PLAIN_TYPES:
+                raise TypeError(f"{where}: key {key!r} of type {type(key).__name__} is not plain data")
+            check_plain(item, f"{where}[{key!r}]")
+    elif type(value) in (list, tuple):
+        for i, item in enumerate(value):
+            check_plain(item, f"{where}[{i}]")
+    else:
+        raise TypeError(f"{where}: {type(value).__name__} is neither a tensor nor plain data "
+                        "(torch.load(weights_only=True) would refuse the checkpoint)")
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically (a temporary file, then a rename)."""
+    check_plain(state)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     torch.save(state, tmp)
     os.replace(tmp, path)
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _refusal_detail(exc: BaseException) -> str:
+    """The line of torch's weights-only refusal that says what was refused (the rest is advice)."""
+    boilerplate = ("Weights only load failed", "Check the documentation", "Please file an issue", "(1)", "(2)")
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(exc).splitlines()]
+    detail = [line for line in lines if line and not line.startswith(boilerplate)]
+    if not detail:
+        return type(exc).__name__
+    # its first sentence; the rest advises allow-listing the global, which is not wanted here
+    first = _one_line(" ".join(detail)).removeprefix("WeightsUnpickler error: ").split(". ")[0]
+    return first[:200].rstrip(".") + "."
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint at ``path``, unpickled with ``weights_only=True`` and checked key by key.
+
+    Anything else (objects that are not tensors or plain data, a truncated file, missing or
+    ill-typed entries, another format) is a one-line UserError naming ``path``.
+    """
+    not_ours = f"{path}: not an rnnenc training checkpoint, or one from an incompatible version of rnnenc"
     try:
-        state = torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=False)
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the checkpoint ({_one_line(str(exc))})") from exc
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr: the error says enough
+            warnings.simplefilter("ignore")
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # weights_only refused an object, or the pickle is cut short
+        raise UserError(f"{not_ours}: it is not only tensors and plain data, and rnnenc unpickles "
+                        f"nothing else ({_refusal_detail(exc)})") from exc
     except Exception as exc:  # truncated or foreign files raise many types
-        raise UserError(f"{path}: corrupt checkpoint ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"{path}: not an rnnenc training checkpoint")
+        raise UserError(f"{path}: corrupt checkpoint ({type(exc).__name__}: "
+                        f"{_one_line(str(exc))[:200]})") from exc
+    if not isinstance(state, dict) or not isinstance(state.get("format"), str):
+        raise UserError(f"{path}: not an rnnenc training checkpoint (format {CHECKPOINT_FORMAT} expected)")
+    if state["format"] != CHECKPOINT_FORMAT:
+        raise UserError(f"{not_ours} (format {state['format'][:80]!r}, this rnnenc reads {CHECKPOINT_FORMAT})")
+    wrong = [k for k, kind in CHECKPOINT_TYPES.items() if not isinstance(state.get(k), kind)]
+    loop, model, optimizer = ({} if k in wrong else state[k] for k in ("state", "model", "optimizer"))
+    if "state" not in wrong:  # else its entries need no listing
+        wrong += [f"state.{k}" for k, kinds in STATE_TYPES.items() if not isinstance(loop.get(k), kinds)]
+    if not all(isinstance(v, torch.Tensor) for v in model.values()):
+        wrong.append("model tensors")
+    if optimizer and not (isinstance(optimizer.get("state"), dict)
+                          and isinstance(optimizer.get("param_groups"), list)):
+        wrong.append("optimizer.state/param_groups")
+    if "torch_rng" not in wrong and state["torch_rng"].dtype != torch.uint8:
+        wrong.append("torch_rng")
+    if isinstance(loop.get("window"), list) and len(loop["window"]) != 2:
+        wrong.append("state.window")
+    if wrong:
+        raise UserError(f"{not_ours} ({', '.join(wrong)} missing or of the wrong type)")
     return state
 
 
@@ -316,9 +411,11 @@ def train(config: TrainConfig, phrase_table: str | os.PathLike, src_vocab_path: 
         if value < 1:
             raise UserError(f"{name} must be at least 1 (got {value})")
     checkpoint_path = out / "checkpoints" / "last.pt"
+    resumed: dict[str, Any] | None = None
     if resume:
         if not checkpoint_path.is_file():
             raise UserError(f"{checkpoint_path}: no checkpoint to resume from")
+        resumed = load_checkpoint(checkpoint_path)  # before the table's pass: a bad file fails at once
     elif out.exists() and any(out.iterdir()):
         raise UserError(f"{out}: exists and is not empty: pass --resume to continue its training, "
                         "or choose a new output directory")
@@ -353,21 +450,26 @@ def train(config: TrainConfig, phrase_table: str | os.PathLike, src_vocab_path: 
                                         init_std=config.init_std)
     model = EncoderDecoder(model_config, initialise=not resume).to(device)  # resumed: weights and RNG loaded below
     optimizer = torch.optim.Adadelta(model.parameters(), lr=1.0, rho=config.rho, eps=config.eps)
+    # the loop state, saved in every checkpoint: its entries and their types are STATE_TYPES
     state: dict[str, Any] = {"update": 0, "best_valid": None, "best_update": None, "bad_validations": 0,
                              "stopped_early": False, "draws_too_long": 0, "target_tokens": 0,
                              "window": [0.0, 0], "seconds": 0.0}
-    if resume:
-        checkpoint = load_checkpoint(checkpoint_path)
+    if resumed is not None:
         free = ("updates", "early_stopping", "device", "threads", "valid_every", "checkpoint_every", "compile")
-        fixed = {k: v for k, v in checkpoint["config"].items() if k not in free}
-        changed = [k for k, v in fixed.items() if getattr(config, k) != v]
-        if changed or checkpoint["n_pairs"] != len(pairs) or checkpoint["model_config"] != model_config.to_dict():
+        fixed = {k: v for k, v in resumed["config"].items() if k not in free}
+        unknown = object()  # a key this TrainConfig lacks differs from every value
+        changed = [k for k, v in fixed.items() if getattr(config, k, unknown) != v]
+        if changed or resumed["n_pairs"] != len(pairs) or resumed["model_config"] != model_config.to_dict():
             raise UserError(f"{checkpoint_path}: was made with another configuration or table "
                             f"({', '.join(changed) or 'table or vocabulary sizes'} differ)")
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        torch.set_rng_state(checkpoint["torch_rng"])
-        state = checkpoint["state"]
+        try:
+            model.load_state_dict(resumed["model"])
+            optimizer.load_state_dict(resumed["optimizer"])
+            torch.set_rng_state(resumed["torch_rng"])
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:  # right keys, wrong contents
+            raise UserError(f"{checkpoint_path}: not an rnnenc training checkpoint for this model "
+                            f"({type(exc).__name__}: {_one_line(str(exc))[:200]})") from exc
+        state = resumed["state"]
         log.info("resuming %s at update %d", out, state["update"])
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST_NAME).unlink(missing_ok=True)  # an output being changed is not complete

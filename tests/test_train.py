@@ -8,6 +8,7 @@ import gzip
 import json
 import math
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -26,10 +27,13 @@ from pipeline.model import EncoderDecoder, EncoderDecoderConfig, load_model, sco
 from pipeline.synthetic import DemoConfig, generate_demo
 from pipeline.train import (
     ADADELTA_CHUNK,
+    CHECKPOINT_FORMAT,
     PairSampler,
     TrainConfig,
+    check_plain,
     clip_and_adadelta_,
     draw_validation,
+    save_checkpoint,
     train,
 )
 from pipeline.vocab import Vocabulary
@@ -135,14 +139,14 @@ def test_resume_after_a_kill_ends_with_the_same_parameters(toy, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
-    stopped_at = torch.load(killed / "checkpoints" / "last.pt", weights_only=False)["state"]["update"]
+    stopped_at = torch.load(killed / "checkpoints" / "last.pt", weights_only=True)["state"]["update"]
     assert 0 < stopped_at < 240
     assert read_manifest(killed) is None  # an interrupted output is not trusted
 
     report = run(toy, killed, TrainConfig(**common), resume=True)
     assert report["counts"]["updates"] == 240
-    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=False)
-    b = torch.load(killed / "checkpoints" / "last.pt", weights_only=False)
+    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(killed / "checkpoints" / "last.pt", weights_only=True)
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
     for key, state in a["optimizer"]["state"].items():
@@ -180,6 +184,96 @@ def test_bad_input_gives_clear_errors(toy, tmp_path):
     last.write_bytes(last.read_bytes()[:1000])
     with pytest.raises(UserError, match="last.pt: corrupt checkpoint"):
         run(toy, tmp_path / "done", TrainConfig(**(config.to_dict() | {"updates": 4})), resume=True)
+
+
+
+class RunsOnUnpickle:
+    """A pickle payload: unpickling it calls ``function(*args)`` (what a crafted last.pt does)."""
+
+    def __init__(self, function, *args):
+        self.function, self.args = function, args
+
+    def __reduce__(self):
+        return self.function, self.args
+
+
+def test_resume_never_unpickles_code_from_a_crafted_checkpoint(toy, tmp_path):
+    """A last.pt whose unpickling runs a shell command or opens a file: refused before it runs,
+    in every pickle form (torch's zip, raw pickle, protocol 2 and 5), with a one-line error."""
+    config = TrainConfig(updates=2, batch_size=4, valid_pairs=0, checkpoint_every=1, **TINY)
+    out = tmp_path / "out"
+    run(toy, out, config)
+    last = out / "checkpoints" / "last.pt"
+    marker = tmp_path / "MARKER"
+    shell = RunsOnUnpickle(os.system, f"touch {marker}")
+    payloads = {
+        "torch.save": lambda path: torch.save({"format": CHECKPOINT_FORMAT, "model": shell}, path),
+        "pickle protocol 2": lambda path: path.write_bytes(pickle.dumps(shell, protocol=2)),
+        "pickle protocol 5": lambda path: path.write_bytes(pickle.dumps(shell, protocol=5)),
+        "builtins.open": lambda path: torch.save(RunsOnUnpickle(open, str(marker), "w"), path),
+    }
+    for name, write in payloads.items():
+        write(last)
+        with pytest.raises(UserError) as caught:
+            run(toy, out, TrainConfig(**(config.to_dict() | {"updates": 4})), resume=True)
+        message = str(caught.value)
+        assert not marker.exists(), f"{name}: the checkpoint ran code"
+        assert "\n" not in message and message.startswith(f"{last}: not an rnnenc training checkpoint"), \
+            (name, message)
+
+    # the command line: exit status 1, one line on stderr, nothing run
+    proc = subprocess.run(
+        [sys.executable, "-m", "workflows.cli", "train", "--phrase-table", str(toy["table"]),
+         "--src-vocab", str(toy["src"]), "--tgt-vocab", str(toy["tgt"]), "--out", str(out),
+         "--cache-dir", str(toy["cache"]), "--quiet", "--updates", "4", "--batch-size", "4", "--valid-pairs", "0",
+         "--checkpoint-every", "1", "--embedding", "8", "--hidden", "16", "--maxout", "8", "--threads", "1",
+         "--seed", "7", "--resume"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert not marker.exists()
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"rnnenc: error: {last}: not an rnnenc training checkpoint"), \
+        proc.stderr
+    assert read_manifest(out)["counts"]["updates"] == 2  # a refused resume leaves the output as it was
+
+
+def test_resume_rejects_checkpoints_without_the_expected_entries(toy, tmp_path):
+    """Plain data that weights_only loads, but not this rnnenc's checkpoint: one-line errors, no KeyError."""
+    config = TrainConfig(updates=2, batch_size=4, valid_pairs=0, checkpoint_every=1, **TINY)
+    out = tmp_path / "out"
+    run(toy, out, config)
+    last = out / "checkpoints" / "last.pt"
+    good = torch.load(last, weights_only=True)
+    more = TrainConfig(**(config.to_dict() | {"updates": 4}))
+    cases = {
+        "not a dict": ([1, 2, 3], "not an rnnenc training checkpoint"),
+        "another format": (good | {"format": "rnnenc-train-checkpoint-0"}, "incompatible version"),
+        "no optimizer": ({k: v for k, v in good.items() if k != "optimizer"}, "optimizer missing"),
+        "no update counter": (good | {"state": {k: v for k, v in good["state"].items() if k != "update"}},
+                              "state.update missing"),
+        "a string for the RNG": (good | {"torch_rng": "seed"}, "torch_rng missing"),
+        "wrong tensor shapes": (good | {"model": {k: v[:1] for k, v in good["model"].items()}},
+                                "not an rnnenc training checkpoint for this model"),
+    }
+    for name, (content, expected) in cases.items():
+        torch.save(content, last)
+        with pytest.raises(UserError) as caught:
+            run(toy, out, more, resume=True)
+        message = str(caught.value)
+        assert message.startswith(f"{last}: ") and expected in message and "\n" not in message, (name, message)
+
+    # the untouched checkpoint still resumes
+    torch.save(good, last)
+    assert run(toy, out, more, resume=True)["counts"]["updates"] == 4
+
+
+def test_checkpoints_hold_only_what_weights_only_loads(tmp_path):
+    """A numpy value in the training state fails the save, not a later --resume."""
+    check_plain({"a": [1, 2.0, None, True, "x", (torch.zeros(2),)], "b": {"c": torch.ones(1)}})
+    for bad in (np.zeros(2), np.int64(3), np.float64(0.5), Path("x")):
+        with pytest.raises(TypeError, match="neither a tensor nor plain data"):
+            save_checkpoint(tmp_path / "last.pt", {"format": CHECKPOINT_FORMAT, "state": {"seconds": bad}})
+    assert not list(tmp_path.iterdir())  # nothing written
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
