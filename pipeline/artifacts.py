@@ -4,17 +4,28 @@ A stage writes everything into ``<out>.tmp-<token>/`` and, on success, renames i
 ``<out>/``; ``manifest.json`` (inputs with sizes and content hashes, config, package
 versions, counts) is written last, itself atomically. An output directory without a
 manifest is an interrupted or foreign run and is never trusted.
+
+Nothing rnnenc did not write is ever removed: an existing ``<out>`` is replaced only when it is
+an earlier output of the same stage (its manifest, or the ``.rnnenc-output`` marker every output
+carries from its first byte, names that stage) or an empty directory, and never when it holds
+or lies inside one of the stage's inputs. A run holds ``<out>.lock`` (an advisory ``flock``)
+from its check to its rename, so two runs never write one output; under the lock, temporaries
+``<out>.tmp-*`` of earlier runs that were killed are removed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import fcntl
 import importlib.metadata
 import json
 import os
 import platform
+import re
 import shutil
+import socket
+import sys
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -25,7 +36,9 @@ import xxhash
 from pipeline.errors import UserError
 
 MANIFEST_NAME = "manifest.json"
+OWNER_NAME = ".rnnenc-output"  # {"stage": ...}: written first into every output directory
 _HASH_BLOCK = 1 << 22
+_TMP_SUFFIX = re.compile(r"\.tmp-[0-9a-f]{8}$")
 
 
 def file_hash(path: str | os.PathLike) -> str:
@@ -99,28 +112,132 @@ def is_complete(out_dir: str | os.PathLike) -> bool:
     return read_manifest(out_dir) is not None
 
 
-@contextlib.contextmanager
-def atomic_output_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
-    """Yield a fresh temporary directory that replaces ``out_dir`` only if the block succeeds.
+def output_stage(out_dir: str | os.PathLike) -> str | None:
+    """The stage that wrote ``out_dir`` (from its manifest, else its marker), or None."""
+    out_dir = Path(out_dir)
+    for name in (MANIFEST_NAME, OWNER_NAME):
+        try:
+            stage = json.loads((out_dir / name).read_text()).get("stage")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(stage, str):
+            return stage
+    return None
 
-    On failure the temporary directory is removed and any previous output is left as it was.
-    The caller writes the manifest (``write_manifest``) after the block.
+
+def check_output_target(out_dir: str | os.PathLike, stage: str,
+                        inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """Refuse (UserError) an ``out_dir`` whose replacement would lose data; return it absolute.
+
+    Allowed: a path that does not exist, an empty directory, or an earlier output of ``stage``.
+    Refused: a file, a directory written by someone else or another stage, and any directory
+    that holds one of ``inputs`` or lies inside one.
+    """
+    out_dir = Path(os.path.abspath(out_dir))
+    for given in inputs:
+        path = Path(os.path.abspath(given))
+        if path == out_dir or out_dir in path.parents:
+            raise UserError(f"{out_dir}: the output directory holds the input {given}; choose another --out")
+        if path in out_dir.parents:
+            raise UserError(f"{out_dir}: the output directory lies inside the input {given}; choose another --out")
+    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+        raise UserError(f"{out_dir}: exists and is not a directory; --out names the directory {stage} writes")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        found = output_stage(out_dir)
+        if found is None:
+            raise UserError(f"{out_dir}: exists and was not written by rnnenc {stage} (no rnnenc manifest); "
+                            "choose another --out or remove it yourself")
+        if found != stage:
+            raise UserError(f"{out_dir}: holds the output of rnnenc {found}, not {stage}; choose another --out")
+    return out_dir
+
+
+@contextlib.contextmanager
+def output_lock(out_dir: str | os.PathLike) -> Iterator[None]:
+    """Hold ``<out>.lock`` exclusively; a UserError naming the holder if another run has it.
+
+    The lock is an ``flock``: the kernel releases it when its holder dies, so a killed run never
+    leaves a stale lock behind (the file stays, harmless).
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f"{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
+    path = out_dir.with_name(f"{out_dir.name}.lock")
+    handle = open(path, "a+")
     try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise UserError(f"{out_dir}: another rnnenc run is writing this output ({holder}); wait for it to "
+                        "end or choose another --out") from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        started = _dt.datetime.now().isoformat(timespec="seconds")
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}, started {started}: "
+                     f"{' '.join(sys.argv[:2]) or 'python'}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.seek(0)
+        handle.truncate()
+        handle.close()  # releases the flock
+
+
+def remove_stale_temporaries(out_dir: str | os.PathLike) -> list[Path]:
+    """Remove ``<out>.tmp-XXXXXXXX`` directories of killed runs; call it holding the output's lock
+    (a live run's temporary is then impossible). Only rnnenc's own (they carry the marker)."""
+    out_dir = Path(out_dir)
+    removed = []
+    if not out_dir.parent.is_dir():
+        return removed
+    for path in out_dir.parent.glob(f"{glob_escape(out_dir.name)}.tmp-*"):
+        if _TMP_SUFFIX.search(path.name) and path.is_dir() and not path.is_symlink() and (path / OWNER_NAME).is_file():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    """``name`` with glob's special characters taken literally."""
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out_dir: str | os.PathLike, *, stage: str,
+                      inputs: Iterable[str | os.PathLike] = ()) -> Iterator[Path]:
+    """Yield a fresh temporary directory that replaces ``out_dir`` only if the block succeeds.
+
+    ``out_dir`` is checked first (``check_output_target``: never a file, a foreign directory, or
+    one holding an input) and locked until the rename; stale temporaries of killed runs go. On
+    failure the temporary directory is removed and any previous output is left as it was. The
+    caller writes the manifest (``write_manifest``) after the block.
+    """
+    out_dir = check_output_target(out_dir, stage, inputs)
+    with output_lock(out_dir):
+        remove_stale_temporaries(out_dir)
+        tmp = out_dir.with_name(f"{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
+        tmp.mkdir()
+        try:
+            (tmp / OWNER_NAME).write_text(json.dumps({"stage": stage}) + "\n")
+            yield tmp
+            # checked again: the directory may have appeared while the stage ran
+            check_output_target(out_dir, stage, inputs)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        replace_output(tmp, out_dir)
+
+
+def replace_output(new: Path, out_dir: Path) -> None:
+    """Rename ``new`` to ``out_dir``, removing an older output (already checked to be ours)."""
     if out_dir.exists():
         # Untrust the old output before it disappears, so a crash between the two steps
-        # leaves nothing that looks complete.
+        # leaves nothing that looks complete (its marker still names the stage).
         (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
         shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    os.replace(new, out_dir)
 
 
 def write_manifest(out_dir: str | os.PathLike, *, stage: str, inputs: Iterable[str | os.PathLike],
@@ -129,7 +246,7 @@ def write_manifest(out_dir: str | os.PathLike, *, stage: str, inputs: Iterable[s
     """Write ``manifest.json`` last: inputs (size + hash), outputs, config, versions, counts."""
     out_dir = Path(out_dir)
     outputs = [path_record(p) | {"path": str(p.relative_to(out_dir))}
-               for p in sorted(out_dir.rglob("*")) if p.is_file() and p.name != MANIFEST_NAME]
+               for p in sorted(out_dir.rglob("*")) if p.is_file() and p.name not in (MANIFEST_NAME, OWNER_NAME)]
     manifest = {
         "stage": stage,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

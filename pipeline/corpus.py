@@ -10,6 +10,17 @@ line (or row) number in its input, so memory is bounded by the batch whatever th
 Malformed input (invalid UTF-8 under ``invalid_utf8="reject"``, a TSV line without exactly
 two columns, a null value) raises ``UserError("file:line: reason")`` under ``on_error="fail"``
 and is returned in ``RawBatch.rejects`` under ``on_error="skip"``.
+
+A compressed input that is truncated or corrupt raises ``UserError("file:line: ...")`` under
+either policy (``open_binary``): the rest of the file is lost, which is no bad line to skip.
+
+Original bytes: every pair carries, beside its decoded text, the exact bytes it was read from
+whenever the text does not give them back (invalid UTF-8 replaced by U+FFFD, a trailing CR
+stripped); a reject keeps those bytes, so that the rejects file (``escape_bytes``) can give
+the user back exactly what was rejected. The bytes of a side are those of its line without
+the final newline (text pairs; a CR before it is kept), its field (TSV), or the UTF-8 of its
+value (Parquet, Hugging Face). A TSV line rejected before it could be split into two sides
+(invalid UTF-8, another number of columns) has all its bytes on the source side.
 """
 
 from __future__ import annotations
@@ -19,10 +30,12 @@ import gzip
 import io
 import itertools
 import lzma
+import re
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Literal, NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -33,9 +46,13 @@ InvalidUtf8 = Literal["replace", "reject"]
 OnError = Literal["fail", "skip"]
 InputKind = Literal["text", "tsv", "parquet", "hf"]
 
-RAW_SCHEMA = pa.schema([("source", pa.string()), ("target", pa.string()), ("line", pa.int64())])
+# raw_source/raw_target: the original bytes of a side, null where they are the text's UTF-8.
+RAW_SCHEMA = pa.schema([("source", pa.string()), ("target", pa.string()), ("line", pa.int64()),
+                        ("raw_source", pa.binary()), ("raw_target", pa.binary())])
+# raw_source/raw_target: the original bytes of both sides, always set.
 REJECT_SCHEMA = pa.schema([("corpus", pa.string()), ("line", pa.int64()), ("reason", pa.string()),
-                           ("source", pa.string()), ("target", pa.string())])
+                           ("source", pa.string()), ("target", pa.string()),
+                           ("raw_source", pa.binary()), ("raw_target", pa.binary())])
 
 
 @dataclass(frozen=True)
@@ -54,40 +71,213 @@ class CorpusInput:
         return " + ".join(self.paths)
 
 
+class Reject(NamedTuple):
+    """A line (or row) refused by a reader: its number, why, its text and its original bytes."""
+
+    line: int
+    reason: str
+    source: str
+    target: str
+    raw_source: bytes
+    raw_target: bytes
+
+
 @dataclass
 class RawBatch:
-    """Up to ``batch_rows`` raw pairs of one input, plus the rejected ones among them."""
+    """Up to ``batch_rows`` raw pairs of one input, plus the rejected ones among them.
+
+    ``raw_source``/``raw_target`` are aligned with ``source``/``target``: a side's original
+    bytes, or None where they are its text's UTF-8 (nearly always, and then nothing is copied).
+    Left empty, they mean None for every pair.
+    """
 
     source: list[str] = field(default_factory=list)
     target: list[str] = field(default_factory=list)
     line: list[int] = field(default_factory=list)
-    rejects: list[tuple[int, str, str, str]] = field(default_factory=list)  # line, reason, src, tgt
+    rejects: list[Reject] = field(default_factory=list)
     invalid_utf8_replaced: int = 0
+    raw_source: list[bytes | None] = field(default_factory=list)
+    raw_target: list[bytes | None] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.line)
 
     def table(self) -> pa.Table:
-        return pa.table({"source": self.source, "target": self.target, "line": self.line}, schema=RAW_SCHEMA)
+        """The pairs as a ``RAW_SCHEMA`` table (what a worker tokenises)."""
+        none = [None] * len(self.line)
+        return pa.table({"source": self.source, "target": self.target, "line": self.line,
+                         "raw_source": self.raw_source or none, "raw_target": self.raw_target or none},
+                        schema=RAW_SCHEMA)
+
+
+# ---------------------------------------------------------------------------------------------
+# Compressed inputs: a broken stream is a UserError naming the file and the line it reached
+
+def _decompression_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [EOFError, zlib.error, lzma.LZMAError, OSError]
+    try:
+        import zstandard
+    except ImportError:  # .zst inputs then fail to open; the other formats still read
+        return tuple(errors)
+    return (*errors, zstandard.ZstdError)
+
+
+class _ZstdStream(io.RawIOBase):
+    """Decompresses every frame of a .zst file, and raises EOFError on a truncated last frame.
+
+    ``zstandard``'s ``stream_reader`` stops after the first frame (files from ``pzstd`` or
+    ``cat a.zst b.zst`` have several) and ends silently where a frame is cut off, so it would
+    drop lines without a word; a decompression object per frame knows whether its frame ended.
+    """
+
+    def __init__(self, handle: IO[bytes], chunk_bytes: int = 1 << 17):
+        import zstandard
+
+        super().__init__()
+        self._handle = handle
+        self._chunk_bytes = chunk_bytes
+        self._dctx = zstandard.ZstdDecompressor()
+        self._frame = None          # the current frame's decompression object
+        self._pending = memoryview(b"")
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        while not self._pending and not self._done:
+            data = self._handle.read(self._chunk_bytes)
+            if not data:
+                self._done = True
+                if self._frame is not None and not self._frame.eof:
+                    raise EOFError("compressed file ended inside a frame")
+                break
+            out = []
+            while data:
+                if self._frame is None or self._frame.eof:
+                    self._frame = self._dctx.decompressobj()
+                out.append(self._frame.decompress(data))
+                data = self._frame.unused_data if self._frame.eof else b""
+            self._pending = memoryview(b"".join(out))
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self._handle.close()
+        super().close()
+
+
+class _CheckedStream(io.RawIOBase):
+    """A decompressing stream whose decompression errors become a UserError naming the file.
+
+    gzip, bz2, lzma and zstd raise EOFError, BadGzipFile, zlib.error, OSError, LZMAError or
+    ZstdError, none of which names the file, the line, or what the user should do. The line
+    is counted here from the newlines decompressed so far: that many lines of the file can be
+    read, the next one cannot.
+    """
+
+    def __init__(self, stream: IO[bytes], path: Path, kind: str):
+        super().__init__()
+        self._stream = stream
+        self._path = path
+        self._kind = kind
+        self._errors = _decompression_errors()
+        # read1: what one step of decompression gives. read(n) would decompress on to n bytes
+        # and, meeting the break, raise without handing over (or counting) the lines before it.
+        self._read = getattr(stream, "read1", stream.read)
+        self.lines = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        try:
+            data = self._read(len(buffer))
+        except self._errors as exc:
+            if isinstance(exc, OSError) and exc.errno is not None:
+                raise                  # a failing disk, not a broken stream
+            raise corrupt_input_error(self._path, self.lines, f"{self._kind}: {exc}") from None
+        n = len(data)
+        buffer[:n] = data
+        self.lines += data.count(b"\n")
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self._stream.close()
+        super().close()
+
+
+def corrupt_input_error(path: str | Path, complete_lines: int, detail: str) -> UserError:
+    """The UserError for a compressed file that cannot be read past line ``complete_lines``."""
+    past = f"past line {complete_lines:,}" if complete_lines else "at all"
+    return located(path, complete_lines + 1,
+                   f"compressed file is truncated or corrupt ({detail}): it cannot be read {past}; "
+                   "re-download or recompress it (the rest of the file is lost, which --on-error skip "
+                   "cannot skip)")
 
 
 def open_binary(path: str | Path) -> IO[bytes]:
-    """Open a file for reading bytes, decompressing .gz/.bz2/.xz/.zst by suffix."""
+    """Open a file for reading bytes, decompressing .gz/.bz2/.xz/.zst by suffix.
+
+    A truncated or corrupt compressed file raises ``UserError("file:line: ...")`` when the
+    reading reaches the break (see ``_CheckedStream``).
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     suffix = path.suffix.lower()
+    stream: IO[bytes]
     if suffix == ".gz":
-        return gzip.open(path, "rb")
-    if suffix == ".bz2":
-        return bz2.open(path, "rb")
-    if suffix == ".xz":
-        return lzma.open(path, "rb")
-    if suffix == ".zst":
-        import zstandard
+        stream, kind = gzip.open(path, "rb"), "gzip"
+    elif suffix == ".bz2":
+        stream, kind = bz2.open(path, "rb"), "bz2"
+    elif suffix == ".xz":
+        stream, kind = lzma.open(path, "rb"), "xz"
+    elif suffix == ".zst":
+        stream, kind = _ZstdStream(open(path, "rb")), "zstd"  # type: ignore[assignment]
+    else:
+        return open(path, "rb")
+    return io.BufferedReader(_CheckedStream(stream, path, kind), buffer_size=1 << 16)
 
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
-    return open(path, "rb")
+
+# ---------------------------------------------------------------------------------------------
+# Original bytes in a text file
+
+_UNESCAPE = re.compile(rb"\\(\\|t|r|n|x[0-9a-fA-F]{2})")
+_UNESCAPED = {b"\\": b"\\", b"t": b"\t", b"r": b"\r", b"n": b"\n"}
+
+
+def escape_bytes(raw: bytes) -> str:
+    """Bytes as one tab-free line of UTF-8 text, reversibly (``unescape_bytes``).
+
+    A backslash is written ``\\\\``, a byte that is not UTF-8 ``\\xNN``, a tab ``\\t``, a
+    carriage return ``\\r``, a newline ``\\n``; everything else as is. Bash's
+    ``printf '%b'`` reads it back too.
+    """
+    text = raw.replace(b"\\", b"\\\\").decode("utf-8", errors="backslashreplace")
+    return text.replace("\t", "\\t").replace("\r", "\\r").replace("\n", "\\n")
+
+
+def unescape_bytes(text: str) -> bytes:
+    """The bytes ``escape_bytes`` wrote as ``text``."""
+    return _UNESCAPE.sub(lambda m: _UNESCAPED.get(m.group(1)) or bytes([int(m.group(1)[1:], 16)]),
+                         text.encode("utf-8"))
+
+
+def _line_body(raw: bytes) -> bytes:
+    """A line's bytes without its newline (a CR before it stays: it is part of the input)."""
+    return raw[:-1] if raw.endswith(b"\n") else raw
+
+
+def _lossy_raws(chunk: list[bytes]) -> list[bytes | None]:
+    """For valid UTF-8 lines: their bytes where stripping ``\\r\\n`` took more than the newline."""
+    if b"\r" not in b"".join(chunk):  # the common case, at C speed
+        return [None] * len(chunk)
+    return [body if (body := _line_body(raw)).endswith(b"\r") else None for raw in chunk]
 
 
 def _decode(raw: bytes, policy: InvalidUtf8) -> tuple[str | None, bool]:
@@ -110,16 +300,20 @@ class _Batcher:
         self.batch = RawBatch()
         self.lines_in_batch = 0
 
-    def add(self, line: int, source: str, target: str) -> None:
+    def add(self, line: int, source: str, target: str, raw_source: bytes | None = None,
+            raw_target: bytes | None = None) -> None:
         self.batch.source.append(source)
         self.batch.target.append(target)
         self.batch.line.append(line)
+        self.batch.raw_source.append(raw_source)
+        self.batch.raw_target.append(raw_target)
         self.lines_in_batch += 1
 
-    def reject(self, path: str, line: int, reason: str, source: str, target: str) -> None:
+    def reject(self, path: str, line: int, reason: str, source: str, target: str, raw_source: bytes,
+               raw_target: bytes) -> None:
         if self.on_error == "fail":
             raise located(path, line, f"{reason} (use --on-error skip to write such lines to a rejects file)")
-        self.batch.rejects.append((line, reason, source, target))
+        self.batch.rejects.append(Reject(line, reason, source, target, raw_source, raw_target))
         self.lines_in_batch += 1
 
     def full(self) -> bool:
@@ -163,7 +357,8 @@ def read_text_pair(src_path: str, tgt_path: str, batch_rows: int, invalid_utf8: 
                 yield _decode_pairs_one_by_one(src_path, tgt_path, src_chunk, tgt_chunk, first, invalid_utf8,
                                                on_error)
                 continue
-            yield RawBatch(sources, targets, list(range(first, line + 1)))
+            yield RawBatch(sources, targets, list(range(first, line + 1)),
+                           raw_source=_lossy_raws(src_chunk), raw_target=_lossy_raws(tgt_chunk))
 
 
 def _decode_pairs_one_by_one(src_path: str, tgt_path: str, src_chunk: list[bytes], tgt_chunk: list[bytes],
@@ -172,14 +367,18 @@ def _decode_pairs_one_by_one(src_path: str, tgt_path: str, src_chunk: list[bytes
     for line, (raw_src, raw_tgt) in enumerate(zip(src_chunk, tgt_chunk, strict=True), start=first):
         source, src_fixed = _decode(raw_src, invalid_utf8)
         target, tgt_fixed = _decode(raw_tgt, invalid_utf8)
+        src_body, tgt_body = _line_body(raw_src), _line_body(raw_tgt)
         if source is None or target is None:
             bad_path = src_path if source is None else tgt_path
             batcher.reject(bad_path, line, "invalid UTF-8",
                            raw_src.decode("utf-8", "replace").rstrip("\r\n"),
-                           raw_tgt.decode("utf-8", "replace").rstrip("\r\n"))
+                           raw_tgt.decode("utf-8", "replace").rstrip("\r\n"), src_body, tgt_body)
         else:
             batcher.batch.invalid_utf8_replaced += src_fixed + tgt_fixed
-            batcher.add(line, source, target)
+            # Keep the bytes of a side whose text does not give them back (U+FFFD, a stripped CR).
+            batcher.add(line, source, target,
+                        src_body if src_fixed or src_body.endswith(b"\r") else None,
+                        tgt_body if tgt_fixed or tgt_body.endswith(b"\r") else None)
     return batcher.take()
 
 
@@ -191,13 +390,20 @@ def read_tsv(path: str, batch_rows: int, invalid_utf8: InvalidUtf8 = "replace",
         for line, raw in enumerate(handle, start=1):
             text, fixed = _decode(raw, invalid_utf8)
             if text is None:
-                batcher.reject(path, line, "invalid UTF-8", raw.decode("utf-8", "replace").rstrip("\r\n"), "")
+                batcher.reject(path, line, "invalid UTF-8", raw.decode("utf-8", "replace").rstrip("\r\n"), "",
+                               _line_body(raw), b"")
             else:
                 columns = text.split("\t")
                 if len(columns) != 2:
-                    batcher.reject(path, line, f"expected 2 tab-separated columns, found {len(columns)}", text, "")
-                else:
+                    batcher.reject(path, line, f"expected 2 tab-separated columns, found {len(columns)}", text, "",
+                                   _line_body(raw), b"")
+                elif fixed or raw.endswith((b"\r\n", b"\r")):
+                    # The text lost bytes (U+FFFD, a stripped CR): keep each side's. A tab is never
+                    # part of an invalid sequence, so the bytes split into the same two columns.
                     batcher.batch.invalid_utf8_replaced += fixed
+                    raw_source, raw_target = _line_body(raw).split(b"\t")
+                    batcher.add(line, columns[0], columns[1], raw_source, raw_target)
+                else:
                     batcher.add(line, columns[0], columns[1])
             if batcher.full():
                 yield batcher.take()
@@ -222,7 +428,8 @@ def _columns_to_batches(rows: Iterator[tuple[list, list]], where: str, batch_row
             row += 1
             if source is None or target is None:
                 side = "source" if source is None else "target"
-                batcher.reject(where, row, f"row {row}: null {side}", source or "", target or "")
+                batcher.reject(where, row, f"row {row}: null {side}", source or "", target or "",
+                               (source or "").encode("utf-8"), (target or "").encode("utf-8"))
             else:
                 batcher.add(row, source, target)
             if batcher.full():

@@ -178,7 +178,8 @@ def export_stage(table_dir: str | os.PathLike, out_dir: str | os.PathLike, *, mo
         names = [s["name"] for s in read_score_columns(pq.read_schema(list_parts(table_dir)[0]))]
         update_moses_ini(ini_text, table_path=str(out_dir.resolve() / TABLE_NAME), score_names=names,
                          name=feature, initial_weight=initial_weight, weights=weights, source=str(moses_ini))
-    with atomic_output_dir(out_dir) as tmp:
+    given = [table_dir, *([moses_ini] if moses_ini is not None else [])]
+    with atomic_output_dir(out_dir, stage="export", inputs=given) as tmp:
         result = export_moses(table_dir, tmp / TABLE_NAME, config, map_fn=map_fn,
                               tmp_dir=out_dir.parent / f".{out_dir.name}.runs-{os.getpid()}")
         names = [s["name"] for s in result["scores"]]

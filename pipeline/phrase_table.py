@@ -38,11 +38,18 @@ row groups of ``rows_per_group`` rows. ``import_moses`` strings them together ov
 A line is rejected, never dropped silently, when it is not UTF-8, has fewer than three
 fields or another number of fields than the table's first line, an empty source or target
 phrase, a score that is not a finite number (``nan``, ``inf``, ``1_0`` and values beyond
-float32 are refused), or another number of scores than the first line. Under
-``on_error="fail"`` the first such line stops the import with ``file:line: reason``; under
-``"skip"`` it is counted by reason and written to the rejects file
-(``file \\t line \\t reason \\t detail \\t text``; in the text a backslash is written
-``\\\\``, an invalid byte ``\\xNN``, a tab ``\\t``, a carriage return ``\\r``).
+float32 are refused), another number of scores than the first line, or a score its ``prob``
+domain cannot hold (``score_range``): every imported column is ``prob`` (written to Moses as
+is, and Moses takes its log), so a negative score is refused, as the export would refuse it
+(0 is accepted: the export writes it as Moses's floor ``exp(-100)``); the first
+``prob_scores`` columns (default 4: Moses's phi(f|e), lex(f|e), phi(e|f), lex(e|f)) are
+probabilities and must also be at most 1. Under ``on_error="fail"`` the first such line of a
+range stops the import with ``file:line: reason``; under ``"skip"`` it is counted by reason
+and written to the rejects file (``file \\t line \\t reason \\t detail \\t text``; the
+text is the line's exact bytes escaped by ``pipeline.corpus.escape_bytes``: a backslash is
+written ``\\\\``, an invalid byte ``\\xNN``, a tab ``\\t``, a carriage return ``\\r``;
+``unescape_bytes`` gives the bytes back). A truncated or corrupt compressed input stops the
+import with ``file:line`` under either policy: the rest of the file is lost, not one line.
 
 Fields are split at ``|||`` and trimmed of surrounding blanks (space, tab, CR), as Moses reads
 them. Each block of about 4 MB of lines is parsed with Arrow kernels; a block holding any line
@@ -79,7 +86,7 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -88,6 +95,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.corpus import escape_bytes, open_binary
 from pipeline.errors import UserError, located
 
 SCORES_KEY = b"rnnenc.scores"
@@ -101,7 +109,9 @@ COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
 DEFAULT_SPLIT_BYTES = 256 << 20
 DEFAULT_ROWS_PER_GROUP = 100_000
 DEFAULT_RUN_BYTES = 128 << 20
-REJECT_REASONS = ("invalid_utf8", "field_count", "empty_phrase", "non_numeric_score", "score_count")
+DEFAULT_PROB_SCORES = 4             # Moses's phi(f|e), lex(f|e), phi(e|f), lex(e|f)
+REJECT_REASONS = ("invalid_utf8", "field_count", "empty_phrase", "non_numeric_score", "score_count",
+                  "score_range")
 
 OnError = Literal["fail", "skip"]
 Sorter = Literal["auto", "python", "sort"]
@@ -223,12 +233,17 @@ class BadLine(Exception):
 
 @dataclass(frozen=True)
 class TableSpec:
-    """What every line of the table must agree on (taken from its first valid line)."""
+    """What every line of the table must agree on (taken from its first valid line).
+
+    ``prob_scores``: how many leading score columns are probabilities, in [0, 1]; every score
+    must be at least 0 (``check_score_range``).
+    """
 
     num_scores: int
     num_fields: int
     path: str = ""
     line: int = 1
+    prob_scores: int = DEFAULT_PROB_SCORES
 
     def origin(self) -> str:
         return f"line {self.line}" + (f" of {Path(self.path).name}" if self.path else "")
@@ -259,8 +274,26 @@ def parse_scores(field: str) -> list[float]:
     return values
 
 
+def check_score_range(tokens: Sequence[str], values: Sequence[float], prob_scores: int) -> None:
+    """BadLine("score_range") for the first score its ``prob`` column cannot hold.
+
+    The rule is the export's (``format_scores``): a ``prob`` value is written to Moses as is and
+    Moses takes its log, so it must not be negative; 0 is accepted (written as Moses's floor).
+    The first ``prob_scores`` columns are probabilities and must not exceed 1 either.
+    """
+    for index, (token, value) in enumerate(zip(tokens, values, strict=True)):
+        if index < prob_scores and not 0 <= value <= 1:
+            raise BadLine("score_range", f"{score_name(index)} (prob) is {token}, not a probability in [0, 1]")
+        if value < 0:
+            raise BadLine("score_range", f"{score_name(index)} (prob) is {token}: negative, but Moses takes "
+                                         "the log of a prob score, so it must be at least 0")
+
+
 def parse_line(raw: bytes, spec: TableSpec | None) -> tuple[str, str, list[float], list[str]]:
-    """(source, target, scores, further fields) of one line, or BadLine(reason, detail)."""
+    """(source, target, scores, further fields) of one line, or BadLine(reason, detail).
+
+    Without a ``spec`` (detecting the table's shape) the scores' range is not checked.
+    """
     fields = split_fields(_decode(raw))
     if len(fields) < 3:
         raise BadLine("field_count", f"{len(fields)} field(s), expected at least 3 "
@@ -274,12 +307,13 @@ def parse_line(raw: bytes, spec: TableSpec | None) -> tuple[str, str, list[float
         raise BadLine("score_count", "no scores")
     if spec is not None and len(scores) != spec.num_scores:
         raise BadLine("score_count", f"{len(scores)} scores where {spec.origin()} has {spec.num_scores}")
+    if spec is not None:
+        check_score_range(fields[2].split(), scores, spec.prob_scores)
     return fields[0], fields[1], scores, fields[3:]
 
 
 def open_input(path: str | os.PathLike):
-    from pipeline.corpus import open_binary
-
+    """``path`` for reading bytes; a truncated or corrupt compressed file raises UserError(file:line)."""
     return open_binary(path)
 
 
@@ -407,8 +441,7 @@ def _range_blocks(rng: Range, block_bytes: int = 1 << 22) -> Iterator[list[bytes
 
 def _escape_text(raw: bytes) -> str:
     """The raw line for the rejects file: backslashes doubled, invalid bytes as \\xNN, tabs \\t, CR \\r."""
-    text = raw.rstrip(b"\n").replace(b"\\", b"\\\\").decode("utf-8", errors="backslashreplace")
-    return text.replace("\t", "\\t").replace("\r", "\\r")
+    return escape_bytes(raw.rstrip(b"\n"))
 
 
 class _GroupWriter:
@@ -492,7 +525,10 @@ def _fast_block(lines: list[bytes], first_line: int, schema: pa.Schema, spec: Ta
         return None
     if not np.isfinite(values).all() or (np.abs(values) > FLOAT32_MAX).any():
         return None
-    scores = values.reshape(n, spec.num_scores).astype(np.float32)
+    grid = values.reshape(n, spec.num_scores)
+    if (grid < 0).any() or (grid[:, :spec.prob_scores] > 1).any():
+        return None                                    # check_score_range names the line
+    scores = grid.astype(np.float32)
     empty = pa.array([""] * n, pa.string())
     arrays = [fields[0], fields[1], *(pa.array(scores[:, i]) for i in range(spec.num_scores)),
               fields[3] if spec.num_fields > 3 else empty, fields[4] if spec.num_fields > 4 else empty]
@@ -570,12 +606,14 @@ def import_moses(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
                  source_lang: str | None = None, target_lang: str | None = None,
                  on_error: OnError = "fail", rejects_path: str | os.PathLike | None = None,
                  split_bytes: int = DEFAULT_SPLIT_BYTES, rows_per_group: int = DEFAULT_ROWS_PER_GROUP,
-                 num_scores: int | None = None, map_fn: MapFn | None = None) -> dict[str, Any]:
+                 num_scores: int | None = None, map_fn: MapFn | None = None,
+                 prob_scores: int = DEFAULT_PROB_SCORES) -> dict[str, Any]:
     """Import Moses phrase tables (text or compressed) into the Parquet directory ``out_dir``.
 
     Atomic (a temporary directory renamed at the end), ``report.json`` inside and
     ``manifest.json`` last. ``map_fn(func, items, desc)`` runs the per-range work (default:
-    here, in order). Returns the report.
+    here, in order). ``prob_scores``: how many leading score columns must be probabilities in
+    [0, 1] (every score must be at least 0 whatever it is). Returns the report.
     """
     from pipeline.artifacts import atomic_output_dir, write_json_atomic, write_manifest
 
@@ -583,16 +621,18 @@ def import_moses(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
         raise UserError("phrase-table: no input file given")
     if rows_per_group < 1:
         raise UserError("phrase-table: rows per row group must be at least 1")
+    if prob_scores < 0:
+        raise UserError("phrase-table: the number of probability scores cannot be negative")
     map_fn = map_fn or local_map
     inputs = [str(p) for p in inputs]
     out_dir = Path(out_dir)
     started = time.perf_counter()
-    spec = detect_spec(inputs[0], num_scores)
+    spec = replace(detect_spec(inputs[0], num_scores), prob_scores=prob_scores)
     ranges = plan_ranges(inputs, split_bytes)
     plain = [r for r in ranges if r.end is not None]
     counts = dict(zip(plain, map_fn(count_newlines, plain, "count lines"), strict=True)) if plain else {}
     ranges = number_ranges(ranges, [counts.get(r, 0) for r in ranges])
-    with atomic_output_dir(out_dir) as tmp:
+    with atomic_output_dir(out_dir, stage="phrase-table", inputs=inputs) as tmp:
         staging = tmp / ".staging"
         staging.mkdir()
         results = map_fn(partial(import_range, out_dir=str(staging), spec=spec, on_error=on_error,
@@ -633,6 +673,7 @@ def import_moses(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
             "files": {path: dict(c) for path, c in files.items()},
             "num_scores": spec.num_scores,
             "num_fields": spec.num_fields,
+            "prob_scores": min(prob_scores, spec.num_scores),
             "ranges": len(ranges),
             "parts": parts,
             "rows_per_group": rows_per_group,
@@ -644,7 +685,8 @@ def import_moses(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
     write_manifest(out_dir, stage="phrase-table", inputs=inputs,
                    config={"source_lang": source_lang, "target_lang": target_lang, "on_error": on_error,
                            "split_bytes": split_bytes, "rows_per_group": rows_per_group,
-                           "num_scores": spec.num_scores, "num_fields": spec.num_fields},
+                           "num_scores": spec.num_scores, "num_fields": spec.num_fields,
+                           "prob_scores": prob_scores},
                    counts={k: report[k] for k in ("lines_read", "rows_written", "rejected", "parts")})
     return report
 

@@ -4,7 +4,7 @@ Tokenisation is sacremoses' port of Moses ``tokenizer.perl`` with Moses escaping
 ``&#124;`` and so on), so the ``|||`` separator stays unambiguous downstream. Cleaning follows
 Moses ``clean-corpus-n.perl``: a pair is dropped when a side has fewer than ``min_tokens`` or
 more than ``max_tokens`` tokens, or when one side is more than ``max_ratio`` times longer than
-the other. Every dropped pair is returned with its reason.
+the other. Every dropped pair is returned with its reason and the original bytes of both sides.
 """
 
 from __future__ import annotations
@@ -109,14 +109,19 @@ def clean_reason(source_tokens: int, target_tokens: int, config: PreprocessConfi
 def preprocess_table(raw: pa.Table, corpus: str, config: PreprocessConfig) -> tuple[pa.Table, list[dict], Counter]:
     """Tokenise and clean one partition of raw pairs (columns source, target, line).
 
-    Returns the kept pairs (``CORPUS_SCHEMA``), the dropped ones as reject records, and the
-    counts of dropped pairs by reason.
+    Returns the kept pairs (``CORPUS_SCHEMA``), the dropped ones as reject records
+    (``REJECT_SCHEMA``: with the original bytes of both sides, from the optional ``raw_source``
+    and ``raw_target`` columns, else the text's UTF-8), and the counts of dropped pairs by reason.
     """
     kept: dict[str, list] = {name: [] for name in CORPUS_SCHEMA.names}
     rejects: list[dict] = []
     dropped: Counter = Counter()
-    for source, target, line in zip(raw.column("source").to_pylist(), raw.column("target").to_pylist(),
-                                    raw.column("line").to_pylist(), strict=True):
+    none = [None] * raw.num_rows
+    raw_sources = raw.column("raw_source").to_pylist() if "raw_source" in raw.column_names else none
+    raw_targets = raw.column("raw_target").to_pylist() if "raw_target" in raw.column_names else none
+    for source, target, line, raw_source, raw_target in zip(
+            raw.column("source").to_pylist(), raw.column("target").to_pylist(), raw.column("line").to_pylist(),
+            raw_sources, raw_targets, strict=True):
         source_tok = tokenize(source, config.source_lang, config.lowercase, config.normalize_punctuation)
         target_tok = tokenize(target, config.target_lang, config.lowercase, config.normalize_punctuation)
         n_source = len(source_tok.split()) if source_tok else 0
@@ -124,7 +129,9 @@ def preprocess_table(raw: pa.Table, corpus: str, config: PreprocessConfig) -> tu
         reason = clean_reason(n_source, n_target, config)
         if reason is not None:
             dropped[reason] += 1
-            rejects.append({"corpus": corpus, "line": line, "reason": reason, "source": source, "target": target})
+            rejects.append({"corpus": corpus, "line": line, "reason": reason, "source": source, "target": target,
+                            "raw_source": source.encode("utf-8") if raw_source is None else raw_source,
+                            "raw_target": target.encode("utf-8") if raw_target is None else raw_target})
             continue
         kept["source"].append(source_tok)
         kept["target"].append(target_tok)

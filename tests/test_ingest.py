@@ -88,8 +88,10 @@ def test_tsv_parquet_and_hf_readers_agree(tmp_path, dask_client):
     }
     tables = {}
     for kind, corpus in inputs.items():
-        ingest(dask_client, [corpus], tmp_path / kind, CONFIG, rows_per_part=4, quiet=True)
-        tables[kind] = read_corpus(tmp_path / kind)
+        # Not tmp_path / kind: the HF inputs are directories of those names, and an output may
+        # not replace its own input.
+        ingest(dask_client, [corpus], tmp_path / f"out-{kind}", CONFIG, rows_per_part=4, quiet=True)
+        tables[kind] = read_corpus(tmp_path / f"out-{kind}")
     for kind, table in tables.items():
         assert table.equals(tables["text"]), kind
 
@@ -252,3 +254,161 @@ def test_compiled_normaliser_matches_sacremoses(tmp_path):
         assert [tokenize(line, lang) for line in lines[-50:]] == [
             " ".join(MosesTokenizer(lang=lang).tokenize(plain.normalize(line), escape=True,
                                                         return_str=True).split()) for line in lines[-50:]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile input: broken compressed files, original bytes of rejected lines
+
+def _compress(suffix: str, data: bytes) -> bytes:
+    return {".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress,
+            ".zst": zstandard.ZstdCompressor().compress}[suffix](data)
+
+
+def _assert_no_output(tmp_path: Path, out: Path) -> None:
+    assert not out.exists() and not is_complete(out)
+    assert not list(tmp_path.glob(f"{out.name}.tmp-*"))
+
+
+@pytest.mark.parametrize("on_error", ["fail", "skip"])
+@pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz", ".zst"])
+def test_truncated_compressed_corpus_is_a_user_error_naming_file_and_line(tmp_path, dask_client, suffix,
+                                                                          on_error):
+    en = [f"sentence {i} with a few words ." for i in range(3000)]
+    src, tgt = write_pair(tmp_path, en, en, opener=open, suffix="")
+    whole = _compress(suffix, Path(src).read_bytes())
+    broken = tmp_path / f"corpus.en{suffix}"
+    broken.write_bytes(whole[:-30])           # the end of the stream (and its marker) cut off
+    corpus = [CorpusInput("text", (str(broken), tgt), "c")]
+    with pytest.raises(UserError) as caught:
+        ingest(dask_client, corpus, tmp_path / "out", CONFIG, rows_per_part=500, on_error=on_error, quiet=True)
+    message = str(caught.value)
+    assert message.startswith(f"{broken}:") and "\n" not in message
+    assert "compressed file is truncated or corrupt" in message and "--on-error skip cannot skip" in message
+    line = int(message.split(":")[1])
+    assert 1 <= line <= len(en) + 1              # xz: the data may all be there, its index not
+    _assert_no_output(tmp_path, tmp_path / "out")
+
+    tsv = tmp_path / f"c.tsv{suffix}"
+    tsv.write_bytes(_compress(suffix, "".join(f"{e}\t{e}\n" for e in en).encode())[:-30])
+    with pytest.raises(UserError, match=rf"^{tsv}:\d+: compressed file is truncated or corrupt"):
+        ingest(dask_client, [CorpusInput("tsv", (str(tsv),), "t")], tmp_path / "out", CONFIG,
+               rows_per_part=500, on_error=on_error, quiet=True)
+    _assert_no_output(tmp_path, tmp_path / "out")
+
+
+def test_corrupt_gzip_names_the_line_it_reached(tmp_path):
+    from pipeline.corpus import read_tsv
+
+    data = "".join(f"line {i} of the corpus, with words\tligne {i}\n" for i in range(20000)).encode()
+    whole = gzip.compress(data)
+    cases = {
+        "truncated": whole[: len(whole) // 2],
+        "crc": whole[:-8] + bytes(8),                  # the trailer's CRC and length zeroed
+        "deflate": whole[:200] + bytes(64) + whole[264:],  # the compressed data itself damaged
+        "not-gzip": data[:1000],
+    }
+    for name, payload in cases.items():
+        path = tmp_path / f"{name}.tsv.gz"
+        path.write_bytes(payload)
+        with pytest.raises(UserError) as caught:
+            for _ in read_tsv(str(path), 1000):
+                pass
+        message = str(caught.value)
+        assert message.startswith(f"{path}:") and "truncated or corrupt (gzip: " in message, (name, message)
+        line = int(message.split(":")[1])
+        if name == "truncated":                        # the lines before the cut were read
+            assert 1000 < line < 20000, message
+        if name == "not-gzip":
+            assert line == 1 and "cannot be read at all" in message
+
+
+def test_zstd_with_several_frames_is_read_to_the_end(tmp_path):
+    from pipeline.corpus import open_binary
+
+    data = b"".join(b"line %d\n" % i for i in range(50000))
+    path = tmp_path / "multi.zst"
+    # pzstd and `cat a.zst b.zst` write several frames; zstandard's stream_reader stops after one.
+    path.write_bytes(b"".join(zstandard.ZstdCompressor().compress(data[k:k + 100_000])
+                              for k in range(0, len(data), 100_000)))
+    with open_binary(path) as handle:
+        assert handle.read() == data
+    path.write_bytes(path.read_bytes()[:-5])
+    with pytest.raises(UserError, match=r"multi\.zst:\d+: compressed file is truncated"), open_binary(path) as handle:
+        handle.read()
+
+
+def test_cli_truncated_gzip_is_one_line_with_and_without_skip(tmp_path, dask_address, capsys):
+    from workflows import cli
+
+    en = [f"sentence {i} with a few words ." for i in range(3000)]
+    src, tgt = write_pair(tmp_path, en, en, opener=gzip.open, suffix=".gz")
+    Path(tgt).write_bytes(Path(tgt).read_bytes()[:-12])
+    for extra in ([], ["--on-error", "skip"]):
+        status = cli.main(["ingest", "--src", src, "--tgt", tgt, "--src-lang", "en", "--tgt-lang", "fr",
+                           "--out", str(tmp_path / "out"), "--scheduler", dask_address, "--quiet", *extra])
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert status == 1 and len(errors) == 1, errors
+        assert errors[0].startswith(f"rnnenc: error: {tgt}:") and "truncated or corrupt" in errors[0]
+        _assert_no_output(tmp_path, tmp_path / "out")
+
+
+def test_escape_bytes_round_trips_every_byte():
+    from pipeline.corpus import escape_bytes, unescape_bytes
+
+    samples = [bytes(range(256)), b"", b"\\", b"\\\\t", b"\\x41", "été\t\u2028".encode(), b"\xc3", b"a\r\n\tb"]
+    samples += [bytes(b % 256 for b in range(k, k + 97)) for k in range(0, 512, 7)]
+    for raw in samples:
+        text = escape_bytes(raw)
+        assert not any(c in text for c in "\t\r\n") and unescape_bytes(text) == raw, raw
+
+
+def _read_rejects(path: Path) -> tuple[list[str], dict[tuple[str, int], list[str]]]:
+    from pipeline.corpus import unescape_bytes
+
+    lines = gzip.decompress(path.read_bytes()).decode("utf-8").split("\n")
+    assert lines[-1] == ""
+    header, rows = lines[0].split("\t"), [line.split("\t") for line in lines[1:-1]]
+    assert all(len(row) == len(header) for row in rows)
+    by_line = {(row[0], int(row[1])): row for row in rows}
+    for row in by_line.values():
+        row[5:7] = [unescape_bytes(row[5]), unescape_bytes(row[6])]
+    return header, by_line
+
+
+def test_rejects_keep_the_original_bytes_of_every_line(tmp_path, dask_client):
+    en = [b"ok one\n", b"bad \xff\tbyte\n", b"x " * 100 + b"\\ end\r\n", b"\n", b"fine\n"]
+    fr = [b"ok un\n", b"fr\ttab\r\n", b"y\n", b"vide\n", b"bien"]
+    (tmp_path / "c.en").write_bytes(b"".join(en))
+    (tmp_path / "c.fr").write_bytes(b"".join(fr))
+    tsv = [b"a\tb\n", b"only one \\ column\n", b"c\td\te\r\n", b"\xff\xfe\tz\n", b"w " * 100 + b"\tq\r\n", b"f\tg"]
+    (tmp_path / "t.tsv").write_bytes(b"".join(tsv))
+    inputs = [CorpusInput("text", (str(tmp_path / "c.en"), str(tmp_path / "c.fr")), "pair"),
+              CorpusInput("tsv", (str(tmp_path / "t.tsv"),), "tsv")]
+    report = ingest(dask_client, inputs, tmp_path / "out", CONFIG, rows_per_part=2, invalid_utf8="reject",
+                    on_error="skip", quiet=True)
+    assert report["lines_read"] == len(en) + len(tsv) == report["pairs_written"] + report["pairs_dropped"]
+    assert report["rejects_written"] == report["pairs_dropped"] == 7
+    header, rows = _read_rejects(tmp_path / "out" / "rejects.tsv.gz")
+    assert header == ["corpus", "line", "reason", "source", "target", "raw_source", "raw_target"]
+    assert len(rows) == report["rejects_written"]
+
+    def body(line: bytes) -> bytes:
+        return line[:-1] if line.endswith(b"\n") else line
+
+    expected = {("pair", 2): (body(en[1]), body(fr[1])), ("pair", 3): (body(en[2]), b"y"),
+                ("pair", 4): (b"", b"vide"), ("tsv", 2): (body(tsv[1]), b""), ("tsv", 3): (body(tsv[2]), b""),
+                ("tsv", 4): (body(tsv[3]), b""), ("tsv", 5): (b"w " * 100, b"q\r")}
+    assert {key: tuple(row[5:7]) for key, row in rows.items()} == expected
+    assert rows[("tsv", 3)][2:5] == ["expected 2 tab-separated columns, found 3", "c d e", ""]  # text as before
+    assert rows[("pair", 3)][2] == "too long" and rows[("tsv", 5)][2] == "too long"
+
+    # Replaced invalid UTF-8 (the default) in a pair dropped by cleaning: the bytes, not U+FFFD.
+    (tmp_path / "r.en").write_bytes(b"kept \xff\n" + b"z " * 100 + b"\xfe\xff\n")
+    (tmp_path / "r.fr").write_bytes(b"garde\nt\xc3\n")
+    replaced = [CorpusInput("text", (str(tmp_path / "r.en"), str(tmp_path / "r.fr")), "r")]
+    report = ingest(dask_client, replaced, tmp_path / "out2", CONFIG, on_error="skip", quiet=True)
+    assert report["invalid_utf8_replaced"] == 3 and report["pairs_written"] == 1
+    assert report["lines_read"] == 2 and report["rejects_written"] == report["pairs_dropped"] == 1
+    _, rows = _read_rejects(tmp_path / "out2" / "rejects.tsv.gz")
+    assert rows[("r", 2)][5:7] == [b"z " * 100 + b"\xfe\xff", b"t\xc3"]
+    assert read_corpus(tmp_path / "out2").column("source").to_pylist() == ["kept \ufffd"]

@@ -76,7 +76,7 @@ def test_schema_and_metadata(demo, tmp_path):
 
 @pytest.mark.parametrize("split", [1, 7, 100, 5000, 10**9])
 def test_byte_ranges_start_at_lines_and_number_them_exactly(tmp_path, split):
-    text = b"a ||| b ||| 1\n" + b"x" * 40 + b" ||| y ||| 2\n\xc3\xa9t\xc3\xa9 ||| z ||| 3\nq ||| r ||| 4"
+    text = b"a ||| b ||| 1\n" + b"x" * 40 + b" ||| y ||| 0.2\n\xc3\xa9t\xc3\xa9 ||| z ||| 0.3\nq ||| r ||| 0.4"
     path = tmp_path / "t.txt"
     path.write_bytes(text)
     ranges = plan_ranges([path], split)
@@ -129,6 +129,9 @@ BAD_LINES = [
     ("empty_phrase", "a |||  ||| 0.5 0.25 1 0.125 ||| 0-0 ||| 1 1 1", "empty target phrase"),
     ("invalid_utf8", b"a\xff ||| x ||| 0.5 0.25 1 0.125 ||| 0-0 ||| 1 1 1", "invalid UTF-8 at byte 2"),
     ("field_count", "", "1 field(s)"),
+    ("score_range", "a ||| x ||| 0.5 0.25 -0.3 0.125 ||| 0-0 ||| 1 1 1",
+     "score2 (prob) is -0.3, not a probability in [0, 1]"),
+    ("score_range", "a ||| x ||| 0.5 1.5 1 0.125 ||| 0-0 ||| 1 1 1", "score1 (prob) is 1.5, not a probability"),
 ]
 
 
@@ -246,7 +249,7 @@ def test_fast_block_path_equals_line_by_line_parsing(demo):
         "demo": (demo["plain"].read_bytes().split(b"\n")[:-1], TableSpec(4, 5)),
         "extras": ([b"a ||| x ||| 0.5 1e-05 ||| 0-0 ||| 1 1 1 ||| s 1 ||| k v\r",
                     "\u00e9 t  |||  y ||| .5 +1 ||| |||  ||| |||".encode()], TableSpec(2, 7)),
-        "three": ([b"a ||| x ||| 0.5", b"b ||| y ||| 1E3"], TableSpec(1, 3)),
+        "three": ([b"a ||| x ||| 0.5", b"b ||| y ||| 1E-3"], TableSpec(1, 3)),
     }
     for name, (lines, spec) in blocks.items():
         schema = phrase_table_schema([{"name": f"score{i}", "domain": "prob"} for i in range(spec.num_scores)],
@@ -269,3 +272,136 @@ def test_several_files_number_their_own_lines(demo, tmp_path):
     assert report["rows_written"] == 2 * n and set(report["files"]) == {str(demo["plain"]), str(demo["gz"])}
     assert all(f["lines"] == f["rows"] == n for f in report["files"].values())
     assert read_table(tmp_path / "two").column("line").to_pylist() == list(range(1, n + 1)) * 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile input: broken compressed files, scores outside their domain, first bad line, raw bytes
+
+def _compress(suffix: str, data: bytes) -> bytes:
+    import bz2
+    import lzma
+
+    import zstandard
+
+    return {".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress,
+            ".zst": zstandard.ZstdCompressor().compress}[suffix](data)
+
+
+def _no_output(tmp_path: Path, out: Path) -> bool:
+    return not out.exists() and not (out / "manifest.json").exists() and not list(tmp_path.glob(f"{out.name}.tmp-*"))
+
+
+@pytest.mark.parametrize("on_error", ["fail", "skip"])
+@pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz", ".zst"])
+def test_truncated_compressed_table_is_a_user_error_naming_file_and_line(tmp_path, suffix, on_error):
+    lines = [f"a{i} b ||| x{i} ||| 0.5 0.25 1 0.125 ||| 0-0 ||| 2 2 1" for i in range(20000)]
+    path = tmp_path / f"pt.txt{suffix}"
+    path.write_bytes(_compress(suffix, "".join(line + "\n" for line in lines).encode())[:-30])
+    with pytest.raises(UserError) as caught:
+        import_moses([path], tmp_path / "out", on_error=on_error)
+    message = str(caught.value)
+    assert message.startswith(f"{path}:") and "\n" not in message
+    assert "compressed file is truncated or corrupt" in message and "--on-error skip cannot skip" in message
+    assert 1 <= int(message.split(":")[1]) <= len(lines) + 1
+    assert _no_output(tmp_path, tmp_path / "out")
+
+
+def test_cli_truncated_gzip_table_on_the_cluster_is_one_line(tmp_path, dask_address, capsys):
+    # Long enough that detect_spec (on the client) reads fine and the worker meets the break.
+    lines = [f"a{i} b ||| x{i} ||| 0.5 0.25 1 0.125 ||| 0-0 ||| 2 2 1" for i in range(40000)]
+    path = tmp_path / "pt.gz"
+    path.write_bytes(gzip.compress("".join(line + "\n" for line in lines).encode())[:-12])
+    for extra in ([], ["--on-error", "skip"]):
+        status = cli.main(["phrase-table", str(path), "--out", str(tmp_path / "out"), "--scheduler", dask_address,
+                           "--quiet", *extra])
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert status == 1 and len(errors) == 1, errors
+        assert errors[0].startswith(f"rnnenc: error: {path}:") and "truncated or corrupt (gzip: " in errors[0]
+        line = int(errors[0].removeprefix(f"rnnenc: error: {path}:").split(":")[0])
+        assert 30000 < line <= len(lines)
+        assert _no_output(tmp_path, tmp_path / "out")
+
+
+def test_scores_outside_their_prob_domain_are_refused_at_import(tmp_path):
+    from pipeline.phrase_table import TableSpec, _fast_block
+
+    # 0 is what the export accepts (it writes Moses's floor exp(-100)); so does the import.
+    path = tmp_path / "zero.txt"
+    path.write_text(GOOD + "\n" + GOOD.replace("0.5 0.25", "0 0.25") + "\n")
+    import_moses([path], tmp_path / "zero")
+    assert export_moses(tmp_path / "zero", tmp_path / "zero.gz", ExportConfig(sorter="python"))["clipped_total"] == 1
+
+    # Old Moses tables: a fifth score, the phrase penalty e = 2.718, is no probability but fine.
+    path = tmp_path / "five.txt"
+    path.write_text("a ||| x ||| 0.5 0.25 1 0.125 2.718 ||| 0-0\nb ||| y ||| 0.5 0.25 1 0.125 -2.718 ||| 0-0\n")
+    with pytest.raises(UserError, match=r"five\.txt:2: score4 \(prob\) is -2\.718: negative, but Moses takes"):
+        import_moses([path], tmp_path / "five")
+    report = import_moses([path], tmp_path / "five", on_error="skip")
+    assert report["rows_written"] == 1 and report["rejected_by_reason"] == {"score_range": 1}
+
+    # --prob-scores 0: no column is a probability, but a negative score still is no prob value.
+    path = tmp_path / "free.txt"
+    path.write_text("a ||| x ||| 1.5 7\nb ||| y ||| 0.5 -0\nc ||| z ||| -1 1\n")
+    report = import_moses([path], tmp_path / "free", prob_scores=0, on_error="skip")
+    assert report["rows_written"] == 2 and report["rejected_by_reason"] == {"score_range": 1}
+    assert report["prob_scores"] == 0
+    with pytest.raises(UserError, match=r"free\.txt:1: score0 \(prob\) is 1\.5, not a probability"):
+        import_moses([path], tmp_path / "free2")
+
+    # The Arrow fast path leaves such blocks to the line-by-line parser, which names the line.
+    schema = phrase_table_schema([{"name": "score0", "domain": "prob"}], 3)
+    for odd in (b"a ||| x ||| -0.001", b"a ||| x ||| 1.0001", b"a ||| x ||| -inf"):
+        assert _fast_block([b"b ||| y ||| 1", odd], 1, schema, TableSpec(1, 3)) is None, odd
+    assert _fast_block([b"b ||| y ||| 1", b"a ||| x ||| 7"], 1, schema, TableSpec(1, 3, prob_scores=0)) is not None
+
+
+def test_each_range_reports_its_first_bad_line_and_the_import_the_first_of_all(tmp_path):
+    from pipeline.phrase_table import detect_spec, import_range
+
+    lines = [GOOD.replace("a b", f"p{i}") for i in range(400)]
+    bad = {57: "a ||| x ||| 0.5 -1 1 0.125 ||| 0-0 ||| 1 1 1", 58: "a ||| x", 230: "q ||| r ||| 2 1 1 1 ||| 0-0 ||| 1 1 1",
+           231: "a ||| x ||| 0.5 abc 1 0.125 ||| 0-0 ||| 1 1 1", 390: " ||| x ||| 0.5 0.25 1 0.125 ||| 0-0 ||| 1 1 1"}
+    for number, text in bad.items():
+        lines[number - 1] = text
+    path = tmp_path / "pt.txt"
+    path.write_text("".join(line + "\n" for line in lines))
+    spec = detect_spec(path)
+    ranges = plan_ranges([path], 2000)
+    ranges = number_ranges(ranges, [count_newlines(r) for r in ranges])
+    checked = 0
+    for rng in ranges:
+        last = rng.first_line + count_newlines(rng) - 1
+        inside = sorted(n for n in bad if rng.first_line <= n <= last)
+        if not inside:
+            continue
+        # Blocks of a few lines: a range's first block may be clean (fast path), a later one not.
+        with pytest.raises(UserError, match=rf"^{path}:{inside[0]}: "):
+            import_range(rng, str(tmp_path / f"staging-{rng.index}"), spec, block_bytes=300)
+        checked += 1
+    assert checked >= 3 and len(ranges) > 5
+    with pytest.raises(UserError, match=rf"^{path}:57: score1 \(prob\) is -1, not a probability"):
+        import_moses([path], tmp_path / "out", split_bytes=2000)
+    report = import_moses([path], tmp_path / "out", split_bytes=2000, on_error="skip")
+    rows = gzip.decompress((tmp_path / "out" / "rejects.tsv.gz").read_bytes()).decode().split("\n")[1:-1]
+    assert [int(r.split("\t")[1]) for r in rows] == sorted(bad)
+    assert report["lines_read"] == 400 == report["rows_written"] + report["rejected"]
+
+
+def test_phrase_table_rejects_keep_the_exact_bytes_of_each_line(tmp_path):
+    from pipeline.corpus import unescape_bytes
+
+    bad = [b"a\tb ||| x ||| 0.5 -0.25 1 0.125 ||| 0-0 ||| 1 1 1",          # a tab inside the phrase
+           b"back\\slash \\t ||| x\xff\xfe ||| 0.5 0.25 1 0.125 ||| 0-0 ||| 1 1 1",  # \ and invalid UTF-8
+           b"c ||| x ||| 0.5 0.25 1 ||| 0-0 ||| 1 1 1\r",                    # a CR before the newline
+           b"\\x41 ||| y ||| 0.5 0.25 1 0.125 ||| 0-0",                       # looks like an escape
+           b"\t\r"]
+    path = tmp_path / "pt.txt"
+    path.write_bytes(b"\n".join([GOOD.encode(), *bad, GOOD.replace("a b", "z").encode()]))  # no final newline
+    report = import_moses([path], tmp_path / "out", on_error="skip", split_bytes=64)
+    assert report["lines_read"] == len(bad) + 2 == report["rows_written"] + report["rejected"]
+    assert report["rejected"] == len(bad) and report["rows_written"] == 2
+    rows = gzip.decompress((tmp_path / "out" / "rejects.tsv.gz").read_bytes()).decode("utf-8").split("\n")
+    assert rows[0] == "file\tline\treason\tdetail\ttext" and rows[-1] == ""
+    fields = [row.split("\t") for row in rows[1:-1]]
+    assert all(len(f) == 5 for f in fields) and [int(f[1]) for f in fields] == [2, 3, 4, 5, 6]
+    assert [unescape_bytes(f[4]) for f in fields] == bad

@@ -8,9 +8,12 @@ ingest`` never pays for importing torch.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
+import re
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -48,6 +51,44 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 log = logging.getLogger("rnnenc")
 
+# Options that name files or directories. They are made absolute before anything runs, since
+# the workers of a --scheduler cluster may run in another directory. LANG=PATH values
+# (select's --in-lm/--out-lm) have their path part resolved.
+PATH_OPTIONS = {"src", "tgt", "tsv", "parquet", "pool", "in_domain", "dev", "phrase_table", "corpus",
+                "src_vocab", "tgt_vocab", "model", "moses_ini", "input", "table", "dev_src", "dev_ref", "test",
+                "test_src", "test_ref", "alignment", "priors", "out", "rejects", "cache_dir", "export", "hf",
+                "in_lm", "out_lm", "workflow", "manifest"}
+_URL = re.compile(r"^[a-z][a-z0-9+.-]*://")
+
+
+def _absolute(value: str) -> str:
+    if _URL.match(value):
+        return value
+    lang, sep, path = value.partition("=")
+    if sep and re.fullmatch(r"[A-Za-z_-]+", lang) and not os.path.exists(value):
+        return f"{lang}={os.path.abspath(path)}"
+    return os.path.abspath(value)
+
+
+def absolute_paths(args: argparse.Namespace) -> None:
+    """Make every path option of ``args`` absolute (in place); --hf names that are no local
+    directory stay hub names."""
+    for dest in PATH_OPTIONS & set(vars(args)):
+        value = getattr(args, dest)
+        if dest == "hf":
+            value = [v if not os.path.exists(v) else os.path.abspath(v) for v in value] if value else value
+        elif isinstance(value, str):
+            value = _absolute(value)
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+            value = [_absolute(v) for v in value]
+        setattr(args, dest, value)
+
+
+def _terminate(signum: int, _frame) -> None:
+    """SIGTERM ends a run like Ctrl-C: temporaries removed, completed outputs kept."""
+    raise KeyboardInterrupt
+
+
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("common options")
@@ -62,6 +103,9 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
                             "else start a local cluster)")
     group.add_argument("--workers", type=int, metavar="N",
                        help="local cluster only: number of worker processes (default: one per core)")
+    group.add_argument("--dashboard", metavar="ADDRESS",
+                       help="local cluster only: the Dask dashboard's address (default: 127.0.0.1 on a free "
+                            "port; e.g. 0.0.0.0:8787 to reach it from other machines)")
 
 
 def _load(command: str):
@@ -119,6 +163,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if module is None:
         print(f"rnnenc: error: '{args.command}' has not landed in this version of rnnenc yet", file=sys.stderr)
         return 2
+    absolute_paths(args)
+    if getattr(args, "dashboard", None):
+        os.environ["RNNENC_DASHBOARD"] = args.dashboard  # read by workflows.cluster.dask_client
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread (rnnenc called from a thread): leave signals alone
+        previous = None
     try:
         return int(module.main(args) or 0)
     except UserError as exc:
@@ -126,9 +177,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"rnnenc: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        # the machine's errors (a full disk, a read-only or vanished directory, permissions):
+        # one line naming the file; --debug shows where
+        if args.debug or exc.errno is None:
+            raise
+        hint = {errno.ENOSPC: " (free some space, or choose another --out)",
+                errno.EDQUOT: " (free some space, or choose another --out)",
+                errno.EACCES: " (check the permissions)", errno.EROFS: " (choose a writable --out)"}
+        print(f"rnnenc: error: {exc}{hint.get(exc.errno, '')}; outputs of this run were not published",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("rnnenc: interrupted; completed outputs are kept, partial ones discarded", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

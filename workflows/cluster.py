@@ -1,8 +1,13 @@
 """Creating or joining the Dask client: the only place rnnenc starts a cluster.
 
 Default: an embedded ``LocalCluster`` of worker processes, one single-threaded worker per
-core (KenLM and sacremoses hold the GIL, so threads would not scale). ``--scheduler
+core (KenLM and sacremoses hold the GIL, so threads would not scale), every service bound to
+127.0.0.1 (the dashboard too, unless ``--dashboard ADDRESS`` says otherwise). ``--scheduler
 tcp://HOST:PORT`` or ``DASK_SCHEDULER_ADDRESS`` joins an existing cluster instead.
+
+A stage never waits forever: losing the scheduler, or every worker for longer than
+``RNNENC_LOST_WORKERS_TIMEOUT`` seconds (default 60), ends it with one line, and the stage's
+temporary output is discarded.
 """
 
 from __future__ import annotations
@@ -10,14 +15,31 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from distributed import Client, Future, LocalCluster, as_completed
+from distributed import Client, Future, LocalCluster, wait
+from distributed.client import FuturesCancelledError
+from distributed.comm.core import CommClosedError
 from tqdm.auto import tqdm
+
+from pipeline.errors import UserError
 
 log = logging.getLogger("rnnenc")
 T = TypeVar("T")
+DEFAULT_DASHBOARD = "127.0.0.1:0"
+DEFAULT_LOST_WORKERS_TIMEOUT = 60.0
+_POLL_SECONDS = 2.0
+
+
+def lost_workers_timeout() -> float:
+    """Seconds a stage waits with no worker before it gives up (``RNNENC_LOST_WORKERS_TIMEOUT``)."""
+    value = os.environ.get("RNNENC_LOST_WORKERS_TIMEOUT")
+    try:
+        return float(value) if value else DEFAULT_LOST_WORKERS_TIMEOUT
+    except ValueError:
+        raise UserError(f"RNNENC_LOST_WORKERS_TIMEOUT={value}: not a number of seconds") from None
 
 
 def scheduler_address(explicit: str | None = None) -> str | None:
@@ -26,22 +48,66 @@ def scheduler_address(explicit: str | None = None) -> str | None:
 
 @contextlib.contextmanager
 def dask_client(scheduler: str | None = None, n_workers: int | None = None,
-                memory_limit: str = "auto") -> Iterator[Client]:
-    """A client on ``scheduler`` (or DASK_SCHEDULER_ADDRESS), else on an embedded LocalCluster."""
+                memory_limit: str = "auto", dashboard: str | None = None) -> Iterator[Client]:
+    """A client on ``scheduler`` (or DASK_SCHEDULER_ADDRESS), else on an embedded LocalCluster.
+
+    ``dashboard``: the local cluster's dashboard address (default ``$RNNENC_DASHBOARD``, else
+    127.0.0.1 on a free port); its URL is logged once.
+    """
     address = scheduler_address(scheduler)
     if address:
         log.info("joining Dask scheduler at %s", address)
-        with Client(address, timeout="30s") as client:
+        try:
+            client = Client(address, timeout="30s")
+        except (OSError, CommClosedError) as exc:
+            raise UserError(f"could not reach the Dask scheduler at {address} ({exc})") from None
+        with client, _quiet_shutdown(), _scheduler_loss_as_user_error(client):
             yield client
         return
     n_workers = n_workers or os.cpu_count() or 1
+    dashboard = dashboard or os.environ.get("RNNENC_DASHBOARD") or DEFAULT_DASHBOARD
     log.info("starting a local Dask cluster: %d worker process(es), 1 thread each", n_workers)
     # The workers fill every core, so an OpenMP thread in one (eflomal's, torch's) must sleep at
     # once rather than spin beside the others, whatever this process does (workflows/cli.py).
-    with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                      memory_limit=memory_limit, dashboard_address=":0", env={"GOMP_SPINCOUNT": "0"},
-                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+    with LocalCluster(
+            n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+            memory_limit=memory_limit, dashboard_address=dashboard, env={"GOMP_SPINCOUNT": "0"},
+            silence_logs=logging.CRITICAL) as cluster, Client(cluster) as client, _quiet_shutdown(), \
+            _scheduler_loss_as_user_error(client):
+        if client.dashboard_link:
+            log.info("Dask dashboard: %s", client.dashboard_link)
         yield client
+
+
+@contextlib.contextmanager
+def _scheduler_loss_as_user_error(client: Client) -> Iterator[None]:
+    """Whatever call of a stage meets the lost scheduler first (a wait, a submit, a gather), the
+    user gets one line, not distributed's traceback."""
+    try:
+        yield
+    except (CommClosedError, FuturesCancelledError, OSError, TimeoutError) as exc:
+        if client.status == "running" and not _connection_lost(exc):
+            raise
+        raise _lost_scheduler(client) from None
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    return isinstance(exc, FuturesCancelledError) and "scheduler-connection-lost" in str(exc)
+
+
+@contextlib.contextmanager
+def _quiet_shutdown() -> Iterator[None]:
+    """Closing a client whose scheduler or workers are gone logs heartbeat tracebacks
+    (CommClosedError) from distributed's loggers; rnnenc has said what happened by then.
+    Entered last, so it quiets them before the client and cluster close."""
+    try:
+        yield
+    finally:
+        if not log.isEnabledFor(logging.DEBUG):
+            for name in ("distributed", "distributed.client", "distributed.worker", "distributed.nanny",
+                         "distributed.scheduler", "distributed.core", "distributed.batched", "tornado",
+                         "asyncio"):
+                logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def gpu_resources(client: Client) -> dict[str, float] | None:
@@ -71,16 +137,96 @@ def map_partitions(client: Client, func: Callable[..., T], items: Sequence[Any],
 def results_in_order(client: Client, futures: list[Future], bar: tqdm | None = None) -> list[Any]:
     """Wait for ``futures`` as they finish (ticking ``bar``); results in submission order.
 
-    The first failure cancels the other futures and re-raises its exception here.
+    A failure cancels the futures after it and waits for those before it: the exception raised
+    here is that of the first failing item in input order (so a stage reports the first bad line
+    of its input, however the tasks were scheduled). Losing the scheduler, or every worker for
+    ``RNNENC_LOST_WORKERS_TIMEOUT`` seconds, raises a UserError.
     """
     index = {future.key: i for i, future in enumerate(futures)}
     results: list[Any] = [None] * len(futures)
+    pending = set(futures)
+    failed: tuple[int, BaseException] | None = None
+    timeout = lost_workers_timeout()
+    alone_since: float | None = None
     try:
-        for future in as_completed(futures):
-            results[index[future.key]] = future.result()
-            if bar is not None:
-                bar.update(1)
+        while pending:
+            try:
+                done, pending = wait(list(pending), timeout=_POLL_SECONDS, return_when="FIRST_COMPLETED")
+                pending = set(pending)
+            except TimeoutError:
+                done = set()
+            except FuturesCancelledError as exc:
+                if client.status != "running" or _connection_lost(exc):
+                    raise _lost_scheduler(client) from None
+                raise
+            for future in sorted(done, key=lambda f: index[f.key]):
+                i = index[future.key]
+                if future.status == "finished":
+                    results[i] = future.result()
+                    if bar is not None:
+                        bar.update(1)
+                    continue
+                if future.status == "cancelled" and (failed is not None and i > failed[0]):
+                    continue  # cancelled by us after an earlier failure
+                error = _future_error(client, future)
+                if failed is None or i < failed[0]:
+                    failed = (i, error)
+                    later = [f for f in pending if index[f.key] > i]
+                    client.cancel(later)
+                    pending -= set(later)
+            if failed is not None and not any(index[f.key] < failed[0] for f in pending):
+                raise failed[1]
+            if not done:
+                alone_since = _check_cluster(client, alone_since, timeout, len(futures) - len(pending), len(futures))
+            else:
+                alone_since = None
     except BaseException:
-        client.cancel(futures)
+        with contextlib.suppress(Exception):
+            client.cancel(list(pending))
         raise
     return results
+
+
+def _future_error(client: Client, future: Future) -> BaseException:
+    """The exception of a failed or cancelled future; a lost scheduler as a UserError."""
+    if future.status == "cancelled":
+        if client.status != "running":
+            return _lost_scheduler(client)
+        return UserError(f"a Dask task was cancelled by someone else ({future.key})")
+    try:
+        future.result()
+    except (CommClosedError, OSError) as exc:
+        if client.status != "running":
+            return _lost_scheduler(client)
+        return exc
+    except BaseException as exc:  # noqa: BLE001 - re-raised by the caller
+        return exc
+    return RuntimeError(f"{future.key}: status {future.status} without an exception")
+
+
+def _lost_scheduler(client: Client) -> UserError:
+    address = getattr(client.scheduler, "address", None) or "its address"
+    return UserError(f"lost the Dask scheduler at {address}; nothing of this stage was published, rerun it "
+                     "once the scheduler is back")
+
+
+def _check_cluster(client: Client, alone_since: float | None, timeout: float, done: int, total: int) -> float | None:
+    """Raise when the scheduler is gone or no worker has been there for ``timeout`` seconds;
+    return when the wait without workers began (None while workers are there)."""
+    if client.status != "running":
+        raise _lost_scheduler(client)
+    try:
+        workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    except (CommClosedError, OSError, TimeoutError):
+        raise _lost_scheduler(client) from None
+    if workers:
+        return None
+    now = time.monotonic()
+    if alone_since is None:
+        log.warning("no Dask worker left (%d of %d task(s) done); waiting up to %.0f s for one", done, total, timeout)
+        return now
+    if now - alone_since >= timeout:
+        raise UserError(f"every Dask worker was lost and none came back within {timeout:.0f} s ({done} of {total} "
+                        "task(s) done); nothing of this stage was published (set RNNENC_LOST_WORKERS_TIMEOUT to "
+                        "wait longer)")
+    return alone_since

@@ -1,10 +1,18 @@
-"""Tokenise, clean and shard parallel corpora into Parquet.
+r"""Tokenise, clean and shard parallel corpora into Parquet.
 
 Reads text pairs (--src/--tgt, .gz/.bz2/.xz/.zst transparently), two-column TSV (--tsv),
 Parquet (--parquet) and Hugging Face datasets (--hf, a save_to_disk directory or a hub name);
 normalises punctuation and tokenises with sacremoses (Moses escaping), optionally lowercases,
 and cleans as Moses clean-corpus-n.perl does. Writes OUT/part-NNNNN.parquet (source, target,
 source_tokens, target_tokens, corpus, line), OUT/report.json and, last, OUT/manifest.json.
+
+Rejected pairs (with --on-error skip: OUT/rejects.tsv.gz, or --rejects FILE) are written one a
+line: corpus, line, reason, source, target (the text; tabs, CRs, newlines as spaces), raw_source,
+raw_target: the exact original bytes of each side, a backslash written \\, a byte that is not
+UTF-8 \xNN, a tab \t, a CR \r, a newline \n (pipeline.corpus.unescape_bytes, or bash's
+printf '%b', gives them back). A TSV line rejected before it was split (invalid UTF-8, another
+number of columns) has all its bytes in raw_source. A truncated or corrupt compressed input
+stops the run with FILE:LINE, whatever --on-error says: the rest of that file is lost.
 
 The reader streams each input once on the client in batches of --rows-per-part pairs and
 hands every batch to a Dask worker as soon as it is read; outputs are identical whatever the
@@ -32,7 +40,7 @@ from distributed import Client
 from tqdm.auto import tqdm
 
 from pipeline.artifacts import atomic_output_dir, write_json_atomic, write_manifest
-from pipeline.corpus import CorpusInput, InvalidUtf8, OnError, read_batches
+from pipeline.corpus import CorpusInput, InvalidUtf8, OnError, escape_bytes, read_batches
 from pipeline.errors import UserError
 from pipeline.preprocess import PreprocessConfig, preprocess_shard
 from workflows.cli import add_cluster_arguments
@@ -53,16 +61,25 @@ def corpus_name(path: str, lang: str | None = None) -> str:
     return name or Path(path).name
 
 
+REJECTS_HEADER = ("corpus", "line", "reason", "source", "target", "raw_source", "raw_target")
+
+
 def _write_rejects(reject_parts: Sequence[Path], reader_rejects: list[dict], path: Path) -> int:
-    """Concatenate rejects (reader's first, then cleaning's in part order) into one TSV.gz."""
+    """Concatenate rejects (reader's first, then cleaning's in part order) into one TSV.gz.
+
+    The text columns are for reading (tabs, CRs and newlines become spaces); ``raw_source`` and
+    ``raw_target`` hold the original bytes, escaped (``escape_bytes``), so nothing is lost.
+    """
     count = 0
     tmp = path.with_name(path.name + ".tmp")
     with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=6) as out:
-        out.write("corpus\tline\treason\tsource\ttarget\n")
+        out.write("\t".join(REJECTS_HEADER) + "\n")
 
         def emit(row: dict) -> None:
             fields = (row["corpus"], str(row["line"]), row["reason"], row["source"], row["target"])
-            out.write("\t".join(f.replace("\t", " ").replace("\n", " ") for f in fields) + "\n")
+            # A CR too: a reader with universal newlines would end the row there.
+            text = [f.replace("\t", " ").replace("\n", " ").replace("\r", " ") for f in fields]
+            out.write("\t".join([*text, escape_bytes(row["raw_source"]), escape_bytes(row["raw_target"])]) + "\n")
 
         for row in reader_rejects:
             emit(row)
@@ -92,7 +109,7 @@ def ingest(client: Client, inputs: Sequence[CorpusInput], out_dir: str | Path, c
     totals: Counter = Counter()
     per_corpus: dict[str, Counter] = {}
 
-    with atomic_output_dir(out_dir) as tmp:
+    with atomic_output_dir(out_dir, stage="ingest", inputs=[p for c in inputs for p in c.paths]) as tmp:
         staging = tmp / ".staging"
         staging.mkdir()
         futures = []
@@ -105,12 +122,11 @@ def ingest(client: Client, inputs: Sequence[CorpusInput], out_dir: str | Path, c
                 log.info("reading %s (%s)", corpus.describe(), corpus.kind)
                 for batch in read_batches(corpus, config.source_lang, config.target_lang, rows_per_part,
                                           invalid_utf8, on_error):
-                    for line, reason, source, target in batch.rejects:
-                        dropped[reason] += 1
+                    for reject in batch.rejects:
+                        dropped[reject.reason] += 1
                         per_corpus[corpus.name]["rejected"] += 1
                         if write_rejects:
-                            reader_rejects.append({"corpus": corpus.name, "line": line, "reason": reason,
-                                                   "source": source, "target": target})
+                            reader_rejects.append({"corpus": corpus.name} | reject._asdict())
                     totals["invalid_utf8_replaced"] += batch.invalid_utf8_replaced
                     totals["lines_read"] += len(batch) + len(batch.rejects)
                     per_corpus[corpus.name]["lines_read"] += len(batch) + len(batch.rejects)

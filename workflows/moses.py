@@ -118,7 +118,7 @@ def main(args: argparse.Namespace) -> int:
             raise UserError(f"{path}: no such file")
     inputs += [Path(p) for p in (args.dev, args.test) if p]
     report: dict[str, Any] = {"stage": "moses", "moses_home": str(moses)}
-    with atomic_output_dir(args.out) as tmp:
+    with atomic_output_dir(args.out, stage="moses", inputs=inputs) as tmp:
         dev_src, dev_ref = (corpus_to_text(Path(args.dev), tmp / "dev") if args.dev
                             else (Path(args.dev_src), Path(args.dev_ref)))
         if args.test:

@@ -1,4 +1,4 @@
-"""Import a Moses phrase table (text or .gz/.bz2/.xz/.zst) into a Parquet phrase table.
+r"""Import a Moses phrase table (text or .gz/.bz2/.xz/.zst) into a Parquet phrase table.
 
 Reads `source ||| target ||| scores ||| alignment ||| counts` lines (and any further fields),
 streaming, into OUT/part-NNNNN.parquet with the schema of CONTRIBUTING.md ("Phrase table
@@ -8,9 +8,13 @@ Plain text is split into byte ranges of --split-size (aligned to line starts; li
 exact), compressed files are read one task per file; tasks run on Dask.
 
 Bad lines (invalid UTF-8, a wrong number of fields, an empty phrase, a non-numeric score,
-another number of scores than the first line) stop the import with FILE:LINE: reason, or
-with --on-error skip are counted by reason in OUT/report.json and written to
-OUT/rejects.tsv.gz (file, line, reason, detail, text). OUT/manifest.json is written last.
+another number of scores than the first line, a negative score, or one of the first
+--prob-scores scores outside [0, 1]) stop the import with FILE:LINE: reason, or with
+--on-error skip are counted by reason in OUT/report.json and written to OUT/rejects.tsv.gz
+(file, line, reason, detail, text; text is the line's exact bytes with a backslash written
+\\, a byte that is not UTF-8 \xNN, a tab \t, a CR \r). A truncated or corrupt compressed
+input stops the import with FILE:LINE whatever --on-error says: the rest of the file is lost.
+OUT/manifest.json is written last.
 
 example:
   rnnenc phrase-table train/model/phrase-table.gz --src-lang en --tgt-lang fr --out artifacts/run/phrase-table
@@ -21,7 +25,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pipeline.phrase_table import DEFAULT_ROWS_PER_GROUP, DEFAULT_SPLIT_BYTES, import_moses
+from pipeline.phrase_table import (
+    DEFAULT_PROB_SCORES,
+    DEFAULT_ROWS_PER_GROUP,
+    DEFAULT_SPLIT_BYTES,
+    import_moses,
+)
 from workflows.cli import add_cluster_arguments
 
 
@@ -49,6 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where rejected lines go (default: OUT/rejects.tsv.gz)")
     parser.add_argument("--num-scores", type=int, metavar="N",
                         help="expected number of scores a line (default: that of the first valid line)")
+    parser.add_argument("--prob-scores", type=int, default=DEFAULT_PROB_SCORES, metavar="N",
+                        help="how many leading scores are probabilities, refused outside [0, 1] (default: "
+                             "%(default)s, Moses's phi(f|e) lex(f|e) phi(e|f) lex(e|f); 0: none). Any "
+                             "negative score is refused: Moses takes the log")
     parser.add_argument("--split-size", type=parse_size, default=DEFAULT_SPLIT_BYTES, metavar="BYTES",
                         help="plain text: bytes per task and per part (default: 256M)")
     parser.add_argument("--rows-per-group", type=int, default=DEFAULT_ROWS_PER_GROUP,
@@ -75,6 +88,7 @@ def main(args: argparse.Namespace) -> int:
 
         report = import_moses(args.input, args.out, source_lang=args.src_lang, target_lang=args.tgt_lang,
                               on_error=args.on_error, rejects_path=args.rejects, split_bytes=args.split_size,
-                              rows_per_group=args.rows_per_group, num_scores=args.num_scores, map_fn=map_fn)
+                              rows_per_group=args.rows_per_group, num_scores=args.num_scores, map_fn=map_fn,
+                              prob_scores=args.prob_scores)
     print(describe(report))
     return 0

@@ -109,7 +109,7 @@ def run_phrases(client, corpus: str | Path, out: str | Path, config: PhraseConfi
     if given is not None and len(given) != len(parts):
         raise UserError(f"{alignment}: {len(given)} alignment parts for the {len(parts)} parts of {corpus_dir}")
     timings: dict[str, float] = {}
-    with atomic_output_dir(out) as tmp:
+    with atomic_output_dir(out, stage="phrases", inputs=[corpus, *([alignment] if alignment else [])]) as tmp:
         (tmp / "alignment").mkdir()
         aligned = [tmp / "alignment" / f"part-{i:05d}.parquet" for i in range(len(parts))]
         started = time.perf_counter()

@@ -38,10 +38,14 @@ from typing import Any
 from distributed import Client
 
 from pipeline.artifacts import (
-    MANIFEST_NAME,
+    OWNER_NAME,
     atomic_output_dir,
+    check_output_target,
     file_hash,
+    output_lock,
+    output_stage,
     read_manifest,
+    replace_output,
     write_json_atomic,
     write_manifest,
 )
@@ -105,6 +109,8 @@ def run_identity(config: RescoreConfig, rows_per_unit: int) -> tuple[RescoreConf
 def prepare_staging(staging: Path, run: dict[str, Any], units: Sequence[WorkUnit]) -> None:
     """Keep a previous attempt's parts only if it was the same run; drop anything else."""
     previous = staging / RUN_FILE
+    if staging.exists() and output_stage(staging) != "rescore":
+        raise UserError(f"{staging}: exists and was not written by rnnenc rescore; move it away and rerun")
     if staging.exists():
         try:
             same = json.loads(previous.read_text()) == run
@@ -114,6 +120,7 @@ def prepare_staging(staging: Path, run: dict[str, Any], units: Sequence[WorkUnit
             log.info("%s: an interrupted run with another model or config; starting over", staging)
             shutil.rmtree(staging)
     (staging / UNITS_DIR).mkdir(parents=True, exist_ok=True)
+    write_json_atomic(staging / OWNER_NAME, {"stage": "rescore"})
     planned = {unit.name for unit in units}
     for path in staging.glob("part-*.parquet"):
         if path.name not in planned:  # the input changed shape since: not part of this table
@@ -127,21 +134,29 @@ def publish(staging: Path, out: Path) -> None:
     """Turn the complete staging directory into ``out`` (replacing an older output)."""
     shutil.rmtree(staging / UNITS_DIR)
     (staging / RUN_FILE).unlink()
-    if out.exists():
-        (out / MANIFEST_NAME).unlink(missing_ok=True)  # untrust it before it disappears
-        shutil.rmtree(out)
-    os.replace(staging, out)
+    replace_output(staging, out)
 
 
 def rescore(client: Client, table: str | os.PathLike, out: str | os.PathLike, config: RescoreConfig, *,
             rows_per_unit: int = DEFAULT_ROWS_PER_UNIT, max_unknown_rate: float = 0.5,
             quiet: bool = False) -> dict[str, Any]:
-    """Rescore ``table`` into ``out`` on the cluster, resuming a previous interrupted run; return the report."""
-    started = time.perf_counter()
-    table, out = Path(table), Path(out)
-    config.validate()
-    if out.resolve() == table.resolve():
+    """Rescore ``table`` into ``out`` on the cluster, resuming a previous interrupted run; return the report.
+
+    ``out`` is checked (never a foreign directory or one holding an input) and locked for the run.
+    """
+    table = Path(table)
+    if Path(os.path.abspath(out)) == Path(os.path.abspath(table)):
         raise UserError(f"{out}: the output must differ from the input (the input is never modified)")
+    out = check_output_target(out, "rescore", [table, config.model])
+    with output_lock(out):
+        return _rescore(client, table, out, config, rows_per_unit=rows_per_unit, max_unknown_rate=max_unknown_rate,
+                        quiet=quiet)
+
+
+def _rescore(client: Client, table: Path, out: Path, config: RescoreConfig, *, rows_per_unit: int,
+             max_unknown_rate: float, quiet: bool) -> dict[str, Any]:
+    started = time.perf_counter()
+    config.validate()
     units, schema = plan_units(table, rows_per_unit, config.group_rows)
     output_schema(schema, config, table)  # metadata and column names, checked before any work
     langs, model_config = check_model_fits(table, units, config, max_unknown_rate)
@@ -215,7 +230,7 @@ def export(client: Client, table: str | os.PathLike, out: str | os.PathLike, *, 
     def map_fn(func, items, desc):
         return map_partitions(client, func, items, desc=desc, quiet=quiet, key_prefix="export")
 
-    with atomic_output_dir(out) as tmp:
+    with atomic_output_dir(out, stage="export", inputs=[table]) as tmp:
         counts = export_moses(table, tmp / "phrase-table.gz", map_fn=map_fn)
         write_json_atomic(tmp / "report.json", {"stage": "export"} | counts)
     write_manifest(out, stage="export", inputs=[table], config={"format": "moses", "precision": 6},

@@ -25,7 +25,7 @@ from typing import Any
 
 import xxhash
 
-from pipeline.artifacts import is_complete, path_record, write_json_atomic
+from pipeline.artifacts import is_complete, output_stage, path_record, write_json_atomic
 from pipeline.errors import UserError
 from workflows.cli import COMMANDS, add_cluster_arguments
 from workflows.cluster import dask_client
@@ -68,6 +68,9 @@ def _prepare_resumable(workflow: Workflow, stage: Stage, key: str) -> bool:
     if not is_complete(stage.out) and previous.get("key") == key and previous.get("status") == "running":
         log.info("stage %s: resuming the interrupted run in %s", stage.name, stage.out)
         return (stage.out / "checkpoints" / "last.pt").is_file()
+    if not previous and output_stage(stage.out) != stage.command:
+        raise UserError(f"{stage.out}: exists and was not written by this workflow's {stage.name} stage; "
+                        "move it away or choose another 'out'")
     log.info("stage %s: removing the stale output of an earlier run in %s", stage.name, stage.out)
     shutil.rmtree(stage.out)
     return False

@@ -111,7 +111,7 @@ def run_selection(cfg: SelectConfig, out: str | Path, mapper: Mapper) -> dict[st
         timings[name] = round(now - since, 3)
         return now
 
-    with atomic_output_dir(out) as tmp:
+    with atomic_output_dir(out, stage="select", inputs=[pool.path, *_spec_inputs(cfg.in_domain, scored_langs)]) as tmp:
         work, lm_dir = tmp / ".work", tmp / "lm"
         for directory in (work / "sample", work / "text", lm_dir, tmp / "scores", tmp / "selected"):
             directory.mkdir(parents=True)

@@ -137,7 +137,7 @@ def build(kind: str, path: str | Path, out: str | Path, *, src_lang: str | None 
         if missing:
             raise UserError(f"{part}: no column(s) {', '.join(sorted(missing))}")
     sizes = {"source": src_size or size, "target": tgt_size or size}
-    with atomic_output_dir(out) as tmp:
+    with atomic_output_dir(out, stage="vocab", inputs=[path]) as tmp:
         if kind == "corpus":
             counted = count_corpus(parts, map_fn)
             basis = "running words of the corpus"

@@ -1,0 +1,217 @@
+"""Outputs never cost data: --out never removes inputs or foreign directories, one run per output
+at a time (a lock naming its holder), stale temporaries of killed runs removed by the next run,
+relative paths with an external scheduler, machine errors in one line, the dashboard on loopback."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.artifacts import OWNER_NAME, atomic_output_dir, output_lock, write_manifest
+from pipeline.errors import UserError
+from pipeline.phrase_table import import_moses
+from workflows import cli
+
+EN = ["Hello world .", "A small cat .", "The house is red .", "I see a dog ."]
+FR = ["Bonjour le monde .", "Un petit chat .", "La maison est rouge .", "Je vois un chien ."]
+TABLE = "".join(f"{s} ||| {t} ||| 0.5 0.4 0.3 0.2 ||| 0-0 ||| 1 1 1\n"
+                for s, t in [("hello", "bonjour"), ("cat", "chat"), ("house", "maison"), ("dog", "chien")])
+
+
+def corpus(where: Path, copies: int = 1) -> tuple[Path, Path]:
+    where.mkdir(parents=True, exist_ok=True)
+    (where / "x.en").write_text("\n".join(EN * copies) + "\n")
+    (where / "x.fr").write_text("\n".join(FR * copies) + "\n")
+    return where / "x.en", where / "x.fr"
+
+
+def snapshot(where: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(where)): p.read_bytes() for p in sorted(where.rglob("*")) if p.is_file()}
+
+
+def ingest_argv(src: Path | str, tgt: Path | str, out: Path | str, address: str) -> list[str]:
+    return ["ingest", "--src", str(src), "--tgt", str(tgt), "--src-lang", "en", "--tgt-lang", "fr",
+            "--out", str(out), "--scheduler", address, "--quiet"]
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    lines = [line for line in err.splitlines() if " rnnenc INFO " not in line]  # logs, without --quiet
+    assert len(lines) == 1 and lines[0].startswith("rnnenc: error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_out_holding_the_inputs_is_refused_and_the_inputs_survive(tmp_path, dask_address, capsys):
+    src, tgt = corpus(tmp_path / "d")
+    (tmp_path / "d" / "unrelated.txt").write_text("not rnnenc's\n")
+    before = snapshot(tmp_path / "d")
+    assert cli.main(ingest_argv(src, tgt, tmp_path / "d", dask_address)) == 1
+    assert "holds the input" in one_line_error(capsys)
+    assert snapshot(tmp_path / "d") == before
+
+
+def test_export_onto_its_own_table_is_refused(tmp_path, dask_address, capsys):
+    (tmp_path / "pt.txt").write_text(TABLE)
+    table = tmp_path / "T"
+    import_moses([tmp_path / "pt.txt"], table, source_lang="en", target_lang="fr")
+    before = snapshot(table)
+    assert cli.main(["export", "--table", str(table), "--out", str(table), "--scheduler", dask_address]) == 1
+    assert "holds the input" in one_line_error(capsys)
+    assert snapshot(table) == before
+    inside = table / "export"
+    assert cli.main(["export", "--table", str(table), "--out", str(inside), "--scheduler", dask_address]) == 1
+    assert "lies inside the input" in one_line_error(capsys)
+    assert snapshot(table) == before
+
+
+def test_another_stages_output_or_a_foreign_directory_is_never_replaced(tmp_path, dask_address, capsys):
+    src, tgt = corpus(tmp_path / "in")
+    train = tmp_path / "train-copy"  # a copy of a train directory
+    train.mkdir()
+    (train / "model.pt").write_bytes(b"weights")
+    write_manifest(train, stage="train", inputs=[], config={}, counts={})
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("a user's file\n")
+    for out, reason in ((train, "holds the output of rnnenc train, not ingest"),
+                        (foreign, "was not written by rnnenc ingest")):
+        before = snapshot(out)
+        assert cli.main(ingest_argv(src, tgt, out, dask_address)) == 1
+        assert reason in one_line_error(capsys)
+        assert snapshot(out) == before
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x\n")
+    assert cli.main(ingest_argv(src, tgt, a_file, dask_address)) == 1
+    assert "exists and is not a directory" in one_line_error(capsys)
+    assert a_file.read_text() == "x\n"
+    # an empty directory and an earlier output of the same stage are fine, and the rerun replaces it
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli.main(ingest_argv(src, tgt, empty, dask_address)) == 0
+    assert json.loads((empty / OWNER_NAME).read_text()) == {"stage": "ingest"}
+    assert cli.main(ingest_argv(src, tgt, empty, dask_address)) == 0
+    assert (empty / "manifest.json").is_file()
+
+
+def test_two_runs_into_one_output_the_second_names_the_first(tmp_path, dask_address, capsys):
+    src, tgt = corpus(tmp_path / "in")
+    out = tmp_path / "out"
+    with output_lock(out):  # a run in progress
+        assert cli.main(ingest_argv(src, tgt, out, dask_address)) == 1
+        err = one_line_error(capsys)
+        assert "another rnnenc run is writing this output" in err and f"pid {os.getpid()}" in err
+    assert not out.exists()
+    assert cli.main(ingest_argv(src, tgt, out, dask_address)) == 0  # the lock went with its holder
+
+
+def test_stale_temporaries_of_killed_runs_are_removed_not_others(tmp_path, dask_address):
+    src, tgt = corpus(tmp_path / "in")
+    out = tmp_path / "out"
+    stale = tmp_path / "out.tmp-0123abcd"  # what a SIGKILLed run leaves
+    stale.mkdir()
+    (stale / OWNER_NAME).write_text('{"stage": "ingest"}\n')
+    (stale / "part-00000.parquet").write_bytes(b"PAR1 half")
+    foreign = tmp_path / "out.tmp-notours"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("keep\n")
+    unmarked = tmp_path / "out.tmp-89abcdef"  # the right name, but not written by rnnenc
+    unmarked.mkdir()
+    assert cli.main(ingest_argv(src, tgt, out, dask_address)) == 0
+    assert not stale.exists() and foreign.is_dir() and unmarked.is_dir()
+
+
+def test_sigterm_removes_the_temporary_and_a_rerun_cleans_after_sigkill(tmp_path):
+    src, tgt = corpus(tmp_path / "in", copies=5000)  # seconds of work: time to interrupt it
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "workflows.cli", *ingest_argv(src, tgt, out, "")[:-3], "--workers", "1", "--quiet"]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None and not list(tmp_path.glob("out.tmp-*")):
+            time.sleep(0.005)
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+        if sig == signal.SIGTERM:
+            assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+            assert not list(tmp_path.glob("out.tmp-*")) and not out.exists()
+    assert list(tmp_path.glob("out.tmp-*")), "SIGKILL leaves its temporary"
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    assert not list(tmp_path.glob("out.tmp-*")) and (out / "manifest.json").is_file()
+
+
+def test_relative_paths_reach_workers_that_run_elsewhere(tmp_path, dask_address):
+    here = tmp_path / "client"
+    corpus(here / "in")
+    result = subprocess.run([sys.executable, "-m", "workflows.cli",
+                             *ingest_argv("in/x.en", "in/x.fr", "out/utf8", dask_address)],
+                            cwd=here, capture_output=True, text=True, timeout=180,
+                            env=os.environ | {"PYTHONPATH": str(Path(__file__).parents[1])})
+    assert result.returncode == 0, result.stderr
+    assert (here / "out" / "utf8" / "manifest.json").is_file()
+    manifest = json.loads((here / "out" / "utf8" / "manifest.json").read_text())
+    assert all(Path(record["path"]).is_absolute() for record in manifest["inputs"])
+
+
+def test_a_full_disk_is_one_line_and_the_old_output_survives(tmp_path, dask_address, capsys, monkeypatch):
+    src, tgt = corpus(tmp_path / "in")
+    out = tmp_path / "out"
+    assert cli.main(ingest_argv(src, tgt, out, dask_address)) == 0
+    before = snapshot(out)
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out) + ".tmp-0000/report.json")
+
+    monkeypatch.setattr("workflows.ingest.write_json_atomic", full)
+    assert cli.main(ingest_argv(src, tgt, out, dask_address)) == 1
+    err = one_line_error(capsys)
+    assert "No space left on device" in err and "report.json" in err and "free some space" in err
+    assert snapshot(out) == before and not list(tmp_path.glob("out.tmp-*"))
+
+
+def test_atomic_output_dir_checks_again_before_replacing(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match="was not written by rnnenc vocab"):
+        with atomic_output_dir(out, stage="vocab") as tmp:
+            (tmp / "vocab.txt").write_text("a\n")
+            out.mkdir()  # someone else's directory appears meanwhile
+            (out / "theirs.txt").write_text("theirs\n")
+    assert (out / "theirs.txt").read_text() == "theirs\n" and not list(tmp_path.glob("out.tmp-*"))
+
+
+def test_embedded_cluster_listens_on_loopback_only():
+    from workflows.cluster import dask_client
+
+    with dask_client(None, 1) as client:
+        assert client.dashboard_link.startswith("http://127.0.0.1:")
+        info = client.scheduler_info(n_workers=-1)
+        addresses = [info["address"], *info["workers"]]
+        assert all(a.startswith("tcp://127.0.0.1:") for a in addresses), addresses
+        ports = {int(a.rsplit(":", 1)[1]) for a in addresses} | {int(client.dashboard_link.split(":")[2].split("/")[0])}
+        listening = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True).stdout if shutil.which("ss") else ""
+    for line in listening.splitlines():
+        local = line.split()[3]
+        if int(local.rsplit(":", 1)[1]) in ports:
+            assert local.startswith("127.0.0.1:"), line
+
+
+def test_quiet_local_cluster_shutdown_prints_no_tracebacks(tmp_path, dask_address):
+    """`--quiet --workers 2` once printed heartbeat CommClosedError tracebacks as the cluster closed
+    (about one run in three): the whole stderr of a few runs must be empty."""
+    src, tgt = corpus(tmp_path / "in", copies=50)
+    assert cli.main(ingest_argv(src, tgt, tmp_path / "pool", dask_address)) == 0
+    for run in range(3):
+        result = subprocess.run([sys.executable, "-m", "workflows.cli", "vocab", "--corpus", str(tmp_path / "pool"),
+                                 "--out", str(tmp_path / f"vocab{run}"), "--quiet", "--workers", "2"],
+                                capture_output=True, text=True, timeout=180)
+        assert result.returncode == 0 and result.stderr == "", result.stderr
