@@ -378,3 +378,18 @@ def test_gpu_bf16_scores_and_partition_independence(data: dict, tmp_path: Path) 
     direct = score_pairs(model, [r["source"].split() for r in data["rows"]],
                          [r["target"].split() for r in data["rows"]], src_vocab, tgt_vocab).numpy()
     assert np.abs(a.column("rnn_logp").to_numpy() - direct).max() < 0.05 * np.abs(direct).max()
+
+
+def test_a_second_run_or_a_foreign_output_is_refused_before_any_work(data: dict, dask_client, tmp_path: Path) -> None:
+    from pipeline.artifacts import output_lock
+
+    out = tmp_path / "out"
+    with output_lock(out):  # a run in progress
+        with pytest.raises(UserError, match="another rnnenc run is writing this output"):
+            rescore(dask_client, data["single"], out, config(data["model"]), quiet=True)
+    assert not out.exists() and not staging_dir(out).exists()
+    out.mkdir()
+    (out / "notes.txt").write_text("mine\n")
+    with pytest.raises(UserError, match="was not written by rnnenc rescore"):
+        rescore(dask_client, data["single"], out, config(data["model"]), quiet=True)
+    assert (out / "notes.txt").read_text() == "mine\n" and not staging_dir(out).exists()
