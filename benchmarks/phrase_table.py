@@ -21,7 +21,7 @@ from distributed import Client, LocalCluster
 
 from pipeline.phrase_table import ExportConfig, export_moses, import_moses
 from pipeline.synthetic import DemoConfig, generate_demo
-from workflows.cluster import map_partitions
+from workflows.cluster import DaskExecutor
 
 
 def peak_rss_mb() -> float:
@@ -60,17 +60,16 @@ def main() -> None:
         rows = []
         with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None,
                           memory_limit="4GiB") as cluster, Client(cluster) as client:
-            def map_fn(func, items, desc):
-                return map_partitions(client, func, items, desc=desc, quiet=True)
+            executor = DaskExecutor(client, quiet=True)
 
             for name, source, split in (("import text", plain, args.split_mb << 20), ("import gz", packed, 1 << 40)):
                 start = time.perf_counter()
-                report = import_moses([source], root / name.replace(" ", "-"), split_bytes=split, map_fn=map_fn)
+                report = import_moses([source], root / name.replace(" ", "-"), split_bytes=split, executor=executor)
                 rows.append((name, time.perf_counter() - start, report["rows_written"], report["ranges"]))
             for sorter in ("python", "sort"):
                 start = time.perf_counter()
                 counts = export_moses(root / "import-text", root / f"out-{sorter}.gz",
-                                      ExportConfig(sorter=sorter, run_bytes=64 << 20), map_fn=map_fn)
+                                      ExportConfig(sorter=sorter, run_bytes=64 << 20), executor=executor)
                 rows.append((f"export ({sorter} merge)", time.perf_counter() - start, counts["rows"], counts["runs"]))
             peaks = client.run(peak_rss_mb)
         print(f"table: {args.lines:,} lines, {size_mb:,.0f} MB of text; {args.workers} worker process(es)")

@@ -47,7 +47,7 @@ from distributed import Client, LocalCluster, get_task_stream
 from pipeline.alignment import AlignConfig, align_part
 from pipeline.phrases import PhraseConfig, build_phrase_table
 from pipeline.synthetic import DemoConfig, tokenised_sample
-from workflows.cluster import map_partitions
+from workflows.cluster import DaskExecutor
 
 
 def make_corpus(root: Path, pairs: int, rows_per_part: int) -> tuple[list[str], list[str], float]:
@@ -76,7 +76,7 @@ def run(workers: int, corpus: list[str], aligned: list[str], out: Path, config: 
         with get_task_stream(client) as stream:
             report = build_phrase_table(
                 corpus, aligned, out, config,
-                map_fn=lambda func, items, desc: map_partitions(client, func, items, desc=desc, quiet=True))
+                executor=DaskExecutor(client, quiet=True))
     report["busy_s"] = sum(span["stop"] - span["start"] for task in stream.data for span in task["startstops"]
                            if span["action"] == "compute")
     return report

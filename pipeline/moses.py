@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
+from pipeline.executor import SERIAL, Executor
 
 PHRASE_DICTIONARY_PREFIX = "PhraseDictionary"
 DEFAULT_INITIAL_WEIGHT = 0.2
@@ -158,7 +159,7 @@ def update_moses_ini(text: str, *, table_path: str, score_names: Sequence[str], 
 
 def export_stage(table_dir: str | os.PathLike, out_dir: str | os.PathLike, *, moses_ini: str | os.PathLike | None = None,
                  config=None, feature: str | None = None, initial_weight: float = DEFAULT_INITIAL_WEIGHT,
-                 weights: Mapping[str, float] | None = None, map_fn=None) -> dict[str, Any]:
+                 weights: Mapping[str, float] | None = None, executor: Executor = SERIAL) -> dict[str, Any]:
     """``out_dir/phrase-table.gz`` (+ ``moses.ini`` when given one), ``report.json``, manifest last."""
     from pipeline.artifacts import atomic_output_dir, write_json_atomic, write_manifest
     from pipeline.phrase_table import ExportConfig, export_moses, list_parts, read_score_columns
@@ -180,7 +181,7 @@ def export_stage(table_dir: str | os.PathLike, out_dir: str | os.PathLike, *, mo
                          name=feature, initial_weight=initial_weight, weights=weights, source=str(moses_ini))
     given = [table_dir, *([moses_ini] if moses_ini is not None else [])]
     with atomic_output_dir(out_dir, stage="export", inputs=given) as tmp:
-        result = export_moses(table_dir, tmp / TABLE_NAME, config, map_fn=map_fn,
+        result = export_moses(table_dir, tmp / TABLE_NAME, config, executor=executor,
                               tmp_dir=out_dir.parent / f".{out_dir.name}.runs-{os.getpid()}")
         names = [s["name"] for s in result["scores"]]
         report: dict[str, Any] = {

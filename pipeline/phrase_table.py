@@ -33,7 +33,7 @@ Import
 (compressed inputs cannot be split: one range per file); ``count_newlines`` gives every range
 its exact first line number; ``import_range`` parses one range into one part, streaming, in
 row groups of ``rows_per_group`` rows. ``import_moses`` strings them together over any
-``map_fn`` (a Dask map in ``workflows``, a plain loop by default).
+``executor`` (``pipeline.executor``: a Dask map in ``workflows``, a plain loop by default).
 
 A line is rejected, never dropped silently, when it is not UTF-8, has fewer than three
 fields or another number of fields than the table's first line, an empty source or target
@@ -85,7 +85,7 @@ import shutil
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -97,6 +97,7 @@ import pyarrow.parquet as pq
 
 from pipeline.corpus import escape_bytes, open_binary
 from pipeline.errors import UserError, located
+from pipeline.executor import SERIAL, Executor
 
 SCORES_KEY = b"rnnenc.scores"
 FIELDS_KEY = b"rnnenc.fields"
@@ -115,12 +116,6 @@ REJECT_REASONS = ("invalid_utf8", "field_count", "empty_phrase", "non_numeric_sc
 
 OnError = Literal["fail", "skip"]
 Sorter = Literal["auto", "python", "sort"]
-MapFn = Callable[[Callable[[Any], Any], Sequence[Any], str], list]
-
-
-def local_map(func: Callable[[Any], Any], items: Sequence[Any], desc: str = "") -> list:
-    """The default ``map_fn``: run every item here, in order."""
-    return [func(item) for item in items]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -606,12 +601,12 @@ def import_moses(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
                  source_lang: str | None = None, target_lang: str | None = None,
                  on_error: OnError = "fail", rejects_path: str | os.PathLike | None = None,
                  split_bytes: int = DEFAULT_SPLIT_BYTES, rows_per_group: int = DEFAULT_ROWS_PER_GROUP,
-                 num_scores: int | None = None, map_fn: MapFn | None = None,
+                 num_scores: int | None = None, executor: Executor = SERIAL,
                  prob_scores: int = DEFAULT_PROB_SCORES) -> dict[str, Any]:
     """Import Moses phrase tables (text or compressed) into the Parquet directory ``out_dir``.
 
     Atomic (a temporary directory renamed at the end), ``report.json`` inside and
-    ``manifest.json`` last. ``map_fn(func, items, desc)`` runs the per-range work (default:
+    ``manifest.json`` last. ``executor`` runs the per-range work (default:
     here, in order). ``prob_scores``: how many leading score columns must be probabilities in
     [0, 1] (every score must be at least 0 whatever it is). Returns the report.
     """
@@ -623,20 +618,19 @@ def import_moses(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
         raise UserError("phrase-table: rows per row group must be at least 1")
     if prob_scores < 0:
         raise UserError("phrase-table: the number of probability scores cannot be negative")
-    map_fn = map_fn or local_map
     inputs = [str(p) for p in inputs]
     out_dir = Path(out_dir)
     started = time.perf_counter()
     spec = replace(detect_spec(inputs[0], num_scores), prob_scores=prob_scores)
     ranges = plan_ranges(inputs, split_bytes)
     plain = [r for r in ranges if r.end is not None]
-    counts = dict(zip(plain, map_fn(count_newlines, plain, "count lines"), strict=True)) if plain else {}
+    counts = dict(zip(plain, executor.map(count_newlines, plain, desc="count lines"), strict=True)) if plain else {}
     ranges = number_ranges(ranges, [counts.get(r, 0) for r in ranges])
     with atomic_output_dir(out_dir, stage="phrase-table", inputs=inputs) as tmp:
         staging = tmp / ".staging"
         staging.mkdir()
-        results = map_fn(partial(import_range, out_dir=str(staging), spec=spec, on_error=on_error,
-                                 rows_per_group=rows_per_group), ranges, "import")
+        results = executor.map(import_range, ranges, desc="import", out_dir=str(staging), spec=spec,
+                               on_error=on_error, rows_per_group=rows_per_group)
         rejected: Counter = Counter()
         files: dict[str, Counter] = {}
         parts = 0
@@ -920,7 +914,7 @@ class ExportConfig:
 
 
 def export_moses(table_dir: str | os.PathLike, out_path: str | os.PathLike, config: ExportConfig = ExportConfig(),
-                 *, map_fn: MapFn | None = None, tmp_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+                 *, executor: Executor = SERIAL, tmp_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Write the Parquet phrase table ``table_dir`` as a sorted Moses text table (gzip) at ``out_path``.
 
     Returns counts: rows, score columns, clipped values per column. ``tmp_dir`` holds the sorted
@@ -928,7 +922,6 @@ def export_moses(table_dir: str | os.PathLike, out_path: str | os.PathLike, conf
     """
     if not 1 <= config.precision <= 17:
         raise UserError("export: precision must be between 1 and 17 significant digits")
-    map_fn = map_fn or local_map
     parts = list_parts(table_dir)
     first = pq.read_schema(parts[0])
     scores = read_score_columns(first)
@@ -942,8 +935,8 @@ def export_moses(table_dir: str | os.PathLike, out_path: str | os.PathLike, conf
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         items = list(enumerate(str(p) for p in parts))
-        results = map_fn(partial(_sorted_runs_item, run_dir=str(run_dir), precision=config.precision,
-                                 run_bytes=config.run_bytes), items, "format and sort")
+        results = executor.map(_sorted_runs_item, items, desc="format and sort", run_dir=str(run_dir),
+                               precision=config.precision, run_bytes=config.run_bytes)
         runs = [r for result in results for r in result["runs"]]
         rows = merge_runs(runs, out_path, sorter=config.sorter, tmp_dir=run_dir,
                           compresslevel=config.compresslevel)

@@ -50,7 +50,7 @@ import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,7 @@ import xxhash
 
 from pipeline.alignment import parse_links
 from pipeline.errors import UserError
+from pipeline.executor import SERIAL, Executor
 from pipeline.phrase_table import phrase_table_schema
 
 NULL = ""          # the NULL word inside rnnenc (tokens are never empty); "NULL" in Moses files
@@ -82,7 +83,6 @@ SCORED_SCHEMA = pa.schema([("source", pa.string()), ("target", pa.string()), ("a
 TOKENS_PER_BUCKET = 500_000   # source tokens per bucket when the count is left to the corpus size
 SAMPLES_PER_RANGE = 256
 
-MapFn = Callable[[Callable[[Any], Any], Sequence[Any], str], list]
 
 
 @dataclass(frozen=True)
@@ -93,10 +93,6 @@ class PhraseConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def local_map(func: Callable[[Any], Any], items: Sequence[Any], desc: str = "") -> list:
-    return [func(item) for item in items]
 
 
 def stable_hash(text: str) -> int:
@@ -424,10 +420,10 @@ def choose_splitters(samples: Sequence[Sequence[str]], ranges: int) -> list[str]
 
 
 def build_phrase_table(corpus_parts: Sequence[str], alignment_parts: Sequence[str], out_dir: str | os.PathLike,
-                       config: PhraseConfig = PhraseConfig(), *, map_fn: MapFn | None = None) -> dict[str, Any]:
+                       config: PhraseConfig = PhraseConfig(), *, executor: Executor = SERIAL) -> dict[str, Any]:
     """Extract and score into ``out_dir``: ``table/part-*.parquet``, ``lex.f2e``, ``lex.e2f``, ``lex.parquet``.
 
-    ``map_fn(func, items, desc)`` runs tasks (a Dask map in ``workflows``; a loop by default):
+    ``executor`` runs tasks (a Dask map in ``workflows``; a loop by default):
     extraction; the lexical table beside the target-side scoring; the source-side scoring with
     the lexical weights (of the kept pairs only). Scratch files go to ``out_dir/.work``
     (the workers must see ``out_dir``) and are removed at the end. Returns the report.
@@ -440,7 +436,6 @@ def build_phrase_table(corpus_parts: Sequence[str], alignment_parts: Sequence[st
         raise UserError("phrases: --buckets must be at least 1")
     if len(corpus_parts) != len(alignment_parts):
         raise UserError(f"phrases: {len(alignment_parts)} alignment parts for {len(corpus_parts)} corpus parts")
-    map_fn = map_fn or local_map
     out = Path(out_dir)
     work = out / ".work"
     if work.exists():
@@ -451,10 +446,11 @@ def build_phrase_table(corpus_parts: Sequence[str], alignment_parts: Sequence[st
     timings: dict[str, float] = {}
     started = time.perf_counter()
 
-    extracted = map_fn(functools.partial(extract_part, work_dir=str(work), config=config, n_buckets=buckets,
-                                         sample_modulus=modulus),
-                       [(i, str(c), str(a)) for i, (c, a) in enumerate(zip(corpus_parts, alignment_parts, strict=True))],
-                       "extract")
+    extracted = executor.map(extract_part,
+                             [(i, str(c), str(a)) for i, (c, a) in enumerate(zip(corpus_parts, alignment_parts,
+                                                                                  strict=True))],
+                             desc="extract", work_dir=str(work), config=config, n_buckets=buckets,
+                             sample_modulus=modulus)
     stats: Counter = Counter()
     for result in extracted:
         stats.update(result["counts"])
@@ -462,9 +458,9 @@ def build_phrase_table(corpus_parts: Sequence[str], alignment_parts: Sequence[st
     started = time.perf_counter()
     splitters = choose_splitters([r["sample"] for r in extracted], buckets)
     # the lexicon first, so that its task starts at once beside the buckets' tasks
-    second = map_fn(functools.partial(score_target_bucket_or_lexicon, work_dir=str(work), out_dir=str(out),
-                                      splitters=splitters, min_count=config.min_count),
-                    [("lexicon", 0)] + [("bucket", b) for b in range(buckets)], "score by target")
+    second = executor.map(score_target_bucket_or_lexicon, [("lexicon", 0)] + [("bucket", b) for b in range(buckets)],
+                          desc="score by target", work_dir=str(work), out_dir=str(out), splitters=splitters,
+                          min_count=config.min_count)
     lex_counts, scored = second[0], second[1:]
     kept: Counter = Counter()
     for result in scored:
@@ -474,9 +470,8 @@ def build_phrase_table(corpus_parts: Sequence[str], alignment_parts: Sequence[st
         items.append((r, len(items), line))
         line += kept[r]
     (out / "table").mkdir(exist_ok=True)
-    finished = map_fn(functools.partial(finish_range, work_dir=str(work), out_dir=str(out / "table"),
-                                        lexicon_path=str(out / "lex.parquet")),
-                      items, "score by source")
+    finished = executor.map(finish_range, items, desc="score by source", work_dir=str(work),
+                            out_dir=str(out / "table"), lexicon_path=str(out / "lex.parquet"))
     timings["score_s"] = time.perf_counter() - started
     shutil.rmtree(work)
     rows = sum(r["rows"] for r in finished)

@@ -19,19 +19,18 @@ Scoring is kept apart from deciding, as in OpusFilter:
   the float score, then over the hash), until few enough pairs remain to sort on the driver.
   Each partition then keeps the rows whose key is below that first excluded key.
 
-Functions taking a ``mapper`` run their per-partition work through it: ``mapper(func, items,
-desc=..., **kwargs)`` returns ``[func(item, **kwargs) for item in items]`` in order, on a Dask
-cluster in ``workflows`` (``workflows.cluster.map_partitions``) or serially. This module never
-creates a Dask client.
+Functions taking an ``executor`` (``pipeline.executor``) run their per-partition work through
+it: on a Dask cluster in ``workflows`` (``workflows.cluster.DaskExecutor``) or serially. This
+module never creates a Dask client.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -41,6 +40,7 @@ import xxhash
 from pipeline import lm
 from pipeline.artifacts import require_manifest
 from pipeline.errors import UserError
+from pipeline.executor import Executor
 
 Method = Literal["moore-lewis", "axelrod"]
 Side = Literal["source", "target"]
@@ -49,15 +49,6 @@ PART_GLOB = "part-*.parquet"
 _SIGN = np.uint64(1 << 63)
 _HIST_BITS = 16  # 65,536 bins a round: at most four rounds per 64-bit level
 MAX_CANDIDATES = 200_000
-
-
-class Mapper(Protocol):
-    def __call__(self, func: Callable[..., Any], items: Sequence[Any], *, desc: str, **kwargs: Any) -> list[Any]: ...
-
-
-def serial_mapper(func: Callable[..., Any], items: Sequence[Any], *, desc: str = "", **kwargs: Any) -> list[Any]:
-    """A mapper running every task in this process (small inputs, tests)."""
-    return [func(item, **kwargs) for item in items]
 
 
 # --------------------------------------------------------------------------------------------
@@ -343,7 +334,7 @@ def candidates_partition(scores_part: str, level: int, prefix: int | None, lo: i
                     rows["corpus"].to_pylist(), rows["line"].to_pylist(), weights, strict=True))
 
 
-def find_cut(scores_parts: Sequence[str], budget: int, weight: str, total_weight: int, mapper: Mapper,
+def find_cut(scores_parts: Sequence[str], budget: int, weight: str, total_weight: int, executor: Executor,
              max_candidates: int = MAX_CANDIDATES) -> Cut:
     """The longest prefix of the key order whose summed ``weight`` is <= ``budget``, exactly.
 
@@ -363,7 +354,7 @@ def find_cut(scores_parts: Sequence[str], budget: int, weight: str, total_weight
         span = hi - lo
         shift = max(0, span.bit_length() - _HIST_BITS)
         rounds += 1
-        results = mapper(histogram_partition, parts, desc=f"cut search, round {rounds}", level=level,
+        results = executor.map(histogram_partition, parts, desc=f"cut search, round {rounds}", level=level,
                          prefix=prefix, lo=lo, hi=hi, shift=shift, weight=weight)
         counts = np.sum([r[0] for r in results], axis=0)
         weights = np.sum([r[1] for r in results], axis=0)
@@ -380,7 +371,7 @@ def find_cut(scores_parts: Sequence[str], budget: int, weight: str, total_weight
         below = before
         lo, hi = lo + (b << shift), min(hi, lo + ((b + 1) << shift) - 1)
     rounds += 1
-    candidates = [row for rows in mapper(candidates_partition, parts, desc="cut search, candidates", level=level,
+    candidates = [row for rows in executor.map(candidates_partition, parts, desc="cut search, candidates", level=level,
                                          prefix=prefix, lo=lo, hi=hi, weight=weight) for row in rows]
     candidates.sort(key=lambda row: row[:4])
     kept, pairs = below, below_pairs

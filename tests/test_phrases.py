@@ -162,7 +162,17 @@ def test_same_bytes_for_any_partitioning_buckets_and_a_2_worker_cluster(tmp_path
     assert all(line.count(b" ||| ") == 4 for line in lines)
 
 
-def _tracking_map(peaks: list[int], func, items, desc=""):
+class _TrackingExecutor:
+    """Serial, recording each task's peak traced memory."""
+
+    def __init__(self, peaks: list[int]):
+        self.peaks = peaks
+
+    def map(self, func, items, *, desc="", resources=None, **kwargs):
+        return _tracking_map(self.peaks, functools.partial(func, **kwargs), items)
+
+
+def _tracking_map(peaks: list[int], func, items):
     results = []
     for item in items:
         tracemalloc.start()
@@ -182,7 +192,7 @@ def test_task_memory_stays_flat_when_the_corpus_grows(tmp_path: Path, demo_align
         corpus, alignment = write_corpus(tmp_path / f"x{copies}", data, parts=copies)
         peaks: list[int] = []
         build_phrase_table(corpus, alignment, tmp_path / f"x{copies}" / "out", PhraseConfig(buckets=2 * copies),
-                           map_fn=functools.partial(_tracking_map, peaks))
+                           executor=_TrackingExecutor(peaks))
         peak[copies] = max(peaks)
     # Duplicated data has the same distinct pairs, so a bucket of the 4x run holds a quarter of
     # them; what must not grow is any one task's memory.

@@ -15,10 +15,12 @@ import pytest
 
 from pipeline import selection
 from pipeline.errors import UserError
+from pipeline.executor import SERIAL
 from pipeline.synthetic import DemoConfig, generate_demo
 from workflows import cli
+from workflows.cluster import DaskExecutor
 from workflows.regenerate import regenerate
-from workflows.select import SelectConfig, cluster_mapper, run_selection
+from workflows.select import SelectConfig, run_selection
 
 # The demo text separates words by spaces except punctuation: enough of a tokeniser here.
 _TOKEN = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?|\S")
@@ -80,7 +82,7 @@ def test_axelrod_precision_beats_random_and_moore_lewis(tmp_path):
     def precision(method: str) -> float:
         out = tmp_path / method
         run_selection(SelectConfig(pool=str(pool), in_domain=str(in_domain), mode="pairs", amount=str(n_true),
-                                   method=method), out, selection.serial_mapper)
+                                   method=method), out, SERIAL)
         lines = read_dir(out / "selected")["line"].to_numpy()
         assert len(lines) == n_true
         return float(truth[lines - 1].mean())
@@ -112,7 +114,7 @@ def test_cut_is_exact_with_ties_and_duplicates(tmp_path):
         cumulative = np.cumsum(w[order])
         expected = set(np.array(order)[: int(np.searchsorted(cumulative, budget, side="right"))].tolist())
         for max_candidates in (10, 100_000):
-            cut = selection.find_cut(parts, budget, weight, int(w.sum()), selection.serial_mapper,
+            cut = selection.find_cut(parts, budget, weight, int(w.sum()), SERIAL,
                                      max_candidates=max_candidates)
             kept = set()
             for part in parts:
@@ -128,8 +130,8 @@ def test_cut_is_exact_with_ties_and_duplicates(tmp_path):
 def test_same_bytes_for_any_partitioning_and_workers(small, tmp_path, dask_client):
     cfg = dict(in_domain=str(small["in_domain"]), mode="words", amount="3k", max_candidates=50, hf_dataset=True)
     serial = run_selection(SelectConfig(pool=str(small["pool1"]), **cfg), tmp_path / "serial",
-                           selection.serial_mapper)
-    mapper = cluster_mapper(dask_client, quiet=True)
+                           SERIAL)
+    mapper = DaskExecutor(dask_client, quiet=True)
     cluster = run_selection(SelectConfig(pool=str(small["pool1"]), **cfg), tmp_path / "cluster", mapper)
     seven = run_selection(SelectConfig(pool=str(small["pool7"]), **cfg), tmp_path / "seven", mapper)
     # 1 worker vs 2: every selected/scores file byte-identical.
@@ -166,7 +168,7 @@ def test_regenerate_is_byte_identical_and_stops_on_changes(small, tmp_path, dask
         (pool / file.name).write_bytes(file.read_bytes())
     out = tmp_path / "sel"
     run_selection(SelectConfig(pool=str(pool), in_domain=str(small["in_domain"]), mode="fraction", amount="0.15",
-                               method="moore-lewis", lang="fr"), out, selection.serial_mapper)
+                               method="moore-lewis", lang="fr"), out, SERIAL)
     code = cli.main(["regenerate", str(out / "manifest.json"), "--out", str(tmp_path / "again"),
                      "--scheduler", dask_client.scheduler.address, "--quiet"])
     assert code == 0
@@ -176,13 +178,13 @@ def test_regenerate_is_byte_identical_and_stops_on_changes(small, tmp_path, dask
     original = model.read_bytes()
     model.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
     with pytest.raises(UserError, match="in.fr.binary: language model missing or changed"):
-        regenerate(out, tmp_path / "third", selection.serial_mapper)
+        regenerate(out, tmp_path / "third", SERIAL)
     model.write_bytes(original)
     # ...and so is a changed input.
     table = pq.read_table(pool / "part-00003.parquet")
     pq.write_table(table.slice(1), pool / "part-00003.parquet")
     with pytest.raises(UserError, match=f"inputs changed since the selection.*{pool}"):
-        regenerate(out, tmp_path / "third", selection.serial_mapper)
+        regenerate(out, tmp_path / "third", SERIAL)
     assert not (tmp_path / "third").exists()
 
 
@@ -190,7 +192,7 @@ def test_sweep_writes_curve_and_picks_a_small_in_domain_share(small, tmp_path):
     out = tmp_path / "sweep"
     manifest = run_selection(SelectConfig(pool=str(small["pool1"]), in_domain=str(small["in_domain"]), mode="sweep",
                                           dev=str(small["dev"]), sweep_grid=[0.05, 0.1, 0.2, 0.4, 0.8],
-                                          sweep_refine=1, order=3), out, selection.serial_mapper)
+                                          sweep_refine=1, order=3), out, SERIAL)
     rows = (out / "sweep.csv").read_text().splitlines()
     header = rows[0].split(",")
     assert header[:4] == ["pairs", "fraction", "source_tokens", "target_tokens"]

@@ -134,6 +134,19 @@ def map_partitions(client: Client, func: Callable[..., T], items: Sequence[Any],
         return results_in_order(client, futures, bar)
 
 
+class DaskExecutor:
+    """``pipeline.executor.Executor`` on a Dask client: tasks on the cluster, a progress bar on
+    stderr unless ``quiet``, retries when a worker dies (see ``map_partitions``)."""
+
+    def __init__(self, client: Client, *, quiet: bool = False, key_prefix: str | None = None):
+        self.client, self.quiet, self.key_prefix = client, quiet, key_prefix
+
+    def map(self, func: Callable[..., T], items: Sequence[Any], *, desc: str = "",
+            resources: dict[str, float] | None = None, **kwargs: Any) -> list[T]:
+        return map_partitions(self.client, func, items, desc=desc or getattr(func, "__name__", "tasks"),
+                              quiet=self.quiet, key_prefix=self.key_prefix, resources=resources, **kwargs)
+
+
 def results_in_order(client: Client, futures: list[Future], bar: tqdm | None = None) -> list[Any]:
     """Wait for ``futures`` as they finish (ticking ``bar``); results in submission order.
 

@@ -80,15 +80,13 @@ def describe(report: dict[str, Any]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from workflows.cluster import dask_client, map_partitions
+    from workflows.cluster import DaskExecutor, dask_client
 
     config = ExportConfig(precision=args.precision, run_bytes=args.run_size, sorter=args.sorter)
     weights = parse_weights(args.weight)
     with dask_client(args.scheduler, args.workers) as client:
-        def map_fn(func, items, desc):
-            return map_partitions(client, func, items, desc=desc, quiet=args.quiet, key_prefix="export")
-
         report = export_stage(args.table, args.out, moses_ini=args.moses_ini, config=config, feature=args.feature,
-                              initial_weight=args.initial_weight, weights=weights, map_fn=map_fn)
+                              initial_weight=args.initial_weight, weights=weights,
+                              executor=DaskExecutor(client, quiet=args.quiet, key_prefix="export"))
     print(describe(report))
     return 0

@@ -80,15 +80,13 @@ def describe(report: dict[str, Any]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from workflows.cluster import dask_client, map_partitions
+    from workflows.cluster import DaskExecutor, dask_client
 
     with dask_client(args.scheduler, args.workers) as client:
-        def map_fn(func, items, desc):
-            return map_partitions(client, func, items, desc=desc, quiet=args.quiet, key_prefix="phrase-table")
-
         report = import_moses(args.input, args.out, source_lang=args.src_lang, target_lang=args.tgt_lang,
                               on_error=args.on_error, rejects_path=args.rejects, split_bytes=args.split_size,
-                              rows_per_group=args.rows_per_group, num_scores=args.num_scores, map_fn=map_fn,
+                              rows_per_group=args.rows_per_group, num_scores=args.num_scores,
+                              executor=DaskExecutor(client, quiet=args.quiet, key_prefix="phrase-table"),
                               prob_scores=args.prob_scores)
     print(describe(report))
     return 0

@@ -40,7 +40,7 @@ from pipeline.errors import UserError
 from pipeline.phrase_table import ExportConfig, export_moses, list_parts
 from pipeline.phrases import PhraseConfig, build_phrase_table
 from workflows.cli import add_cluster_arguments
-from workflows.cluster import dask_client, map_partitions
+from workflows.cluster import DaskExecutor, dask_client
 
 log = logging.getLogger("rnnenc")
 
@@ -102,9 +102,7 @@ def run_phrases(client, corpus: str | Path, out: str | Path, config: PhraseConfi
     if config.max_length < 1 or config.min_count < 1 or (config.buckets is not None and config.buckets < 1):
         raise UserError("phrases: --max-phrase-length, --min-count and --buckets must be at least 1")
 
-    def map_fn(func, items, desc):
-        return map_partitions(client, func, items, desc=desc, quiet=quiet)
-
+    executor = DaskExecutor(client, quiet=quiet)
     given = list_parts(alignment) if alignment else None
     if given is not None and len(given) != len(parts):
         raise UserError(f"{alignment}: {len(given)} alignment parts for the {len(parts)} parts of {corpus_dir}")
@@ -114,8 +112,8 @@ def run_phrases(client, corpus: str | Path, out: str | Path, config: PhraseConfi
         aligned = [tmp / "alignment" / f"part-{i:05d}.parquet" for i in range(len(parts))]
         started = time.perf_counter()
         if given is None:
-            results = map_fn(_align_item, [(str(p), str(a), align) for p, a in zip(parts, aligned, strict=True)],
-                             "align")
+            results = executor.map(_align_item, [(str(p), str(a), align) for p, a in zip(parts, aligned, strict=True)],
+                                   desc="align")
             align_counts = {k: sum(r[k] for r in results) for k in ("pairs", "aligned_pairs", "empty_pairs", "links")}
         else:
             for source, target in zip(given, aligned, strict=True):
@@ -124,10 +122,10 @@ def run_phrases(client, corpus: str | Path, out: str | Path, config: PhraseConfi
         timings["align_s"] = round(time.perf_counter() - started, 3)
         started = time.perf_counter()
         report = build_phrase_table([str(p) for p in parts], [str(a) for a in aligned], tmp, config,
-                                    map_fn=map_fn)
+                                    executor=executor)
         timings["extract_score_s"] = round(time.perf_counter() - started, 3)
         started = time.perf_counter()
-        exported = export_moses(tmp / "table", tmp / "phrase-table.gz", ExportConfig(), map_fn=map_fn,
+        exported = export_moses(tmp / "table", tmp / "phrase-table.gz", ExportConfig(), executor=executor,
                                 tmp_dir=tmp / ".export")
         timings["export_s"] = round(time.perf_counter() - started, 3)
         if exported["rows"] != report["table_rows"]:

@@ -20,8 +20,8 @@ from typing import Any
 
 from pipeline.artifacts import MANIFEST_NAME, changed_inputs, file_hash, require_manifest
 from pipeline.errors import UserError
-from pipeline.selection import Mapper
-from workflows.select import SelectConfig, cluster_mapper, run_selection
+from pipeline.executor import Executor
+from workflows.select import SelectConfig, run_selection
 
 log = logging.getLogger("rnnenc")
 
@@ -39,7 +39,7 @@ def _load(manifest_path: str | Path) -> tuple[Path, dict[str, Any]]:
     return path, manifest
 
 
-def regenerate(manifest_path: str | Path, out: str | Path, mapper: Mapper) -> dict[str, Any]:
+def regenerate(manifest_path: str | Path, out: str | Path, executor: Executor) -> dict[str, Any]:
     """Rebuild the subset described by ``manifest_path`` into ``out``; return the new manifest."""
     path, manifest = _load(manifest_path)
     changed = changed_inputs(manifest)
@@ -60,7 +60,7 @@ def regenerate(manifest_path: str | Path, out: str | Path, mapper: Mapper) -> di
             cfg.out_lms[lang] = f"{root / models['out_fold0']['path']},{root / models['out_fold1']['path']}"
     # Any mode keeps a prefix of the score order: the same number of pairs is the same subset.
     cfg = dataclasses.replace(cfg, mode="pairs", amount=str(manifest["counts"]["selected_pairs"]), dev=None)
-    rebuilt = run_selection(cfg, out, mapper)
+    rebuilt = run_selection(cfg, out, executor)
     before = {o["path"]: o["hash"] for o in manifest["outputs"] if o["path"].startswith(COMPARED)}
     after = {o["path"]: o["hash"] for o in rebuilt["outputs"] if o["path"].startswith(COMPARED)}
     differ = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
@@ -80,13 +80,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from workflows.cluster import dask_client
+    from workflows.cluster import DaskExecutor, dask_client
 
     manifest = Path(args.manifest)
     selection_dir = manifest if manifest.is_dir() else manifest.parent
     out = args.out or f"{selection_dir.resolve()}.regenerated"
     with dask_client(args.scheduler, args.workers) as client:
-        rebuilt = regenerate(args.manifest, out, cluster_mapper(client, args.quiet))
+        rebuilt = regenerate(args.manifest, out, DaskExecutor(client, quiet=args.quiet))
     log.info("regenerated %d pairs into %s: byte-identical to %s", rebuilt["counts"]["selected_pairs"], out,
              args.manifest)
     return 0

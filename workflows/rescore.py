@@ -39,7 +39,6 @@ from distributed import Client
 
 from pipeline.artifacts import (
     OWNER_NAME,
-    atomic_output_dir,
     check_output_target,
     file_hash,
     output_lock,
@@ -51,7 +50,7 @@ from pipeline.artifacts import (
 )
 from pipeline.errors import UserError
 from pipeline.model import EncoderDecoderConfig, load_model, model_flops
-from pipeline.phrase_table import export_moses
+from pipeline.moses import export_stage
 from pipeline.rescore import (
     UNITS_DIR,
     RescoreConfig,
@@ -64,7 +63,7 @@ from pipeline.rescore import (
     vocabulary_mismatch,
 )
 from workflows.cli import add_cluster_arguments
-from workflows.cluster import dask_client, gpu_resources, map_partitions
+from workflows.cluster import DaskExecutor, dask_client, gpu_resources
 
 log = logging.getLogger("rnnenc")
 DEFAULT_ROWS_PER_UNIT = 100_000
@@ -173,8 +172,8 @@ def _rescore(client: Client, table: Path, out: Path, config: RescoreConfig, *, r
     if records:
         log.info("resuming: %d of %d unit(s) already committed in %s", len(records), len(units), staging)
     resources = gpu_resources(client)
-    results = map_partitions(client, rescore_unit, todo, desc="rescore", quiet=quiet, key_prefix="rescore",
-                             staging=str(staging), config=config, resources=resources)
+    results = DaskExecutor(client, quiet=quiet, key_prefix="rescore").map(
+        rescore_unit, todo, desc="rescore", resources=resources, staging=str(staging), config=config)
     for unit, record in zip(todo, results, strict=True):
         records[unit.name] = record
 
@@ -220,22 +219,6 @@ def _rescore(client: Client, table: Path, out: Path, config: RescoreConfig, *, r
                    counts={k: report[k] for k in ("rows", "units", "units_resumed", "pairs_with_unknown",
                                                   "unknown_source_tokens", "unknown_target_tokens")})
     return report
-
-
-def export(client: Client, table: str | os.PathLike, out: str | os.PathLike, *, quiet: bool = False
-           ) -> dict[str, Any]:
-    """Write the rescored ``table`` as the Moses text table ``out/phrase-table.gz`` (atomic, manifest last)."""
-    out = Path(out)
-
-    def map_fn(func, items, desc):
-        return map_partitions(client, func, items, desc=desc, quiet=quiet, key_prefix="export")
-
-    with atomic_output_dir(out, stage="export", inputs=[table]) as tmp:
-        counts = export_moses(table, tmp / "phrase-table.gz", map_fn=map_fn)
-        write_json_atomic(tmp / "report.json", {"stage": "export"} | counts)
-    write_manifest(out, stage="export", inputs=[table], config={"format": "moses", "precision": 6},
-                   counts={"rows": counts["rows"], "clipped_total": counts["clipped_total"]})
-    return counts
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -295,7 +278,9 @@ def main(args: argparse.Namespace) -> int:
                          max_unknown_rate=args.max_unknown_rate, quiet=args.quiet)
         print_report(report, args.out)
         if args.export:
-            counts = export(client, args.out, args.export, quiet=args.quiet)
+            # the same export as `rnnenc export` (one Moses export stage, one manifest)
+            counts = export_stage(args.out, args.export, executor=DaskExecutor(client, quiet=args.quiet,
+                                                                              key_prefix="export"))
             print(f"exported {counts['rows']:,} lines to {Path(args.export) / 'phrase-table.gz'}"
                   + (f" ({counts['clipped_total']} scores clipped to Moses's floor)" if counts["clipped_total"] else ""))
     return 0

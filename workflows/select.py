@@ -41,7 +41,8 @@ import kenlm
 from pipeline import lm, selection
 from pipeline.artifacts import atomic_output_dir, write_json_atomic, write_manifest
 from pipeline.errors import UserError
-from pipeline.selection import Cut, Mapper, SideModels
+from pipeline.executor import Executor
+from pipeline.selection import Cut, SideModels
 
 log = logging.getLogger("rnnenc")
 
@@ -81,7 +82,7 @@ def _texts(work: Path, name: str, count: int, side: str) -> list[Path]:
     return [work / name / f"part-{i:05d}.{side}" for i in range(count)]
 
 
-def run_selection(cfg: SelectConfig, out: str | Path, mapper: Mapper) -> dict[str, Any]:
+def run_selection(cfg: SelectConfig, out: str | Path, executor: Executor) -> dict[str, Any]:
     """Run a whole selection into ``out`` (atomically) and return its manifest."""
     started = time.monotonic()
     if cfg.method not in selection.METHODS:
@@ -116,7 +117,7 @@ def run_selection(cfg: SelectConfig, out: str | Path, mapper: Mapper) -> dict[st
         for directory in (work / "sample", work / "text", lm_dir, tmp / "scores", tmp / "selected"):
             directory.mkdir(parents=True)
         t = time.monotonic()
-        totals = _sum(mapper(selection.count_partition, pool.parts, desc="counting the pool"))
+        totals = _sum(executor.map(selection.count_partition, pool.parts, desc="counting the pool"))
         report["pool"] = totals
         if totals["pairs"] == 0:
             raise UserError(f"{pool.path}: the pool is empty")
@@ -140,7 +141,7 @@ def run_selection(cfg: SelectConfig, out: str | Path, mapper: Mapper) -> dict[st
             pool_tokens = sum(totals[f"{s}_tokens"] for s in sides)
             # Each fold's sample is about the in-domain size; a fold is half the pool at most.
             rate = min(0.5, in_tokens / max(1, pool_tokens))
-            sample = _sum(mapper(selection.sample_partition,
+            sample = _sum(executor.map(selection.sample_partition,
                                  [(p, str(work / "sample" / f"part-{i:05d}")) for i, p in enumerate(pool.parts)],
                                  desc="sampling the pool", sides=sides, rate=rate, seed=cfg.seed))
             report["out_domain_sample"] = {"rate": rate, "seed": cfg.seed} | sample
@@ -166,19 +167,19 @@ def run_selection(cfg: SelectConfig, out: str | Path, mapper: Mapper) -> dict[st
         t = lap("language_models", t)
 
         score_parts = [str(tmp / "scores" / name) for name in names]
-        mapper(selection.score_partition, list(zip(pool.parts, score_parts, strict=True)),
+        executor.map(selection.score_partition, list(zip(pool.parts, score_parts, strict=True)),
                desc="scoring", models=models, seed=cfg.seed)
         t = lap("scoring", t)
 
         cut, sweep = _decide(cfg, pool, sides, langs, budget_side, totals, score_parts, work, lm_dir, tmp,
-                             lm_config, mapper)
+                             lm_config, executor)
         if sweep is not None:
             report["sweep"] = sweep
         t = lap("deciding", t)
 
         tasks = [(p, s, str(tmp / "selected" / name), str(work / "text" / f"part-{i:05d}"))
                  for i, (p, s, name) in enumerate(zip(pool.parts, score_parts, names, strict=True))]
-        kept = _sum(mapper(selection.keep_partition, tasks, desc="writing the selection", cut=cut))
+        kept = _sum(executor.map(selection.keep_partition, tasks, desc="writing the selection", cut=cut))
         for side, lang in langs.items():
             selection.concatenate(_texts(work, "text", len(pool.parts), side), tmp / f"selected.{lang}")
         if cfg.hf_dataset:
@@ -224,10 +225,10 @@ def _sum(results: Sequence[dict[str, int]]) -> dict[str, int]:
 
 def _decide(cfg: SelectConfig, pool: selection.Corpus, sides: Sequence[str], langs: dict[str, str],
             budget_side: str, totals: dict[str, int], score_parts: list[str], work: Path, lm_dir: Path,
-            out: Path, lm_config: lm.LMConfig, mapper: Mapper) -> tuple[Cut, dict[str, Any] | None]:
+            out: Path, lm_config: lm.LMConfig, executor: Executor) -> tuple[Cut, dict[str, Any] | None]:
     """The cut for the configured mode (and the sweep record when sweeping)."""
     def cut_for(budget: int, weight: str, total: int) -> Cut:
-        return selection.find_cut(score_parts, budget, weight, total, mapper, max_candidates=cfg.max_candidates)
+        return selection.find_cut(score_parts, budget, weight, total, executor, max_candidates=cfg.max_candidates)
 
     if cfg.mode == "pairs":
         budget = selection.parse_count(_amount(cfg))
@@ -257,7 +258,7 @@ def _decide(cfg: SelectConfig, pool: selection.Corpus, sides: Sequence[str], lan
         return selection.threshold_cut(threshold), None
     if cfg.mode == "sweep":
         best, record = _sweep(cfg, pool, sides, langs, totals, score_parts, work, lm_dir, out, lm_config,
-                              mapper, cut_for)
+                              executor, cut_for)
         return cut_for(best, "pairs", totals["pairs"]), record
     raise UserError(f"unknown selection mode '{cfg.mode}' (choose from {', '.join(MODES)})")
 
@@ -270,7 +271,7 @@ def _amount(cfg: SelectConfig) -> str:
 
 def _sweep(cfg: SelectConfig, pool: selection.Corpus, sides: Sequence[str], langs: dict[str, str],
            totals: dict[str, int], score_parts: list[str], work: Path, lm_dir: Path, out: Path,
-           lm_config: lm.LMConfig, mapper: Mapper, cut_for) -> tuple[int, dict[str, Any]]:
+           lm_config: lm.LMConfig, executor: Executor, cut_for) -> tuple[int, dict[str, Any]]:
     """XenC's method: dev perplexity of LMs trained on the top-k for a grid of k, refined at the minimum."""
     dev_spec = cfg.dev or cfg.in_domain
     dev_lines: dict[str, list[str]] = {}
@@ -286,7 +287,7 @@ def _sweep(cfg: SelectConfig, pool: selection.Corpus, sides: Sequence[str], lang
         where.mkdir()
         tasks = [(p, s, None, str(where / f"part-{i:05d}")) for i, (p, s) in enumerate(zip(pool.parts, score_parts,
                                                                                              strict=True))]
-        kept = _sum(mapper(selection.keep_partition, tasks, desc=f"sweep: top {n}", cut=cut, text_sides=sides))
+        kept = _sum(executor.map(selection.keep_partition, tasks, desc=f"sweep: top {n}", cut=cut, text_sides=sides))
         ppl = {}
         for side in sides:
             model_path = where / f"lm.{langs[side]}.binary"
@@ -389,22 +390,12 @@ def config_from_args(args: argparse.Namespace) -> SelectConfig:
         hf_dataset=args.hf_dataset)
 
 
-def cluster_mapper(client, quiet: bool) -> Mapper:
-    """A selection mapper running its tasks on ``client`` with a progress bar."""
-    from workflows.cluster import map_partitions
-
-    def mapper(func, items, *, desc: str, **kwargs):
-        return map_partitions(client, func, items, desc=desc, quiet=quiet, **kwargs)
-
-    return mapper
-
-
 def main(args: argparse.Namespace) -> int:
-    from workflows.cluster import dask_client
+    from workflows.cluster import DaskExecutor, dask_client
 
     cfg = config_from_args(args)
     with dask_client(args.scheduler, args.workers) as client:
-        manifest = run_selection(cfg, args.out, cluster_mapper(client, args.quiet))
+        manifest = run_selection(cfg, args.out, DaskExecutor(client, quiet=args.quiet))
     counts = manifest["counts"]
     log.info("selected %d of %d pairs (%d/%d %s words) into %s", counts["selected_pairs"], counts["pool_pairs"],
              counts["selected_source_tokens"], counts["pool_source_tokens"],

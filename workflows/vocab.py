@@ -25,8 +25,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Callable, Sequence
-from functools import partial
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,8 @@ import pyarrow.parquet as pq
 
 from pipeline.artifacts import atomic_output_dir, read_manifest, write_json_atomic, write_manifest
 from pipeline.errors import UserError
-from pipeline.phrase_table import list_parts, local_map
+from pipeline.executor import SERIAL, Executor
+from pipeline.phrase_table import list_parts
 from pipeline.vocab import (
     DEFAULT_SIZE,
     bucket_phrase_part,
@@ -88,25 +88,24 @@ def resolve_languages(path: str | Path, src_lang: str | None, tgt_lang: str | No
     return out[0], out[1]
 
 
-MapFn = Callable[[Callable[[Any], Any], Sequence[Any], str], list]
 
 
-def count_corpus(parts: Sequence[Path], map_fn: MapFn) -> dict[str, Any]:
-    results = map_fn(count_corpus_part, [str(p) for p in parts], "count words")
+def count_corpus(parts: Sequence[Path], executor: Executor) -> dict[str, Any]:
+    results = executor.map(count_corpus_part, [str(p) for p in parts], desc="count words")
     return {column: {"counts": merge_counts(r[column] for r in results), "pair_counts": None}
             for column in ("source", "target")}
 
 
-def count_phrase_table(parts: Sequence[Path], map_fn: MapFn, scratch: Path, buckets: int = 0) -> dict[str, Any]:
+def count_phrase_table(parts: Sequence[Path], executor: Executor, scratch: Path, buckets: int = 0) -> dict[str, Any]:
     if buckets < 1:
         size = sum(p.stat().st_size for p in parts)
         buckets = max(1, min(MAX_BUCKETS, math.ceil(size / BUCKET_BYTES)))
     scratch.mkdir(parents=True, exist_ok=True)
     try:
-        mapped = map_fn(partial(bucket_phrase_part, out_dir=str(scratch), buckets=buckets),
-                        list(enumerate(str(p) for p in parts)), "distinct phrases")
-        reduced = map_fn(partial(count_phrase_bucket, out_dir=str(scratch)),
-                         [(c, b) for c in ("source", "target") for b in range(buckets)], "count words")
+        mapped = executor.map(bucket_phrase_part, list(enumerate(str(p) for p in parts)), desc="distinct phrases",
+                              out_dir=str(scratch), buckets=buckets)
+        reduced = executor.map(count_phrase_bucket, [(c, b) for c in ("source", "target") for b in range(buckets)],
+                               desc="count words", out_dir=str(scratch))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     out = {}
@@ -122,11 +121,10 @@ def count_phrase_table(parts: Sequence[Path], map_fn: MapFn, scratch: Path, buck
 
 def build(kind: str, path: str | Path, out: str | Path, *, src_lang: str | None = None,
           tgt_lang: str | None = None, size: int = DEFAULT_SIZE, src_size: int | None = None,
-          tgt_size: int | None = None, buckets: int = 0, map_fn: MapFn | None = None) -> dict[str, Any]:
+          tgt_size: int | None = None, buckets: int = 0, executor: Executor = SERIAL) -> dict[str, Any]:
     """The vocab stage: count, choose, write (atomically, manifest last); returns the report."""
     if kind not in ("corpus", "phrase-table"):
         raise ValueError(kind)
-    map_fn = map_fn or local_map
     started = time.perf_counter()
     out = Path(out)
     langs = resolve_languages(path, src_lang, tgt_lang)
@@ -139,10 +137,10 @@ def build(kind: str, path: str | Path, out: str | Path, *, src_lang: str | None 
     sizes = {"source": src_size or size, "target": tgt_size or size}
     with atomic_output_dir(out, stage="vocab", inputs=[path]) as tmp:
         if kind == "corpus":
-            counted = count_corpus(parts, map_fn)
+            counted = count_corpus(parts, executor)
             basis = "running words of the corpus"
         else:
-            counted = count_phrase_table(parts, map_fn, out.parent / f".{out.name}.buckets", buckets)
+            counted = count_phrase_table(parts, executor, out.parent / f".{out.name}.buckets", buckets)
             basis = "words of the distinct phrases of the side"
         report: dict[str, Any] = {"stage": "vocab", "input": str(path), "kind": kind, "parts": len(parts),
                                   "basis": basis, "sides": {}}
@@ -201,14 +199,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from workflows.cluster import dask_client, map_partitions
+    from workflows.cluster import DaskExecutor, dask_client
 
     kind, path = ("corpus", args.corpus) if args.corpus else ("phrase-table", args.phrase_table)
     with dask_client(args.scheduler, args.workers) as client:
-        def map_fn(func, items, desc):
-            return map_partitions(client, func, items, desc=desc, quiet=args.quiet, key_prefix="vocab")
-
         report = build(kind, path, args.out, src_lang=args.src_lang, tgt_lang=args.tgt_lang, size=args.size,
-                       src_size=args.src_size, tgt_size=args.tgt_size, buckets=args.buckets, map_fn=map_fn)
+                       src_size=args.src_size, tgt_size=args.tgt_size, buckets=args.buckets,
+                       executor=DaskExecutor(client, quiet=args.quiet, key_prefix="vocab"))
     print("\n".join(describe(report)))
     return 0
