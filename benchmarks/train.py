@@ -8,7 +8,7 @@ an update's time goes (forward, backward, clip + Adadelta). Variants:
 
 - ``rnnenc train``: what ``rnnenc train`` runs. On the CPU: packed GRU recurrences
   (``pipeline.model._PackedGRU``: no padding steps, W_c c once per pair, dU in one GEMM) and
-  the chunked clip + Adadelta (``pipeline.train.clip_and_adadelta_``); on CUDA: fused
+  the chunked clip + Adadelta (``pipeline.optim.clip_and_adadelta_``); on CUDA: fused
   ``nn.GRU`` (cuDNN), bf16 autocast, torch's Adadelta.
 - ``plain fused PyTorch`` (CPU only): the same model through ``nn.GRU`` with torch's
   ``clip_grad_norm_`` + ``Adadelta.step`` (what training ran before the CPU path).
@@ -70,7 +70,8 @@ from torch import nn  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from pipeline.model import Batch, EncoderDecoder, EncoderDecoderConfig, model_flops, pad_ids  # noqa: E402
-from pipeline.train import TrainConfig, autocast, make_clip_and_step, pick_device  # noqa: E402
+from pipeline.optim import make_clip_and_step  # noqa: E402
+from pipeline.train import TrainConfig, autocast, pick_device  # noqa: E402
 
 
 def random_batches(n: int, config: EncoderDecoderConfig, batch_size: int = 64, seed: int = 0) -> list[Batch]:

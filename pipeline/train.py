@@ -1,5 +1,11 @@
 """Training the encoder-decoder on a phrase table's unique pairs, as Cho et al. (2014) did.
 
+``train`` runs four phases, one function each, over a typed loop state (``TrainState``):
+``load_data`` (table, vocabularies, validation split, sampler), ``build_model`` (a new model,
+or the checkpoint's to resume), ``run_loop`` (updates, validation, early stopping,
+checkpoints, logging) and ``write_outputs`` (model.pt, metrics, report, manifest). The
+optimizer step (clipping + Adadelta) is ``pipeline.optim``'s.
+
 Data. The Parquet phrase table's ``source``/``target`` columns are opened as a ``datasets``
 Dataset: an Arrow cache file, memory-mapped, read by random access. Update ``k`` draws its
 pairs uniformly from ``numpy.random.default_rng([seed, k])``, so the sampler's whole state is
@@ -23,7 +29,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import copy
 import csv
 import dataclasses
 import io
@@ -36,7 +41,7 @@ import shutil
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +55,7 @@ import torch
 from pipeline.artifacts import MANIFEST_NAME, read_manifest, write_json_atomic, write_manifest
 from pipeline.errors import UserError
 from pipeline.model import Batch, EncoderDecoder, EncoderDecoderConfig, make_batch, save_model
+from pipeline.optim import make_clip_and_step
 from pipeline.phrase_table import list_parts
 from pipeline.vocab import Vocabulary
 
@@ -58,6 +64,9 @@ log = logging.getLogger("rnnenc")
 CHECKPOINT_FORMAT = "rnnenc-train-checkpoint-1"
 VALID_STREAM = 2**32 - 1  # rng stream of the validation draw, apart from every update's stream
 METRIC_FIELDS = ["update", "split", "nll_per_token", "perplexity", "tokens", "updates_per_s", "seconds"]
+LAST_CHECKPOINT = Path("checkpoints", "last.pt")  # in the output directory
+BEST_CHECKPOINT = Path("checkpoints", "best.pt")
+VALID_BATCH = 256  # validation pairs per forward pass
 
 
 @dataclass
@@ -86,17 +95,176 @@ class TrainConfig:
     compile: bool = False  # torch.compile the clip + Adadelta step into one pass over memory
 
     def to_dict(self) -> dict[str, Any]:
+        """The configuration as plain data (for checkpoints, the report and the manifest)."""
         return dataclasses.asdict(self)
+
+    def check(self) -> None:
+        """Raise UserError for a count that must be positive and is not."""
+        for name in ("updates", "batch_size", "valid_every", "checkpoint_every", "max_length", "log_every"):
+            value = getattr(self, name)
+            if value < 1:
+                raise UserError(f"{name} must be at least 1 (got {value})")
+
+
+@dataclass
+class TrainState:
+    """The loop's state: what a checkpoint needs, besides the model and optimizer, to resume.
+
+    Saved as plain data (``to_plain``, whose entries and types are ``STATE_TYPES``): the
+    checkpoint format predates this class and does not change with it.
+    """
+
+    update: int = 0  # updates done
+    best_valid: float | None = None  # best validation log-likelihood per target token
+    best_update: int | None = None  # the update that reached it (whose parameters are best.pt)
+    bad_validations: int = 0  # validations since the last improvement
+    stopped_early: bool = False
+    draws_too_long: int = 0  # drawn pairs skipped for their length
+    target_tokens: int = 0  # target tokens trained on
+    # the training-loss row being summed: since the last one, as resumption must replay it
+    window_nll: float = 0.0  # summed negative log-likelihood
+    window_tokens: int = 0  # its target tokens
+    seconds: float = 0.0  # training time up to the last checkpoint
+
+    def record_validation(self, log_likelihood: float, update: int, patience: int) -> bool:
+        """Count a validation result; True when it is the best so far.
+
+        Args:
+            log_likelihood: the validation log-likelihood per target token at ``update``.
+            update: the update validated.
+            patience: validations without improvement after which training stops; 0: never.
+        """
+        if self.best_valid is None or log_likelihood > self.best_valid:
+            self.best_valid, self.best_update, self.bad_validations = log_likelihood, update, 0
+            return True
+        self.bad_validations += 1
+        if patience and self.bad_validations >= patience:
+            self.stopped_early = True
+        return False
+
+    def to_plain(self) -> dict[str, Any]:
+        """The checkpoint's ``state`` entry: plain data, the window as ``[nll, tokens]``."""
+        return {"update": self.update, "best_valid": self.best_valid, "best_update": self.best_update,
+                "bad_validations": self.bad_validations, "stopped_early": self.stopped_early,
+                "draws_too_long": self.draws_too_long, "target_tokens": self.target_tokens,
+                "window": [self.window_nll, self.window_tokens], "seconds": self.seconds}
+
+    @classmethod
+    def from_plain(cls, plain: dict[str, Any]) -> TrainState:
+        """The state a checkpoint's ``state`` entry holds (its types checked by ``load_checkpoint``).
+
+        Args:
+            plain: what ``to_plain`` returned.
+        """
+        nll, tokens = plain["window"]
+        return cls(update=plain["update"], best_valid=plain["best_valid"], best_update=plain["best_update"],
+                   bad_validations=plain["bad_validations"], stopped_early=plain["stopped_early"],
+                   draws_too_long=plain["draws_too_long"], target_tokens=plain["target_tokens"],
+                   window_nll=nll, window_tokens=tokens, seconds=plain["seconds"])
+
+
+def train(config: TrainConfig, phrase_table: str | os.PathLike, src_vocab_path: str | os.PathLike,
+          tgt_vocab_path: str | os.PathLike, out: str | os.PathLike, *, resume: bool = False,
+          cache_dir: str | os.PathLike | None = None, quiet: bool = False) -> dict[str, Any]:
+    """Train (or resume) a model; write the outputs into ``out``; return the report.
+
+    Args:
+        config: the run's configuration.
+        phrase_table: the Parquet phrase table directory.
+        src_vocab_path: the source vocabulary file.
+        tgt_vocab_path: the target vocabulary file.
+        out: the output directory: new or empty, or with ``resume`` one this function wrote.
+        resume: continue from ``out/checkpoints/last.pt``.
+        cache_dir: where the table's Arrow cache goes (default: ``out``.arrow-cache beside ``out``).
+        quiet: no progress bar.
+
+    Raises:
+        UserError: bad configuration, input, output directory or checkpoint.
+    """
+    started = time.perf_counter()
+    out = Path(out)
+    config.check()
+    resumed = read_resume_checkpoint(out, resume)  # before the table's pass: a bad file fails at once
+    data = load_data(config, Path(phrase_table), Path(src_vocab_path), Path(tgt_vocab_path),
+                     Path(cache_dir or out.with_name(out.name + ".arrow-cache")))
+    learner, state = build_model(config, data, resumed, out)
+    rows = run_loop(config, data, learner, state, out, quiet=quiet)
+    return write_outputs(config, data, learner, state, rows, out, started)
 
 
 # ---------------------------------------------------------------------------------------------
-# data
+# phase 1: data
+
+
+@dataclass
+class TrainData:
+    """The data phase's result: the table, its vocabularies, the validation set and the sampler."""
+
+    table: Path
+    src_vocab_path: Path
+    tgt_vocab_path: Path
+    src_vocab: Vocabulary
+    tgt_vocab: Vocabulary
+    pairs: PhrasePairs
+    coverage: dict[str, float]  # check_vocabularies'
+    lengths: dict[str, int]  # PhrasePairs.length_stats'
+    valid_drawn: int  # validation pairs drawn
+    valid_kept: int  # of which short enough to validate on
+    valid_batches: list[Batch]
+    sampler: PairSampler
+
+
+def load_data(config: TrainConfig, table: Path, src_vocab_path: Path, tgt_vocab_path: Path,
+              cache_dir: Path) -> TrainData:
+    """Open the table, check the vocabularies fit it, count its pairs by length, draw the validation set.
+
+    Args:
+        config: ``max_length``, ``valid_pairs`` and ``seed`` are used.
+        table: the Parquet phrase table directory.
+        src_vocab_path: the source vocabulary file.
+        tgt_vocab_path: the target vocabulary file.
+        cache_dir: where the table's Arrow cache goes.
+
+    Raises:
+        UserError: an unreadable or empty table, vocabularies that are not its, too few usable pairs.
+    """
+    src_vocab, tgt_vocab = Vocabulary.load(src_vocab_path), Vocabulary.load(tgt_vocab_path)
+    pairs = PhrasePairs(table, cache_dir)
+    coverage = check_vocabularies(pairs, src_vocab, tgt_vocab, src_vocab_path, tgt_vocab_path)
+    lengths = pairs.length_stats(config.max_length)
+    usable = len(pairs) - lengths["too_long"] - lengths["empty"]
+    if usable <= 0:
+        raise UserError(f"{table}: no pair has 1 to {config.max_length} tokens on both sides")
+    if config.valid_pairs >= len(pairs):
+        raise UserError(f"--valid-pairs {config.valid_pairs}: the table has only {len(pairs)} pairs")
+    valid_index = draw_validation(len(pairs), config.valid_pairs, config.seed)
+    valid_src, valid_tgt = pairs.get(valid_index) if len(valid_index) else ([], [])
+    kept = [i for i, (s, t) in enumerate(zip(valid_src, valid_tgt, strict=True)) if fits(s, t, config.max_length)]
+    valid_batches = [make_batch([valid_src[i] for i in kept[k:k + VALID_BATCH]],
+                                [valid_tgt[i] for i in kept[k:k + VALID_BATCH]], src_vocab, tgt_vocab)
+                     for k in range(0, len(kept), VALID_BATCH)]
+    sampler = PairSampler(len(pairs), valid_index, config.seed)
+    if sampler.n_train <= 0:
+        raise UserError(f"{table}: no pairs left for training after the validation set")
+    return TrainData(table=table, src_vocab_path=src_vocab_path, tgt_vocab_path=tgt_vocab_path,
+                     src_vocab=src_vocab, tgt_vocab=tgt_vocab, pairs=pairs, coverage=coverage, lengths=lengths,
+                     valid_drawn=len(valid_index), valid_kept=len(kept), valid_batches=valid_batches,
+                     sampler=sampler)
 
 
 class PhrasePairs:
     """Random access to a Parquet phrase table's (source, target) pairs via a memory-mapped Arrow cache."""
 
     def __init__(self, table: str | os.PathLike, cache_dir: str | os.PathLike):
+        """Open ``table``.
+
+        Args:
+            table: the Parquet phrase table directory (``part-*.parquet`` with ``source``, ``target``).
+            cache_dir: where ``datasets`` writes the Arrow cache.
+
+        Raises:
+            UserError: no parts, an unreadable part, no ``source``/``target`` columns, no rows.
+        """
         import datasets  # heavy import, only where the data is read
 
         self.table = Path(table)
@@ -124,11 +292,20 @@ class PhrasePairs:
         return len(self.data)
 
     def get(self, indices: Sequence[int] | np.ndarray) -> tuple[list[list[str]], list[list[str]]]:
+        """The tokenised sources and targets of the pairs at ``indices`` (table rows), in that order.
+
+        Args:
+            indices: row numbers in the table.
+        """
         rows = self.data[np.asarray(indices, dtype=np.int64)]
         return [s.split() for s in rows["source"]], [t.split() for t in rows["target"]]
 
     def length_stats(self, max_length: int) -> dict[str, int]:
-        """One streaming pass: how many pairs are empty or longer than ``max_length`` on a side."""
+        """One streaming pass: how many pairs are empty or longer than ``max_length`` on a side.
+
+        Args:
+            max_length: the most tokens a side may have.
+        """
         too_long = empty = 0
         for batch in self.data.with_format("arrow").iter(batch_size=1 << 16):
             lengths = [pc.list_value_length(pc.utf8_split_whitespace(batch[c])) for c in ("source", "target")]
@@ -141,7 +318,16 @@ class PhrasePairs:
 
 def check_vocabularies(pairs: PhrasePairs, src_vocab: Vocabulary, tgt_vocab: Vocabulary,
                        src_path: Path, tgt_path: Path, sample: int = 20_000) -> dict[str, float]:
-    """Token coverage of each vocabulary on each side; UserError when they cannot be this table's."""
+    """Token coverage of each vocabulary on each side; UserError when they cannot be this table's.
+
+    Args:
+        pairs: the table.
+        src_vocab: the source vocabulary.
+        tgt_vocab: the target vocabulary.
+        src_path: ``src_vocab``'s file, for the messages.
+        tgt_path: ``tgt_vocab``'s file, for the messages.
+        sample: pairs (the table's first) the coverage is measured on.
+    """
     sources, targets = pairs.get(np.arange(min(sample, len(pairs))))
 
     def coverage(vocab: Vocabulary, phrases: list[list[str]]) -> float:
@@ -174,21 +360,456 @@ class PairSampler:
     """
 
     def __init__(self, n_pairs: int, valid: np.ndarray, seed: int):
+        """Sample the ``n_pairs`` rows of a table but ``valid``.
+
+        Args:
+            n_pairs: rows in the table.
+            valid: the validation rows (``draw_validation``'s), never drawn.
+            seed: the run's seed.
+        """
         self.n_train = n_pairs - len(valid)
         self.seed = seed
         self._shift = np.sort(valid) - np.arange(len(valid))  # valid[i] - i is non-decreasing
 
     def to_table_index(self, j: np.ndarray) -> np.ndarray:
+        """The table rows of the ``j``-th training pairs.
+
+        Args:
+            j: indices among the training pairs, 0 to ``n_train - 1``.
+        """
         return j + np.searchsorted(self._shift, j, side="right")
 
     def draw(self, update: int, count: int) -> np.ndarray:
+        """``count`` table rows drawn uniformly (with replacement) for ``update``.
+
+        Args:
+            update: the update number (its random stream).
+            count: rows to draw.
+        """
         rng = np.random.default_rng([self.seed, update])
         return self.to_table_index(rng.integers(0, self.n_train, size=count))
 
 
 def draw_validation(n_pairs: int, n_valid: int, seed: int) -> np.ndarray:
+    """The validation rows, sorted: ``n_valid`` of ``n_pairs`` without replacement.
+
+    Args:
+        n_pairs: rows in the table.
+        n_valid: rows to hold out.
+        seed: the run's seed.
+    """
     rng = np.random.default_rng([seed, VALID_STREAM])
     return np.sort(rng.choice(n_pairs, size=n_valid, replace=False))
+
+
+def fits(src: list[str], tgt: list[str], max_length: int) -> bool:
+    """Whether a pair is trained and validated on: 1 to ``max_length`` tokens on each side.
+
+    Args:
+        src: the source phrase's tokens.
+        tgt: the target phrase's tokens.
+        max_length: the most tokens a side may have.
+    """
+    return 0 < len(src) <= max_length and 0 < len(tgt) <= max_length
+
+
+def draw_batch(pairs: PhrasePairs, sampler: PairSampler, update: int, size: int, max_length: int
+               ) -> tuple[list[list[str]], list[list[str]], int]:
+    """``size`` pairs for ``update``; over-long draws are replaced from the same stream.
+
+    Args:
+        pairs: the table.
+        sampler: the training pairs' sampler.
+        update: the update the batch is for (its draw's random stream).
+        size: pairs in the batch.
+        max_length: the most tokens a side may have (``fits``).
+
+    Returns:
+        The sources, the targets, and how many drawn pairs were skipped for their length.
+    """
+    rng_draws = sampler.draw(update, size)
+    sources, targets = [], []
+    skipped = extra = 0
+    while True:
+        src, tgt = pairs.get(rng_draws)
+        for s, t in zip(src, tgt, strict=True):
+            if len(sources) == size:
+                break
+            if fits(s, t, max_length):
+                sources.append(s)
+                targets.append(t)
+            else:
+                skipped += 1
+        if len(sources) == size:
+            return sources, targets, skipped
+        extra += 1  # a further deterministic stream for the same update
+        rng_draws = sampler.to_table_index(np.random.default_rng([sampler.seed, update, extra])
+                                           .integers(0, sampler.n_train, size=size))
+
+
+# ---------------------------------------------------------------------------------------------
+# phase 2: the model, new or resumed
+
+
+@dataclass
+class TrainModel:
+    """The model phase's result: the model, its optimizer, its sizes and its device."""
+
+    model: EncoderDecoder
+    optimizer: torch.optim.Adadelta
+    config: EncoderDecoderConfig
+    device: torch.device
+
+
+def read_resume_checkpoint(out: Path, resume: bool) -> dict[str, Any] | None:
+    """The checkpoint to resume from, or None for a new run into an empty ``out``.
+
+    Args:
+        out: the output directory.
+        resume: continue the run in ``out``.
+
+    Raises:
+        UserError: nothing to resume, a checkpoint that is not one, or a new run into a non-empty ``out``.
+    """
+    if resume:
+        if not (out / LAST_CHECKPOINT).is_file():
+            raise UserError(f"{out / LAST_CHECKPOINT}: no checkpoint to resume from")
+        return load_checkpoint(out / LAST_CHECKPOINT)
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out}: exists and is not empty: pass --resume to continue its training, "
+                        "or choose a new output directory")
+    return None
+
+
+def build_model(config: TrainConfig, data: TrainData, resumed: dict[str, Any] | None, out: Path
+                ) -> tuple[TrainModel, TrainState]:
+    """Set up torch (device, threads, seed), then the model and Adadelta: initialised, or resumed.
+
+    Args:
+        config: the run's configuration.
+        data: the data phase's result (the vocabularies' sizes, the table's).
+        resumed: a checkpoint from ``read_resume_checkpoint``, or None for a new model.
+        out: the output directory (whose ``checkpoints/last.pt`` ``resumed`` is).
+
+    Returns:
+        The model and optimizer, and the loop state: new, or the checkpoint's.
+
+    Raises:
+        UserError: no such device, or a checkpoint made with another configuration or table.
+    """
+    device = pick_device(config.device)
+    torch.set_num_threads(config.threads or os.cpu_count() or 1)
+    torch.manual_seed(config.seed)
+    model_config = EncoderDecoderConfig(src_vocab_size=len(data.src_vocab), tgt_vocab_size=len(data.tgt_vocab),
+                                        embedding=config.embedding, hidden=config.hidden,
+                                        maxout=config.maxout, output_rank=config.output_rank,
+                                        init_std=config.init_std)
+    # resumed: no initialisation, weights and RNG state are loaded below
+    model = EncoderDecoder(model_config, initialise=resumed is None).to(device)
+    optimizer = torch.optim.Adadelta(model.parameters(), lr=1.0, rho=config.rho, eps=config.eps)
+    learner = TrainModel(model=model, optimizer=optimizer, config=model_config, device=device)
+    if resumed is None:
+        return learner, TrainState()
+    path = out / LAST_CHECKPOINT
+    free = ("updates", "early_stopping", "device", "threads", "valid_every", "checkpoint_every", "compile")
+    fixed = {k: v for k, v in resumed["config"].items() if k not in free}
+    unknown = object()  # a key this TrainConfig lacks differs from every value
+    changed = [k for k, v in fixed.items() if getattr(config, k, unknown) != v]
+    if changed or resumed["n_pairs"] != len(data.pairs) or resumed["model_config"] != model_config.to_dict():
+        raise UserError(f"{path}: was made with another configuration or table "
+                        f"({', '.join(changed) or 'table or vocabulary sizes'} differ)")
+    try:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        torch.set_rng_state(resumed["torch_rng"])
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:  # right keys, wrong contents
+        raise UserError(f"{path}: not an rnnenc training checkpoint for this model "
+                        f"({type(exc).__name__}: {_one_line(str(exc))[:200]})") from exc
+    state = TrainState.from_plain(resumed["state"])
+    log.info("resuming %s at update %d", out, state.update)
+    return learner, state
+
+
+def pick_device(name: str) -> torch.device:
+    """The torch device ``--device name`` means.
+
+    Args:
+        name: ``auto`` (CUDA when there is one, else the CPU), ``cpu`` or ``cuda``.
+
+    Raises:
+        UserError: an unknown name, or ``cuda`` without a CUDA device.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device available")
+    if name not in ("cpu", "cuda"):
+        raise UserError(f"--device {name}: expected auto, cpu or cuda")
+    return torch.device(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# phase 3: the loop
+
+
+def run_loop(config: TrainConfig, data: TrainData, learner: TrainModel, state: TrainState, out: Path, *,
+             quiet: bool = False) -> list[dict[str, Any]]:
+    """Update until ``config.updates`` or early stopping: validate, checkpoint and log on the way.
+
+    ``state`` is updated in place. The output directory loses its manifest first: an output
+    being changed is not complete.
+
+    Args:
+        config: the run's configuration.
+        data: the data phase's result.
+        learner: the model phase's model and optimizer.
+        state: the loop state to continue from.
+        out: the output directory.
+        quiet: no progress bar.
+
+    Returns:
+        The rows of metrics.csv, this run's and those it resumed.
+    """
+    from tqdm.auto import tqdm
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST_NAME).unlink(missing_ok=True)
+    (out / LAST_CHECKPOINT).parent.mkdir(exist_ok=True)
+    model, optimizer, device = learner.model, learner.optimizer, learner.device
+    model.train()
+    clip_and_step = make_clip_and_step(model, optimizer, config)
+    metrics = Metrics(out, state.update)
+    bar = tqdm(total=config.updates, initial=state.update, unit="upd", desc="train", disable=quiet,
+               dynamic_ncols=True)
+    # updates/s over the updates since the last checkpoint, whose time is in state.seconds
+    window_start = time.perf_counter()
+    window_updates = 0
+    try:
+        while state.update < config.updates and not state.stopped_early:
+            update = state.update + 1
+            sources, targets, skipped = draw_batch(data.pairs, data.sampler, update, config.batch_size,
+                                                   config.max_length)
+            batch = make_batch(sources, targets, data.src_vocab, data.tgt_vocab).to(device)
+            with autocast(device):
+                loss = model.loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            clip_and_step()
+            state.update = update
+            state.draws_too_long += skipped
+            state.target_tokens += batch.n_target_tokens
+            state.window_nll += float(loss.detach())
+            state.window_tokens += batch.n_target_tokens
+            window_updates += 1
+            bar.update(1)
+            if update % config.log_every == 0:
+                nll = state.window_nll / state.window_tokens
+                elapsed = time.perf_counter() - window_start
+                rate = window_updates / elapsed if elapsed > 0 else 0.0
+                metrics.add(update, "train", nll, state.window_tokens, rate, state.seconds + elapsed)
+                bar.set_postfix(loss=f"{nll:.3f}", refresh=False)
+                state.window_nll, state.window_tokens = 0.0, 0
+            if data.valid_batches and update % config.valid_every == 0:
+                validate(config, data, learner, state, metrics, out)
+            if update % config.checkpoint_every == 0 or update == config.updates or state.stopped_early:
+                state.seconds += time.perf_counter() - window_start
+                window_start, window_updates = time.perf_counter(), 0
+                save_checkpoint(out / LAST_CHECKPOINT, checkpoint_dict(config, data, learner, state))
+    finally:
+        bar.close()
+        metrics.close()
+    if state.update % config.checkpoint_every and not state.stopped_early:
+        # a resumed run that was already complete
+        save_checkpoint(out / LAST_CHECKPOINT, checkpoint_dict(config, data, learner, state))
+    return metrics.rows
+
+
+def validate(config: TrainConfig, data: TrainData, learner: TrainModel, state: TrainState, metrics: Metrics,
+             out: Path) -> None:
+    """Score the validation set at ``state.update``: log it, save best.pt or count towards early stopping.
+
+    Args:
+        config: ``early_stopping`` is used.
+        data: the validation batches and the vocabularies (saved with best.pt).
+        learner: the model and its device.
+        state: the loop state, updated.
+        metrics: where the validation row goes.
+        out: the output directory.
+    """
+    total, tokens = evaluate(learner.model, data.valid_batches, learner.device)
+    per_token = total / tokens
+    metrics.add(state.update, "valid", -per_token, tokens, 0.0, state.seconds)
+    log.info("update %d: validation perplexity %.3f", state.update, math.exp(-per_token))
+    if state.record_validation(per_token, state.update, config.early_stopping):
+        save_model(out / BEST_CHECKPOINT, learner.model, data.src_vocab, data.tgt_vocab,
+                   extra={"update": state.update})
+    elif state.stopped_early:
+        log.info("early stopping at update %d: %d validations without improvement", state.update,
+                 state.bad_validations)
+
+
+@torch.no_grad()
+def evaluate(model: EncoderDecoder, batches: Sequence[Batch], device: torch.device) -> tuple[float, int]:
+    """(summed log-likelihood, target tokens) over validation batches.
+
+    Args:
+        model: the model, left in training mode.
+        batches: the validation batches.
+        device: where ``model`` is.
+    """
+    model.eval()
+    total, tokens = 0.0, 0
+    for batch in batches:
+        with autocast(device):
+            total += float(model(batch.to(device)).double().sum())
+        tokens += batch.n_target_tokens
+    model.train()
+    return total, tokens
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """The autocast context of the forward passes on ``device``.
+
+    Args:
+        device: where the model is.
+    """
+    # bf16 on the GPU; fp32 on the CPU, whose bf16 matmuls are not faster here
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class Metrics:
+    """metrics.csv (rows after ``start`` dropped on resume) and TensorBoard, written as we go."""
+
+    def __init__(self, out: Path, start: int):
+        """Open ``out``'s metrics.csv and TensorBoard log, truncated after update ``start``.
+
+        Args:
+            out: the output directory.
+            start: the update training continues from (0: a new run).
+        """
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.path = out / "metrics.csv"
+        rows = []
+        if self.path.is_file():
+            with open(self.path, newline="") as handle:
+                rows = [r for r in csv.DictReader(handle) if int(r["update"]) <= start]
+        self.rows: list[dict[str, Any]] = rows
+        with open(self.path, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, METRIC_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+        self.handle = open(self.path, "a", newline="")
+        self.writer = csv.DictWriter(self.handle, METRIC_FIELDS)
+        self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=start + 1 if start else None)
+
+    def add(self, update: int, split: str, nll: float, tokens: int, updates_per_s: float, seconds: float) -> None:
+        """Write a row.
+
+        Args:
+            update: the update it is for.
+            split: ``train`` (the loss since the previous row) or ``valid``.
+            nll: negative log-likelihood per target token.
+            tokens: the target tokens it is over.
+            updates_per_s: the training speed (0 for validation rows).
+            seconds: training time so far.
+        """
+        row = {"update": update, "split": split, "nll_per_token": f"{nll:.6f}",
+               "perplexity": f"{math.exp(min(nll, 700)):.4f}", "tokens": tokens,
+               "updates_per_s": f"{updates_per_s:.3f}", "seconds": f"{seconds:.1f}"}
+        self.rows.append(row)
+        self.writer.writerow(row)
+        self.handle.flush()
+        self.tb.add_scalar(f"{split}/nll_per_token", nll, update)
+        self.tb.add_scalar(f"{split}/perplexity", math.exp(min(nll, 700)), update)
+        if split == "train":
+            self.tb.add_scalar("train/updates_per_s", updates_per_s, update)
+
+    def close(self) -> None:
+        """Close metrics.csv and the TensorBoard log."""
+        self.handle.close()
+        self.tb.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# phase 4: outputs
+
+
+def write_outputs(config: TrainConfig, data: TrainData, learner: TrainModel, state: TrainState,
+                  rows: list[dict[str, Any]], out: Path, started: float) -> dict[str, Any]:
+    """Write model.pt, learning_curve.png, report.json and, last, manifest.json; return the report.
+
+    Args:
+        config: the run's configuration.
+        data: the data phase's result (its counts, the inputs of the manifest).
+        learner: the trained model.
+        state: the loop's final state.
+        rows: the rows of metrics.csv.
+        out: the output directory.
+        started: ``time.perf_counter()`` when this run started.
+    """
+    # model.pt: the best validated parameters (early stopping's model), else the last
+    best = out / BEST_CHECKPOINT
+    if best.is_file() and state.best_update is not None:
+        shutil.copyfile(best, out / ".model.pt.tmp")
+        os.replace(out / ".model.pt.tmp", out / "model.pt")
+    else:
+        save_model(out / "model.pt", learner.model, data.src_vocab, data.tgt_vocab, extra={"update": state.update})
+    plot_learning_curve(rows, out / "learning_curve.png")
+    final_valid = [r for r in rows if r["split"] == "valid"]
+    counts = {
+        "pairs": len(data.pairs), "pairs_empty": data.lengths["empty"], "pairs_too_long": data.lengths["too_long"],
+        "valid_pairs_drawn": data.valid_drawn, "valid_pairs": data.valid_kept,
+        "valid_pairs_too_long": data.valid_drawn - data.valid_kept, "train_pairs": data.sampler.n_train,
+        "updates": state.update, "draws_skipped_too_long": state.draws_too_long,
+        "target_tokens_trained": state.target_tokens,
+        "best_valid_perplexity": math.exp(-state.best_valid) if state.best_valid is not None else None,
+        "best_update": state.best_update,
+        "final_valid_perplexity": float(final_valid[-1]["perplexity"]) if final_valid else None,
+        "stopped_early": state.stopped_early,
+    }
+    model_config = learner.config.to_dict()
+    report = {"counts": counts, "vocabulary_coverage": data.coverage, "device": str(learner.device),
+              "threads": torch.get_num_threads(), "train_seconds": round(state.seconds, 2),
+              "updates_per_s": round(state.update / state.seconds, 3) if state.seconds else None,
+              "wall_seconds_this_run": round(time.perf_counter() - started, 2), "config": config.to_dict(),
+              "model_config": model_config}
+    write_json_atomic(out / "report.json", report)
+    write_manifest(out, stage="train", inputs=[data.table, data.src_vocab_path, data.tgt_vocab_path],
+                   config=config.to_dict() | {"model": model_config}, counts=counts)
+    return report
+
+
+def plot_learning_curve(rows: list[dict[str, Any]], path: Path) -> None:
+    """Plot the train and valid rows' loss per update into ``path`` (atomically).
+
+    Args:
+        rows: metrics.csv's rows.
+        path: the PNG file written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for split, style in (("train", "-"), ("valid", "o-")):
+        points = [(int(r["update"]), float(r["nll_per_token"])) for r in rows if r["split"] == split]
+        if points:
+            ax.plot(*zip(*points, strict=True), style, label=split, markersize=3)
+    ax.set_xlabel("update")
+    ax.set_ylabel("negative log-likelihood per target token (nats)")
+    ax.set_title("RNN Encoder-Decoder learning curve")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,7 +823,7 @@ def draw_validation(n_pairs: int, n_valid: int, seed: int) -> np.ndarray:
 # uint8 tensor, and the loop state below. The sampler needs no state of its own (update k's
 # draw is ``default_rng([seed, k])``), and neither numpy's nor Python's global RNG is used.
 PLAIN_TYPES = (str, int, float, bool, type(None))
-# the loop state (``train``'s ``state``) and the type of each entry
+# the loop state as saved (``TrainState.to_plain()``) and the type of each entry
 STATE_TYPES: dict[str, tuple[type, ...]] = {
     "update": (int,), "best_valid": (float, type(None)), "best_update": (int, type(None)),
     "bad_validations": (int,), "stopped_early": (bool,), "draws_too_long": (int,), "target_tokens": (int,),
@@ -212,11 +833,31 @@ CHECKPOINT_TYPES: dict[str, type] = {
     "torch_rng": torch.Tensor, "state": dict}
 
 
+def checkpoint_dict(config: TrainConfig, data: TrainData, learner: TrainModel, state: TrainState
+                    ) -> dict[str, Any]:
+    """What ``checkpoints/last.pt`` holds: plain data and tensors, the entries of ``CHECKPOINT_TYPES``.
+
+    Args:
+        config: the run's configuration.
+        data: the data phase's result (the table's size).
+        learner: the model and optimizer.
+        state: the loop state.
+    """
+    return {"format": CHECKPOINT_FORMAT, "config": config.to_dict(), "model_config": learner.config.to_dict(),
+            "n_pairs": len(data.pairs), "model": learner.model.state_dict(),
+            "optimizer": learner.optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+            "state": state.to_plain()}
+
+
 def check_plain(value: Any, where: str = "checkpoint") -> None:
     """Raise TypeError unless ``value`` is tensors and plain data only, as weights_only loads them.
 
     Run on every save, so that a numpy scalar or array slipping into the state fails the run
     that writes it rather than the ``--resume`` that would read it.
+
+    Args:
+        value: what is to be saved.
+        where: its name in the messages.
     """
     # exact types: numpy.float64 is a float subclass, yet weights_only refuses it
     if isinstance(value, torch.Tensor) or type(value) in PLAIN_TYPES:
@@ -235,7 +876,15 @@ def check_plain(value: Any, where: str = "checkpoint") -> None:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically (a temporary file, then a rename)."""
+    """Write ``state`` to ``path`` atomically (a temporary file, then a rename).
+
+    Args:
+        path: the checkpoint file.
+        state: the checkpoint (``checkpoint_dict``'s); checked by ``check_plain`` first.
+
+    Raises:
+        TypeError: ``state`` holds something that is neither a tensor nor plain data.
+    """
     check_plain(state)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     torch.save(state, tmp)
@@ -263,6 +912,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
     Anything else (objects that are not tensors or plain data, a truncated file, missing or
     ill-typed entries, another format) is a one-line UserError naming ``path``.
+
+    Args:
+        path: the checkpoint file.
     """
     not_ours = f"{path}: not an rnnenc training checkpoint, or one from an incompatible version of rnnenc"
     try:
@@ -294,432 +946,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         wrong.append("optimizer.state/param_groups")
     if "torch_rng" not in wrong and state["torch_rng"].dtype != torch.uint8:
         wrong.append("torch_rng")
-    if isinstance(loop.get("window"), list) and len(loop["window"]) != 2:
+    window = loop.get("window")
+    if isinstance(window, list) and (len(window) != 2 or not all(isinstance(x, (int, float)) for x in window)):
         wrong.append("state.window")
     if wrong:
         raise UserError(f"{not_ours} ({', '.join(wrong)} missing or of the wrong type)")
     return state
-
-
-# ---------------------------------------------------------------------------------------------
-# the loop
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device available")
-    if name not in ("cpu", "cuda"):
-        raise UserError(f"--device {name}: expected auto, cpu or cuda")
-    return torch.device(name)
-
-
-@torch.no_grad()
-def evaluate(model: EncoderDecoder, batches: Sequence[Batch], device: torch.device) -> tuple[float, int]:
-    """(summed log-likelihood, target tokens) over validation batches."""
-    model.eval()
-    total, tokens = 0.0, 0
-    for batch in batches:
-        with autocast(device):
-            total += float(model(batch.to(device)).double().sum())
-        tokens += batch.n_target_tokens
-    model.train()
-    return total, tokens
-
-
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    # bf16 on the GPU; fp32 on the CPU, whose bf16 matmuls are not faster here
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-class Metrics:
-    """metrics.csv (rows after ``start`` dropped on resume) and TensorBoard, written as we go."""
-
-    def __init__(self, out: Path, start: int):
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.path = out / "metrics.csv"
-        rows = []
-        if self.path.is_file():
-            with open(self.path, newline="") as handle:
-                rows = [r for r in csv.DictReader(handle) if int(r["update"]) <= start]
-        self.rows: list[dict[str, Any]] = rows
-        with open(self.path, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, METRIC_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
-        self.handle = open(self.path, "a", newline="")
-        self.writer = csv.DictWriter(self.handle, METRIC_FIELDS)
-        self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=start + 1 if start else None)
-
-    def add(self, update: int, split: str, nll: float, tokens: int, updates_per_s: float, seconds: float) -> None:
-        row = {"update": update, "split": split, "nll_per_token": f"{nll:.6f}",
-               "perplexity": f"{math.exp(min(nll, 700)):.4f}", "tokens": tokens,
-               "updates_per_s": f"{updates_per_s:.3f}", "seconds": f"{seconds:.1f}"}
-        self.rows.append(row)
-        self.writer.writerow(row)
-        self.handle.flush()
-        self.tb.add_scalar(f"{split}/nll_per_token", nll, update)
-        self.tb.add_scalar(f"{split}/perplexity", math.exp(min(nll, 700)), update)
-        if split == "train":
-            self.tb.add_scalar("train/updates_per_s", updates_per_s, update)
-
-    def close(self) -> None:
-        self.handle.close()
-        self.tb.close()
-
-
-def plot_learning_curve(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    for split, style in (("train", "-"), ("valid", "o-")):
-        points = [(int(r["update"]), float(r["nll_per_token"])) for r in rows if r["split"] == split]
-        if points:
-            ax.plot(*zip(*points, strict=True), style, label=split, markersize=3)
-    ax.set_xlabel("update")
-    ax.set_ylabel("negative log-likelihood per target token (nats)")
-    ax.set_title("RNN Encoder-Decoder learning curve")
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
-def train(config: TrainConfig, phrase_table: str | os.PathLike, src_vocab_path: str | os.PathLike,
-          tgt_vocab_path: str | os.PathLike, out: str | os.PathLike, *, resume: bool = False,
-          cache_dir: str | os.PathLike | None = None, quiet: bool = False) -> dict[str, Any]:
-    """Train (or resume) a model; write the outputs into ``out``; return the report."""
-    from tqdm.auto import tqdm
-
-    started = time.perf_counter()
-    table, out = Path(phrase_table), Path(out)
-    src_vocab_path, tgt_vocab_path = Path(src_vocab_path), Path(tgt_vocab_path)
-    for name, value in (("updates", config.updates), ("batch_size", config.batch_size),
-                        ("valid_every", config.valid_every), ("checkpoint_every", config.checkpoint_every),
-                        ("max_length", config.max_length), ("log_every", config.log_every)):
-        if value < 1:
-            raise UserError(f"{name} must be at least 1 (got {value})")
-    checkpoint_path = out / "checkpoints" / "last.pt"
-    resumed: dict[str, Any] | None = None
-    if resume:
-        if not checkpoint_path.is_file():
-            raise UserError(f"{checkpoint_path}: no checkpoint to resume from")
-        resumed = load_checkpoint(checkpoint_path)  # before the table's pass: a bad file fails at once
-    elif out.exists() and any(out.iterdir()):
-        raise UserError(f"{out}: exists and is not empty: pass --resume to continue its training, "
-                        "or choose a new output directory")
-    src_vocab, tgt_vocab = Vocabulary.load(src_vocab_path), Vocabulary.load(tgt_vocab_path)
-    pairs = PhrasePairs(table, cache_dir or out.with_name(out.name + ".arrow-cache"))
-    coverage = check_vocabularies(pairs, src_vocab, tgt_vocab, src_vocab_path, tgt_vocab_path)
-    lengths = pairs.length_stats(config.max_length)
-    usable = len(pairs) - lengths["too_long"] - lengths["empty"]
-    if usable <= 0:
-        raise UserError(f"{table}: no pair has 1 to {config.max_length} tokens on both sides")
-    if config.valid_pairs >= len(pairs):
-        raise UserError(f"--valid-pairs {config.valid_pairs}: the table has only {len(pairs)} pairs")
-
-    def fits(src: list[str], tgt: list[str]) -> bool:
-        return 0 < len(src) <= config.max_length and 0 < len(tgt) <= config.max_length
-
-    valid_index = draw_validation(len(pairs), config.valid_pairs, config.seed)
-    valid_src, valid_tgt = pairs.get(valid_index) if len(valid_index) else ([], [])
-    kept = [i for i, (s, t) in enumerate(zip(valid_src, valid_tgt, strict=True)) if fits(s, t)]
-    valid_batches = [make_batch([valid_src[i] for i in kept[k:k + 256]], [valid_tgt[i] for i in kept[k:k + 256]],
-                                src_vocab, tgt_vocab) for k in range(0, len(kept), 256)]
-    sampler = PairSampler(len(pairs), valid_index, config.seed)
-    if sampler.n_train <= 0:
-        raise UserError(f"{table}: no pairs left for training after the validation set")
-
-    device = pick_device(config.device)
-    torch.set_num_threads(config.threads or os.cpu_count() or 1)
-    torch.manual_seed(config.seed)
-    model_config = EncoderDecoderConfig(src_vocab_size=len(src_vocab), tgt_vocab_size=len(tgt_vocab),
-                                        embedding=config.embedding, hidden=config.hidden,
-                                        maxout=config.maxout, output_rank=config.output_rank,
-                                        init_std=config.init_std)
-    model = EncoderDecoder(model_config, initialise=not resume).to(device)  # resumed: weights and RNG loaded below
-    optimizer = torch.optim.Adadelta(model.parameters(), lr=1.0, rho=config.rho, eps=config.eps)
-    # the loop state, saved in every checkpoint: its entries and their types are STATE_TYPES
-    state: dict[str, Any] = {"update": 0, "best_valid": None, "best_update": None, "bad_validations": 0,
-                             "stopped_early": False, "draws_too_long": 0, "target_tokens": 0,
-                             "window": [0.0, 0], "seconds": 0.0}
-    if resumed is not None:
-        free = ("updates", "early_stopping", "device", "threads", "valid_every", "checkpoint_every", "compile")
-        fixed = {k: v for k, v in resumed["config"].items() if k not in free}
-        unknown = object()  # a key this TrainConfig lacks differs from every value
-        changed = [k for k, v in fixed.items() if getattr(config, k, unknown) != v]
-        if changed or resumed["n_pairs"] != len(pairs) or resumed["model_config"] != model_config.to_dict():
-            raise UserError(f"{checkpoint_path}: was made with another configuration or table "
-                            f"({', '.join(changed) or 'table or vocabulary sizes'} differ)")
-        try:
-            model.load_state_dict(resumed["model"])
-            optimizer.load_state_dict(resumed["optimizer"])
-            torch.set_rng_state(resumed["torch_rng"])
-        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:  # right keys, wrong contents
-            raise UserError(f"{checkpoint_path}: not an rnnenc training checkpoint for this model "
-                            f"({type(exc).__name__}: {_one_line(str(exc))[:200]})") from exc
-        state = resumed["state"]
-        log.info("resuming %s at update %d", out, state["update"])
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST_NAME).unlink(missing_ok=True)  # an output being changed is not complete
-    (out / "checkpoints").mkdir(exist_ok=True)
-    model.train()
-
-    def checkpoint() -> None:
-        save_checkpoint(checkpoint_path, {
-            "format": CHECKPOINT_FORMAT, "config": config.to_dict(), "model_config": model_config.to_dict(),
-            "n_pairs": len(pairs), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "torch_rng": torch.get_rng_state(), "state": state})
-
-    clip_and_step = make_clip_and_step(model, optimizer, config)
-    metrics = Metrics(out, state["update"])
-    bar = tqdm(total=config.updates, initial=state["update"], unit="upd", desc="train", disable=quiet,
-               dynamic_ncols=True)
-    window_start = time.perf_counter()
-    window_updates = 0
-    try:
-        while state["update"] < config.updates and not state["stopped_early"]:
-            update = state["update"] + 1
-            sources, targets = draw_batch(pairs, sampler, update, config.batch_size, fits, state)
-            batch = make_batch(sources, targets, src_vocab, tgt_vocab).to(device)
-            with autocast(device):
-                loss = model.loss(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            clip_and_step()
-            state["update"] = update
-            state["target_tokens"] += batch.n_target_tokens
-            state["window"][0] += float(loss.detach())
-            state["window"][1] += batch.n_target_tokens
-            window_updates += 1
-            bar.update(1)
-            if update % config.log_every == 0:
-                nll = state["window"][0] / state["window"][1]
-                elapsed = time.perf_counter() - window_start
-                rate = window_updates / elapsed if elapsed > 0 else 0.0
-                metrics.add(update, "train", nll, state["window"][1], rate, state["seconds"] + elapsed)
-                bar.set_postfix(loss=f"{nll:.3f}", refresh=False)
-                state["window"] = [0.0, 0]
-            if valid_batches and update % config.valid_every == 0:
-                validate(model, valid_batches, device, update, state, config, metrics, out, src_vocab, tgt_vocab)
-            if update % config.checkpoint_every == 0 or update == config.updates or state["stopped_early"]:
-                state["seconds"] += time.perf_counter() - window_start
-                window_start, window_updates = time.perf_counter(), 0
-                checkpoint()
-    finally:
-        bar.close()
-        metrics.close()
-    if state["update"] % config.checkpoint_every and not state["stopped_early"]:
-        checkpoint()  # resumed runs that were already complete
-    # model.pt: the best validated parameters (early stopping's model), else the last
-    best = out / "checkpoints" / "best.pt"
-    if best.is_file() and state["best_update"] is not None:
-        shutil.copyfile(best, out / ".model.pt.tmp")
-        os.replace(out / ".model.pt.tmp", out / "model.pt")
-    else:
-        save_model(out / "model.pt", model, src_vocab, tgt_vocab, extra={"update": state["update"]})
-    plot_learning_curve(metrics.rows, out / "learning_curve.png")
-    final_valid = [r for r in metrics.rows if r["split"] == "valid"]
-    counts = {
-        "pairs": len(pairs), "pairs_empty": lengths["empty"], "pairs_too_long": lengths["too_long"],
-        "valid_pairs_drawn": len(valid_index), "valid_pairs": len(kept),
-        "valid_pairs_too_long": len(valid_index) - len(kept), "train_pairs": sampler.n_train,
-        "updates": state["update"], "draws_skipped_too_long": state["draws_too_long"],
-        "target_tokens_trained": state["target_tokens"],
-        "best_valid_perplexity": math.exp(-state["best_valid"]) if state["best_valid"] is not None else None,
-        "best_update": state["best_update"],
-        "final_valid_perplexity": float(final_valid[-1]["perplexity"]) if final_valid else None,
-        "stopped_early": state["stopped_early"],
-    }
-    report = {"counts": counts, "vocabulary_coverage": coverage, "device": str(device),
-              "threads": torch.get_num_threads(), "train_seconds": round(state["seconds"], 2),
-              "updates_per_s": round(state["update"] / state["seconds"], 3) if state["seconds"] else None,
-              "wall_seconds_this_run": round(time.perf_counter() - started, 2), "config": config.to_dict(),
-              "model_config": model_config.to_dict()}
-    write_json_atomic(out / "report.json", report)
-    write_manifest(out, stage="train", inputs=[table, src_vocab_path, tgt_vocab_path],
-                   config=config.to_dict() | {"model": model_config.to_dict()}, counts=counts)
-    return report
-
-
-def make_clip_and_step(model: EncoderDecoder, optimizer: torch.optim.Optimizer, config: TrainConfig
-                       ) -> Callable[[], None]:
-    """Gradient-norm clipping then the Adadelta update; compiled on request.
-
-    Eager Adadelta makes about ten passes over the 17M parameters and its state, each a
-    memory-bound kernel: on the CPU that costs as much as a third of the model's matmuls
-    (``foreach=True`` does not help: the tensors are large, the passes are the cost). On the
-    CPU the update therefore runs cache-sized chunk by chunk (``clip_and_adadelta_``): the
-    same operations, the same results, about 20% less time than torch's step at the paper's
-    size (``row_sparse``: only the embedding rows the batch touched get the full update).
-    Compiled (``config.compile``), it is one fused loop (the first call compiles: seconds with
-    a warm inductor cache, about a minute cold).
-    """
-    params = list(model.parameters())
-
-    def clip_and_step() -> None:
-        torch.nn.utils.clip_grad_norm_(params, config.clip_norm)
-        optimizer.step()
-
-    eager = clip_and_step
-    if all(p.device.type == "cpu" for p in params) and isinstance(optimizer, torch.optim.Adadelta):
-        embeddings = [model.src_embed.weight, model.tgt_embed.weight]
-
-        def chunked_step() -> None:
-            clip_and_adadelta_(params, optimizer, config.clip_norm, row_sparse=embeddings)
-
-        eager = chunked_step
-    if config.compile:
-        return _compiled_or_eager(torch.compile(clip_and_step), eager, params, optimizer)
-    return eager
-
-
-def _compiled_or_eager(compiled: Callable[[], None], eager: Callable[[], None], params: list[torch.Tensor],
-                       optimizer: torch.optim.Optimizer) -> Callable[[], None]:
-    """``compiled``, or ``eager`` from the first update on if compiling fails (no C++ compiler,
-    an unsupported platform): the parameters, gradients and optimizer state are restored to
-    what they were before the failed call, so the run goes on as if it had been eager."""
-    chosen: list[Callable[[], None]] = []
-
-    def step() -> None:
-        if chosen:
-            chosen[0]()
-            return
-        log.info("compiling the clip + Adadelta step (first update: seconds, up to a minute on a cold cache)")
-        saved = ([p.detach().clone() for p in params], [None if p.grad is None else p.grad.clone() for p in params],
-                 copy.deepcopy(optimizer.state_dict()))
-        try:
-            compiled()
-        except Exception as exc:  # torch raises many types (InductorError, BackendCompilerFailed, ...)
-            log.warning("--compile: torch.compile failed (%s: %s); clip + Adadelta run uncompiled",
-                        type(exc).__name__, str(exc).strip().splitlines()[0] if str(exc).strip() else "")
-            with torch.no_grad():
-                for p, value, grad in zip(params, *saved[:2], strict=True):
-                    p.copy_(value)
-                    p.grad = grad
-            optimizer.load_state_dict(saved[2])
-            chosen.append(eager)
-            eager()
-            return
-        chosen.append(compiled)
-
-    return step
-
-
-# elements: each of 2 threads takes half of a chunk's parameter, gradient, state and buffers (3.5 MB)
-# into its L2. Measured at the paper's size on 2 cores (benchmarks/train.py, waiters spinning as
-# `rnnenc train` runs): 2^17 on 2 threads 67 ms, 2^15 on 1 thread 106 ms, torch's eager 81 ms.
-ADADELTA_CHUNK = 1 << 17
-
-
-@torch.no_grad()
-def clip_and_adadelta_(params: list[torch.Tensor], optimizer: torch.optim.Adadelta, max_norm: float,
-                       chunk: int = ADADELTA_CHUNK, row_sparse: Sequence[torch.Tensor] = ()) -> None:
-    """``clip_grad_norm_(params, max_norm)`` then ``optimizer.step()``, computed chunk by chunk.
-
-    Each chunk goes through all of Adadelta's operations (torch's, in its order) while it is in
-    cache; the clipped gradient g * coef is formed per chunk (p.grad is left unscaled, unlike
-    ``clip_grad_norm_``). The optimizer's state is torch's own (``state_dict`` unchanged).
-
-    ``row_sparse`` parameters (the embeddings: a batch touches a few hundred of 15k rows) get the
-    full update on their rows with a non-zero gradient only; on the others Adadelta reduces,
-    bit for bit, to square_avg *= rho and acc_delta *= rho (g = 0 gives delta = 0 exactly).
-    """
-    params = [p for p in params if p.grad is not None]
-    if not params:
-        return
-    norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-    coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
-    scale = float(coef) != 1.0  # g * 1.0 == g: skip the pass
-    for group in optimizer.param_groups:
-        if group["weight_decay"] or group["maximize"] or group.get("differentiable"):
-            raise ValueError("clip_and_adadelta_ implements plain Adadelta only")
-    buffers = [params[0].new_empty(chunk) for _ in range(3)]
-    sparse = {id(p) for p in row_sparse}
-
-    def update(P: torch.Tensor, G: torch.Tensor, S: torch.Tensor, A: torch.Tensor) -> None:
-        """torch's Adadelta step on flat tensors, chunk by chunk."""
-        for i in range(0, P.numel(), chunk):
-            p, g, s, a = (t[i: i + chunk] for t in (P, G, S, A))
-            n = p.numel()
-            g = torch.mul(g, coef, out=buffers[0][:n]) if scale else g
-            s.mul_(rho).addcmul_(g, g, value=1 - rho)
-            std = torch.add(s, eps, out=buffers[1][:n]).sqrt_()
-            delta = torch.add(a, eps, out=buffers[2][:n]).sqrt_().div_(std).mul_(g)
-            a.mul_(rho).addcmul_(delta, delta, value=1 - rho)
-            p.add_(delta, alpha=-lr)
-
-    for group in optimizer.param_groups:
-        rho, eps, lr = group["rho"], group["eps"], group["lr"]
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            state = optimizer.state[p]
-            if not state:  # as torch.optim.Adadelta initialises it
-                state["step"] = torch.zeros((), dtype=torch.get_default_dtype())
-                state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["acc_delta"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["step"] += 1
-            tensors = (p, p.grad, state["square_avg"], state["acc_delta"])
-            if id(p) in sparse and p.dim() == 2:
-                rows = p.grad.ne(0).any(1).nonzero().squeeze(1)
-                P, G, S, A = (t.index_select(0, rows) for t in tensors)
-                update(P.view(-1), G.view(-1), S.view(-1), A.view(-1))
-                for t, new in ((state["square_avg"], S), (state["acc_delta"], A)):
-                    t.mul_(rho).index_copy_(0, rows, new)
-                p.index_copy_(0, rows, P)
-            else:
-                update(*(t.view(-1) for t in tensors))
-
-
-def draw_batch(pairs: PhrasePairs, sampler: PairSampler, update: int, size: int,
-               fits: Callable[[list[str], list[str]], bool], state: dict[str, Any]
-               ) -> tuple[list[list[str]], list[list[str]]]:
-    """``size`` pairs for ``update``; over-long draws are counted and replaced from the same stream."""
-    rng_draws = sampler.draw(update, size)
-    sources, targets = [], []
-    extra = 0
-    while True:
-        src, tgt = pairs.get(rng_draws)
-        for s, t in zip(src, tgt, strict=True):
-            if len(sources) == size:
-                break
-            if fits(s, t):
-                sources.append(s)
-                targets.append(t)
-            else:
-                state["draws_too_long"] += 1
-        if len(sources) == size:
-            return sources, targets
-        extra += 1  # a further deterministic stream for the same update
-        rng_draws = sampler.to_table_index(np.random.default_rng([sampler.seed, update, extra])
-                                           .integers(0, sampler.n_train, size=size))
-
-
-def validate(model: EncoderDecoder, batches: Sequence[Batch], device: torch.device, update: int,
-             state: dict[str, Any], config: TrainConfig, metrics: Metrics, out: Path,
-             src_vocab: Vocabulary, tgt_vocab: Vocabulary) -> None:
-    total, tokens = evaluate(model, batches, device)
-    per_token = total / tokens
-    metrics.add(update, "valid", -per_token, tokens, 0.0, state["seconds"])
-    log.info("update %d: validation perplexity %.3f", update, math.exp(-per_token))
-    if state["best_valid"] is None or per_token > state["best_valid"]:
-        state["best_valid"], state["best_update"], state["bad_validations"] = per_token, update, 0
-        save_model(out / "checkpoints" / "best.pt", model, src_vocab, tgt_vocab, extra={"update": update})
-    else:
-        state["bad_validations"] += 1
-        if config.early_stopping and state["bad_validations"] >= config.early_stopping:
-            log.info("early stopping at update %d: %d validations without improvement", update,
-                     state["bad_validations"])
-            state["stopped_early"] = True

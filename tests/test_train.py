@@ -24,14 +24,15 @@ import torch
 from pipeline.artifacts import read_manifest
 from pipeline.errors import UserError
 from pipeline.model import EncoderDecoder, EncoderDecoderConfig, load_model, score_pairs
+from pipeline.optim import ADADELTA_CHUNK, clip_and_adadelta_, make_clip_and_step
 from pipeline.synthetic import DemoConfig, generate_demo
 from pipeline.train import (
-    ADADELTA_CHUNK,
     CHECKPOINT_FORMAT,
+    STATE_TYPES,
     PairSampler,
     TrainConfig,
+    TrainState,
     check_plain,
-    clip_and_adadelta_,
     draw_validation,
     save_checkpoint,
     train,
@@ -276,6 +277,20 @@ def test_checkpoints_hold_only_what_weights_only_loads(tmp_path):
     assert not list(tmp_path.iterdir())  # nothing written
 
 
+def test_train_state_is_saved_in_the_checkpoints_plain_form():
+    """The typed state converts to the format's ``state`` entry (STATE_TYPES, window a 2-list) and back."""
+    plain = TrainState().to_plain()
+    assert plain == {"update": 0, "best_valid": None, "best_update": None, "bad_validations": 0,
+                     "stopped_early": False, "draws_too_long": 0, "target_tokens": 0, "window": [0.0, 0],
+                     "seconds": 0.0}
+    assert list(plain) == list(STATE_TYPES)
+    state = TrainState(update=5, best_valid=-1.5, best_update=4, bad_validations=1, stopped_early=True,
+                       draws_too_long=2, target_tokens=90, window_nll=3.25, window_tokens=7, seconds=1.5)
+    check_plain(state.to_plain())
+    assert all(isinstance(state.to_plain()[k], kinds) for k, kinds in STATE_TYPES.items())
+    assert TrainState.from_plain(state.to_plain()) == state
+
+
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     """Probability that a random positive scores above a random negative (ties count half)."""
     pos, neg = scores[labels == 1], scores[labels == 0]
@@ -387,8 +402,6 @@ def _tiny_model_and_grads(seed: int = 0) -> tuple[list[EncoderDecoder], list[lis
 
 
 def _steps(model: EncoderDecoder, grads: list[list[torch.Tensor]], compile_step: bool) -> torch.optim.Optimizer:
-    from pipeline.train import make_clip_and_step
-
     optimizer = torch.optim.Adadelta(model.parameters(), lr=1.0, rho=0.95, eps=1e-6)
     step = make_clip_and_step(model, optimizer, TrainConfig(compile=compile_step))
     for update in grads:
