@@ -197,7 +197,9 @@ def test_killing_a_worker_midway_leaves_outputs_identical(demo_data, tmp_path):
 def test_openmp_waiters_spin_in_training_commands_and_never_in_local_workers():
     """`train`/`run`/`demo` let OpenMP waiters spin briefly (they own the cores); other commands
     and the embedded cluster's workers, which fill every core, keep them sleeping."""
-    probe = ("import os, sys; sys.argv = ['rnnenc', sys.argv[1]]; import workflows.cli; "
+    # importing the CLI (as Dask workers import workflows modules) changes nothing; main() sets them
+    probe = ("import os, sys; import workflows.cli as cli; before = os.environ.get('OMP_WAIT_POLICY'); "
+             "cli.set_openmp_waiters(sys.argv[1]); assert before is None, before; "
              "print(os.environ.get('GOMP_SPINCOUNT'), os.environ.get('OMP_WAIT_POLICY'))")
     env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
     for command, expected in (("train", "10000 PASSIVE"), ("demo", "10000 PASSIVE"), ("select", "None PASSIVE")):

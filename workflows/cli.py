@@ -1,15 +1,15 @@
-"""The ``rnnenc`` command line: one subcommand per stage, each defined in its own module.
+"""The ``rnnenc`` command line: one subcommand per stage, generated from the stage registry.
 
-A stage module in ``workflows/`` provides a docstring (its ``--help`` text),
-``add_arguments(parser)`` and ``main(args) -> int``; its one-line summary is in ``COMMANDS``. Modules are imported only when their subcommand runs, so ``rnnenc
-ingest`` never pays for importing torch.
+Every command is declared once in ``workflows.stages`` (its module, summary and how the runner
+treats it); the module provides a docstring (its ``--help`` text), ``add_arguments(parser)`` and
+``main(args) -> int``. Only the module of the command being run is imported, so ``rnnenc
+--help`` and ``rnnenc ingest`` never pay for importing torch.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
-import importlib
 import logging
 import os
 import re
@@ -17,48 +17,30 @@ import signal
 import sys
 from collections.abc import Sequence
 
-# OpenMP's waiting threads. Spinning ones make torch 10-30x slower as soon as another process
-# wants the same cores (a Dask worker, a second job), so they sleep (PASSIVE). Sleeping has a
-# cost too: every op that wakes the second thread waits for it (100+ us on a virtual machine),
-# which left 2-thread training no faster than 1 thread. Training owns the cores, so the commands
-# that train in this process let waiters spin GOMP_SPINCOUNT times (a fraction of a millisecond)
-# before sleeping: forward + backward about 1.7x faster on 2 cores alone, 1.5x slower beside
-# another process on the same cores (then set GOMP_SPINCOUNT=0 or lower --threads). The embedded
-# Dask cluster's workers get GOMP_SPINCOUNT=0 (workflows/cluster.py). Both must be set before
-# torch loads its OpenMP runtime.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-TRAINS_IN_PROCESS = ("train", "run", "demo")
-if len(sys.argv) > 1 and sys.argv[1] in TRAINS_IN_PROCESS:
-    os.environ.setdefault("GOMP_SPINCOUNT", "10000")
-
-from pipeline.errors import UserError  # noqa: E402
-
-# subcommand -> (module, one-line help used in the top-level listing)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "ingest": ("workflows.ingest", "tokenise, clean and shard a parallel corpus into Parquet"),
-    "select": ("workflows.select", "Moore-Lewis / Axelrod data selection with KenLM"),
-    "vocab": ("workflows.vocab", "build the source and target vocabularies"),
-    "phrase-table": ("workflows.phrase_table", "import a Moses phrase table into Parquet"),
-    "phrases": ("workflows.phrases", "extract and score a phrase table from an aligned corpus"),
-    "train": ("workflows.train", "train the RNN encoder-decoder on a phrase table"),
-    "rescore": ("workflows.rescore", "add the RNN score and unknown-word count to a phrase table"),
-    "export": ("workflows.export", "write a Parquet phrase table as a Moses phrase table + moses.ini"),
-    "moses": ("workflows.moses", "optional: tune with mert-moses.pl, decode a test set, score with sacrebleu"),
-    "run": ("workflows.run", "run a whole YAML workflow, skipping up-to-date stages"),
-    "regenerate": ("workflows.regenerate", "rebuild a selected subset byte-identically from its manifest"),
-    "demo": ("workflows.demo", "generate demo data and run the whole workflow on it"),
-}
+from pipeline.errors import UserError
+from workflows.stages import STAGES, path_roles
 
 log = logging.getLogger("rnnenc")
 
-# Options that name files or directories. They are made absolute before anything runs, since
-# the workers of a --scheduler cluster may run in another directory. LANG=PATH values
-# (select's --in-lm/--out-lm) have their path part resolved.
-PATH_OPTIONS = {"src", "tgt", "tsv", "parquet", "pool", "in_domain", "dev", "phrase_table", "corpus",
-                "src_vocab", "tgt_vocab", "model", "moses_ini", "input", "table", "dev_src", "dev_ref", "test",
-                "test_src", "test_ref", "alignment", "priors", "out", "rejects", "cache_dir", "export", "hf",
-                "in_lm", "out_lm", "workflow", "manifest"}
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://")
+
+
+def set_openmp_waiters(command: str | None) -> None:
+    """OpenMP's waiting threads, set before torch loads its OpenMP runtime (so: first in ``main``).
+
+    Spinning waiters make torch 10-30x slower as soon as another process wants the same cores (a
+    Dask worker, a second job), so they sleep (PASSIVE). Sleeping has a cost too: every op that
+    wakes the second thread waits for it (100+ us on a virtual machine), which left 2-thread
+    training no faster than 1 thread. Commands that train in this process own the cores, so their
+    waiters spin GOMP_SPINCOUNT times (a fraction of a millisecond) before sleeping: forward +
+    backward about 1.7x faster on 2 cores alone, 1.5x slower beside another process on the same
+    cores (then set GOMP_SPINCOUNT=0 or lower --threads). The embedded Dask cluster's workers get
+    GOMP_SPINCOUNT=0 (workflows/cluster.py). A user's own settings win.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    spec = STAGES.get(command or "")
+    if spec is not None and spec.trains_in_process:
+        os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 
 def _absolute(value: str) -> str:
@@ -70,11 +52,12 @@ def _absolute(value: str) -> str:
     return os.path.abspath(value)
 
 
-def absolute_paths(args: argparse.Namespace) -> None:
-    """Make every path option of ``args`` absolute (in place); --hf names that are no local
-    directory stay hub names."""
-    for dest in PATH_OPTIONS & set(vars(args)):
-        value = getattr(args, dest)
+def absolute_paths(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Make every path option of ``args`` absolute (in place), since the workers of a --scheduler
+    cluster may run in another directory; LANG=PATH values (select's --in-lm/--out-lm) have their
+    path part resolved. ``--hf`` values that are local directories too (others are hub names)."""
+    for dest in set(path_roles(parser)) | {"hf"}:
+        value = getattr(args, dest, None)
         if dest == "hf":
             value = [v if not os.path.exists(v) else os.path.abspath(v) for v in value] if value else value
         elif isinstance(value, str):
@@ -108,35 +91,39 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
                             "port; e.g. 0.0.0.0:8787 to reach it from other machines)")
 
 
-def _load(command: str):
-    module_name = COMMANDS[command][0]
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name == module_name:
-            return None
-        raise
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser | None]:
+    """The ``rnnenc`` parser, with the full options of ``command`` only (its module is imported);
+    returns it and that command's subparser."""
     parser = argparse.ArgumentParser(
         prog="rnnenc",
         description="The Cho et al. (2014) RNN Encoder-Decoder pipeline for phrase-based SMT, on Dask.",
         epilog="Run 'rnnenc COMMAND --help' for a command's options.")
     parser.add_argument("--version", action="version", version=f"rnnenc {_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for command, (_module, summary) in COMMANDS.items():
-        module = _load(command)
-        available = module is not None
+    chosen = None
+    for name, spec in STAGES.items():
+        if name != command:
+            subparsers.add_parser(name, help=spec.summary, add_help=False)
+            continue
+        module = spec.load()
         sub = subparsers.add_parser(
-            command, help=summary if available else f"{summary} (not available yet)",
-            description=(module.__doc__ or summary) if available else
-            f"{summary}. This stage has not landed in this version of rnnenc yet.",
+            name, help=spec.summary if module else f"{spec.summary} (not available yet)",
+            description=(module.__doc__ or spec.summary) if module else
+            f"{spec.summary}. This stage has not landed in this version of rnnenc yet.",
             formatter_class=argparse.RawDescriptionHelpFormatter)
-        if available:
+        if module is not None:
             module.add_arguments(sub)
         add_common_arguments(sub)
-    return parser
+        chosen = sub
+    return parser, chosen
+
+
+def _command(argv: Sequence[str]) -> str | None:
+    """The subcommand named in ``argv`` (its first word that is not an option), if any."""
+    for word in argv:
+        if not word.startswith("-"):
+            return word
+    return None
 
 
 def _version() -> str:
@@ -153,17 +140,20 @@ def configure_logging(debug: bool, quiet: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = _command(argv)
+    set_openmp_waiters(command)
+    parser, sub = build_parser(command if command in STAGES else None)
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help(sys.stderr)
         return 2
     configure_logging(args.debug, args.quiet)
-    module = _load(args.command)
+    module = STAGES[args.command].load()
     if module is None:
         print(f"rnnenc: error: '{args.command}' has not landed in this version of rnnenc yet", file=sys.stderr)
         return 2
-    absolute_paths(args)
+    absolute_paths(args, sub)
     if getattr(args, "dashboard", None):
         os.environ["RNNENC_DASHBOARD"] = args.dashboard  # read by workflows.cluster.dask_client
     try:

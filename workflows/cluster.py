@@ -28,6 +28,17 @@ from pipeline.errors import UserError
 
 log = logging.getLogger("rnnenc")
 T = TypeVar("T")
+
+
+def _tame_distributed_logs() -> None:
+    """distributed sets its loggers to INFO when first imported, which the CLI now does lazily,
+    after it configured logging: keep them at the CLI's rule (errors only, warnings with --debug)."""
+    level = logging.WARNING if log.isEnabledFor(logging.DEBUG) else logging.ERROR
+    for name in ("distributed", "tornado", "bokeh"):
+        logging.getLogger(name).setLevel(level)
+
+
+_tame_distributed_logs()
 DEFAULT_DASHBOARD = "127.0.0.1:0"
 DEFAULT_LOST_WORKERS_TIMEOUT = 60.0
 _POLL_SECONDS = 2.0

@@ -20,7 +20,6 @@ input file stops the run before any stage starts, with one line naming the key o
 from __future__ import annotations
 
 import argparse
-import importlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,11 +31,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pipeline.errors import UserError
 
 REFERENCE = re.compile(r"\$\{([A-Za-z0-9_.-]+)\}")
-# Options whose values name files or directories that must exist before the run starts
-# (unless they refer to an earlier stage's output).
-INPUT_OPTIONS = {"src", "tgt", "tsv", "parquet", "pool", "in_domain", "dev", "phrase_table", "corpus",
-                 "src_vocab", "tgt_vocab", "model", "moses_ini", "input", "table",
-                 "dev_src", "dev_ref", "test", "test_src", "test_ref", "alignment", "priors"}
+# Options whose values name files or directories that must exist before the run starts (unless
+# they refer to an earlier stage's output) are the ones each stage declares with
+# ``workflows.stages.input_path``.
 # Options the runner sets itself; a workflow may not set them.
 RUNNER_OPTIONS = {"out", "scheduler", "workers", "quiet", "debug", "src_lang", "tgt_lang"}
 
@@ -108,17 +105,15 @@ def _format_validation_error(source: str, exc: ValidationError) -> str:
 
 
 def _stage_parser(command: str) -> tuple[Any, argparse.ArgumentParser]:
-    from workflows.cli import COMMANDS
+    from workflows.stages import STAGES
 
-    if command not in COMMANDS or command in ("run", "demo", "regenerate"):
-        raise UserError(f"unknown command '{command}'")
-    module_name = COMMANDS[command][0]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name == module_name:
-            raise UserError(f"command '{command}' has not landed in this version of rnnenc yet") from None
-        raise
+    spec = STAGES.get(command)
+    if spec is None or not spec.workflow_stage:
+        stages = ", ".join(name for name, s in STAGES.items() if s.workflow_stage)
+        raise UserError(f"unknown command '{command}' (the commands a stage can run: {stages})")
+    module = spec.load()
+    if module is None:
+        raise UserError(f"command '{command}' has not landed in this version of rnnenc yet")
     parser = _RaisingParser(prog=f"rnnenc {command}", add_help=False)
     module.add_arguments(parser)
     from workflows.cli import add_common_arguments
@@ -156,6 +151,8 @@ def _resolve(value: Any, base: Path, outputs: dict[str, Path], where: str, deps:
 def _stage_argv(name: str, options: dict[str, Any], actions: dict[str, argparse.Action], base: Path,
                 outputs: dict[str, Path], source: str, deps: list[str],
                 inputs: list[Path]) -> list[str]:
+    from workflows.stages import ROLE
+
     positional: list[str] = []
     argv: list[str] = []
     for key, value in options.items():
@@ -173,11 +170,16 @@ def _stage_argv(name: str, options: dict[str, Any], actions: dict[str, argparse.
                 raise UserError(f"{where}: expected a value or a list of values, not a mapping")
             was_reference = bool(REFERENCE.search(str(item)))
             text = _resolve(item, base, outputs, where, deps)
-            if key in INPUT_OPTIONS and not was_reference and not re.match(r"^[a-z][a-z0-9+.-]*://", text):
-                path = Path(text) if Path(text).is_absolute() else base / text
-                if not path.exists() and "=" not in text:
+            if getattr(action, ROLE, None) == "input" and not was_reference \
+                    and not re.match(r"^[a-z][a-z0-9+.-]*://", text):
+                # LANG=PATH (select's --in-lm/--out-lm): the path part is the input
+                lang, sep, rest = text.partition("=")
+                prefix = f"{lang}=" if sep and re.fullmatch(r"[A-Za-z_-]+", lang) and not (base / text).exists() else ""
+                value = rest if prefix else text
+                path = Path(value) if Path(value).is_absolute() else base / value
+                if not path.exists():
                     raise UserError(f"{where}: {path}: no such file or directory")
-                text = str(path)
+                text = prefix + str(path)
                 inputs.append(path)
             resolved.append(text)
         if not action.option_strings:

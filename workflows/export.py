@@ -28,6 +28,7 @@ from pipeline.moses import DEFAULT_INITIAL_WEIGHT, export_stage
 from pipeline.phrase_table import DEFAULT_RUN_BYTES, ExportConfig
 from workflows.cli import add_cluster_arguments
 from workflows.phrase_table import parse_size
+from workflows.stages import input_path, output_path
 
 
 def parse_weights(items: list[str] | None) -> dict[str, float]:
@@ -44,10 +45,10 @@ def parse_weights(items: list[str] | None) -> dict[str, float]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--table", required=True, metavar="DIR",
+    input_path(parser, "--table", required=True, metavar="DIR",
                         help="the Parquet phrase table (rnnenc phrase-table or rescore output)")
-    parser.add_argument("--out", required=True, help="output directory (replaced atomically)")
-    parser.add_argument("--moses-ini", metavar="FILE", help="the moses.ini to update for the exported table")
+    output_path(parser, "--out", required=True, help="output directory (replaced atomically)")
+    input_path(parser, "--moses-ini", metavar="FILE", help="the moses.ini to update for the exported table")
     parser.add_argument("--feature", metavar="NAME",
                         help="the phrase dictionary to update (default: the only one, else TranslationModel0)")
     parser.add_argument("--initial-weight", type=float, default=DEFAULT_INITIAL_WEIGHT,

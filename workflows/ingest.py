@@ -45,6 +45,7 @@ from pipeline.errors import UserError
 from pipeline.preprocess import PreprocessConfig, preprocess_shard
 from workflows.cli import add_cluster_arguments
 from workflows.cluster import dask_client, results_in_order
+from workflows.stages import input_path, output_path
 
 log = logging.getLogger("rnnenc")
 DEFAULT_ROWS_PER_PART = 100_000
@@ -226,10 +227,10 @@ def inputs_from_args(args: argparse.Namespace) -> list[CorpusInput]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     inputs = parser.add_argument_group("inputs (repeat to ingest several corpora into one output)")
-    inputs.add_argument("--src", action="append", metavar="FILE", help="source side of a text pair")
-    inputs.add_argument("--tgt", action="append", metavar="FILE", help="target side of a text pair")
-    inputs.add_argument("--tsv", action="append", metavar="FILE", help="source<TAB>target lines")
-    inputs.add_argument("--parquet", action="append", metavar="PATH", help="Parquet file or directory")
+    input_path(inputs, "--src", action="append", metavar="FILE", help="source side of a text pair")
+    input_path(inputs, "--tgt", action="append", metavar="FILE", help="target side of a text pair")
+    input_path(inputs, "--tsv", action="append", metavar="FILE", help="source<TAB>target lines")
+    input_path(inputs, "--parquet", action="append", metavar="PATH", help="Parquet file or directory")
     inputs.add_argument("--hf", action="append", metavar="NAME_OR_DIR",
                         help="Hugging Face dataset: save_to_disk directory or hub name (e.g. wmt14)")
     inputs.add_argument("--hf-config", help="hub dataset configuration (e.g. fr-en)")
@@ -239,7 +240,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     inputs.add_argument("--target-column", help="Parquet/HF target column (default: language code, then 'target')")
     parser.add_argument("--src-lang", required=True, help="source language code, e.g. en")
     parser.add_argument("--tgt-lang", required=True, help="target language code, e.g. fr")
-    parser.add_argument("--out", required=True, help="output directory (replaced atomically)")
+    output_path(parser, "--out", required=True, help="output directory (replaced atomically)")
     processing = parser.add_argument_group("processing")
     processing.add_argument("--lowercase", action="store_true", help="lowercase both sides")
     processing.add_argument("--no-normalize-punctuation", action="store_true",
@@ -254,7 +255,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     processing.add_argument("--on-error", choices=["fail", "skip"], default="fail",
                             help="malformed lines: stop with file:line (fail) or count and write them to "
                                  "the rejects file (skip) (default: %(default)s)")
-    processing.add_argument("--rejects", metavar="FILE",
+    output_path(processing, "--rejects", metavar="FILE",
                             help="write every dropped pair here (TSV.gz; default with --on-error skip: "
                                  "OUT/rejects.tsv.gz)")
     processing.add_argument("--rows-per-part", type=int, default=DEFAULT_ROWS_PER_PART,

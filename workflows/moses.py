@@ -28,6 +28,7 @@ from typing import Any
 
 from pipeline.artifacts import atomic_output_dir, write_json_atomic, write_manifest
 from pipeline.errors import UserError
+from workflows.stages import input_path, output_path
 
 log = logging.getLogger("rnnenc")
 
@@ -86,18 +87,18 @@ def corpus_to_text(corpus: Path, out_prefix: Path) -> tuple[Path, Path]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--moses-ini", required=True, help="moses.ini written by 'rnnenc export'")
-    parser.add_argument("--dev", metavar="CORPUS", help="tuning set: a corpus directory written by 'rnnenc ingest'")
-    parser.add_argument("--dev-src", help="or: tokenised tuning source (one sentence a line)")
-    parser.add_argument("--dev-ref", help="and its tokenised reference")
-    parser.add_argument("--test", metavar="CORPUS", help="test set: a corpus directory written by 'rnnenc ingest'")
-    parser.add_argument("--test-src", help="or: tokenised test source")
-    parser.add_argument("--test-ref", help="and its tokenised reference")
+    input_path(parser, "--moses-ini", required=True, help="moses.ini written by 'rnnenc export'")
+    input_path(parser, "--dev", metavar="CORPUS", help="tuning set: a corpus directory written by 'rnnenc ingest'")
+    input_path(parser, "--dev-src", help="or: tokenised tuning source (one sentence a line)")
+    input_path(parser, "--dev-ref", help="and its tokenised reference")
+    input_path(parser, "--test", metavar="CORPUS", help="test set: a corpus directory written by 'rnnenc ingest'")
+    input_path(parser, "--test-src", help="or: tokenised test source")
+    input_path(parser, "--test-ref", help="and its tokenised reference")
     parser.add_argument("--moses-home", help="Moses installation (default: $MOSES_HOME)")
     parser.add_argument("--tgt-lang", default="fr", help="target language, for detokenisation (default: fr)")
     parser.add_argument("--src-lang", default="en", help="source language (recorded in the report)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="decoder threads")
-    parser.add_argument("--out", required=True, help="output directory")
+    output_path(parser, "--out", required=True, help="output directory")
 
 
 def main(args: argparse.Namespace) -> int:

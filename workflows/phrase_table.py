@@ -32,6 +32,7 @@ from pipeline.phrase_table import (
     import_moses,
 )
 from workflows.cli import add_cluster_arguments
+from workflows.stages import input_path, output_path
 
 
 def parse_size(text: str) -> int:
@@ -47,14 +48,14 @@ def parse_size(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", nargs="+", help="Moses phrase table file(s), plain or compressed")
-    parser.add_argument("--out", required=True, help="output directory (replaced atomically)")
+    input_path(parser, "input", nargs="+", help="Moses phrase table file(s), plain or compressed")
+    output_path(parser, "--out", required=True, help="output directory (replaced atomically)")
     parser.add_argument("--src-lang", help="source language, recorded in the manifest (e.g. en)")
     parser.add_argument("--tgt-lang", help="target language, recorded in the manifest (e.g. fr)")
     parser.add_argument("--on-error", choices=["fail", "skip"], default="fail",
                         help="bad lines: stop with file:line (fail) or count them and write them to the "
                              "rejects file (skip) (default: %(default)s)")
-    parser.add_argument("--rejects", metavar="FILE",
+    output_path(parser, "--rejects", metavar="FILE",
                         help="where rejected lines go (default: OUT/rejects.tsv.gz)")
     parser.add_argument("--num-scores", type=int, metavar="N",
                         help="expected number of scores a line (default: that of the first valid line)")

@@ -41,14 +41,15 @@ from pipeline.phrase_table import ExportConfig, export_moses, list_parts
 from pipeline.phrases import PhraseConfig, build_phrase_table
 from workflows.cli import add_cluster_arguments
 from workflows.cluster import DaskExecutor, dask_client
+from workflows.stages import input_path, output_path
 
 log = logging.getLogger("rnnenc")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("corpus", help="corpus directory (part-*.parquet, or a select output with selected/)")
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--alignment", metavar="DIR",
+    input_path(parser, "corpus", help="corpus directory (part-*.parquet, or a select output with selected/)")
+    output_path(parser, "--out", required=True, help="output directory")
+    input_path(parser, "--alignment", metavar="DIR",
                         help="reuse this alignment (part-*.parquet with an 'alignment' column, one part per "
                              "corpus part, e.g. OUT/alignment of an earlier run) instead of running eflomal")
     parser.add_argument("--max-phrase-length", type=int, default=7, metavar="N",
@@ -65,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="sampling iterations for the IBM1, HMM and fertility stages (default: eflomal's)")
     align.add_argument("--align-samplers", type=int, default=2, metavar="N",
                        help="independent samplers per shard, each a thread (default: 2)")
-    align.add_argument("--priors", metavar="FILE", help="eflomal priors file passed to every shard")
+    input_path(align, "--priors", metavar="FILE", help="eflomal priors file passed to every shard")
     add_cluster_arguments(parser)
 
 

@@ -22,6 +22,7 @@ from pipeline.artifacts import MANIFEST_NAME, changed_inputs, file_hash, require
 from pipeline.errors import UserError
 from pipeline.executor import Executor
 from workflows.select import SelectConfig, run_selection
+from workflows.stages import input_path, output_path
 
 log = logging.getLogger("rnnenc")
 
@@ -72,8 +73,8 @@ def regenerate(manifest_path: str | Path, out: str | Path, executor: Executor) -
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("manifest", help="manifest.json of an 'rnnenc select' output (or its directory)")
-    parser.add_argument("--out", help="where to rebuild the subset (default: <selection>.regenerated)")
+    input_path(parser, "manifest", help="manifest.json of an 'rnnenc select' output (or its directory)")
+    output_path(parser, "--out", help="where to rebuild the subset (default: <selection>.regenerated)")
     from workflows.cli import add_cluster_arguments
 
     add_cluster_arguments(parser)

@@ -64,6 +64,7 @@ from pipeline.rescore import (
 )
 from workflows.cli import add_cluster_arguments
 from workflows.cluster import DaskExecutor, dask_client, gpu_resources
+from workflows.stages import input_path, output_path
 
 log = logging.getLogger("rnnenc")
 DEFAULT_ROWS_PER_UNIT = 100_000
@@ -222,11 +223,11 @@ def _rescore(client: Client, table: Path, out: Path, config: RescoreConfig, *, r
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--phrase-table", required=True, metavar="DIR",
+    input_path(parser, "--phrase-table", required=True, metavar="DIR",
                         help="Parquet phrase table (directory of part-*.parquet)")
-    parser.add_argument("--model", required=True, metavar="FILE", help="trained model (model.pt of rnnenc train)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output phrase table (replaced atomically)")
-    parser.add_argument("--export", metavar="DIR",
+    input_path(parser, "--model", required=True, metavar="FILE", help="trained model (model.pt of rnnenc train)")
+    output_path(parser, "--out", required=True, metavar="DIR", help="output phrase table (replaced atomically)")
+    output_path(parser, "--export", metavar="DIR",
                         help="then also write the rescored table as a Moses phrase table DIR/phrase-table.gz "
                              "(C-sorted, gzip; log-domain columns written as exp(value))")
     columns = parser.add_argument_group("new columns")

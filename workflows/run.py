@@ -15,7 +15,6 @@ example:
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import shutil
@@ -27,9 +26,10 @@ import xxhash
 
 from pipeline.artifacts import is_complete, output_stage, path_record, write_json_atomic
 from pipeline.errors import UserError
-from workflows.cli import COMMANDS, add_cluster_arguments
+from workflows.cli import add_cluster_arguments
 from workflows.cluster import dask_client
 from workflows.config import Stage, Workflow, load_workflow
+from workflows.stages import STAGES, input_path
 
 log = logging.getLogger("rnnenc")
 
@@ -59,15 +59,16 @@ def is_up_to_date(workflow: Workflow, stage: Stage, key: str) -> bool:
 
 
 def _prepare_resumable(workflow: Workflow, stage: Stage, key: str) -> bool:
-    """For stages that train in place (train): resume an interrupted run of the same stage key,
-    otherwise clear what an older run with other inputs or options left behind."""
+    """For stages that resume in place (a ``resume_marker`` in their spec: train): resume an
+    interrupted run of the same stage key, otherwise clear what an older run with other inputs or
+    options left behind."""
     if not stage.out.exists():
         return False
     state = _state_path(workflow, stage)
     previous = json.loads(state.read_text()) if state.is_file() else {}
     if not is_complete(stage.out) and previous.get("key") == key and previous.get("status") == "running":
         log.info("stage %s: resuming the interrupted run in %s", stage.name, stage.out)
-        return (stage.out / "checkpoints" / "last.pt").is_file()
+        return (stage.out / STAGES[stage.command].resume_marker).is_file()
     if not previous and output_stage(stage.out) != stage.command:
         raise UserError(f"{stage.out}: exists and was not written by this workflow's {stage.name} stage; "
                         "move it away or choose another 'out'")
@@ -105,11 +106,11 @@ def run_workflow(workflow: Workflow, *, scheduler: str | None = None, workers: i
                 log.info("stage %s: running 'rnnenc %s'", stage.name, stage.command)
                 args = stage.args
                 args.scheduler, args.workers, args.quiet, args.debug = address, None, quiet, debug
-                if hasattr(args, "resume"):
+                if STAGES[stage.command].resume_marker:
                     args.resume = _prepare_resumable(workflow, stage, key)
                 write_json_atomic(_state_path(workflow, stage), {"key": key, "argv": stage.argv,
                                                                  "status": "running"})
-                module = importlib.import_module(COMMANDS[stage.command][0])
+                module = STAGES[stage.command].load()
                 started = time.perf_counter()
                 status = module.main(args)
                 if status:
@@ -132,7 +133,7 @@ def run_workflow(workflow: Workflow, *, scheduler: str | None = None, workers: i
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("workflow", help="the workflow file (YAML)")
+    input_path(parser, "workflow", help="the workflow file (YAML)")
     parser.add_argument("--force", action="append", default=[], metavar="STAGE",
                         help="rerun this stage (and what depends on it) even if up to date; 'all' for all")
     parser.add_argument("--until", metavar="STAGE", help="stop after this stage")

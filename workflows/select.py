@@ -43,6 +43,7 @@ from pipeline.artifacts import atomic_output_dir, write_json_atomic, write_manif
 from pipeline.errors import UserError
 from pipeline.executor import Executor
 from pipeline.selection import Cut, SideModels
+from workflows.stages import input_path, output_path
 
 log = logging.getLogger("rnnenc")
 
@@ -334,10 +335,10 @@ def _lm_option(values: list[str] | None, option: str) -> dict[str, str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("pool", help="the pool: a corpus directory written by 'rnnenc ingest'")
-    parser.add_argument("--in-domain", required=True, metavar="CORPUS|PREFIX",
+    input_path(parser, "pool", help="the pool: a corpus directory written by 'rnnenc ingest'")
+    input_path(parser, "--in-domain", required=True, metavar="CORPUS|PREFIX",
                         help="in-domain set: a corpus directory, or PREFIX with tokenised PREFIX.<lang> files")
-    parser.add_argument("--out", required=True, help="output directory")
+    output_path(parser, "--out", required=True, help="output directory")
     parser.add_argument("--method", choices=selection.METHODS, default="axelrod",
                         help="axelrod: both sides (default); moore-lewis: one side (--lang)")
     parser.add_argument("--lang", help="moore-lewis: the language scored (default: the pool's source)")
@@ -350,7 +351,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     choice.add_argument("--sweep", action="store_true",
                         help="choose the size minimising dev perplexity of LMs trained on the top-k (XenC)")
     amount.add_argument("--budget-lang", metavar="LANG", help="--budget-words counts this side (default: source)")
-    amount.add_argument("--dev", metavar="CORPUS|PREFIX", help="--sweep: dev set (default: --in-domain)")
+    input_path(amount, "--dev", metavar="CORPUS|PREFIX", help="--sweep: dev set (default: --in-domain)")
     amount.add_argument("--sweep-grid", default=",".join(str(f) for f in DEFAULT_GRID), metavar="F,F,...",
                         help="--sweep: fractions of the pool to try (default: 0.1 to 1.0 by 0.1)")
     amount.add_argument("--sweep-refine", type=int, default=3, metavar="N",
@@ -360,9 +361,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     models.add_argument("--lm-memory", default="1G", metavar="SIZE",
                         help="lmplz/build_binary -S sorting memory, e.g. 4G or 20%% (default: 1G)")
     models.add_argument("--seed", type=int, default=1, help="seed of the out-of-domain sample (default: 1)")
-    models.add_argument("--in-lm", action="append", metavar="LANG=PATH",
+    input_path(models, "--in-lm", action="append", metavar="LANG=PATH",
                         help="use this in-domain KenLM model instead of training one (repeat per language)")
-    models.add_argument("--out-lm", action="append", metavar="LANG=PATH",
+    input_path(models, "--out-lm", action="append", metavar="LANG=PATH",
                         help="use this out-of-domain KenLM model instead of training one; LANG=A,B gives "
                              "one model per fold (A scores fold 1, B fold 0: see pipeline/selection.py)")
     parser.add_argument("--hf-dataset", action="store_true", help="also write a Hugging Face dataset in OUT/hf")

@@ -28,6 +28,7 @@ import logging
 from pipeline.train import TrainConfig, train
 from workflows.cli import add_cluster_arguments
 from workflows.cluster import dask_client, gpu_resources, scheduler_address
+from workflows.stages import input_path, output_path
 
 log = logging.getLogger("rnnenc")
 
@@ -35,11 +36,11 @@ log = logging.getLogger("rnnenc")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     io = parser.add_argument_group("input and output")
-    io.add_argument("--phrase-table", required=True, metavar="DIR", help="Parquet phrase table directory")
-    io.add_argument("--src-vocab", required=True, metavar="FILE", help="source vocabulary (vocab.<lang>.txt)")
-    io.add_argument("--tgt-vocab", required=True, metavar="FILE", help="target vocabulary (vocab.<lang>.txt)")
-    io.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    io.add_argument("--cache-dir", metavar="DIR",
+    input_path(io, "--phrase-table", required=True, metavar="DIR", help="Parquet phrase table directory")
+    input_path(io, "--src-vocab", required=True, metavar="FILE", help="source vocabulary (vocab.<lang>.txt)")
+    input_path(io, "--tgt-vocab", required=True, metavar="FILE", help="target vocabulary (vocab.<lang>.txt)")
+    output_path(io, "--out", required=True, metavar="DIR", help="output directory")
+    output_path(io, "--cache-dir", metavar="DIR",
                     help="where the Arrow cache of the table goes (default: OUT.arrow-cache beside OUT)")
     io.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
     model = parser.add_argument_group("model (defaults: the paper's)")

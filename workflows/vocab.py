@@ -44,6 +44,7 @@ from pipeline.vocab import (
     merge_counts,
 )
 from workflows.cli import add_cluster_arguments
+from workflows.stages import input_path, output_path
 
 log = logging.getLogger("rnnenc")
 BUCKET_BYTES = 64 << 20      # Parquet bytes of phrases per distinct-phrase bucket
@@ -183,9 +184,9 @@ def describe(report: dict[str, Any]) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--corpus", metavar="DIR", help="a corpus: rnnenc ingest or select output")
-    source.add_argument("--phrase-table", metavar="DIR", help="a Parquet phrase table (rnnenc phrase-table)")
-    parser.add_argument("--out", required=True, help="output directory (replaced atomically)")
+    input_path(source, "--corpus", metavar="DIR", help="a corpus: rnnenc ingest or select output")
+    input_path(source, "--phrase-table", metavar="DIR", help="a Parquet phrase table (rnnenc phrase-table)")
+    output_path(parser, "--out", required=True, help="output directory (replaced atomically)")
     parser.add_argument("--size", type=int, default=DEFAULT_SIZE,
                         help="words per side, besides the specials (default: %(default)s)")
     parser.add_argument("--src-size", type=int, help="source words (default: --size)")
