@@ -43,9 +43,10 @@ from distributed import Client, LocalCluster, get_task_stream
 from sacremoses import MosesPunctNormalizer, MosesTokenizer
 
 from pipeline.corpus import CorpusInput
+from pipeline.ingest import ingest
 from pipeline.preprocess import PreprocessConfig, tokenize
 from pipeline.synthetic import DemoConfig, generate_demo
-from workflows.ingest import ingest
+from workflows.cluster import DaskExecutor
 
 
 def baseline(src: Path, tgt: Path, config: PreprocessConfig) -> tuple[float, int]:
@@ -71,7 +72,7 @@ def run_ingest(workers: int, corpus: CorpusInput, out: Path, config: PreprocessC
         startup = time.perf_counter() - started
         started = time.perf_counter()
         with get_task_stream(client) as stream:
-            report = ingest(client, [corpus], out, config, rows_per_part=rows_per_part, quiet=True)
+            report = ingest(DaskExecutor(client, quiet=True), [corpus], out, config, rows_per_part=rows_per_part)
         seconds = time.perf_counter() - started
     busy = sum(span["stop"] - span["start"] for task in stream.data for span in task["startstops"]
                if span["action"] == "compute")

@@ -9,7 +9,7 @@ cluster with a progress bar. The first failing item (in input order) raises its 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
@@ -18,13 +18,14 @@ T = TypeVar("T")
 class Executor(Protocol):
     """Runs ``func(item, **kwargs)`` for every item; results in input order."""
 
-    def map(self, func: Callable[..., T], items: Sequence[Any], *, desc: str = "",
+    def map(self, func: Callable[..., T], items: Iterable[Any], *, desc: str = "",
             resources: dict[str, float] | None = None, **kwargs: Any) -> list[T]:
         """``func`` over ``items``.
 
         Parameters:
             func: a picklable function of one item (and ``kwargs``).
-            items: the tasks' inputs (paths, small specs: never bulk data).
+            items: the tasks' inputs (paths, small specs: never bulk data); a generator's items
+                are started as they are produced.
             desc: what the tasks do, for progress displays.
             resources: Dask resources each task needs (e.g. ``{"GPU": 1}``); ignored when serial.
             kwargs: passed to every call.
@@ -35,7 +36,7 @@ class Executor(Protocol):
 class SerialExecutor:
     """Every task in this process, in order."""
 
-    def map(self, func: Callable[..., T], items: Sequence[Any], *, desc: str = "",
+    def map(self, func: Callable[..., T], items: Iterable[Any], *, desc: str = "",
             resources: dict[str, float] | None = None, **kwargs: Any) -> list[T]:
         return [func(item, **kwargs) for item in items]
 

@@ -21,9 +21,10 @@ from sacremoses import MosesPunctNormalizer, MosesTokenizer
 from pipeline.artifacts import is_complete, read_manifest
 from pipeline.corpus import CorpusInput
 from pipeline.errors import UserError
+from pipeline.ingest import ingest
 from pipeline.preprocess import CompiledPunctNormalizer, PreprocessConfig, tokenize
 from pipeline.synthetic import DemoConfig, generate_demo
-from workflows.ingest import ingest
+from workflows.cluster import DaskExecutor
 
 CONFIG = PreprocessConfig(source_lang="en", target_lang="fr")
 EN = ["Hello, world!", "It's a |test| <b>.", "", "one two three", "short", "x " * 100, "a b c d e f g h i j"]
@@ -53,8 +54,8 @@ def zst_open(path, mode):
                                            (lzma.open, ".xz"), (zst_open, ".zst")])
 def test_text_pair_every_compression(tmp_path, dask_client, opener, suffix):
     src, tgt = write_pair(tmp_path, EN, FR, opener, suffix)
-    report = ingest(dask_client, [CorpusInput("text", (src, tgt), "c")], tmp_path / "out", CONFIG,
-                    rows_per_part=3, quiet=True)
+    report = ingest(DaskExecutor(dask_client, quiet=True), [CorpusInput("text", (src, tgt), "c")], tmp_path / "out", CONFIG,
+                    rows_per_part=3)
     table = read_corpus(tmp_path / "out")
     assert table.column("line").to_pylist() == [1, 2, 4, 5]
     assert table.column("source").to_pylist()[:2] == ["Hello , world !", "It &apos;s a &#124; test &#124; &lt; b &gt; ."]
@@ -90,7 +91,7 @@ def test_tsv_parquet_and_hf_readers_agree(tmp_path, dask_client):
     for kind, corpus in inputs.items():
         # Not tmp_path / kind: the HF inputs are directories of those names, and an output may
         # not replace its own input.
-        ingest(dask_client, [corpus], tmp_path / f"out-{kind}", CONFIG, rows_per_part=4, quiet=True)
+        ingest(DaskExecutor(dask_client, quiet=True), [corpus], tmp_path / f"out-{kind}", CONFIG, rows_per_part=4)
         tables[kind] = read_corpus(tmp_path / f"out-{kind}")
     for kind, table in tables.items():
         assert table.equals(tables["text"]), kind
@@ -100,8 +101,8 @@ def test_several_corpora_are_kept_apart(tmp_path, dask_client):
     src, tgt = write_pair(tmp_path, EN, FR)
     tsv = tmp_path / "news.tsv"
     tsv.write_text("Good morning .\tBonjour .\n")
-    report = ingest(dask_client, [CorpusInput("text", (src, tgt), "europarl"), CorpusInput("tsv", (str(tsv),), "news")],
-                    tmp_path / "out", CONFIG, rows_per_part=100, quiet=True)
+    report = ingest(DaskExecutor(dask_client, quiet=True), [CorpusInput("text", (src, tgt), "europarl"), CorpusInput("tsv", (str(tsv),), "news")],
+                    tmp_path / "out", CONFIG, rows_per_part=100)
     table = read_corpus(tmp_path / "out")
     assert table.column("corpus").to_pylist() == ["europarl"] * 4 + ["news"]
     assert table.column("line").to_pylist()[-1] == 1
@@ -111,7 +112,7 @@ def test_several_corpora_are_kept_apart(tmp_path, dask_client):
 def test_unequal_line_counts_name_both_files_and_write_nothing(tmp_path, dask_client):
     src, tgt = write_pair(tmp_path, EN, FR[:5])
     with pytest.raises(UserError, match=r"corpus\.en has 7 lines but .*corpus\.fr has 5"):
-        ingest(dask_client, [CorpusInput("text", (src, tgt), "c")], tmp_path / "out", CONFIG, quiet=True)
+        ingest(DaskExecutor(dask_client, quiet=True), [CorpusInput("text", (src, tgt), "c")], tmp_path / "out", CONFIG)
     assert not (tmp_path / "out").exists()
     assert not list(tmp_path.glob("out.tmp-*"))
 
@@ -120,16 +121,15 @@ def test_invalid_utf8_replaced_or_rejected(tmp_path, dask_client):
     (tmp_path / "c.en").write_bytes(b"good line\nbad \xff line\nlast\n")
     (tmp_path / "c.fr").write_bytes(b"bonne\nmauvaise\nfin\n")
     corpus = [CorpusInput("text", (str(tmp_path / "c.en"), str(tmp_path / "c.fr")), "c")]
-    report = ingest(dask_client, corpus, tmp_path / "replaced", CONFIG, quiet=True)
+    report = ingest(DaskExecutor(dask_client, quiet=True), corpus, tmp_path / "replaced", CONFIG)
     assert report["invalid_utf8_replaced"] == 1 and report["pairs_written"] == 3
     assert "\ufffd" in read_corpus(tmp_path / "replaced").column("source").to_pylist()[1]
 
     with pytest.raises(UserError, match=r"c\.en:2: invalid UTF-8"):
-        ingest(dask_client, corpus, tmp_path / "failed", CONFIG, invalid_utf8="reject", quiet=True)
+        ingest(DaskExecutor(dask_client, quiet=True), corpus, tmp_path / "failed", CONFIG, invalid_utf8="reject")
     assert not (tmp_path / "failed").exists()
 
-    report = ingest(dask_client, corpus, tmp_path / "skipped", CONFIG, invalid_utf8="reject", on_error="skip",
-                    quiet=True)
+    report = ingest(DaskExecutor(dask_client, quiet=True), corpus, tmp_path / "skipped", CONFIG, invalid_utf8="reject", on_error="skip")
     assert report["dropped_by_reason"] == {"invalid UTF-8": 1} and report["pairs_written"] == 2
     with gzip.open(tmp_path / "skipped" / "rejects.tsv.gz", "rt") as handle:
         rows = [line.rstrip("\n").split("\t") for line in handle]
@@ -140,10 +140,10 @@ def test_malformed_tsv_and_null_parquet(tmp_path, dask_client):
     tsv = tmp_path / "c.tsv"
     tsv.write_text("a\tb\nonly one column\nc\td\te\nf\tg\n")
     with pytest.raises(UserError, match=r"c\.tsv:2: expected 2 tab-separated columns, found 1"):
-        ingest(dask_client, [CorpusInput("tsv", (str(tsv),), "c")], tmp_path / "o1", CONFIG, quiet=True)
+        ingest(DaskExecutor(dask_client, quiet=True), [CorpusInput("tsv", (str(tsv),), "c")], tmp_path / "o1", CONFIG)
     rejects = tmp_path / "elsewhere" / "rejects.tsv.gz"
-    report = ingest(dask_client, [CorpusInput("tsv", (str(tsv),), "c")], tmp_path / "o2", CONFIG,
-                    on_error="skip", rejects_path=rejects, quiet=True)
+    report = ingest(DaskExecutor(dask_client, quiet=True), [CorpusInput("tsv", (str(tsv),), "c")], tmp_path / "o2", CONFIG,
+                    on_error="skip", rejects_path=rejects)
     assert report["dropped_by_reason"] == {"expected 2 tab-separated columns, found 1": 1,
                                            "expected 2 tab-separated columns, found 3": 1}
     with gzip.open(rejects, "rt") as handle:
@@ -151,12 +151,12 @@ def test_malformed_tsv_and_null_parquet(tmp_path, dask_client):
 
     pq.write_table(pa.table({"source": ["a", None], "target": ["b", "c"]}), tmp_path / "n.parquet")
     with pytest.raises(UserError, match=r"n\.parquet:2: row 2: null source"):
-        ingest(dask_client, [CorpusInput("parquet", (str(tmp_path / "n.parquet"),), "n")], tmp_path / "o3",
-               CONFIG, quiet=True)
+        ingest(DaskExecutor(dask_client, quiet=True), [CorpusInput("parquet", (str(tmp_path / "n.parquet"),), "n")], tmp_path / "o3",
+               CONFIG)
     with pytest.raises(UserError, match="no column 'en' or 'source'"):
         pq.write_table(pa.table({"x": ["a"], "y": ["b"]}), tmp_path / "x.parquet")
-        ingest(dask_client, [CorpusInput("parquet", (str(tmp_path / "x.parquet"),), "x")], tmp_path / "o4",
-               CONFIG, quiet=True)
+        ingest(DaskExecutor(dask_client, quiet=True), [CorpusInput("parquet", (str(tmp_path / "x.parquet"),), "x")], tmp_path / "o4",
+               CONFIG)
 
 
 def test_cleaning_options_and_lowercase():
@@ -178,10 +178,10 @@ def test_output_independent_of_workers_and_failed_rerun_keeps_old_output(tmp_pat
     fr = [f"phrase numéro {i} , avec des mots ." for i in range(50)]
     src, tgt = write_pair(tmp_path, en, fr)
     corpus = [CorpusInput("text", (src, tgt), "c")]
-    ingest(dask_client, corpus, tmp_path / "two", CONFIG, rows_per_part=7, quiet=True)
+    ingest(DaskExecutor(dask_client, quiet=True), corpus, tmp_path / "two", CONFIG, rows_per_part=7)
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
             Client(cluster) as one:
-        ingest(one, corpus, tmp_path / "one", CONFIG, rows_per_part=7, quiet=True)
+        ingest(DaskExecutor(one, quiet=True), corpus, tmp_path / "one", CONFIG, rows_per_part=7)
     for a, b in zip(sorted((tmp_path / "one").glob("part-*")), sorted((tmp_path / "two").glob("part-*")),
                     strict=True):
         assert a.read_bytes() == b.read_bytes()
@@ -189,8 +189,8 @@ def test_output_independent_of_workers_and_failed_rerun_keeps_old_output(tmp_pat
     before = read_manifest(tmp_path / "two")
     (tmp_path / "short.fr").write_text("x\n")
     with pytest.raises(UserError):
-        ingest(dask_client, [CorpusInput("text", (src, str(tmp_path / "short.fr")), "c")], tmp_path / "two",
-               CONFIG, quiet=True)
+        ingest(DaskExecutor(dask_client, quiet=True), [CorpusInput("text", (src, str(tmp_path / "short.fr")), "c")], tmp_path / "two",
+               CONFIG)
     assert read_manifest(tmp_path / "two") == before
 
 
@@ -280,7 +280,7 @@ def test_truncated_compressed_corpus_is_a_user_error_naming_file_and_line(tmp_pa
     broken.write_bytes(whole[:-30])           # the end of the stream (and its marker) cut off
     corpus = [CorpusInput("text", (str(broken), tgt), "c")]
     with pytest.raises(UserError) as caught:
-        ingest(dask_client, corpus, tmp_path / "out", CONFIG, rows_per_part=500, on_error=on_error, quiet=True)
+        ingest(DaskExecutor(dask_client, quiet=True), corpus, tmp_path / "out", CONFIG, rows_per_part=500, on_error=on_error)
     message = str(caught.value)
     assert message.startswith(f"{broken}:") and "\n" not in message
     assert "compressed file is truncated or corrupt" in message and "--on-error skip cannot skip" in message
@@ -291,8 +291,8 @@ def test_truncated_compressed_corpus_is_a_user_error_naming_file_and_line(tmp_pa
     tsv = tmp_path / f"c.tsv{suffix}"
     tsv.write_bytes(_compress(suffix, "".join(f"{e}\t{e}\n" for e in en).encode())[:-30])
     with pytest.raises(UserError, match=rf"^{tsv}:\d+: compressed file is truncated or corrupt"):
-        ingest(dask_client, [CorpusInput("tsv", (str(tsv),), "t")], tmp_path / "out", CONFIG,
-               rows_per_part=500, on_error=on_error, quiet=True)
+        ingest(DaskExecutor(dask_client, quiet=True), [CorpusInput("tsv", (str(tsv),), "t")], tmp_path / "out", CONFIG,
+               rows_per_part=500, on_error=on_error)
     _assert_no_output(tmp_path, tmp_path / "out")
 
 
@@ -384,8 +384,8 @@ def test_rejects_keep_the_original_bytes_of_every_line(tmp_path, dask_client):
     (tmp_path / "t.tsv").write_bytes(b"".join(tsv))
     inputs = [CorpusInput("text", (str(tmp_path / "c.en"), str(tmp_path / "c.fr")), "pair"),
               CorpusInput("tsv", (str(tmp_path / "t.tsv"),), "tsv")]
-    report = ingest(dask_client, inputs, tmp_path / "out", CONFIG, rows_per_part=2, invalid_utf8="reject",
-                    on_error="skip", quiet=True)
+    report = ingest(DaskExecutor(dask_client, quiet=True), inputs, tmp_path / "out", CONFIG, rows_per_part=2, invalid_utf8="reject",
+                    on_error="skip")
     assert report["lines_read"] == len(en) + len(tsv) == report["pairs_written"] + report["pairs_dropped"]
     assert report["rejects_written"] == report["pairs_dropped"] == 7
     header, rows = _read_rejects(tmp_path / "out" / "rejects.tsv.gz")
@@ -406,7 +406,7 @@ def test_rejects_keep_the_original_bytes_of_every_line(tmp_path, dask_client):
     (tmp_path / "r.en").write_bytes(b"kept \xff\n" + b"z " * 100 + b"\xfe\xff\n")
     (tmp_path / "r.fr").write_bytes(b"garde\nt\xc3\n")
     replaced = [CorpusInput("text", (str(tmp_path / "r.en"), str(tmp_path / "r.fr")), "r")]
-    report = ingest(dask_client, replaced, tmp_path / "out2", CONFIG, on_error="skip", quiet=True)
+    report = ingest(DaskExecutor(dask_client, quiet=True), replaced, tmp_path / "out2", CONFIG, on_error="skip")
     assert report["invalid_utf8_replaced"] == 3 and report["pairs_written"] == 1
     assert report["lines_read"] == 2 and report["rejects_written"] == report["pairs_dropped"] == 1
     _, rows = _read_rejects(tmp_path / "out2" / "rejects.tsv.gz")

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from distributed import Client, Future, LocalCluster, wait
@@ -127,21 +127,37 @@ def gpu_resources(client: Client) -> dict[str, float] | None:
     return {"GPU": 1} if any(w.get("resources", {}).get("GPU") for w in workers) else None
 
 
-def map_partitions(client: Client, func: Callable[..., T], items: Sequence[Any], *,
+def map_partitions(client: Client, func: Callable[..., T], items: Iterable[Any], *,
                    desc: str, quiet: bool = False, key_prefix: str | None = None,
                    **kwargs: Any) -> list[T]:
     """Run ``func(item, **kwargs)`` for every item on the cluster; results in input order.
 
-    Shows a progress bar on stderr unless ``quiet``. A failing task cancels the rest and
-    re-raises its exception here (so a UserError raised on a worker reaches the user as is).
-    Dask retries a task whose worker died, so a lost worker costs only its tasks.
+    ``items`` may be a generator: each item is submitted as soon as it is produced (ingest writes
+    its raw shards while the first ones are being processed); an exception raised by the
+    generator cancels what was submitted. Shows a progress bar on stderr unless ``quiet``. A
+    failing task cancels the rest and re-raises its exception here (so a UserError raised on a
+    worker reaches the user as is). Dask retries a task whose worker died, so a lost worker costs
+    only its tasks.
     """
-    if not items:
-        return []
     prefix = key_prefix or getattr(func, "__name__", "task")
-    futures = client.map(func, list(items), key=[f"{prefix}-{i}-{os.urandom(4).hex()}" for i in range(len(items))],
-                         pure=False, retries=2, **kwargs)
-    with tqdm(total=len(futures), desc=desc, unit="part", disable=quiet, leave=False) as bar:
+    if isinstance(items, Sequence):
+        if not items:
+            return []
+        futures = client.map(func, list(items), key=[f"{prefix}-{i}-{os.urandom(4).hex()}" for i in range(len(items))],
+                             pure=False, retries=2, **kwargs)
+        with tqdm(total=len(futures), desc=desc, unit="part", disable=quiet, leave=False) as bar:
+            return results_in_order(client, futures, bar)
+    futures = []
+    with tqdm(total=0, desc=desc, unit="part", disable=quiet, leave=False) as bar:
+        try:
+            for i, item in enumerate(items):
+                futures.append(client.submit(func, item, key=f"{prefix}-{i:05d}-{os.urandom(4).hex()}", pure=False,
+                                             retries=2, **kwargs))
+                bar.total = len(futures)
+                bar.refresh()
+        except BaseException:
+            client.cancel(futures)
+            raise
         return results_in_order(client, futures, bar)
 
 
@@ -152,7 +168,7 @@ class DaskExecutor:
     def __init__(self, client: Client, *, quiet: bool = False, key_prefix: str | None = None):
         self.client, self.quiet, self.key_prefix = client, quiet, key_prefix
 
-    def map(self, func: Callable[..., T], items: Sequence[Any], *, desc: str = "",
+    def map(self, func: Callable[..., T], items: Iterable[Any], *, desc: str = "",
             resources: dict[str, float] | None = None, **kwargs: Any) -> list[T]:
         return map_partitions(self.client, func, items, desc=desc or getattr(func, "__name__", "tasks"),
                               quiet=self.quiet, key_prefix=self.key_prefix, resources=resources, **kwargs)
