@@ -62,10 +62,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import xxhash
 
-from pipeline.alignment import parse_links
+from pipeline.alignment import AlignConfig, align_part, parse_links
+from pipeline.artifacts import atomic_output_dir, read_manifest, write_json_atomic, write_manifest
 from pipeline.errors import UserError
 from pipeline.executor import SERIAL, Executor
-from pipeline.phrase_table import phrase_table_schema
+from pipeline.phrase_table import ExportConfig, export_moses, list_parts, phrase_table_schema
 
 NULL = ""          # the NULL word inside rnnenc (tokens are never empty); "NULL" in Moses files
 MOSES_NULL = "NULL"
@@ -490,3 +491,85 @@ def build_phrase_table(corpus_parts: Sequence[str], alignment_parts: Sequence[st
         "config": config.to_dict(),
         "timings": {k: round(v, 3) for k, v in timings.items()},
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# The phrases stage (the command line is workflows.phrases)
+
+
+def corpus_parts(corpus: str | Path) -> tuple[Path, list[Path]]:
+    """The corpus directory to read (``selected/`` inside a select output) and its parts."""
+    corpus = Path(corpus)
+    if corpus.is_dir() and not any(corpus.glob("part-*.parquet")) and (corpus / "selected").is_dir():
+        corpus = corpus / "selected"
+    parts = list_parts(corpus)
+    for part in parts:
+        names = pq.read_schema(part).names
+        if "source" not in names or "target" not in names:
+            raise UserError(f"{part}: no source/target columns (want a corpus from rnnenc ingest or select)")
+    return corpus, parts
+
+
+def run_phrases(executor: Executor, corpus: str | Path, out: str | Path, config: PhraseConfig, align: AlignConfig,
+                *, alignment: str | Path | None = None) -> dict[str, Any]:
+    """The phrases stage: align (or reuse ``alignment``), extract, score and export, on ``executor``;
+    returns the manifest.
+
+    Parameters:
+        executor: runs the per-part and per-bucket tasks (``pipeline.executor``).
+        corpus: an ingest output, or a select output (its ``selected/``).
+        out: the output directory (``table/``, ``phrase-table.gz``, ``alignment/``, lexical tables).
+        config: extraction and scoring.
+        align: eflomal's settings.
+        alignment: an earlier ``alignment/`` directory to reuse (the table is then reproducible).
+    """
+    corpus_dir, parts = corpus_parts(corpus)
+    out = Path(out)
+    if config.max_length < 1 or config.min_count < 1 or (config.buckets is not None and config.buckets < 1):
+        raise UserError("phrases: --max-phrase-length, --min-count and --buckets must be at least 1")
+
+    given = list_parts(alignment) if alignment else None
+    if given is not None and len(given) != len(parts):
+        raise UserError(f"{alignment}: {len(given)} alignment parts for the {len(parts)} parts of {corpus_dir}")
+    timings: dict[str, float] = {}
+    with atomic_output_dir(out, stage="phrases", inputs=[corpus, *([alignment] if alignment else [])]) as tmp:
+        (tmp / "alignment").mkdir()
+        aligned = [tmp / "alignment" / f"part-{i:05d}.parquet" for i in range(len(parts))]
+        started = time.perf_counter()
+        if given is None:
+            results = executor.map(_align_item, [(str(p), str(a), align) for p, a in zip(parts, aligned, strict=True)],
+                                   desc="align")
+            align_counts = {k: sum(r[k] for r in results) for k in ("pairs", "aligned_pairs", "empty_pairs", "links")}
+        else:
+            for source, target in zip(given, aligned, strict=True):
+                shutil.copyfile(source, target)
+            align_counts = {"reused_from": str(alignment)}
+        timings["align_s"] = round(time.perf_counter() - started, 3)
+        started = time.perf_counter()
+        report = build_phrase_table([str(p) for p in parts], [str(a) for a in aligned], tmp, config,
+                                    executor=executor)
+        timings["extract_score_s"] = round(time.perf_counter() - started, 3)
+        started = time.perf_counter()
+        exported = export_moses(tmp / "table", tmp / "phrase-table.gz", ExportConfig(), executor=executor,
+                                tmp_dir=tmp / ".export")
+        timings["export_s"] = round(time.perf_counter() - started, 3)
+        if exported["rows"] != report["table_rows"]:
+            raise RuntimeError(f"export wrote {exported['rows']} lines for {report['table_rows']} rows")
+        timings.update(report["timings"])
+        report.update({"alignment": align_counts, "align_config": align.to_dict(), "timings": timings,
+                       "corpus_dir": str(corpus_dir), "corpus_parts": len(parts)})
+        write_json_atomic(tmp / "report.json", report)
+    source_manifest = read_manifest(corpus_dir) or read_manifest(corpus_dir.parent) or {}
+    langs = {k: v for k, v in (source_manifest.get("config") or {}).items() if k in ("source_lang", "target_lang")}
+    inputs = [corpus_dir] + ([Path(alignment)] if alignment else []) + ([Path(align.priors)] if align.priors else [])
+    counts = {"pairs": report["corpus"]["pairs"], "phrase_pairs": report["table_rows"],
+              "extracted_occurrences": report["extracted_occurrences"], "pruned_pairs": report["pruned_pairs"]}
+    return write_manifest(out, stage="phrases", inputs=inputs,
+                          config={"phrases": config.to_dict(), "align": align.to_dict(),
+                                  "alignment": str(alignment) if alignment else None} | langs,
+                          counts=counts)
+
+
+def _align_item(item: tuple[str, str, AlignConfig]) -> dict[str, int]:
+    part, out_path, config = item
+    return align_part(part, out_path, config)

@@ -15,10 +15,10 @@ import pytest
 
 from pipeline.alignment import AlignConfig, align_part
 from pipeline.phrase_table import export_moses
-from pipeline.phrases import PhraseConfig, build_phrase_table, phrase_spans, sentence_pairs
+from pipeline.phrases import PhraseConfig, build_phrase_table, phrase_spans, run_phrases, sentence_pairs
 from pipeline.synthetic import DemoConfig, generate_demo, tokenised_sample
 from workflows import cli
-from workflows.phrases import run_phrases
+from workflows.cluster import DaskExecutor
 
 DEMO = DemoConfig(pool_size=500, in_domain_size=50, dev_size=20, phrase_table_pairs=200)
 FAST = AlignConfig(iterations=(3, 3, 3), samplers=1)
@@ -141,8 +141,8 @@ def test_same_bytes_for_any_partitioning_buckets_and_a_2_worker_cluster(tmp_path
         export_moses(out / "table", out / "phrase-table.gz")
         outputs[(parts, buckets)] = out
     cluster_root = tmp_path / "p5-b3"
-    run_phrases(dask_client, cluster_root / "corpus", tmp_path / "cluster", PhraseConfig(buckets=3), FAST,
-                alignment=cluster_root / "alignment", quiet=True)
+    run_phrases(DaskExecutor(dask_client, quiet=True), cluster_root / "corpus", tmp_path / "cluster",
+                PhraseConfig(buckets=3), FAST, alignment=cluster_root / "alignment")
     outputs["cluster"] = tmp_path / "cluster"
 
     def files(out: Path) -> dict[str, bytes]:

@@ -24,8 +24,8 @@ from pipeline.vocab import (
     coverage,
     merge_counts,
 )
+from pipeline.vocab import build_vocabularies as build
 from workflows import cli
-from workflows.vocab import build
 
 
 def counts_table(counts: dict[str, int]) -> pa.Table:
