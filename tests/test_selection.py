@@ -16,11 +16,10 @@ import pytest
 from pipeline import selection
 from pipeline.errors import UserError
 from pipeline.executor import SERIAL
+from pipeline.select import SelectConfig, regenerate, run_selection
 from pipeline.synthetic import DemoConfig, generate_demo
 from workflows import cli
 from workflows.cluster import DaskExecutor
-from workflows.regenerate import regenerate
-from workflows.select import SelectConfig, run_selection
 
 # The demo text separates words by spaces except punctuation: enough of a tokeniser here.
 _TOKEN = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?|\S")

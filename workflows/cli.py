@@ -46,9 +46,9 @@ def set_openmp_waiters(command: str | None) -> None:
 def _absolute(value: str) -> str:
     if _URL.match(value):
         return value
-    lang, sep, path = value.partition("=")
+    lang, sep, paths = value.partition("=")
     if sep and re.fullmatch(r"[A-Za-z_-]+", lang) and not os.path.exists(value):
-        return f"{lang}={os.path.abspath(path)}"
+        return f"{lang}=" + ",".join(os.path.abspath(p) for p in paths.split(","))
     return os.path.abspath(value)
 
 

@@ -172,15 +172,15 @@ def _stage_argv(name: str, options: dict[str, Any], actions: dict[str, argparse.
             text = _resolve(item, base, outputs, where, deps)
             if getattr(action, ROLE, None) == "input" and not was_reference \
                     and not re.match(r"^[a-z][a-z0-9+.-]*://", text):
-                # LANG=PATH (select's --in-lm/--out-lm): the path part is the input
+                # LANG=PATH[,PATH] (select's --in-lm/--out-lm): the paths are the inputs
                 lang, sep, rest = text.partition("=")
                 prefix = f"{lang}=" if sep and re.fullmatch(r"[A-Za-z_-]+", lang) and not (base / text).exists() else ""
-                value = rest if prefix else text
-                path = Path(value) if Path(value).is_absolute() else base / value
-                if not path.exists():
-                    raise UserError(f"{where}: {path}: no such file or directory")
-                text = prefix + str(path)
-                inputs.append(path)
+                paths = [Path(v) if Path(v).is_absolute() else base / v for v in (rest.split(",") if prefix else [text])]
+                for path in paths:
+                    if not path.exists():
+                        raise UserError(f"{where}: {path}: no such file or directory")
+                text = prefix + ",".join(map(str, paths))
+                inputs += paths
             resolved.append(text)
         if not action.option_strings:
             positional += resolved

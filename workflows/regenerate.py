@@ -13,64 +13,13 @@ examples:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 from pathlib import Path
-from typing import Any
 
-from pipeline.artifacts import MANIFEST_NAME, changed_inputs, file_hash, require_manifest
-from pipeline.errors import UserError
-from pipeline.executor import Executor
-from workflows.select import SelectConfig, run_selection
+from pipeline.select import regenerate
 from workflows.stages import input_path, output_path
 
 log = logging.getLogger("rnnenc")
-
-# Outputs that must come out byte-identical (hf/ holds fingerprints, report.json timings).
-COMPARED = ("selected/", "scores/", "selected.")
-
-
-def _load(manifest_path: str | Path) -> tuple[Path, dict[str, Any]]:
-    path = Path(manifest_path)
-    if path.is_dir():
-        path = path / MANIFEST_NAME
-    manifest = require_manifest(path)
-    if manifest.get("stage") != "select":
-        raise UserError(f"{path}: not the manifest of an 'rnnenc select' output (stage: {manifest.get('stage')})")
-    return path, manifest
-
-
-def regenerate(manifest_path: str | Path, out: str | Path, executor: Executor) -> dict[str, Any]:
-    """Rebuild the subset described by ``manifest_path`` into ``out``; return the new manifest."""
-    path, manifest = _load(manifest_path)
-    changed = changed_inputs(manifest)
-    if changed:
-        raise UserError(f"{path}: inputs changed since the selection, not regenerating: {', '.join(changed)}")
-    cfg = SelectConfig(**manifest["config"])
-    root = path.parent
-    lms = manifest["selection"]["lms"]
-    if not lms.get("given"):
-        recorded = {o["path"]: o["hash"] for o in manifest["outputs"]}
-        for lang, models in lms["models"].items():
-            for record in models.values():
-                model = root / record["path"]
-                if not model.is_file() or file_hash(model) != recorded.get(record["path"]):
-                    raise UserError(f"{model}: language model missing or changed since the selection; "
-                                    "cannot regenerate")
-            cfg.in_lms[lang] = str(root / models["in"]["path"])
-            cfg.out_lms[lang] = f"{root / models['out_fold0']['path']},{root / models['out_fold1']['path']}"
-    # Any mode keeps a prefix of the score order: the same number of pairs is the same subset.
-    cfg = dataclasses.replace(cfg, mode="pairs", amount=str(manifest["counts"]["selected_pairs"]), dev=None)
-    rebuilt = run_selection(cfg, out, executor)
-    before = {o["path"]: o["hash"] for o in manifest["outputs"] if o["path"].startswith(COMPARED)}
-    after = {o["path"]: o["hash"] for o in rebuilt["outputs"] if o["path"].startswith(COMPARED)}
-    differ = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
-    if differ:
-        raise UserError(f"{out}: the rebuilt subset differs from {path} in: {', '.join(differ)}")
-    if rebuilt["selection"]["cut"]["first_excluded"] != manifest["selection"]["cut"]["first_excluded"]:
-        raise UserError(f"{out}: the rebuilt cut differs from the one recorded in {path}")
-    return rebuilt
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     input_path(parser, "manifest", help="manifest.json of an 'rnnenc select' output (or its directory)")

@@ -1,0 +1,359 @@
+"""The select stage body: Moore-Lewis / Axelrod selection of a pool, on an executor.
+
+Trains the in-domain and (cross-fitted) out-of-domain KenLM models per scored language, scores
+every pool pair with the executor's tasks, finds the budget's cut (``pipeline.selection``),
+optionally sweeps sizes against a dev set, and writes the selected subset, its scores, the
+models and the manifest that ``rnnenc regenerate`` rebuilds it from. The command line is
+``workflows.select``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import kenlm
+
+from pipeline import lm, selection
+from pipeline.artifacts import (
+    MANIFEST_NAME,
+    atomic_output_dir,
+    changed_inputs,
+    file_hash,
+    require_manifest,
+    write_json_atomic,
+    write_manifest,
+)
+from pipeline.errors import UserError
+from pipeline.executor import Executor
+from pipeline.selection import Cut, SideModels
+
+log = logging.getLogger("rnnenc")
+
+MODES = ("pairs", "words", "fraction", "threshold", "sweep")
+DEFAULT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+@dataclass
+class SelectConfig:
+    """Everything that determines a selection (stored in the manifest's config)."""
+
+    pool: str
+    in_domain: str
+    mode: str
+    amount: str | None = None  # pairs/words: a count (348M); fraction: 0-1; threshold: a score
+    method: str = "axelrod"
+    lang: str | None = None  # moore-lewis: the scored language (default: the pool's source)
+    budget_lang: str | None = None  # words: the counted side (default: the pool's source)
+    dev: str | None = None  # sweep: dev set (default: the in-domain set)
+    sweep_grid: list[float] = field(default_factory=lambda: list(DEFAULT_GRID))
+    sweep_refine: int = 3
+    order: int = 4
+    lm_memory: str = "1G"
+    seed: int = 1
+    in_lms: dict[str, str] = field(default_factory=dict)  # lang -> existing model (else trained)
+    out_lms: dict[str, str] = field(default_factory=dict)
+    hf_dataset: bool = False
+    max_candidates: int = selection.MAX_CANDIDATES
+
+
+def _spec_inputs(spec: str, langs: Sequence[str]) -> list[str]:
+    path = Path(spec)
+    return [str(path)] if path.is_dir() else [f"{spec}.{lang}" for lang in langs]
+
+
+def _texts(work: Path, name: str, count: int, side: str) -> list[Path]:
+    return [work / name / f"part-{i:05d}.{side}" for i in range(count)]
+
+
+def run_selection(cfg: SelectConfig, out: str | Path, executor: Executor) -> dict[str, Any]:
+    """Run a whole selection into ``out`` (atomically) and return its manifest."""
+    started = time.monotonic()
+    if cfg.method not in selection.METHODS:
+        raise UserError(f"--method {cfg.method}: unknown (choose from {', '.join(selection.METHODS)})")
+    pool = selection.open_corpus(cfg.pool)
+    langs = {"source": pool.source_lang, "target": pool.target_lang}
+    sides = (("source", "target") if cfg.method == "axelrod"
+             else (pool.column(cfg.lang or pool.source_lang),))
+    scored_langs = [langs[s] for s in sides]
+    budget_side = pool.column(cfg.budget_lang or pool.source_lang)
+    given = sorted(set(cfg.in_lms) | set(cfg.out_lms))
+    if given:
+        missing = [f"{kind} {lang}" for lang in scored_langs for kind, lms in (("--in-lm", cfg.in_lms),
+                                                                               ("--out-lm", cfg.out_lms))
+                   if lang not in lms]
+        if missing:
+            raise UserError(f"given language models must cover every scored language; missing: {', '.join(missing)}")
+        for path in [*cfg.in_lms.values(), *(p for v in cfg.out_lms.values() for p in _fold_pair(v))]:
+            lm.check_model(path)
+    lm_config = lm.LMConfig(order=cfg.order, memory=cfg.lm_memory)
+    names = [Path(p).name for p in pool.parts]
+    report: dict[str, Any] = {"method": cfg.method, "languages": scored_langs, "timings_s": {}}
+    timings = report["timings_s"]
+
+    def lap(name: str, since: float) -> float:
+        now = time.monotonic()
+        timings[name] = round(now - since, 3)
+        return now
+
+    with atomic_output_dir(out, stage="select", inputs=[pool.path, *_spec_inputs(cfg.in_domain, scored_langs)]) as tmp:
+        work, lm_dir = tmp / ".work", tmp / "lm"
+        for directory in (work / "sample", work / "text", lm_dir, tmp / "scores", tmp / "selected"):
+            directory.mkdir(parents=True)
+        t = time.monotonic()
+        totals = _sum(executor.map(selection.count_partition, pool.parts, desc="counting the pool"))
+        report["pool"] = totals
+        if totals["pairs"] == 0:
+            raise UserError(f"{pool.path}: the pool is empty")
+
+        in_domain: dict[str, Any] = {}
+        for side in sides:
+            lang = langs[side]
+            lines, tokens, vocab = selection.export_side(cfg.in_domain, lang, work / f"in_domain.{lang}")
+            selection.write_vocab(vocab, lm_dir / f"vocab.{lang}.txt")
+            in_domain[lang] = {"lines": lines, "tokens": tokens, "vocabulary": len(vocab)}
+        report["in_domain"] = in_domain
+        t = lap("in_domain", t)
+
+        models: list[SideModels] = []
+        lm_records: dict[str, Any] = {}
+        if given:
+            models = [SideModels(s, cfg.in_lms[langs[s]], _fold_pair(cfg.out_lms[langs[s]])) for s in sides]
+            lm_records = {"given": True}
+        else:
+            in_tokens = sum(in_domain[langs[s]]["tokens"] for s in sides)
+            pool_tokens = sum(totals[f"{s}_tokens"] for s in sides)
+            # Each fold's sample is about the in-domain size; a fold is half the pool at most.
+            rate = min(0.5, in_tokens / max(1, pool_tokens))
+            sample = _sum(executor.map(selection.sample_partition,
+                                 [(p, str(work / "sample" / f"part-{i:05d}")) for i, p in enumerate(pool.parts)],
+                                 desc="sampling the pool", sides=sides, rate=rate, seed=cfg.seed))
+            report["out_domain_sample"] = {"rate": rate, "seed": cfg.seed} | sample
+            lm_records = {"given": False, "models": {}}
+            for side in sides:
+                lang = langs[side]
+                vocab = lm_dir / f"vocab.{lang}.txt"
+                trained_in = lm.train_lm([work / f"in_domain.{lang}"], lm_dir / f"in.{lang}.binary", lm_config, vocab)
+                record = {"in": {"path": f"lm/in.{lang}.binary", "discount_fallback": trained_in.discount_fallback}}
+                outs = []
+                for k in range(selection.FOLDS):
+                    if sample[f"fold{k}_{side}_tokens"] == 0:
+                        raise UserError(f"{pool.path}: the out-of-domain sample (fold {k}) of the '{lang}' side "
+                                        "is empty")
+                    trained_out = lm.train_lm(_texts(work, "sample", len(pool.parts), f"fold{k}.{side}"),
+                                              lm_dir / f"out.fold{k}.{lang}.binary", lm_config, vocab)
+                    outs.append(trained_out.path)
+                    record[f"out_fold{k}"] = {"path": f"lm/out.fold{k}.{lang}.binary",
+                                              "discount_fallback": trained_out.discount_fallback}
+                models.append(SideModels(side, trained_in.path, (outs[0], outs[1])))
+                lm_records["models"][lang] = record
+        report["lms"] = lm_records
+        t = lap("language_models", t)
+
+        score_parts = [str(tmp / "scores" / name) for name in names]
+        executor.map(selection.score_partition, list(zip(pool.parts, score_parts, strict=True)),
+               desc="scoring", models=models, seed=cfg.seed)
+        t = lap("scoring", t)
+
+        cut, sweep = _decide(cfg, pool, sides, langs, budget_side, totals, score_parts, work, lm_dir, tmp,
+                             lm_config, executor)
+        if sweep is not None:
+            report["sweep"] = sweep
+        t = lap("deciding", t)
+
+        tasks = [(p, s, str(tmp / "selected" / name), str(work / "text" / f"part-{i:05d}"))
+                 for i, (p, s, name) in enumerate(zip(pool.parts, score_parts, names, strict=True))]
+        kept = _sum(executor.map(selection.keep_partition, tasks, desc="writing the selection", cut=cut))
+        for side, lang in langs.items():
+            selection.concatenate(_texts(work, "text", len(pool.parts), side), tmp / f"selected.{lang}")
+        if cfg.hf_dataset:
+            _save_hf(sorted((tmp / "selected").glob(selection.PART_GLOB)), tmp / "hf", work / "hf-cache")
+        shutil.rmtree(work)
+        lap("writing", t)
+        cut_record = cut.record() | {"pairs": kept["pairs"], "weight": kept[f"{budget_side}_tokens"]
+                                     if cfg.mode == "words" else kept["pairs"]}
+        report["selected"] = kept
+        report["cut"] = cut_record
+        report["timings_s"]["total"] = round(time.monotonic() - started, 3)
+        write_json_atomic(tmp / "report.json", report)
+
+    inputs = [pool.path, *_spec_inputs(cfg.in_domain, scored_langs)]
+    if cfg.mode == "sweep" and cfg.dev:
+        inputs += _spec_inputs(cfg.dev, scored_langs)
+    inputs += [*cfg.in_lms.values(), *sorted({p for v in cfg.out_lms.values() for p in _fold_pair(v)})]
+    counts = {"pool_pairs": totals["pairs"], "selected_pairs": kept["pairs"],
+              "selected_source_tokens": kept["source_tokens"], "selected_target_tokens": kept["target_tokens"],
+              "pool_source_tokens": totals["source_tokens"], "pool_target_tokens": totals["target_tokens"]}
+    return write_manifest(out, stage="select", inputs=inputs, config=dataclasses.asdict(cfg), counts=counts,
+                          extra={"selection": {"cut": cut_record, "languages": langs, "scored": scored_langs,
+                                               "lms": lm_records}})
+
+
+def _fold_pair(paths: str) -> tuple[str, str]:
+    """``--out-lm LANG=A,B``: the out-of-domain models of folds 0 and 1 (one path: both)."""
+    parts = paths.split(",")
+    if len(parts) == 1:
+        return parts[0], parts[0]
+    if len(parts) != selection.FOLDS:
+        raise UserError(f"--out-lm {paths}: give one model, or one per fold (A,B)")
+    return parts[0], parts[1]
+
+
+def _sum(results: Sequence[dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for result in results:
+        for key, value in result.items():
+            total[key] = total.get(key, 0) + value
+    return total
+
+
+def _decide(cfg: SelectConfig, pool: selection.Corpus, sides: Sequence[str], langs: dict[str, str],
+            budget_side: str, totals: dict[str, int], score_parts: list[str], work: Path, lm_dir: Path,
+            out: Path, lm_config: lm.LMConfig, executor: Executor) -> tuple[Cut, dict[str, Any] | None]:
+    """The cut for the configured mode (and the sweep record when sweeping)."""
+    def cut_for(budget: int, weight: str, total: int) -> Cut:
+        return selection.find_cut(score_parts, budget, weight, total, executor, max_candidates=cfg.max_candidates)
+
+    if cfg.mode == "pairs":
+        budget = selection.parse_count(_amount(cfg))
+        if budget > totals["pairs"]:
+            raise UserError(f"--budget-pairs {cfg.amount}: larger than the pool ({totals['pairs']} pairs)")
+        return cut_for(budget, "pairs", totals["pairs"]), None
+    if cfg.mode == "words":
+        budget = selection.parse_count(_amount(cfg))
+        total = totals[f"{budget_side}_tokens"]
+        if budget > total:
+            raise UserError(f"--budget-words {cfg.amount}: larger than the pool "
+                            f"({total} words on the '{langs[budget_side]}' side)")
+        return cut_for(budget, f"{budget_side}_tokens", total), None
+    if cfg.mode == "fraction":
+        try:
+            fraction = float(_amount(cfg))
+        except ValueError:
+            fraction = math.nan
+        if not 0.0 <= fraction <= 1.0:
+            raise UserError(f"--fraction {cfg.amount}: not a number between 0 and 1")
+        return cut_for(math.floor(fraction * totals["pairs"]), "pairs", totals["pairs"]), None
+    if cfg.mode == "threshold":
+        try:
+            threshold = float(_amount(cfg))
+        except ValueError:
+            raise UserError(f"--threshold {cfg.amount}: not a number") from None
+        return selection.threshold_cut(threshold), None
+    if cfg.mode == "sweep":
+        best, record = _sweep(cfg, pool, sides, langs, totals, score_parts, work, lm_dir, out, lm_config,
+                              executor, cut_for)
+        return cut_for(best, "pairs", totals["pairs"]), record
+    raise UserError(f"unknown selection mode '{cfg.mode}' (choose from {', '.join(MODES)})")
+
+
+def _amount(cfg: SelectConfig) -> str:
+    if cfg.amount is None:
+        raise UserError(f"selection mode '{cfg.mode}' needs an amount")
+    return cfg.amount
+
+
+def _sweep(cfg: SelectConfig, pool: selection.Corpus, sides: Sequence[str], langs: dict[str, str],
+           totals: dict[str, int], score_parts: list[str], work: Path, lm_dir: Path, out: Path,
+           lm_config: lm.LMConfig, executor: Executor, cut_for) -> tuple[int, dict[str, Any]]:
+    """XenC's method: dev perplexity of LMs trained on the top-k for a grid of k, refined at the minimum."""
+    dev_spec = cfg.dev or cfg.in_domain
+    dev_lines: dict[str, list[str]] = {}
+    for side in sides:
+        lang = langs[side]
+        selection.export_side(dev_spec, lang, work / f"dev.{lang}")
+        dev_lines[side] = (work / f"dev.{lang}").read_text(encoding="utf-8").splitlines()
+    points: dict[int, selection.SweepPoint] = {}
+
+    def evaluate(n: int, refined: bool) -> None:
+        cut = cut_for(n, "pairs", totals["pairs"])
+        where = work / f"sweep-{n}"
+        where.mkdir()
+        tasks = [(p, s, None, str(where / f"part-{i:05d}")) for i, (p, s) in enumerate(zip(pool.parts, score_parts,
+                                                                                             strict=True))]
+        kept = _sum(executor.map(selection.keep_partition, tasks, desc=f"sweep: top {n}", cut=cut, text_sides=sides))
+        ppl = {}
+        for side in sides:
+            model_path = where / f"lm.{langs[side]}.binary"
+            lm.train_lm(sorted(where.glob(f"part-*.{side}")), model_path, lm_config, lm_dir / f"vocab.{langs[side]}.txt")
+            ppl[side] = lm.perplexity(kenlm.Model(str(model_path)), dev_lines[side])
+        points[n] = selection.SweepPoint(n, n / totals["pairs"], kept["source_tokens"], kept["target_tokens"],
+                                         ppl, refined)
+        log.info("sweep: top %d pairs -> dev perplexity %s", n,
+                 ", ".join(f"{langs[s]} {p:.2f}" for s, p in ppl.items()))
+        shutil.rmtree(where)
+
+    grid = selection.sweep_sizes(totals["pairs"], cfg.sweep_grid)
+    for n in grid:
+        evaluate(n, refined=False)
+    best = min(points.values(), key=lambda p: (p.objective, p.pairs))
+    for n in selection.refine_sizes(grid, best.pairs, cfg.sweep_refine):
+        if n not in points:
+            evaluate(n, refined=True)
+    best = min(points.values(), key=lambda p: (p.objective, p.pairs))
+    selection.write_sweep_curve(list(points.values()), best, out / "sweep.csv", out / "sweep.png",
+                                {s: langs[s] for s in sides})
+    return best.pairs, {"points": len(points), "best_pairs": best.pairs, "best_perplexity": best.objective}
+
+
+def _save_hf(parts: list[Path], out: Path, cache: Path) -> None:
+    import datasets
+
+    dataset = datasets.Dataset.from_parquet([str(p) for p in parts], cache_dir=str(cache))
+    dataset.save_to_disk(str(out))
+
+
+# --------------------------------------------------------------------------------------------
+# Regenerating a selection from its manifest (the command line is workflows.regenerate)
+
+# Outputs that must come out byte-identical (hf/ holds fingerprints, report.json timings).
+COMPARED = ("selected/", "scores/", "selected.")
+
+
+def _load(manifest_path: str | Path) -> tuple[Path, dict[str, Any]]:
+    path = Path(manifest_path)
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    manifest = require_manifest(path)
+    if manifest.get("stage") != "select":
+        raise UserError(f"{path}: not the manifest of an 'rnnenc select' output (stage: {manifest.get('stage')})")
+    return path, manifest
+
+
+def regenerate(manifest_path: str | Path, out: str | Path, executor: Executor) -> dict[str, Any]:
+    """Rebuild the subset described by ``manifest_path`` into ``out``; return the new manifest."""
+    path, manifest = _load(manifest_path)
+    changed = changed_inputs(manifest)
+    if changed:
+        raise UserError(f"{path}: inputs changed since the selection, not regenerating: {', '.join(changed)}")
+    cfg = SelectConfig(**manifest["config"])
+    root = path.parent
+    lms = manifest["selection"]["lms"]
+    if not lms.get("given"):
+        recorded = {o["path"]: o["hash"] for o in manifest["outputs"]}
+        for lang, models in lms["models"].items():
+            for record in models.values():
+                model = root / record["path"]
+                if not model.is_file() or file_hash(model) != recorded.get(record["path"]):
+                    raise UserError(f"{model}: language model missing or changed since the selection; "
+                                    "cannot regenerate")
+            cfg.in_lms[lang] = str(root / models["in"]["path"])
+            cfg.out_lms[lang] = f"{root / models['out_fold0']['path']},{root / models['out_fold1']['path']}"
+    # Any mode keeps a prefix of the score order: the same number of pairs is the same subset.
+    cfg = dataclasses.replace(cfg, mode="pairs", amount=str(manifest["counts"]["selected_pairs"]), dev=None)
+    rebuilt = run_selection(cfg, out, executor)
+    before = {o["path"]: o["hash"] for o in manifest["outputs"] if o["path"].startswith(COMPARED)}
+    after = {o["path"]: o["hash"] for o in rebuilt["outputs"] if o["path"].startswith(COMPARED)}
+    differ = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
+    if differ:
+        raise UserError(f"{out}: the rebuilt subset differs from {path} in: {', '.join(differ)}")
+    if rebuilt["selection"]["cut"]["first_excluded"] != manifest["selection"]["cut"]["first_excluded"]:
+        raise UserError(f"{out}: the rebuilt cut differs from the one recorded in {path}")
+    return rebuilt
