@@ -28,6 +28,7 @@ import socket
 import sys
 import uuid
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -240,6 +241,87 @@ def replace_output(new: Path, out_dir: Path) -> None:
     os.replace(new, out_dir)
 
 
+# ---------------------------------------------------------------------------------------------
+# Typed artifacts: what each stage's output is, and one reader per kind
+
+#: the kind of artifact each stage writes (recorded in its manifest)
+STAGE_KINDS = {"ingest": "corpus", "select": "selection", "phrase-table": "phrase-table",
+               "phrases": "phrase-table", "rescore": "phrase-table", "vocab": "vocabularies",
+               "train": "model", "export": "moses-model", "moses": "moses-run"}
+#: where a stage's main output lies inside its directory, when it is not the directory itself:
+#: what a workflow's ``${stage}`` stands for where a file or a table is expected
+MAIN_OUTPUT = {"phrases": "table", "train": "model.pt", "export": "moses.ini"}
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A stage's output as a later stage reads it.
+
+    Parameters:
+        path: what was given (a stage directory, or a file or table inside one).
+        stage: the stage that wrote it (None for inputs rnnenc did not write).
+        kind: ``STAGE_KINDS[stage]``, or None.
+        main: the path to read (``MAIN_OUTPUT`` inside a stage directory, else ``path``).
+        languages: (source, target) from the manifest, when it records them.
+    """
+
+    path: Path
+    stage: str | None
+    kind: str | None
+    main: Path
+    languages: tuple[str, str] | None
+
+
+def read_artifact(path: str | os.PathLike, *, expect: Iterable[str] = ()) -> Artifact:
+    """The artifact at ``path``: a stage directory (its manifest read) or a plain file/table.
+
+    ``expect``: kinds that may be given; another kind of rnnenc output is a UserError naming both.
+    """
+    path = Path(path)
+    manifest = read_manifest(path) if path.is_dir() else None
+    stage = manifest.get("stage") if manifest else None
+    kind = STAGE_KINDS.get(stage) if stage else None
+    expect = tuple(expect)
+    if kind and expect and kind not in expect:
+        raise UserError(f"{path}: the output of rnnenc {stage} ({kind}), where {' or '.join(expect)} is expected")
+    main = path / MAIN_OUTPUT[stage] if stage in MAIN_OUTPUT else path
+    config = (manifest or {}).get("config") or {}
+    langs = manifest.get("languages") if manifest else None
+    if not langs and config.get("source_lang") and config.get("target_lang"):
+        langs = [config["source_lang"], config["target_lang"]]
+    return Artifact(path, stage, kind, main, tuple(langs) if langs else None)
+
+
+def phrase_table_path(path: str | os.PathLike) -> Path:
+    """A Parquet phrase table: the directory given, or the ``table/`` of a phrases output."""
+    return read_artifact(path, expect=("phrase-table",)).main
+
+
+def model_path(path: str | os.PathLike) -> Path:
+    """A model file: the file given, or the ``model.pt`` of a train output."""
+    return read_artifact(path, expect=("model",)).main
+
+
+def moses_ini_path(path: str | os.PathLike) -> Path:
+    """A moses.ini: the file given, or the one of an export output."""
+    return read_artifact(path, expect=("moses-model",)).main
+
+
+def vocabulary_path(path: str | os.PathLike, side: str) -> Path:
+    """A vocabulary file: the file given, or ``vocab.<lang>.txt`` of a vocab output for ``side``
+    ("source" or "target")."""
+    artifact = read_artifact(path, expect=("vocabularies",))
+    if artifact.kind != "vocabularies":
+        return artifact.main
+    if artifact.languages is None:
+        raise UserError(f"{path}: a vocab output whose manifest records no languages")
+    lang = artifact.languages[0 if side == "source" else 1]
+    file = artifact.path / f"vocab.{lang}.txt"
+    if not file.is_file():
+        raise UserError(f"{file}: missing from the vocab output {path}")
+    return file
+
+
 def write_manifest(out_dir: str | os.PathLike, *, stage: str, inputs: Iterable[str | os.PathLike],
                    config: dict[str, Any], counts: dict[str, Any],
                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -249,6 +331,7 @@ def write_manifest(out_dir: str | os.PathLike, *, stage: str, inputs: Iterable[s
                for p in sorted(out_dir.rglob("*")) if p.is_file() and p.name not in (MANIFEST_NAME, OWNER_NAME)]
     manifest = {
         "stage": stage,
+        "kind": STAGE_KINDS.get(stage, stage),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "inputs": [path_record(p) for p in inputs],
         "outputs": outputs,
@@ -256,6 +339,9 @@ def write_manifest(out_dir: str | os.PathLike, *, stage: str, inputs: Iterable[s
         "versions": package_versions(),
         "counts": counts,
     }
+    langs = (config.get("source_lang"), config.get("target_lang"))
+    if all(isinstance(lang, str) and lang for lang in langs):
+        manifest["languages"] = list(langs)
     if extra:
         manifest.update(extra)
     write_json_atomic(out_dir / MANIFEST_NAME, manifest)

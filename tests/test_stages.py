@@ -129,3 +129,40 @@ def test_help_imports_only_the_command_it_describes():
         out = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, check=True,
                              timeout=60).stdout.strip().splitlines()[-1]
         assert out == expected, argv  # never torch, never another stage's module
+
+
+def test_stage_outputs_stand_for_their_main_output_and_inner_paths_still_work(tmp_path):
+    from pipeline.artifacts import (
+        model_path,
+        moses_ini_path,
+        phrase_table_path,
+        read_artifact,
+        vocabulary_path,
+        write_manifest,
+    )
+
+    phrases, vocab, train, export = (tmp_path / name for name in ("phrases", "vocab", "train", "export"))
+    (phrases / "table").mkdir(parents=True)
+    write_manifest(phrases, stage="phrases", inputs=[], config={"source_lang": "en", "target_lang": "fr"}, counts={})
+    vocab.mkdir()
+    for lang in ("en", "fr"):
+        (vocab / f"vocab.{lang}.txt").write_text("<pad>\n<unk>\n</s>\n")
+    write_manifest(vocab, stage="vocab", inputs=[], config={"source_lang": "en", "target_lang": "fr"}, counts={})
+    train.mkdir()
+    (train / "model.pt").write_bytes(b"weights")
+    write_manifest(train, stage="train", inputs=[], config={}, counts={})
+    export.mkdir()
+    (export / "moses.ini").write_text("[feature]\n")
+    write_manifest(export, stage="export", inputs=[], config={}, counts={})
+
+    assert phrase_table_path(phrases) == phrase_table_path(phrases / "table") == phrases / "table"
+    assert vocabulary_path(vocab, "source") == vocabulary_path(vocab / "vocab.en.txt", "source") == vocab / "vocab.en.txt"
+    assert vocabulary_path(vocab, "target") == vocab / "vocab.fr.txt"
+    assert model_path(train) == model_path(train / "model.pt") == train / "model.pt"
+    assert moses_ini_path(export) == export / "moses.ini"
+    artifact = read_artifact(phrases)
+    assert (artifact.kind, artifact.languages) == ("phrase-table", ("en", "fr"))
+    manifest = json.loads((vocab / "manifest.json").read_text())
+    assert manifest["kind"] == "vocabularies" and manifest["languages"] == ["en", "fr"]
+    with pytest.raises(UserError, match=r"the output of rnnenc vocab \(vocabularies\), where model is expected"):
+        model_path(vocab)

@@ -14,7 +14,7 @@ def test_train_runs_as_a_task_on_the_gpu_worker(tmp_path):
     table, src_vocab, tgt_vocab = tiny_phrase_table(tmp_path, rows=40)
     address, procs = _start_cluster(tmp_path / "dask", n_workers=1, worker_args=("--resources", "GPU=1"))
     try:
-        args = build_parser().parse_args([
+        args = build_parser("train").parse_args([
             "train", "--phrase-table", str(table), "--src-vocab", str(src_vocab),
             "--tgt-vocab", str(tgt_vocab), "--out", str(tmp_path / "model"), "--hidden", "8",
             "--embedding", "4", "--maxout", "4", "--updates", "4", "--valid-pairs", "5", "--valid-every", "2",

@@ -91,9 +91,9 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
                             "port; e.g. 0.0.0.0:8787 to reach it from other machines)")
 
 
-def build_parser(command: str | None = None) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser | None]:
-    """The ``rnnenc`` parser, with the full options of ``command`` only (its module is imported);
-    returns it and that command's subparser."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``rnnenc`` parser, with the full options of ``command`` only (its module is imported;
+    the others are listed with their summaries). That command's own parser is ``.command_parser``."""
     parser = argparse.ArgumentParser(
         prog="rnnenc",
         description="The Cho et al. (2014) RNN Encoder-Decoder pipeline for phrase-based SMT, on Dask.",
@@ -115,7 +115,8 @@ def build_parser(command: str | None = None) -> tuple[argparse.ArgumentParser, a
             module.add_arguments(sub)
         add_common_arguments(sub)
         chosen = sub
-    return parser, chosen
+    parser.command_parser = chosen  # type: ignore[attr-defined]
+    return parser
 
 
 def _command(argv: Sequence[str]) -> str | None:
@@ -143,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = _command(argv)
     set_openmp_waiters(command)
-    parser, sub = build_parser(command if command in STAGES else None)
+    parser = build_parser(command if command in STAGES else None)
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help(sys.stderr)
@@ -153,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if module is None:
         print(f"rnnenc: error: '{args.command}' has not landed in this version of rnnenc yet", file=sys.stderr)
         return 2
-    absolute_paths(args, sub)
+    absolute_paths(args, parser.command_parser)
     if getattr(args, "dashboard", None):
         os.environ["RNNENC_DASHBOARD"] = args.dashboard  # read by workflows.cluster.dask_client
     try:

@@ -3,7 +3,11 @@
 A workflow names a run, its languages, its Dask cluster and an ordered mapping of stages. Each
 stage runs one ``rnnenc`` subcommand; its other keys are that subcommand's options (``--budget-
 words 348M`` is written ``budget_words: 348M``; a list repeats the option; ``true`` is a flag).
-``${stage}`` stands for the output directory of an earlier stage, and makes it a dependency::
+``${stage}`` stands for the output of an earlier stage, and makes it a dependency. A stage reads
+what it needs from it (``pipeline.artifacts.read_artifact``): a phrases output is its table, a
+vocab output its vocabulary of the side asked for, a train output its model.pt, an export
+output its moses.ini, so workflow files need not spell inner paths (``${phrases}/table`` and
+``${vocab}/vocab.en.txt`` still work)::
 
     run: wmt14-en-fr
     languages: {source: en, target: fr}

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from pipeline.artifacts import phrase_table_path
 from pipeline.errors import UserError
 from pipeline.moses import DEFAULT_INITIAL_WEIGHT, export_stage
 from pipeline.phrase_table import DEFAULT_RUN_BYTES, ExportConfig
@@ -83,6 +84,7 @@ def describe(report: dict[str, Any]) -> str:
 def main(args: argparse.Namespace) -> int:
     from workflows.cluster import DaskExecutor, dask_client
 
+    args.table = str(phrase_table_path(args.table))  # a phrases output stands for its table/
     config = ExportConfig(precision=args.precision, run_bytes=args.run_size, sorter=args.sorter)
     weights = parse_weights(args.weight)
     with dask_client(args.scheduler, args.workers) as client:

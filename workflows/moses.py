@@ -26,7 +26,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import atomic_output_dir, write_json_atomic, write_manifest
+from pipeline.artifacts import atomic_output_dir, moses_ini_path, write_json_atomic, write_manifest
 from pipeline.errors import UserError
 from workflows.stages import input_path, output_path
 
@@ -102,6 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    args.moses_ini = str(moses_ini_path(args.moses_ini))  # an export output stands for its moses.ini
     if not (args.dev or (args.dev_src and args.dev_ref)):
         raise UserError("moses: give the tuning set as --dev CORPUS or --dev-src FILE --dev-ref FILE")
     for corpus in (args.dev, args.test):

@@ -41,8 +41,10 @@ from pipeline.artifacts import (
     OWNER_NAME,
     check_output_target,
     file_hash,
+    model_path,
     output_lock,
     output_stage,
+    phrase_table_path,
     read_manifest,
     replace_output,
     write_json_atomic,
@@ -273,6 +275,8 @@ def print_report(report: dict[str, Any], out: str) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    # a phrases output stands for its table/, a train output for its model.pt
+    args.phrase_table, args.model = str(phrase_table_path(args.phrase_table)), str(model_path(args.model))
     config = config_from_args(args)
     with dask_client(args.scheduler, args.workers) as client:
         report = rescore(client, args.phrase_table, args.out, config, rows_per_unit=args.rows_per_unit,

@@ -25,6 +25,7 @@ import argparse
 import json
 import logging
 
+from pipeline.artifacts import phrase_table_path, vocabulary_path
 from pipeline.train import TrainConfig, train
 from workflows.cli import add_cluster_arguments
 from workflows.cluster import dask_client, gpu_resources, scheduler_address
@@ -78,6 +79,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    # a phrases output stands for its table/, a vocab output for its vocab.<lang>.txt files
+    args.phrase_table = str(phrase_table_path(args.phrase_table))
+    args.src_vocab = str(vocabulary_path(args.src_vocab, "source"))
+    args.tgt_vocab = str(vocabulary_path(args.tgt_vocab, "target"))
     config = TrainConfig(updates=args.updates, batch_size=args.batch_size, embedding=args.embedding,
                          hidden=args.hidden, maxout=args.maxout, output_rank=args.embedding, init_std=args.init_std,
                          max_length=args.max_length, valid_pairs=args.valid_pairs,

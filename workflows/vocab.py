@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from pipeline.artifacts import phrase_table_path
 from pipeline.vocab import DEFAULT_SIZE, build_vocabularies
 from workflows.cli import add_cluster_arguments
 from workflows.stages import input_path, output_path
@@ -59,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from workflows.cluster import DaskExecutor, dask_client
 
-    kind, path = ("corpus", args.corpus) if args.corpus else ("phrase-table", args.phrase_table)
+    kind, path = ("corpus", args.corpus) if args.corpus else ("phrase-table", str(phrase_table_path(args.phrase_table)))
     with dask_client(args.scheduler, args.workers) as client:
         report = build_vocabularies(kind, path, args.out, src_lang=args.src_lang, tgt_lang=args.tgt_lang, size=args.size,
                        src_size=args.src_size, tgt_size=args.tgt_size, buckets=args.buckets,
