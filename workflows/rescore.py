@@ -233,10 +233,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="then also write the rescored table as a Moses phrase table DIR/phrase-table.gz "
                              "(C-sorted, gzip; log-domain columns written as exp(value))")
     columns = parser.add_argument_group("new columns")
-    columns.add_argument("--logp-column", default="rnn_logp", help="log p(target | source) (default: %(default)s)")
-    columns.add_argument("--unk-column", default="rnn_unk", help="unknown-word count (default: %(default)s)")
+    columns.add_argument("--logp-column", default=RescoreConfig.logp_column, help="log p(target | source) (default: %(default)s)")
+    columns.add_argument("--unk-column", default=RescoreConfig.unk_column, help="unknown-word count (default: %(default)s)")
     speed = parser.add_argument_group("speed and memory (batch sizes change the last bits of the scores)")
-    speed.add_argument("--device", default="auto",
+    speed.add_argument("--device", default=RescoreConfig.device,
                        help="auto (CUDA when a worker has it), cpu, cuda or cuda:N (default: %(default)s)")
     speed.add_argument("--encoder-batch", type=int, metavar="N",
                        help="distinct sources per encoder batch (default: 256 on CPU, 2048 on GPU)")
@@ -245,7 +245,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     speed.add_argument("--readout-rows", type=int, metavar="N",
                        help="rows per vocabulary-wide softmax chunk, divides --decoder-batch "
                             "(default: 64 on CPU, the whole batch on GPU)")
-    speed.add_argument("--group-rows", type=int, default=8192, metavar="N",
+    speed.add_argument("--group-rows", type=int, default=RescoreConfig.group_rows, metavar="N",
                        help="consecutive rows of the table scored together: a pair's bits depend on its "
                             "group, never on the files, units or workers (default: %(default)s; memory: "
                             "about 20 KB per distinct source at the paper's sizes)")

@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     input_path(parser, "--in-domain", required=True, metavar="CORPUS|PREFIX",
                         help="in-domain set: a corpus directory, or PREFIX with tokenised PREFIX.<lang> files")
     output_path(parser, "--out", required=True, help="output directory")
-    parser.add_argument("--method", choices=selection.METHODS, default="axelrod",
+    parser.add_argument("--method", choices=selection.METHODS, default=SelectConfig.method,
                         help="axelrod: both sides (default); moore-lewis: one side (--lang)")
     parser.add_argument("--lang", help="moore-lewis: the language scored (default: the pool's source)")
     amount = parser.add_argument_group("how much to keep (one of)")
@@ -70,13 +70,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     input_path(amount, "--dev", metavar="CORPUS|PREFIX", help="--sweep: dev set (default: --in-domain)")
     amount.add_argument("--sweep-grid", default=",".join(str(f) for f in DEFAULT_GRID), metavar="F,F,...",
                         help="--sweep: fractions of the pool to try (default: 0.1 to 1.0 by 0.1)")
-    amount.add_argument("--sweep-refine", type=int, default=3, metavar="N",
-                        help="--sweep: sizes added on each side of the best grid point (default: 3)")
+    amount.add_argument("--sweep-refine", type=int, default=SelectConfig.sweep_refine, metavar="N",
+                        help="--sweep: sizes added on each side of the best grid point (default: %(default)s)")
     models = parser.add_argument_group("language models")
-    models.add_argument("--order", type=int, default=4, help="n-gram order (default: 4)")
-    models.add_argument("--lm-memory", default="1G", metavar="SIZE",
-                        help="lmplz/build_binary -S sorting memory, e.g. 4G or 20%% (default: 1G)")
-    models.add_argument("--seed", type=int, default=1, help="seed of the out-of-domain sample (default: 1)")
+    models.add_argument("--order", type=int, default=SelectConfig.order, help="n-gram order (default: %(default)s)")
+    models.add_argument("--lm-memory", default=SelectConfig.lm_memory, metavar="SIZE",
+                        help="lmplz/build_binary -S sorting memory, e.g. 4G or 20%% (default: %(default)s)")
+    models.add_argument("--seed", type=int, default=SelectConfig.seed,
+                        help="seed of the out-of-domain sample (default: %(default)s)")
     input_path(models, "--in-lm", action="append", metavar="LANG=PATH",
                         help="use this in-domain KenLM model instead of training one (repeat per language)")
     input_path(models, "--out-lm", action="append", metavar="LANG=PATH",
