@@ -122,38 +122,12 @@ def run_selection(cfg: SelectConfig, out: str | Path, executor: Executor) -> dic
         report["in_domain"] = in_domain
         t = lap("in_domain", t)
 
-        models: list[SideModels] = []
-        lm_records: dict[str, Any] = {}
         if given:
             models = [SideModels(s, cfg.in_lms[langs[s]], _fold_pair(cfg.out_lms[langs[s]])) for s in sides]
-            lm_records = {"given": True}
+            lm_records: dict[str, Any] = {"given": True}
         else:
-            in_tokens = sum(in_domain[langs[s]]["tokens"] for s in sides)
-            pool_tokens = sum(totals[f"{s}_tokens"] for s in sides)
-            # Each fold's sample is about the in-domain size; a fold is half the pool at most.
-            rate = min(0.5, in_tokens / max(1, pool_tokens))
-            sample = _sum(executor.map(selection.sample_partition,
-                                 [(p, str(work / "sample" / f"part-{i:05d}")) for i, p in enumerate(pool.parts)],
-                                 desc="sampling the pool", sides=sides, rate=rate, seed=cfg.seed))
-            report["out_domain_sample"] = {"rate": rate, "seed": cfg.seed} | sample
-            lm_records = {"given": False, "models": {}}
-            for side in sides:
-                lang = langs[side]
-                vocab = lm_dir / f"vocab.{lang}.txt"
-                trained_in = lm.train_lm([work / f"in_domain.{lang}"], lm_dir / f"in.{lang}.binary", lm_config, vocab)
-                record = {"in": {"path": f"lm/in.{lang}.binary", "discount_fallback": trained_in.discount_fallback}}
-                outs = []
-                for k in range(selection.FOLDS):
-                    if sample[f"fold{k}_{side}_tokens"] == 0:
-                        raise UserError(f"{pool.path}: the out-of-domain sample (fold {k}) of the '{lang}' side "
-                                        "is empty")
-                    trained_out = lm.train_lm(_texts(work, "sample", len(pool.parts), f"fold{k}.{side}"),
-                                              lm_dir / f"out.fold{k}.{lang}.binary", lm_config, vocab)
-                    outs.append(trained_out.path)
-                    record[f"out_fold{k}"] = {"path": f"lm/out.fold{k}.{lang}.binary",
-                                              "discount_fallback": trained_out.discount_fallback}
-                models.append(SideModels(side, trained_in.path, (outs[0], outs[1])))
-                lm_records["models"][lang] = record
+            models, lm_records, report["out_domain_sample"] = _train_language_models(
+                cfg, pool, sides, langs, totals, in_domain, work, lm_dir, lm_config, executor)
         report["lms"] = lm_records
         t = lap("language_models", t)
 
@@ -194,6 +168,41 @@ def run_selection(cfg: SelectConfig, out: str | Path, executor: Executor) -> dic
     return write_manifest(out, stage="select", inputs=inputs, config=dataclasses.asdict(cfg), counts=counts,
                           extra={"selection": {"cut": cut_record, "languages": langs, "scored": scored_langs,
                                                "lms": lm_records}})
+
+
+def _train_language_models(cfg: SelectConfig, pool: selection.Corpus, sides: Sequence[str], langs: dict[str, str],
+                           totals: dict[str, int], in_domain: dict[str, Any], work: Path, lm_dir: Path,
+                           lm_config: lm.LMConfig, executor: Executor
+                           ) -> tuple[list[SideModels], dict[str, Any], dict[str, Any]]:
+    """Per scored side: the in-domain model, and two out-of-domain models on the two folds of a
+    seeded pool sample of about the in-domain size (a pair is scored by the fold that did not
+    see it). Returns the models, their records for the manifest, and the sample's report."""
+    in_tokens = sum(in_domain[langs[s]]["tokens"] for s in sides)
+    pool_tokens = sum(totals[f"{s}_tokens"] for s in sides)
+    # Each fold's sample is about the in-domain size; a fold is half the pool at most.
+    rate = min(0.5, in_tokens / max(1, pool_tokens))
+    sample = _sum(executor.map(selection.sample_partition,
+                               [(p, str(work / "sample" / f"part-{i:05d}")) for i, p in enumerate(pool.parts)],
+                               desc="sampling the pool", sides=sides, rate=rate, seed=cfg.seed))
+    models: list[SideModels] = []
+    records: dict[str, Any] = {"given": False, "models": {}}
+    for side in sides:
+        lang = langs[side]
+        vocab = lm_dir / f"vocab.{lang}.txt"
+        trained_in = lm.train_lm([work / f"in_domain.{lang}"], lm_dir / f"in.{lang}.binary", lm_config, vocab)
+        record = {"in": {"path": f"lm/in.{lang}.binary", "discount_fallback": trained_in.discount_fallback}}
+        outs = []
+        for k in range(selection.FOLDS):
+            if sample[f"fold{k}_{side}_tokens"] == 0:
+                raise UserError(f"{pool.path}: the out-of-domain sample (fold {k}) of the '{lang}' side is empty")
+            trained_out = lm.train_lm(_texts(work, "sample", len(pool.parts), f"fold{k}.{side}"),
+                                      lm_dir / f"out.fold{k}.{lang}.binary", lm_config, vocab)
+            outs.append(trained_out.path)
+            record[f"out_fold{k}"] = {"path": f"lm/out.fold{k}.{lang}.binary",
+                                      "discount_fallback": trained_out.discount_fallback}
+        models.append(SideModels(side, trained_in.path, (outs[0], outs[1])))
+        records["models"][lang] = record
+    return models, records, {"rate": rate, "seed": cfg.seed} | sample
 
 
 def _fold_pair(paths: str) -> tuple[str, str]:
