@@ -8,7 +8,7 @@ share of the pairs, all started together. Prints, measured in the same run:
     warm-up for a 2048^2 square and the scorer's own big products; the peak is the best shape's;
   - scoring one pair at a time (the model's plain forward pass, batch 1) in the same worker
     layout: pairs/s, GFLOP/s;
-  - the batched scorer (pipeline.rescore.PhraseScorer) for a grid of batch configurations:
+  - the batched scorer (pipeline.scorer.PhraseScorer) for a grid of batch configurations:
     pairs/s, speed-up over batch 1, achieved GFLOP/s and its ratio to the matmul peak, the
     plain-forward-equivalent GFLOP/s ("fwd-equiv": the plain forward pass's FLOPs over the same
     time, i.e. also counting the source re-encodings the scorer saves; not used for the ratio),
@@ -20,7 +20,7 @@ share of the pairs, all started together. Prints, measured in the same run:
     had at fork) and the stage's pairs/s and GFLOP/s, model loading and start-up included.
 On a GPU: the same figures in this process, bf16, peak allocated GPU memory.
 
-Achieved GFLOP/s = ``pipeline.rescore.scoring_flops`` of the pairs scored (2 per multiply-add
+Achieved GFLOP/s = ``pipeline.scorer.scoring_flops`` of the pairs scored (2 per multiply-add
 of the products needed: each distinct source's encoder steps (none for U h_0 = 0) and
 c-projections once per group, every real target token's recurrence, deep output and 15k-word
 softmax) / wall time. The rows that fill a bucket's last batch (copies of a real row, results
@@ -88,15 +88,13 @@ from pipeline.model import (
 )
 from pipeline.phrase_table import phrase_table_schema
 from pipeline.rescore import (
-    PhraseScorer,
     RescoreConfig,
-    ScoreStats,
     batch_sizes,
     plan_units,
     rescore_unit,
-    scoring_flops,
     torch_threads,
 )
+from pipeline.scorer import PhraseScorer, ScoreStats, scoring_flops
 from pipeline.vocab import Vocabulary
 
 WORDS = 16_000

@@ -7,7 +7,7 @@ then for each variant: updates/s, achieved GFLOP/s, the ratio to the matmul figu
 an update's time goes (forward, backward, clip + Adadelta). Variants:
 
 - ``rnnenc train``: what ``rnnenc train`` runs. On the CPU: packed GRU recurrences
-  (``pipeline.model._PackedGRU``: no padding steps, W_c c once per pair, dU in one GEMM) and
+  (``pipeline.cpu_kernels.PackedGRU``: no padding steps, W_c c once per pair, dU in one GEMM) and
   the chunked clip + Adadelta (``pipeline.optim.clip_and_adadelta_``); on CUDA: fused
   ``nn.GRU`` (cuDNN), bf16 autocast, torch's Adadelta.
 - ``plain fused PyTorch`` (CPU only): the same model through ``nn.GRU`` with torch's

@@ -2,29 +2,34 @@
 
 Shapes: B pairs, S source steps, T target steps (incl. the end-of-phrase ``</s>``), E the
 embedding size (the paper's rank-100 input factorisation), H the GRU size, M the maxout units.
+Equation numbers are the paper's (arXiv 1406.1078 / EMNLP 2014); "App. A" is its appendix.
 
-Encoder  h_t = GRU(e(x_t), h_{t-1}),  c = h_S  (last hidden state of the source + ``</s>``)
-Decoder  h'_0 = tanh(W c + b)
+GRU      r = sigmoid(W_r x + U_r h + b_r)                              (5)
+         z = sigmoid(W_z x + U_z h + b_z)                              (6)
+         h~ = tanh(W x + b_n + r * (U h + b_hn))                       (8)
+         h_t = z * h_{t-1} + (1 - z) * h~                              (7)
+         torch's form: the reset applied after U (cuDNN, dl4mt, the paper's first arXiv
+         version); the final paper puts it before U (REFERENCE.md §1-2). ``gru_step``.
+Encoder  h_t = GRU(e(x_t), h_{t-1}),  h_0 = 0,  c = h_S                (§2.2, App. A.1.1)
+         (last hidden state of the source + ``</s>``, as GroundHog; the appendix adds tanh(V h_S))
+Decoder  h'_0 = tanh(W c + b)                                          (App. A.1.2)
          h'_t = GRU([e(y_{t-1}); c], h'_{t-1})          e(y_0) = 0
          c enters the input, update and reset signals through the input matrix: this is
          GroundHog's / dl4mt's conditioning (c projected without bias, outside the reset
          gate), and one fused ``nn.GRU`` call runs the whole teacher-forced decoder.
-Output   s_t = O_h h'_t + O_y e(y_{t-1}) + O_c c        (2M units)
+Output   s_t = O_h h'_t + O_y e(y_{t-1}) + O_c c        (2M units)    (App. A.1.2)
          m_t = maxout over adjacent pairs of s_t           (M units)
          p(y_t | y_<t, x) = softmax(G_o (G_r m_t) + b_o)   (rank-E factorised softmax)
 log p(y | x) = sum over target tokens, ``</s>`` included, no length normalisation
-(GroundHog ``score.py``).
-
-GRU form: torch's, i.e. n = tanh(W_n x + b_in + r * (U_n h + b_hn)), the reset applied after
-U (cuDNN, dl4mt, the paper's first arXiv version); see REFERENCE.md §1-2.
+(GroundHog ``score.py``); training maximises its sum over pairs (4).
 
 Sources and targets both end with ``</s>`` (GroundHog appends it to both sides).
 
-Two implementations of the same equations (``token_logprobs``): on CUDA, fused ``nn.GRU``
-calls (cuDNN) over the padded batch; on the CPU, where torch's GRU has no fused kernel, the
-packed path (``_PackedGRU``, ``_LogSoftmaxPick``): steps over length-sorted sequences only, c's
-products once per pair, every input projection and each dU one GEMM, the log-softmax in the
-logits' own buffer. ``EncoderDecoder.packed_cpu_gru = False`` runs the CPU through ``nn.GRU`` too.
+This file is the plain formula: ``EncoderDecoder.encode`` / ``decode`` / ``readout`` over padded
+batches, through ``nn.GRU`` (cuDNN on CUDA). Two fast paths compute the same equations with the
+same ``gru_step``: ``pipeline.cpu_kernels`` (training and ``token_logprobs`` on the CPU, where
+torch's GRU has no fused kernel; dispatched to in ``token_logprobs``, the one marked place) and
+``pipeline.scorer`` (rescoring phrase tables). tests/test_model.py holds them to this path.
 """
 
 from __future__ import annotations
@@ -65,167 +70,88 @@ class EncoderDecoderConfig:
         return dataclasses.asdict(self)
 
 
-@dataclass
-class Batch:
-    """Padded id tensors; every row of ``src``/``tgt`` ends with ``</s>`` then ``<pad>``s."""
+def gru_step(gi: Tensor, h: Tensor | None, w_hh: Tensor, b_hh: Tensor, *, fused: bool = False,
+             gh: Tensor | None = None, rz: Tensor | None = None, n: Tensor | None = None,
+             out: Tensor | None = None) -> Tensor:
+    """One GRU step, eqs. (5)-(8) in torch's form (reset after U): h_t (B, H) from h_{t-1}.
 
-    src: Tensor  # (B, S) long
-    src_lengths: Tensor  # (B,) long, incl. </s>
-    tgt: Tensor  # (B, T) long
-    tgt_lengths: Tensor  # (B,) long, incl. </s>
+        r = sigmoid(gi_r + U_r h_{t-1} + b_hr)                       (5)
+        z = sigmoid(gi_z + U_z h_{t-1} + b_hz)                       (6)
+        h~ = tanh(gi_n + r * (U_n h_{t-1} + b_hn))                    (8)
+        h_t = z * h_{t-1} + (1 - z) * h~                              (7)
 
-    def to(self, device: torch.device | str) -> Batch:
-        return Batch(*(t.to(device, non_blocking=True) for t in dataclasses.astuple(self)))
+    The one definition of the step: the CPU training kernels and the rescoring scorer call it
+    for the encoder and the decoder alike (``nn.GRU`` computes the same on the plain path).
+    The input side ``gi`` is the caller's, computed for all steps in one product: the step
+    holds only what the recurrence forces to run one step at a time.
 
-    @property
-    def n_target_tokens(self) -> int:
-        return int(self.tgt_lengths.sum())
+    Args:
+        gi: (B, 3H) the step's input projection W x + b_ih, blocks [r; z; n].
+        h: (B, H) h_{t-1}; None for h_{t-1} = 0 (the encoder's first step: U h is no product).
+        w_hh: (3H, H) U, torch's layout (``weight_hh_l0``).
+        b_hh: (3H,) b_hh; or (H,) b_hn alone when the caller folded b_hr and b_hz into ``gi``
+            (they only add to the sum; b_hn cannot be folded: the reset multiplies it). The
+            b_hn-only form needs ``h``.
+        fused: the training kernel's rounding: r * (U_n h + b_hn) + gi_n rounded once (addcmul)
+            and h_t = lerp(h~, 0, z) at h_{t-1} = 0. Otherwise (the scorer's) the product is
+            rounded before the add, in place, and h_t = (1 - z) h~ at h_{t-1} = 0. The same
+            formula; each path keeps the last bits its outputs have always had.
+        gh: (B, 3H) buffer for U h + b_hh; default: a new tensor. Its first blocks become
+            [r; z] and its last h~ where ``rz`` / ``n`` are not given, except that ``fused``
+            leaves U_n h + b_hn there (the training kernel saves it for its backward).
+        rz: (B, 2H) buffer for [r; z]; default: in place in ``gh``.
+        n: (B, H) buffer for h~; default: in place in ``gh`` (``fused``: a new tensor).
+        out: (B, H) buffer for h_t, may be ``h`` itself; default: a new tensor.
 
-
-def pad_ids(sequences: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
-    """(padded (B, L) long tensor, lengths (B,)) from lists of ids."""
-    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
-    if len(sequences) == 0 or int(lengths.min()) == 0:
-        raise ValueError("cannot batch an empty sequence")
-    padded = torch.full((len(sequences), int(lengths.max())), PAD_ID, dtype=torch.long)
-    for i, seq in enumerate(sequences):
-        padded[i, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
-    return padded, lengths
-
-
-def make_batch(sources: Sequence[Sequence[str]], targets: Sequence[Sequence[str]],
-               src_vocab: Vocabulary, tgt_vocab: Vocabulary) -> Batch:
-    """Token lists -> Batch: unknown words -> ``<unk>``, ``</s>`` appended to both sides."""
-    if len(sources) != len(targets):
-        raise ValueError(f"{len(sources)} sources but {len(targets)} targets")
-    src, src_lengths = pad_ids([src_vocab.encode(s, add_eos=True) for s in sources])
-    tgt, tgt_lengths = pad_ids([tgt_vocab.encode(t, add_eos=True) for t in targets])
-    return Batch(src, src_lengths, tgt, tgt_lengths)
-
-
-class _PackedGRU(torch.autograd.Function):
-    """The GRU recurrence over length-sorted, time-major packed steps (the CPU training path).
-
-    ``gi`` (N, 3H) holds every step's input projection W x + b_i, computed beforehand in one
-    GEMM; step t runs the first ``sizes[t]`` rows (sizes non-increasing), so no padding step
-    is computed. Backward runs per step only the product giving dh_{t-1}, then forms dU as
-    one (3H x N) x (N x H) GEMM over all steps (not one thin GEMM per step). With
-    ``zero_h0`` the initial state is known to be 0 and the first step's U h_0 is skipped.
-    Same equations as ``nn.GRU``: n = tanh(gi_n + r * (U_n h + b_hn)), h = (1 - z) n + z h_prev.
+    The buffers are where the callers' speed comes from (no fresh multi-MB tensors per step),
+    and their layout is part of the bits: an element-wise op runs a row's tail through scalar
+    code when its operands cannot be read as one flat array, and scalar sigmoid rounds
+    differently from the vectorised one.
     """
-
-    @staticmethod
-    def forward(ctx, gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, sizes: list[int],
-                zero_h0: bool) -> Tensor:
-        N, H = gi.shape[0], w_hh.shape[1]
-        out = gi.new_empty(N, H)
-        rz_all = gi.new_empty(N, 2 * H)  # sigmoid(r), sigmoid(z)
-        n_all = gi.new_empty(N, H)  # n
-        ghn_all = gi.new_empty(N, H)  # U_n h_prev + b_hn
-        start = 0
-        h_prev = h0
-        for t, size in enumerate(sizes):
-            rows = slice(start, start + size)
-            h_prev = h_prev[:size]
-            gh = b_hh.expand(size, 3 * H) if t == 0 and zero_h0 else torch.addmm(b_hh, h_prev, w_hh.t())
-            g = gi[rows]
-            rz = torch.add(g[:, : 2 * H], gh[:, : 2 * H], out=rz_all[rows]).sigmoid_()
-            ghn = ghn_all[rows]
-            ghn.copy_(gh[:, 2 * H:])
-            n = torch.addcmul(g[:, 2 * H:], rz[:, :H], ghn, out=n_all[rows]).tanh_()
-            h_prev = torch.lerp(n, h_prev, rz[:, H:], out=out[rows])  # n + z (h_prev - n)
-            start += size
-        ctx.sizes, ctx.zero_h0 = sizes, zero_h0
-        ctx.save_for_backward(h0, w_hh, out, rz_all, n_all, ghn_all)
-        return out
-
-    @staticmethod
-    def backward(ctx, d_out: Tensor) -> tuple[Tensor | None, ...]:
-        h0, w_hh, out, rz_all, n_all, ghn_all = ctx.saved_tensors
-        sizes, zero_h0 = ctx.sizes, ctx.zero_h0
-        N, H = out.shape
-        d_out = d_out.contiguous()
-        dgh_all = out.new_empty(N, 3 * H)  # d(U h + b_h): r, z, n (= d pre-n * r)
-        dan_all = out.new_empty(N, H)  # d(pre-activation of n) = d(gi_n)
-        starts = [0]
-        for size in sizes[:-1]:
-            starts.append(starts[-1] + size)
-        carry = out.new_zeros(sizes[0], H)  # dL/dh_t from later steps; rows past a step's size stay 0
-        for t in range(len(sizes) - 1, -1, -1):
-            size, start = sizes[t], starts[t]
-            rows = slice(start, start + size)
-            h_prev = h0[:size] if t == 0 else out[starts[t - 1]: starts[t - 1] + size]
-            dh = d_out[rows] + carry[:size]
-            r, z = rz_all[rows, :H], rz_all[rows, H:]
-            n = n_all[rows]
-            dgh = dgh_all[rows]
-            da_n = torch.mul(dh * (1 - z), 1 - n * n, out=dan_all[rows])
-            torch.mul(da_n * ghn_all[rows], r * (1 - r), out=dgh[:, :H])
-            torch.mul(dh * (h_prev - n), z * (1 - z), out=dgh[:, H: 2 * H])
-            torch.mul(da_n, r, out=dgh[:, 2 * H:])
-            if t == 0 and zero_h0:
-                break
-            carry[:size] = torch.addmm(dh * z, dgh, w_hh)
-        d_gi = torch.cat([dgh_all[:, : 2 * H], dan_all], dim=1)
-        d_h0 = d_w = d_b = None
-        if ctx.needs_input_grad[2]:
-            # one GEMM over every step that multiplied U (h_prev of step t: first rows of step t-1)
-            prev = torch.cat([torch.arange(starts[t - 1], starts[t - 1] + sizes[t]) for t in range(1, len(sizes))]
-                             + [torch.zeros(0, dtype=torch.long)]).to(out.device)
-            h_prev_all = out.index_select(0, prev)
-            if zero_h0:
-                d_w = dgh_all[sizes[0]:].t() @ h_prev_all
-            else:
-                d_w = dgh_all.t() @ torch.cat([h0[: sizes[0]], h_prev_all])
-        if ctx.needs_input_grad[1] and not zero_h0:
-            d_h0 = carry
-        if ctx.needs_input_grad[3]:
-            d_b = dgh_all.sum(0)
-        return d_gi, d_h0, d_w, d_b, None, None
-
-
-class _LogSoftmaxPick(torch.autograd.Function):
-    """log softmax(x W^T + b)[target] per row, the logits' buffer reused in place (the CPU path).
-
-    Forward: one GEMM into the (N, V) logits, the bias, log-softmax in place, pick. Backward: the saved
-    log-probabilities become the softmax in place, d logits = g (onehot - softmax), then the
-    two GEMMs and the bias sum. No (N, V) buffer beyond the logits, no zero-filled one-hot
-    gradient: at 15k words these memory passes cost about as much as a GEMM. One backward only.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, target: Tensor) -> Tensor:
-        # mm then the bias: addmm broadcasts the bias into the (N, V) output first and then runs
-        # its GEMM at about 100 GFLOP/s here, against about 180 for mm + add_ (2 cores, AVX-512)
-        logp = torch.mm(x, weight.t()).add_(bias)
-        torch._log_softmax(logp, 1, False, out=logp)
-        ctx.save_for_backward(x, weight, target, logp)
-        ctx.used = False
-        return logp.gather(1, target.unsqueeze(1)).squeeze(1)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
-        if ctx.used:
-            raise RuntimeError("_LogSoftmaxPick: backward runs once (its buffer is reused in place)")
-        ctx.used = True
-        x, weight, target, logp = ctx.saved_tensors
-        d = logp.exp_().mul_(-grad.unsqueeze(1))  # -g softmax
-        rows = torch.arange(len(target), device=target.device)
-        d.index_put_((rows, target), grad, accumulate=True)  # + g onehot
-        d_x = d @ weight if ctx.needs_input_grad[0] else None
-        d_w = d.t() @ x if ctx.needs_input_grad[1] else None
-        d_b = d.sum(0) if ctx.needs_input_grad[2] else None
-        return d_x, d_w, d_b, None
+    B, H = gi.shape[0], w_hh.shape[1]
+    if h is None:  # U 0 = 0: the hidden side is its bias alone
+        gh = (torch.empty_like(gi) if gh is None else gh).copy_(b_hh.expand(B, 3 * H))
+    elif b_hh.shape[0] == H:
+        gh = torch.mm(h, w_hh.t(), out=gh)
+        gh[:, 2 * H:].add_(b_hh)
+    elif gh is None:
+        gh = F.linear(h, w_hh, b_hh).to(gi.dtype)  # CUDA autocast: the product in bf16, the gates not
+    else:
+        torch.addmm(b_hh, h, w_hh.t(), out=gh)
+    gh_rz, gh_n = gh[:, :2 * H], gh[:, 2 * H:]
+    rz = torch.add(gh_rz, gi[:, :2 * H], out=gh_rz if rz is None else rz).sigmoid_()  # (5), (6)
+    r, z = rz[:, :H], rz[:, H:]
+    if fused:  # (8)
+        n = torch.addcmul(gi[:, 2 * H:], r, gh_n, out=n).tanh_()
+    else:
+        n = torch.mul(gh_n, r, out=gh_n if n is None else n).add_(gi[:, 2 * H:]).tanh_()
+    if h is None:  # (7) with h_{t-1} = 0
+        return torch.lerp(n, torch.zeros_like(n), z, out=out) if fused else torch.mul(n, 1 - z, out=out)
+    return torch.lerp(n, h, z, out=out)  # (7): n + z (h - n)
 
 
 class EncoderDecoder(nn.Module):
-    #: run ``token_logprobs`` on CPU tensors through the packed recurrences (``_PackedGRU``);
+    """The RNN Encoder-Decoder: p(y | x) by the equations at the top of this file.
+
+    Parameters are named after the equations: ``src_embed`` e(x), ``encoder`` (W, U, b of the
+    encoder GRU), ``tgt_embed`` e(y), ``init_state`` (W, b of h'_0), ``decoder`` (the decoder
+    GRU, input [e(y_{t-1}); c]), ``out_h``/``out_y``/``out_c`` (O_h with the one bias of s_t,
+    O_y, O_c), ``out_rank`` G_r and ``out_vocab`` (G_o, b_o).
+    """
+
+    #: run ``token_logprobs`` on CPU tensors through the packed kernels (``pipeline.cpu_kernels``);
     #: False: through ``nn.GRU`` as on CUDA (cuDNN), the same equations
     packed_cpu_gru: bool = True
 
     def __init__(self, config: EncoderDecoderConfig, *, initialise: bool = True):
-        """``initialise=False`` leaves torch's default initialisation, for weights about to be loaded
-        (the paper's orthogonal initialisation costs seconds of SVDs at the paper's size)."""
+        """Build the model of ``config``.
+
+        Args:
+            config: the sizes.
+            initialise: False leaves torch's default initialisation, for weights about to be
+                loaded (the paper's orthogonal initialisation costs seconds of SVDs at the
+                paper's size).
+        """
         super().__init__()
         self.config = config
         E, H, M, K, R = (config.embedding, config.hidden, config.maxout, config.maxout_pieces,
@@ -263,12 +189,28 @@ class EncoderDecoder(nn.Module):
             self.tgt_embed.weight[PAD_ID].zero_()
 
     def encode(self, src: Tensor, src_lengths: Tensor) -> Tensor:
-        """c: (B, H), the encoder's hidden state after the last real source token."""
+        """c (B, H): the encoder's state after each source's last real token (§2.2, App. A.1.1).
+
+        h_t = GRU(e(x_t), h_{t-1}) from h_0 = 0, each step ``gru_step`` (eqs. 5-8); ``nn.GRU``
+        runs every step in one call.
+
+        Args:
+            src: (B, S) source ids, each row ``</s>``-terminated, then ``<pad>``s.
+            src_lengths: (B,) lengths, ``</s>`` included.
+        """
         states, _ = self.encoder(self.src_embed(src))  # (B, S, H); GRU is causal, so pads after
         return states[torch.arange(src.shape[0], device=src.device), src_lengths - 1]  # don't matter
 
     def decode(self, c: Tensor, tgt: Tensor) -> tuple[Tensor, Tensor]:
-        """Teacher-forced decoder states h'_t (B, T, H) and the previous words' embeddings (B, T, E)."""
+        """Teacher-forced decoder states h'_t (B, T, H) and the previous words' e(y_{t-1}) (B, T, E).
+
+        h'_0 = tanh(W c + b); h'_t = GRU([e(y_{t-1}); c], h'_{t-1}) with e(y_0) = 0 (§2.2,
+        App. A.1.2), each step ``gru_step``, one ``nn.GRU`` call over the whole target.
+
+        Args:
+            c: (B, H) the sources' summaries (``encode``).
+            tgt: (B, T) target ids, each row ``</s>``-terminated, then ``<pad>``s.
+        """
         B, T = tgt.shape
         prev = F.pad(self.tgt_embed(tgt[:, :-1]), (0, 0, 1, 0))  # e(y_0) = 0
         inputs = torch.cat([prev, c.unsqueeze(1).expand(B, T, c.shape[-1])], dim=-1)
@@ -277,11 +219,21 @@ class EncoderDecoder(nn.Module):
         return states, prev
 
     def readout(self, states: Tensor, prev: Tensor, c_out: Tensor) -> Tensor:
-        """Logits over the target vocabulary from h'_t, e(y_{t-1}) and O_c c (any leading dims)."""
+        """Logits G_o (G_r m_t) + b_o over the target vocabulary (App. A.1.2).
+
+        Args:
+            states: h'_t (..., H).
+            prev: e(y_{t-1}) (..., E).
+            c_out: O_c c (..., 2M), c's term, the same at every step of a pair.
+        """
         return self.out_vocab(self.readout_rank(states, prev, c_out))
 
     def readout_rank(self, states: Tensor, prev: Tensor, c_out: Tensor) -> Tensor:
-        """G_r m_t: the readout up to the rank-E factor of the softmax."""
+        """G_r m_t (..., R): the deep output up to the rank-R factor of the softmax.
+
+        s_t = O_h h'_t + O_y e(y_{t-1}) + O_c c, then m_t = the max of each adjacent pair of s_t
+        (maxout). Arguments as ``readout``.
+        """
         s = self.out_h(states) + self.out_y(prev) + c_out
         m = s.unflatten(-1, (self.config.maxout, self.config.maxout_pieces)).amax(-1)
         return self.out_rank(m)
@@ -291,9 +243,18 @@ class EncoderDecoder(nn.Module):
 
         The readout and the softmax run only over real (non-pad) positions: on the CPU the
         rank-100 x 15k softmax, not the recurrence, is the costly part.
+
+        Args:
+            batch: padded pairs (``make_batch``).
         """
+        # -- fast path beside the plain formula ----------------------------------------------
+        # On the CPU torch's GRU has no fused kernel; pipeline/cpu_kernels.py runs these same
+        # equations over length-packed steps with a hand-written backward (tests/test_model.py
+        # holds both paths equal, values and gradients). Imported here: it builds on gru_step.
         if self.packed_cpu_gru and batch.src.device.type == "cpu":
-            return self._token_logprobs_packed(batch)
+            from pipeline.cpu_kernels import packed_token_logprobs
+            return packed_token_logprobs(self, batch)
+        # -- the plain formula ----------------------------------------------------------------
         c = self.encode(batch.src, batch.src_lengths)
         states, prev = self.decode(c, batch.tgt)
         mask = torch.arange(batch.tgt.shape[1], device=c.device) < batch.tgt_lengths.unsqueeze(1)
@@ -301,60 +262,21 @@ class EncoderDecoder(nn.Module):
         logits = self.readout(states[mask], prev[mask], self.out_c(c)[pair])
         return -F.cross_entropy(logits.float(), batch.tgt[mask], reduction="none"), pair
 
-    def _token_logprobs_packed(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        """``token_logprobs`` on the CPU: packed recurrences (``_PackedGRU``), same equations.
-
-        Each side is sorted by length (longest first) and packed time-major, so step t runs
-        only the sequences still going; W_c c + b_i and O_c c are computed once per pair; the
-        encoder's first step skips U h_0 (h_0 = 0). Every input projection is one GEMM. Rows
-        are gathered with ``index_select`` (its backward, ``index_add_``, is ~3x faster on the
-        CPU than advanced indexing's ``index_put_`` with repeated indices).
-        """
-        src, src_lengths, tgt, tgt_lengths = batch.src, batch.src_lengths, batch.tgt, batch.tgt_lengths
-        B, E, H = src.shape[0], self.config.embedding, self.config.hidden
-        enc, dec = self.encoder, self.decoder
-        # encoder: c = the state after each source's last token
-        order = torch.argsort(src_lengths, descending=True, stable=True)
-        lengths = src_lengths[order]
-        live = torch.arange(src.shape[1]).unsqueeze(1) < lengths  # (S, B) time-major
-        sizes = live.sum(1)
-        gi = F.linear(self.src_embed(src[order].t()[live]), enc.weight_ih_l0, enc.bias_ih_l0)
-        states = _PackedGRU.apply(gi, gi.new_zeros(B, H), enc.weight_hh_l0, enc.bias_hh_l0,
-                                  sizes.tolist(), True)
-        starts = torch.cumsum(sizes, 0) - sizes
-        c_sorted = states.index_select(0, starts[lengths - 1] + torch.arange(B))
-        # decoder, targets sorted by length: input [e(y_{t-1}); c], h'_0 = tanh(W c + b)
-        t_order = torch.argsort(tgt_lengths, descending=True, stable=True)
-        t_lengths = tgt_lengths[t_order]
-        live = torch.arange(tgt.shape[1]).unsqueeze(1) < t_lengths  # (T, B)
-        t_sizes = live.sum(1)
-        c = c_sorted.index_select(0, torch.argsort(order)[t_order])  # (B, H), decoder order
-        row = torch.arange(B).expand(live.shape)[live]  # packed row -> pair (decoder order)
-        tgt_sorted = tgt[t_order].t()  # (T, B)
-        w_e, w_c = dec.weight_ih_l0.split([E, H], dim=1)
-        gi_c = F.linear(c, w_c, dec.bias_ih_l0)  # (B, 3H), once per pair
-        prev = self.tgt_embed(tgt_sorted[:-1][live[1:]])  # e(y_{t-1}) of the rows of steps t >= 1
-        # step 0 holds every pair and e(y_0) = 0: its rows are W_c c + b_i alone
-        gi = torch.cat([gi_c, gi_c.index_select(0, row[B:]) + F.linear(prev, w_e)])
-        h0 = torch.tanh(self.init_state(c))
-        states = _PackedGRU.apply(gi, h0, dec.weight_hh_l0, dec.bias_hh_l0, t_sizes.tolist(), False)
-        prev = torch.cat([prev.new_zeros(B, E), prev])
-        rank = self.readout_rank(states, prev, self.out_c(c).index_select(0, row))
-        logp = _LogSoftmaxPick.apply(rank, self.out_vocab.weight, self.out_vocab.bias, tgt_sorted[live])
-        # back to row-major order: packed (t, i) is token t of pair t_order[i]
-        step = torch.arange(tgt.shape[1]).unsqueeze(1).expand(live.shape)[live]
-        pair_of = t_order[row]
-        position = (torch.cumsum(tgt_lengths, 0) - tgt_lengths)[pair_of] + step
-        logp = torch.empty_like(logp).index_copy(0, position, logp)
-        return logp, torch.arange(B).repeat_interleave(tgt_lengths)
-
     def forward(self, batch: Batch) -> Tensor:
-        """log p(target | source) per pair (B,), summed over tokens incl. ``</s>``."""
+        """log p(target | source) per pair (B,), summed over tokens incl. ``</s>``.
+
+        Args:
+            batch: padded pairs (``make_batch``).
+        """
         logp, pair = self.token_logprobs(batch)
         return torch.zeros(batch.tgt.shape[0], dtype=logp.dtype, device=logp.device).index_add_(0, pair, logp)
 
     def loss(self, batch: Batch) -> Tensor:
-        """Summed token negative log-likelihood of the batch (the paper's training cost)."""
+        """Summed token negative log-likelihood of the batch (the paper's training cost, eq. 4).
+
+        Args:
+            batch: padded pairs (``make_batch``).
+        """
         logp, _ = self.token_logprobs(batch)
         return -logp.sum()
 
@@ -377,6 +299,12 @@ def model_flops(config: EncoderDecoderConfig, src_tokens: int, tgt_tokens: int, 
     Training: every product above has both a weight and an input that need gradients (the
     inputs lead back to the embeddings), so its backward is two products of the same size
     and an update costs 3x this.
+
+    Args:
+        config: the model's sizes.
+        src_tokens: real source tokens, ``</s>`` included.
+        tgt_tokens: real target tokens, ``</s>`` included.
+        pairs: number of pairs.
     """
     E, H, M, K, R, V = (config.embedding, config.hidden, config.maxout, config.maxout_pieces,
                         config.output_rank, config.tgt_vocab_size)
@@ -387,9 +315,74 @@ def model_flops(config: EncoderDecoderConfig, src_tokens: int, tgt_tokens: int, 
     return 2 * (encoder + decoder + output)
 
 
+# ---------------------------------------------------------------------------------------------
+# Batches
+
+
+@dataclass
+class Batch:
+    """Padded id tensors; every row of ``src``/``tgt`` ends with ``</s>`` then ``<pad>``s."""
+
+    src: Tensor  # (B, S) long
+    src_lengths: Tensor  # (B,) long, incl. </s>
+    tgt: Tensor  # (B, T) long
+    tgt_lengths: Tensor  # (B,) long, incl. </s>
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(*(t.to(device, non_blocking=True) for t in dataclasses.astuple(self)))
+
+    @property
+    def n_target_tokens(self) -> int:
+        return int(self.tgt_lengths.sum())
+
+
+def pad_ids(sequences: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
+    """(padded (B, L) long tensor, lengths (B,)) from lists of ids.
+
+    Args:
+        sequences: id lists, none empty.
+    """
+    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
+    if len(sequences) == 0 or int(lengths.min()) == 0:
+        raise ValueError("cannot batch an empty sequence")
+    padded = torch.full((len(sequences), int(lengths.max())), PAD_ID, dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        padded[i, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+    return padded, lengths
+
+
+def make_batch(sources: Sequence[Sequence[str]], targets: Sequence[Sequence[str]],
+               src_vocab: Vocabulary, tgt_vocab: Vocabulary) -> Batch:
+    """Token lists -> Batch: unknown words -> ``<unk>``, ``</s>`` appended to both sides.
+
+    Args:
+        sources: source token lists.
+        targets: target token lists, one per source.
+        src_vocab: source vocabulary.
+        tgt_vocab: target vocabulary.
+    """
+    if len(sources) != len(targets):
+        raise ValueError(f"{len(sources)} sources but {len(targets)} targets")
+    src, src_lengths = pad_ids([src_vocab.encode(s, add_eos=True) for s in sources])
+    tgt, tgt_lengths = pad_ids([tgt_vocab.encode(t, add_eos=True) for t in targets])
+    return Batch(src, src_lengths, tgt, tgt_lengths)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model files and scoring
+
+
 def save_model(path: str | os.PathLike, model: EncoderDecoder, src_vocab: Vocabulary, tgt_vocab: Vocabulary,
                extra: dict[str, Any] | None = None) -> None:
-    """One file with the config, both vocabularies and the weights (on CPU), written atomically."""
+    """One file with the config, both vocabularies and the weights (on CPU), written atomically.
+
+    Args:
+        path: the model file to write.
+        model: the model.
+        src_vocab: its source vocabulary.
+        tgt_vocab: its target vocabulary.
+        extra: further JSON-like entries stored beside them.
+    """
     path = Path(path)
     payload = {
         "format": MODEL_FORMAT,
@@ -406,7 +399,15 @@ def save_model(path: str | os.PathLike, model: EncoderDecoder, src_vocab: Vocabu
 
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu"
                ) -> tuple[EncoderDecoder, Vocabulary, Vocabulary]:
-    """(model in eval mode on ``device``, source vocabulary, target vocabulary)."""
+    """(model in eval mode on ``device``, source vocabulary, target vocabulary).
+
+    Args:
+        path: a file written by ``save_model``.
+        device: where to put the model.
+
+    Raises:
+        UserError: the file is missing, unreadable or not an rnnenc model.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: model file not found")
@@ -429,7 +430,16 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu"
 @torch.no_grad()
 def score_pairs(model: EncoderDecoder, sources: Sequence[Sequence[str]], targets: Sequence[Sequence[str]],
                 src_vocab: Vocabulary, tgt_vocab: Vocabulary, batch_size: int = 256) -> Tensor:
-    """log p(target | source) for each pair (float32 CPU tensor), in input order."""
+    """log p(target | source) for each pair (float32 CPU tensor), in input order, by ``forward``.
+
+    Args:
+        model: the model (on any device).
+        sources: source token lists.
+        targets: target token lists, one per source.
+        src_vocab: source vocabulary.
+        tgt_vocab: target vocabulary.
+        batch_size: pairs per forward pass.
+    """
     device = next(model.parameters()).device
     scores = []
     for start in range(0, len(sources), batch_size):
@@ -439,5 +449,5 @@ def score_pairs(model: EncoderDecoder, sources: Sequence[Sequence[str]], targets
     return torch.cat(scores) if scores else torch.zeros(0)
 
 
-__all__ = ["EOS_ID", "Batch", "EncoderDecoder", "EncoderDecoderConfig", "load_model", "make_batch",
+__all__ = ["EOS_ID", "Batch", "EncoderDecoder", "EncoderDecoderConfig", "gru_step", "load_model", "make_batch",
            "model_flops", "pad_ids", "save_model", "score_pairs"]

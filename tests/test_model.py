@@ -6,19 +6,21 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from pipeline.cpu_kernels import LogSoftmaxPick, PackedGRU
 from pipeline.errors import UserError
 from pipeline.model import (
     EncoderDecoder,
     EncoderDecoderConfig,
-    _LogSoftmaxPick,
-    _PackedGRU,
+    gru_step,
     load_model,
     make_batch,
     model_flops,
     save_model,
     score_pairs,
 )
+from pipeline.scorer import PhraseScorer
 from pipeline.vocab import EOS_ID, Vocabulary
 
 SRC = Vocabulary("the a cat dog sat on mat red".split(), lang="en")
@@ -182,7 +184,7 @@ def test_packed_gru_gradients(zero_h0):
     h0 = (torch.zeros if zero_h0 else torch.randn)(4, H, dtype=torch.float64).requires_grad_(not zero_h0)
     w_hh = torch.randn(3 * H, H, dtype=torch.float64, requires_grad=True)
     b_hh = torch.randn(3 * H, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda *a: _PackedGRU.apply(*a, sizes, zero_h0), (gi, h0, w_hh, b_hh))
+    assert torch.autograd.gradcheck(lambda *a: PackedGRU.apply(*a, sizes, zero_h0), (gi, h0, w_hh, b_hh))
     # against the equations on the same packed steps
     out, h, start = [], h0, 0
     for size in sizes:
@@ -192,7 +194,7 @@ def test_packed_gru_gradients(zero_h0):
         h = (1 - z) * torch.tanh(g[:, 2 * H:] + r * gh[:, 2 * H:]) + z * h[:size]
         out.append(h)
         start += size
-    torch.testing.assert_close(_PackedGRU.apply(gi, h0, w_hh, b_hh, sizes, zero_h0), torch.cat(out),
+    torch.testing.assert_close(PackedGRU.apply(gi, h0, w_hh, b_hh, sizes, zero_h0), torch.cat(out),
                                atol=1e-12, rtol=0)
 
 
@@ -203,10 +205,65 @@ def test_log_softmax_pick_is_cross_entropy():
     bias = torch.randn(9, dtype=torch.float64, requires_grad=True)
     target = torch.tensor([0, 3, 3, 8, 1, 3])
     g = torch.randn(6, dtype=torch.float64)
-    got = _LogSoftmaxPick.apply(x, weight, bias, target)
+    got = LogSoftmaxPick.apply(x, weight, bias, target)
     grads = torch.autograd.grad(got, (x, weight, bias), g)
     ref = -torch.nn.functional.cross_entropy(x @ weight.t() + bias, target, reduction="none")
     ref_grads = torch.autograd.grad(ref, (x, weight, bias), g)
     torch.testing.assert_close(got, ref, atol=1e-12, rtol=0)
     for a, b in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("zero_h0", [False, True])
+def test_gru_step_is_nn_grus_step(fused, zero_h0):
+    """The one step the kernels and the scorer share = nn.GRU's, in every form they call it:
+    both roundings, h_0 = 0 without a product, the caller's buffers, b_hr/b_hz folded into gi."""
+    torch.manual_seed(0)
+    B, S, E, H = 5, 4, 3, 7
+    gru = torch.nn.GRU(E, H, batch_first=True).double()
+    with torch.no_grad():
+        for p in gru.parameters():
+            p.normal_(0.0, 0.7)
+    x = torch.randn(B, S, E, dtype=torch.float64)
+    h0 = torch.zeros(1, B, H, dtype=torch.float64) if zero_h0 else torch.randn(1, B, H, dtype=torch.float64)
+    with torch.no_grad():
+        ref, _ = gru(x, h0)
+        w_hh, b_hh = gru.weight_hh_l0, gru.bias_hh_l0
+        gi = F.linear(x, gru.weight_ih_l0, gru.bias_ih_l0)  # (B, S, 3H)
+        folded = gi + torch.cat([b_hh[:2 * H], torch.zeros(H, dtype=torch.float64)])
+        gh, rz, n, out = (torch.empty(B, k * H, dtype=torch.float64) for k in (3, 2, 1, 1))
+        h_plain = h_buffers = h_folded = None if zero_h0 else h0[0]
+        for t in range(S):
+            h_plain = gru_step(gi[:, t], h_plain, w_hh, b_hh, fused=fused)
+            h_buffers = gru_step(gi[:, t], h_buffers, w_hh, b_hh, fused=fused, gh=gh, rz=rz, n=n, out=out)
+            torch.testing.assert_close(h_plain, ref[:, t], atol=1e-12, rtol=0)
+            torch.testing.assert_close(h_buffers, ref[:, t], atol=1e-12, rtol=0)
+            if t == 0 and zero_h0:  # the b_hn-only form needs h: the first step as above
+                h_folded = h_plain
+                continue
+            h_folded = gru_step(folded[:, t], h_folded, w_hh, b_hh[2 * H:].clone(), fused=fused,
+                                gh=torch.empty(B, 3 * H, dtype=torch.float64))
+            torch.testing.assert_close(h_folded, ref[:, t], atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_scorer_matches_score_pairs_and_the_equations(threads):
+    """The rescoring scorer (its own CPU recurrences, biases folded, buffers reused) = the model's
+    forward pass and the float64 equations, over groups, buckets and padded batches."""
+    model = tiny_model()
+    pairs = PAIRS * 3 + [("the cat", "chat"), ("the cat", "le tapis rouge")]
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        scorer = PhraseScorer(model, SRC, TGT, encoder_batch=2, decoder_batch=4, readout_rows=2, group_rows=5)
+        got, _, stats = scorer.score([s for s, _ in pairs], [t for _, t in pairs])
+    finally:
+        torch.set_num_threads(before)
+    assert stats.groups == 4 and stats.padded_rows > 0
+    direct = score_pairs(model, [s.split() for s, _ in pairs], [t.split() for _, t in pairs], SRC, TGT)
+    torch.testing.assert_close(torch.from_numpy(got).float(), direct, atol=1e-5, rtol=0)
+    for score, (s, t) in zip(got, pairs, strict=True):
+        src = SRC.encode(s.split(), add_eos=True)
+        tgt = TGT.encode(t.split(), add_eos=True)
+        assert score == pytest.approx(reference_logprob(model, src, tgt), abs=1e-5)

@@ -24,7 +24,8 @@ from pipeline.artifacts import file_hash, read_manifest, write_manifest
 from pipeline.errors import UserError
 from pipeline.model import EncoderDecoder, EncoderDecoderConfig, load_model, save_model, score_pairs
 from pipeline.phrase_table import import_moses, read_score_columns
-from pipeline.rescore import PhraseScorer, RescoreConfig, plan_units, read_unit, rescore_unit, torch_threads
+from pipeline.rescore import RescoreConfig, plan_units, read_unit, rescore_unit, torch_threads
+from pipeline.scorer import PhraseScorer
 from pipeline.synthetic import DemoConfig, generate_demo
 from pipeline.vocab import Vocabulary
 from workflows import cli
