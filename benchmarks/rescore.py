@@ -292,8 +292,8 @@ def end_to_end_cpu(model_path: Path, tables: list[Path], args: argparse.Namespac
                    tmp: Path) -> list[dict]:
     """``rnnenc rescore``'s own Dask map (workflows.rescore.rescore) on a fresh LocalCluster of
     ``workers`` single-threaded worker processes per table; memory = the largest worker's peak RSS."""
-    from workflows.cluster import dask_client
-    from workflows.rescore import rescore
+    from pipeline.rescore import rescore
+    from workflows.cluster import DaskExecutor, dask_client
 
     def peak_rss_mib() -> float:
         # VmHWM, this process image's own high-water mark: ru_maxrss would carry the RSS of the
@@ -305,8 +305,8 @@ def end_to_end_cpu(model_path: Path, tables: list[Path], args: argparse.Namespac
     for table in tables:
         with dask_client(n_workers=workers) as client:
             started = time.perf_counter()
-            report = rescore(client, table, tmp / f"out-{table.name}", RescoreConfig(model=str(model_path),
-                             device="cpu"), rows_per_unit=args.rows_per_unit, quiet=True)
+            report = rescore(DaskExecutor(client, quiet=True), table, tmp / f"out-{table.name}",
+                             RescoreConfig(model=str(model_path), device="cpu"), rows_per_unit=args.rows_per_unit)
             seconds = time.perf_counter() - started
             rss = max(client.run(peak_rss_mib).values())
         stats = ScoreStats(**{f: report[f] for f in ScoreStats.__dataclass_fields__})

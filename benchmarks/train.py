@@ -69,9 +69,16 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
-from pipeline.model import Batch, EncoderDecoder, EncoderDecoderConfig, model_flops, pad_ids  # noqa: E402
+from pipeline.model import (  # noqa: E402
+    Batch,
+    EncoderDecoder,
+    EncoderDecoderConfig,
+    model_flops,
+    pad_ids,
+    resolve_device,  # noqa: E402
+)
 from pipeline.optim import make_clip_and_step  # noqa: E402
-from pipeline.train import TrainConfig, autocast, pick_device  # noqa: E402
+from pipeline.train import TrainConfig, autocast  # noqa: E402
 
 
 def random_batches(n: int, config: EncoderDecoderConfig, batch_size: int = 64, seed: int = 0) -> list[Batch]:
@@ -246,7 +253,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true",
                         help="also time the torch.compile'd clip + Adadelta step (compiling takes a minute)")
     args = parser.parse_args()
-    device = pick_device(args.device)
+    device = resolve_device(args.device)
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     torch.manual_seed(0)
     config = EncoderDecoderConfig()  # the paper's sizes

@@ -281,6 +281,30 @@ class EncoderDecoder(nn.Module):
         return -logp.sum()
 
 
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    """The torch device a ``--device`` option names: the one resolver of training, rescoring and
+    generation.
+
+    Parameters:
+        name: ``auto`` or None (CUDA when there is a device, else the CPU), ``cpu``, ``cuda`` or
+            ``cuda:N``.
+
+    Raises:
+        UserError: an unknown name, or CUDA asked for where there is none.
+    """
+    if name is None or str(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise UserError(f"--device {name}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name}: expected auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA device available here")
+    return device
+
+
 def model_flops(config: EncoderDecoderConfig, src_tokens: int, tgt_tokens: int, pairs: int) -> int:
     """FLOPs (2 m n k per (m x k)(k x n) product) of one forward pass's matrix products.
 

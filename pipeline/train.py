@@ -54,7 +54,7 @@ import torch
 
 from pipeline.artifacts import MANIFEST_NAME, read_manifest, write_json_atomic, write_manifest
 from pipeline.errors import UserError
-from pipeline.model import Batch, EncoderDecoder, EncoderDecoderConfig, make_batch, save_model
+from pipeline.model import Batch, EncoderDecoder, EncoderDecoderConfig, make_batch, resolve_device, save_model
 from pipeline.optim import make_clip_and_step
 from pipeline.phrase_table import list_parts
 from pipeline.vocab import Vocabulary
@@ -497,7 +497,7 @@ def build_model(config: TrainConfig, data: TrainData, resumed: dict[str, Any] | 
     Raises:
         UserError: no such device, or a checkpoint made with another configuration or table.
     """
-    device = pick_device(config.device)
+    device = resolve_device(config.device)
     torch.set_num_threads(config.threads or os.cpu_count() or 1)
     torch.manual_seed(config.seed)
     model_config = EncoderDecoderConfig(src_vocab_size=len(data.src_vocab), tgt_vocab_size=len(data.tgt_vocab),
@@ -528,24 +528,6 @@ def build_model(config: TrainConfig, data: TrainData, resumed: dict[str, Any] | 
     state = TrainState.from_plain(resumed["state"])
     log.info("resuming %s at update %d", out, state.update)
     return learner, state
-
-
-def pick_device(name: str) -> torch.device:
-    """The torch device ``--device name`` means.
-
-    Args:
-        name: ``auto`` (CUDA when there is one, else the CPU), ``cpu`` or ``cuda``.
-
-    Raises:
-        UserError: an unknown name, or ``cuda`` without a CUDA device.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device available")
-    if name not in ("cpu", "cuda"):
-        raise UserError(f"--device {name}: expected auto, cpu or cuda")
-    return torch.device(name)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,13 +24,23 @@ from pipeline.artifacts import file_hash, read_manifest, write_manifest
 from pipeline.errors import UserError
 from pipeline.model import EncoderDecoder, EncoderDecoderConfig, load_model, save_model, score_pairs
 from pipeline.phrase_table import import_moses, read_score_columns
-from pipeline.rescore import RescoreConfig, plan_units, read_unit, rescore_unit, torch_threads
+from pipeline.rescore import (
+    RescoreConfig,
+    plan_units,
+    prepare_staging,
+    read_unit,
+    rescore,
+    rescore_unit,
+    run_identity,
+    staging_dir,
+    torch_threads,
+)
 from pipeline.scorer import PhraseScorer
 from pipeline.synthetic import DemoConfig, generate_demo
 from pipeline.vocab import Vocabulary
 from workflows import cli
 from workflows import rescore as rescore_command
-from workflows.rescore import prepare_staging, rescore, run_identity, staging_dir
+from workflows.cluster import DaskExecutor
 
 DEMO = DemoConfig(seed=3, pool_size=2000, in_domain_size=200, dev_size=50, phrase_table_pairs=1500)
 SCORES = [{"name": f"score{i}", "domain": "prob"} for i in range(4)]
@@ -193,8 +203,7 @@ def test_identical_across_partitionings_on_a_two_worker_cluster(data: dict, dask
     outputs = {}
     for name, rows_per_unit in (("groups100", 100), ("parts", 500), ("single", 10_000)):
         out = tmp_path / name
-        report = rescore(dask_client, data[name], out, config(data["model"]), rows_per_unit=rows_per_unit,
-                         quiet=True)
+        report = rescore(DaskExecutor(dask_client, quiet=True), data[name], out, config(data["model"]), rows_per_unit=rows_per_unit)
         assert report["rows"] == len(data["rows"]) and report["units_resumed"] == 0
         assert read_manifest(out)["counts"]["rows"] == len(data["rows"])
         assert json.loads((out / "report.json").read_text())["rows"] == len(data["rows"])
@@ -209,7 +218,7 @@ def test_identical_across_partitionings_on_a_two_worker_cluster(data: dict, dask
     parts = {}
     for name in ("groups100", "parts", "single"):
         out = tmp_path / f"{name}-500"
-        rescore(dask_client, data[name], out, config(data["model"]), rows_per_unit=500, quiet=True)
+        rescore(DaskExecutor(dask_client, quiet=True), data[name], out, config(data["model"]), rows_per_unit=500)
         parts[name] = {p.name: p.read_bytes() for p in sorted(out.glob("part-*.parquet"))}
     assert len(parts["single"]) == 3 and parts["groups100"] == parts["parts"] == parts["single"]
     # the same as scoring in this process, one unit at a time
@@ -237,12 +246,12 @@ def test_interrupted_run_resumes_with_every_row_once(data: dict, dask_client, tm
     (staging / ".units" / "part-00007.json").unlink()
     (staging / "part-00099.parquet").write_bytes((staging / units[0].name).read_bytes())
 
-    report = rescore(dask_client, table, out, cfg, rows_per_unit=100, quiet=True)
+    report = rescore(DaskExecutor(dask_client, quiet=True), table, out, cfg, rows_per_unit=100)
     assert report["units_resumed"] == 6 and report["units_scored"] == len(units) - 6
     lines = read_out(out).column("line").to_pylist()
     assert sorted(lines) == list(range(1, len(data["rows"]) + 1)) == lines
     clean = tmp_path / "clean"
-    rescore(dask_client, table, clean, cfg, rows_per_unit=100, quiet=True)
+    rescore(DaskExecutor(dask_client, quiet=True), table, clean, cfg, rows_per_unit=100)
     assert read_out(out).equals(read_out(clean))
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in clean.iterdir())
 
@@ -314,30 +323,30 @@ def test_cli_rescore_and_moses_export(data: dict, dask_address: str, tmp_path: P
 def test_input_is_never_modified(data: dict, dask_client, tmp_path: Path) -> None:
     table = data["parts"]
     before = {p.name: file_hash(p) for p in table.iterdir()}
-    rescore(dask_client, table, tmp_path / "out", config(data["model"]), rows_per_unit=1000, quiet=True)
+    rescore(DaskExecutor(dask_client, quiet=True), table, tmp_path / "out", config(data["model"]), rows_per_unit=1000)
     assert {p.name: file_hash(p) for p in table.iterdir()} == before
     with pytest.raises(UserError, match="must differ from the input"):
-        rescore(dask_client, table, table, config(data["model"]), quiet=True)
+        rescore(DaskExecutor(dask_client, quiet=True), table, table, config(data["model"]))
 
 
 def test_mismatched_models_and_tables_are_clear_errors(data: dict, dask_client, tmp_path: Path) -> None:
     rows, table = data["rows"], data["single"]
     wrong_lang = tiny_model(tmp_path / "fr-en.pt", rows, langs=("fr", "en"))
     with pytest.raises(UserError, match="model's source language is 'fr' but the phrase table's is 'en'"):
-        rescore(dask_client, table, tmp_path / "a", config(wrong_lang), quiet=True)
+        rescore(DaskExecutor(dask_client, quiet=True), table, tmp_path / "a", config(wrong_lang))
     swapped = tiny_model(tmp_path / "swapped.pt", rows, swap=True)
     with pytest.raises(UserError, match="unknown to the model's vocabularies.*swapped"):
-        rescore(dask_client, table, tmp_path / "b", config(swapped), quiet=True)
+        rescore(DaskExecutor(dask_client, quiet=True), table, tmp_path / "b", config(swapped))
 
     first = data["table"].slice(0, 300)
     no_target = write_table(first.drop_columns(["target"]), tmp_path / "nt", 300, 100)
     with pytest.raises(UserError, match="missing column 'target'"):
-        rescore(dask_client, no_target, tmp_path / "c", config(data["model"]), quiet=True)
+        rescore(DaskExecutor(dask_client, quiet=True), no_target, tmp_path / "c", config(data["model"]))
     bad_meta = write_table(first.drop_columns(["score3"]), tmp_path / "nm", 300, 100)
     with pytest.raises(UserError, match="rnnenc.scores lists 'score3', but the table has no such column"):
-        rescore(dask_client, bad_meta, tmp_path / "d", config(data["model"]), quiet=True)
+        rescore(DaskExecutor(dask_client, quiet=True), bad_meta, tmp_path / "d", config(data["model"]))
     with pytest.raises(UserError, match="already has a column 'score0'"):
-        rescore(dask_client, table, tmp_path / "e", config(data["model"], logp_column="score0"), quiet=True)
+        rescore(DaskExecutor(dask_client, quiet=True), table, tmp_path / "e", config(data["model"], logp_column="score0"))
 
     # an empty phrase is found on a worker and reported with its file and line
     targets = first.column("target").to_pylist()
@@ -345,7 +354,7 @@ def test_mismatched_models_and_tables_are_clear_errors(data: dict, dask_client, 
     bad = write_table(first.set_column(1, "target", pa.array(targets)), tmp_path / "bad", 300, 100)
     line = first.column("line")[250].as_py()
     with pytest.raises(UserError, match=rf"part-00000.parquet:{line}: empty or null target"):
-        rescore(dask_client, bad, tmp_path / "f", config(data["model"]), rows_per_unit=100, quiet=True)
+        rescore(DaskExecutor(dask_client, quiet=True), bad, tmp_path / "f", config(data["model"]), rows_per_unit=100)
     assert not (tmp_path / "f").exists()
 
 
@@ -387,10 +396,10 @@ def test_a_second_run_or_a_foreign_output_is_refused_before_any_work(data: dict,
     out = tmp_path / "out"
     with output_lock(out):  # a run in progress
         with pytest.raises(UserError, match="another rnnenc run is writing this output"):
-            rescore(dask_client, data["single"], out, config(data["model"]), quiet=True)
+            rescore(DaskExecutor(dask_client, quiet=True), data["single"], out, config(data["model"]))
     assert not out.exists() and not staging_dir(out).exists()
     out.mkdir()
     (out / "notes.txt").write_text("mine\n")
     with pytest.raises(UserError, match="was not written by rnnenc rescore"):
-        rescore(dask_client, data["single"], out, config(data["model"]), quiet=True)
+        rescore(DaskExecutor(dask_client, quiet=True), data["single"], out, config(data["model"]))
     assert (out / "notes.txt").read_text() == "mine\n" and not staging_dir(out).exists()
