@@ -172,7 +172,7 @@ def test_a_full_disk_is_one_line_and_the_old_output_survives(tmp_path, dask_addr
     def full(*_args, **_kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out) + ".tmp-0000/report.json")
 
-    monkeypatch.setattr("workflows.ingest.write_json_atomic", full)
+    monkeypatch.setattr("pipeline.ingest.write_json_atomic", full)
     assert cli.main(ingest_argv(src, tgt, out, dask_address)) == 1
     err = one_line_error(capsys)
     assert "No space left on device" in err and "report.json" in err and "free some space" in err
