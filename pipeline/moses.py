@@ -9,8 +9,10 @@ one) and returns a copy in which the phrase dictionary (``PhraseDictionaryMemory
 * has ``path=`` pointing at the exported table (for Compact/OnDisk: at the binarised table the
   ``binarise`` command of the report makes from it),
 * has one initial weight per added column appended to its line under ``[weight]``
-  (default 0.2 each, the value train-model.perl gives every phrase-table feature; set one
-  per column with ``weights={"rnn_unk": -0.2}``),
+  (default 0.2 each, the value train-model.perl gives every phrase-table feature, and -0.2 for
+  a column declared a penalty, such as the unknown-word count ``rnn_unk``: Moses reads
+  exp(count) through log(), so a positive weight would reward unknown words; set one per
+  column with ``weights={"rnn_logp": 0.5}``),
 
 so the result goes straight into ``mert-moses.pl``, which tunes the new weights. The ini must
 have ``num-features`` on that feature and as many weights as features; a table with fewer
@@ -72,8 +74,10 @@ def binarise_command(feature_type: str, table: str, num_scores: int, target: str
 
 def update_moses_ini(text: str, *, table_path: str, score_names: Sequence[str], name: str | None = None,
                      initial_weight: float = DEFAULT_INITIAL_WEIGHT,
-                     weights: Mapping[str, float] | None = None, source: str = "moses.ini") -> IniUpdate:
-    """The moses.ini ``text`` updated for a table with the score columns ``score_names``."""
+                     weights: Mapping[str, float] | None = None, source: str = "moses.ini",
+                     penalties: Sequence[str] = ()) -> IniUpdate:
+    """The moses.ini ``text`` updated for a table with the score columns ``score_names``;
+    added columns named in ``penalties`` start at ``-initial_weight``."""
     weights = dict(weights or {})
     lines = text.split("\n")
     section = None
@@ -129,7 +133,7 @@ def update_moses_ini(text: str, *, table_path: str, score_names: Sequence[str], 
         raise UserError(f"{where}: {name} has num-features={old}, but the phrase table has only {total} "
                         f"score column(s) ({', '.join(score_names)}): not this moses.ini's table?")
     added = list(score_names[old:])
-    new_weights = [float(weights.pop(n, initial_weight)) for n in added]
+    new_weights = [float(weights.pop(n, -initial_weight if n in penalties else initial_weight)) for n in added]
     if weights:
         raise UserError(f"weights given for {', '.join(sorted(weights))}, which the export does not add "
                         f"(added columns: {', '.join(added) or 'none'})")
@@ -176,9 +180,10 @@ def export_stage(table_dir: str | os.PathLike, out_dir: str | os.PathLike, *, mo
         # Check the ini against the table before the long part.
         import pyarrow.parquet as pq
 
-        names = [s["name"] for s in read_score_columns(pq.read_schema(list_parts(table_dir)[0]))]
-        update_moses_ini(ini_text, table_path=str(out_dir.resolve() / TABLE_NAME), score_names=names,
-                         name=feature, initial_weight=initial_weight, weights=weights, source=str(moses_ini))
+        scores = read_score_columns(pq.read_schema(list_parts(table_dir)[0]))
+        update_moses_ini(ini_text, table_path=str(out_dir.resolve() / TABLE_NAME),
+                         score_names=[s["name"] for s in scores], name=feature, initial_weight=initial_weight,
+                         weights=weights, source=str(moses_ini), penalties=[s["name"] for s in scores if s.get("penalty")])
     given = [table_dir, *([moses_ini] if moses_ini is not None else [])]
     with atomic_output_dir(out_dir, stage="export", inputs=given) as tmp:
         result = export_moses(table_dir, tmp / TABLE_NAME, config, executor=executor,
@@ -199,7 +204,8 @@ def export_stage(table_dir: str | os.PathLike, out_dir: str | os.PathLike, *, mo
         if ini_text is not None:
             update = update_moses_ini(ini_text, table_path=str(out_dir.resolve() / TABLE_NAME), score_names=names,
                                       name=feature, initial_weight=initial_weight, weights=weights,
-                                      source=str(moses_ini))
+                                      source=str(moses_ini),
+                                      penalties=[s["name"] for s in result["scores"] if s.get("penalty")])
             (tmp / "moses.ini").write_text(update.text, encoding="utf-8")
             report["moses_ini"] = {"path": str(out_dir / "moses.ini"), "feature": update.feature,
                                    "type": update.feature_type, "num_features": [update.old_features,

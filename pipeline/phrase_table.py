@@ -163,14 +163,16 @@ def read_score_columns(schema: pa.Schema) -> list[dict[str, str]]:
             raise UserError(f"rnnenc.scores lists '{entry['name']}', but the table has no such column")
         if not pa.types.is_floating(schema.field(index).type):
             raise UserError(f"score column '{entry['name']}' is {schema.field(index).type}, not a float")
-        out.append({"name": entry["name"], "domain": entry["domain"]})
+        # "penalty": a count Moses should penalise (rnn_unk): its initial weight starts negative
+        out.append({"name": entry["name"], "domain": entry["domain"]} | ({"penalty": True} if entry.get("penalty") else {}))
     return out
 
 
 def with_scores_metadata(schema: pa.Schema, scores: Sequence[Mapping[str, str]]) -> pa.Schema:
     """``schema`` with its ``rnnenc.scores`` metadata replaced by ``scores``."""
     metadata = dict(schema.metadata or {})
-    metadata[SCORES_KEY] = json.dumps([{"name": s["name"], "domain": s["domain"]} for s in scores]).encode()
+    metadata[SCORES_KEY] = json.dumps([{"name": s["name"], "domain": s["domain"]}
+                                       | ({"penalty": True} if s.get("penalty") else {}) for s in scores]).encode()
     return schema.with_metadata(metadata)
 
 

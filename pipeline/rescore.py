@@ -181,7 +181,7 @@ def output_schema(schema: pa.Schema, config: RescoreConfig, where: object) -> pa
     schema = pa.schema(list(schema) + [pa.field(config.logp_column, pa.float32()),
                                        pa.field(config.unk_column, pa.float32())], metadata=schema.metadata)
     return with_scores_metadata(schema, scores + [{"name": config.logp_column, "domain": "log"},
-                                                  {"name": config.unk_column, "domain": "log"}])
+                                                  {"name": config.unk_column, "domain": "log", "penalty": True}])
 
 
 def check_schema(schema: pa.Schema, where: object) -> None:
@@ -348,13 +348,14 @@ def rescore_unit(unit: WorkUnit, staging: str | os.PathLike, config: RescoreConf
     started = time.perf_counter()
     staging = Path(staging)
     table = read_unit(unit)
-    output_schema(table.schema, config, unit.where)  # fails before scoring, not after
+    schema = output_schema(table.schema, config, unit.where)  # fails before scoring, not after
     sources, targets = _check_pairs(table, unit)
     scorer = scorer_for(config)
     with torch_threads(config.threads):
         logp, unk, stats = scorer.score(sources, targets)
     out = with_score_columns(table, {config.logp_column: (logp.astype(np.float32), "log"),
                                      config.unk_column: (unk.astype(np.float32), "log")})
+    out = out.replace_schema_metadata(schema.metadata)  # the declarations, rnn_unk's penalty flag included
     tmp = staging / f".{unit.name}.tmp-{uuid.uuid4().hex[:8]}"
     pq.write_table(out, tmp, compression="zstd")
     os.replace(tmp, staging / unit.name)

@@ -25,7 +25,9 @@ from pipeline.phrase_table import (
     list_parts,
     merge_runs,
     phrase_table_schema,
+    read_score_columns,
     with_score_columns,
+    with_scores_metadata,
 )
 from pipeline.synthetic import DemoConfig, generate_demo
 from workflows import cli
@@ -195,6 +197,27 @@ def test_moses_ini_update():
     # Idempotent on its own output: nothing more to add, same text.
     again = update_moses_ini(update.text, table_path="/out/phrase-table.gz", score_names=NAMES)
     assert again.text == update.text and again.added == []
+
+
+def test_a_penalty_column_starts_with_a_negative_weight(tmp_path):
+    """rnn_unk is a count Moses reads as exp(count) through log(): a positive initial weight would
+    reward unknown words, so columns declared penalties (rescore declares rnn_unk) start negative."""
+    update = update_moses_ini(MOSES_INI, table_path="/out/phrase-table.gz", score_names=NAMES, penalties=["rnn_unk"])
+    assert "TranslationModel0= 0.2 0.2 0.2 0.2 0.2 -0.2" in update.text.split("\n")
+    # end to end: the flag travels in the table's score metadata from rescore to export
+    table = pa.table({"source": ["a"], "target": ["b"], "line": pa.array([1], pa.int64())})
+    table = with_score_columns(table, {f"score{i}": ([0.5], "prob") for i in range(4)})
+    table = with_score_columns(table, {"rnn_logp": ([-1.0], "log"), "rnn_unk": ([1.0], "log")})
+    scores = read_score_columns(table.schema)
+    table = table.replace_schema_metadata(with_scores_metadata(
+        table.schema, [s | ({"penalty": True} if s["name"] == "rnn_unk" else {}) for s in scores]).metadata)
+    (tmp_path / "t").mkdir()
+    pq.write_table(table, tmp_path / "t" / "part-00000.parquet")
+    assert read_score_columns(pq.read_schema(tmp_path / "t" / "part-00000.parquet"))[-1] == {
+        "name": "rnn_unk", "domain": "log", "penalty": True}
+    (tmp_path / "moses.ini").write_text(MOSES_INI)
+    export_stage(tmp_path / "t", tmp_path / "out", moses_ini=tmp_path / "moses.ini")
+    assert "TranslationModel0= 0.2 0.2 0.2 0.2 0.2 -0.2" in (tmp_path / "out" / "moses.ini").read_text().split("\n")
 
 
 def test_moses_ini_binarised_dictionaries_point_at_the_binarised_table():

@@ -140,7 +140,7 @@ def test_scores_equal_forward_pass_and_unknown_counts(data: dict, tmp_path: Path
     assert out.select(original.column_names).equals(original)
     assert out.schema.field("rnn_logp").type == pa.float32() == out.schema.field("rnn_unk").type
     assert read_score_columns(out.schema) == SCORES + [{"name": "rnn_logp", "domain": "log"},
-                                                              {"name": "rnn_unk", "domain": "log"}]
+                                                              {"name": "rnn_unk", "domain": "log", "penalty": True}]
 
 
 @pytest.mark.determinism
