@@ -140,7 +140,7 @@ def summarise(root: Path, data_dir: Path, records: list[dict[str, Any]]) -> list
             lines.append(f"  rescoring: {report.get('rows', report.get('pairs', 0)):,} phrase pairs at "
                          f"{rate:,.0f} pairs/s")
     if "export" in stages:
-        files = sorted(p.name for p in stages["export"].iterdir() if p.is_file())
+        files = sorted(p.name for p in stages["export"].iterdir() if p.is_file() and not p.name.startswith("."))
         lines.append(f"  Moses files: {', '.join(str(stages['export'] / f) for f in files if f != 'manifest.json')}")
     missing = [s for s in ("select", "vocab", "train", "rescore", "export") if s not in stages]
     if missing:
