@@ -12,7 +12,8 @@ from workflows.moses import bleu, find_moses, mert_command
 
 
 def test_skipped_without_moses(tmp_path, monkeypatch):
-    env = {k: v for k, v in __import__("os").environ.items() if k != "MOSES_HOME"}
+    # no MOSES_HOME and a cache without a Moses build (KenLM is not needed here)
+    env = {k: v for k, v in __import__("os").environ.items() if k != "MOSES_HOME"} | {"RNNENC_CACHE": str(tmp_path)}
     (tmp_path / "x").write_text("a\n")
     result = subprocess.run([sys.executable, "-m", "workflows.cli", "moses", "--moses-ini", "x", "--dev-src", "x",
                              "--dev-ref", "x", "--out", str(tmp_path / "out")], cwd=tmp_path, env=env,
@@ -29,9 +30,95 @@ def test_a_directory_without_moses_is_a_clear_error(tmp_path):
 
 def test_mert_command_and_bleu(tmp_path):
     (tmp_path / "bin").mkdir()
-    command = mert_command(tmp_path, tmp_path / "d.en", tmp_path / "d.fr", tmp_path / "moses.ini", tmp_path / "w", 2)
+    command = mert_command(tmp_path, tmp_path / "d.en", tmp_path / "d.fr", tmp_path / "moses.ini", tmp_path / "w", 2,
+                           iterations=3, decoder_flags="-search-algorithm 1")
     assert command[0].endswith("scripts/training/mert-moses.pl")
+    assert command[command.index("--maximum-iterations") + 1] == "3"
+    assert command[command.index("--decoder-flags") + 1] == "-threads 2 -search-algorithm 1"
     assert command[3].endswith("bin/moses") and "--working-dir" in command
     refs = ["le chat est sur le tapis .", "c &apos; est la vie ."]
     assert bleu(refs, refs, "fr")["bleu"] == 100.0
     assert bleu(["le chien"] * 2, refs, "fr")["bleu"] < 10
+
+
+MOSES = find_moses(None)
+NEEDS_MOSES = pytest.mark.skipif(MOSES is None, reason="no Moses build found (MOSES_HOME, or scripts/build_moses.sh "
+                                                       "into ~/.cache/rnnenc/moses-*): the real-Moses tests skip")
+BASELINE_INI = """[input-factors]
+0
+
+[mapping]
+0 T 0
+
+[distortion-limit]
+6
+
+[feature]
+UnknownWordPenalty
+WordPenalty
+PhrasePenalty
+PhraseDictionaryMemory name=TranslationModel0 num-features=4 path=/nowhere/phrase-table.gz input-factor=0 output-factor=0
+Distortion
+
+[weight]
+UnknownWordPenalty0= 1
+WordPenalty0= -1
+PhrasePenalty0= 0.2
+TranslationModel0= 0.2 0.2 0.2 0.2
+Distortion0= 0.3
+"""
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """The demo's phrase table through rnnenc's import and export, with a baseline moses.ini."""
+    from pipeline.moses import export_stage
+    from pipeline.phrase_table import import_moses
+    from pipeline.synthetic import DemoConfig, generate_demo, tokenised_sample
+
+    root = tmp_path_factory.mktemp("moses")
+    config = DemoConfig(seed=5, pool_size=300, in_domain_size=300, dev_size=20, phrase_table_pairs=3000)
+    files = generate_demo(root / "demo", config)
+    import_moses([files.phrase_table], root / "table", source_lang="en", target_lang="fr")
+    (root / "baseline.ini").write_text(BASELINE_INI)
+    export_stage(root / "table", root / "export", moses_ini=root / "baseline.ini")
+    pairs = tokenised_sample(config, "in", 40)
+    for name, rows in (("dev", pairs[:30]), ("test", pairs[30:])):
+        (root / f"{name}.en").write_text("".join(p[2] + "\n" for p in rows))
+        (root / f"{name}.fr").write_text("".join(p[3] + "\n" for p in rows))
+    return root
+
+
+@NEEDS_MOSES
+def test_real_moses_tunes_and_decodes_rnnencs_export(exported, tmp_path, capsys):
+    from workflows import cli
+
+    out = tmp_path / "out"
+    argv = ["moses", "--moses-ini", str(exported / "export"), "--dev-src", str(exported / "dev.en"),
+            "--dev-ref", str(exported / "dev.fr"), "--test-src", str(exported / "test.en"),
+            "--test-ref", str(exported / "test.fr"), "--mert-iterations", "1", "--threads", "1", "--out", str(out)]
+    assert cli.main(argv) == 0
+    assert "moses: test BLEU" in capsys.readouterr().out
+    report = __import__("json").loads((out / "report.json").read_text())
+    assert report["test"]["sentences"] == 10 and 0 < report["test"]["bleu"] <= 100
+    assert len((out / "test.hyp").read_text().splitlines()) == 10
+    tuned = (out / "moses.tuned.ini").read_text()
+    weights = next(line for line in tuned.splitlines() if line.startswith("TranslationModel0="))
+    assert len(weights.split("=")[1].split()) == 4 and weights != "TranslationModel0= 0.2 0.2 0.2 0.2"  # tuned
+    assert (out / "mert.log").is_file() and (tmp_path / "out.tuning" / "mert.log").is_file()
+
+
+@NEEDS_MOSES
+def test_a_failed_tuning_keeps_its_log_and_says_where(exported, tmp_path, capsys, monkeypatch):
+    from workflows import cli
+
+    broken = tmp_path / "broken.ini"
+    broken.write_text((exported / "export" / "moses.ini").read_text().replace(
+        str(exported / "export" / "phrase-table.gz"), str(tmp_path / "missing.gz")))
+    argv = ["moses", "--moses-ini", str(broken), "--dev-src", str(exported / "dev.en"), "--dev-ref",
+            str(exported / "dev.fr"), "--mert-iterations", "1", "--threads", "1", "--out", "out", "--quiet"]
+    monkeypatch.chdir(tmp_path)  # a relative --out once broke mert-moses.pl, which changes directory
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("rnnenc: error: mert-moses.pl failed") and err.endswith("out.tuning/mert.log"), err
+    assert (tmp_path / "out.tuning" / "mert.log").stat().st_size > 0 and not (tmp_path / "out").exists()

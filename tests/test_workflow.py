@@ -97,6 +97,8 @@ def test_whole_chain_through_two_workers_skips_and_reruns_downstream(demo_data, 
     from workflows.demo import write_baseline_moses_ini
 
     monkeypatch.delenv("MOSES_HOME", raising=False)
+    # the chain without Moses (the stage's no-op path); tests/test_moses_stage.py tunes with real Moses
+    monkeypatch.setattr("workflows.moses.find_moses", lambda _home: None)
     write_baseline_moses_ini(demo_data / "data", demo_data / "artifacts" / "r1")
     (demo_data / "moses.ini").write_text((demo_data / "data" / "moses.ini").read_text())
     path = write_workflow(demo_data, WORKFLOW.format(run="r1", fraction=0.1) + FULL_CHAIN)

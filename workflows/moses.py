@@ -1,15 +1,18 @@
 """Tune a Moses system with mert-moses.pl, decode a test set and score it with sacrebleu.
 
-Optional: it needs a Moses installation, found through --moses-home or $MOSES_HOME (a directory
-with bin/moses and scripts/training/mert-moses.pl). Without one the stage is skipped with a
-message saying what to set, and writes nothing (so a later run with Moses configured does it).
+Optional: it needs a Moses installation (a directory with bin/moses and
+scripts/training/mert-moses.pl). Without one the stage is skipped with a message saying what to
+set, and writes nothing (so a later run with Moses configured does it).
 
 Inputs are the moses.ini written by 'rnnenc export' (phrase table with the RNN features added),
 a tuning set (newstest2012+2013 in the paper) and a test set (newstest2014), tokenised as the
 phrase table was: corpus directories written by 'rnnenc ingest' (--dev, --test) or pairs of
 tokenised text files.
-Outputs: OUT/tuning/ (mert-moses.pl working directory), OUT/moses.tuned.ini, OUT/test.hyp,
-OUT/report.json with BLEU (sacrebleu on detokenised text), OUT/manifest.json.
+Moses is found through --moses-home, $MOSES_HOME, then the build of scripts/build_moses.sh in
+~/.cache/rnnenc/moses-*. Tuning runs in OUT.tuning/ (mert-moses.pl's working directory and
+mert.log), which a failure or Ctrl-C keeps and a rerun continues; --mert-iterations caps it.
+Outputs: OUT/moses.tuned.ini, OUT/mert.log, OUT/test.hyp and OUT/decode.log, OUT/report.json
+with BLEU (sacrebleu on detokenised text), OUT/manifest.json.
 
 example:
   rnnenc moses --moses-ini artifacts/run/export/moses.ini --dev artifacts/run/dev \\
@@ -19,6 +22,7 @@ example:
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
@@ -26,30 +30,53 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import atomic_output_dir, moses_ini_path, write_json_atomic, write_manifest
+from pipeline.artifacts import (
+    atomic_output_dir,
+    moses_ini_path,
+    path_record,
+    write_json_atomic,
+    write_manifest,
+)
 from pipeline.errors import UserError
 from workflows.stages import input_path, output_path
 
 log = logging.getLogger("rnnenc")
 
 
+MOSES_FILES = ("bin/moses", "scripts/training/mert-moses.pl")
+
+
 def find_moses(moses_home: str | None) -> Path | None:
-    """The Moses installation directory, or None when none is configured."""
+    """The Moses installation: ``--moses-home``, else ``$MOSES_HOME``, else the newest build of
+    ``scripts/build_moses.sh`` in ``${RNNENC_CACHE:-~/.cache/rnnenc}/moses-*``; None when none."""
     home = moses_home or os.environ.get("MOSES_HOME")
-    if not home:
-        return None
-    root = Path(home)
-    for needed in ("bin/moses", "scripts/training/mert-moses.pl"):
-        if not (root / needed).exists():
-            raise UserError(f"{root}: not a Moses installation ({needed} is missing); fix MOSES_HOME/--moses-home")
-    return root
+    if home:
+        root = Path(home)
+        for needed in MOSES_FILES:
+            if not (root / needed).exists():
+                raise UserError(f"{root}: not a Moses installation ({needed} is missing); fix MOSES_HOME/--moses-home")
+        return root
+    cache = Path(os.environ.get("RNNENC_CACHE") or Path.home() / ".cache" / "rnnenc")
+    builds = [p for p in cache.glob("moses-*") if (p / "BUILT").is_file() and all((p / f).exists() for f in MOSES_FILES)]
+    return max(builds, key=lambda p: p.stat().st_mtime) if builds else None
 
 
 def mert_command(moses: Path, dev_src: Path, dev_ref: Path, moses_ini: Path, work: Path,
-                 threads: int) -> list[str]:
+                 threads: int, iterations: int = 25, decoder_flags: str = "") -> list[str]:
+    """mert-moses.pl's command line (every path absolute: it changes into its working directory)."""
     return [str(moses / "scripts/training/mert-moses.pl"), str(dev_src), str(dev_ref), str(moses / "bin/moses"),
             str(moses_ini), "--mertdir", str(moses / "bin"), "--working-dir", str(work),
-            "--decoder-flags", f"-threads {threads}", "--no-filter-phrase-table"]
+            "--maximum-iterations", str(iterations),
+            "--decoder-flags", f"-threads {threads} {decoder_flags}".strip(), "--no-filter-phrase-table"]
+
+
+def _run_logged(command: list[str], log_path: Path, what: str, **kwargs: Any) -> None:
+    """Run ``command`` with its output in ``log_path`` (Moses is verbose); a failure is one line
+    naming the log, which is kept."""
+    with open(log_path, "ab") as log_file:
+        result = subprocess.run(command, **({"stdout": log_file, "stderr": log_file} | kwargs))
+    if result.returncode:
+        raise UserError(f"{what} failed (exit {result.returncode}); its log: {log_path}")
 
 
 def bleu(hypotheses: list[str], references: list[str], target_lang: str) -> dict[str, Any]:
@@ -98,6 +125,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tgt-lang", default="fr", help="target language, for detokenisation (default: fr)")
     parser.add_argument("--src-lang", default="en", help="source language (recorded in the report)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="decoder threads")
+    parser.add_argument("--mert-iterations", type=int, default=25, metavar="N",
+                        help="mert-moses.pl --maximum-iterations (default: %(default)s, its own; one iteration "
+                             "decodes the tuning set once)")
+    parser.add_argument("--decoder-flags", default="", metavar="FLAGS",
+                        help="more flags for the decoder while tuning and testing, e.g. '-search-algorithm 1'")
     output_path(parser, "--out", required=True, help="output directory")
 
 
@@ -110,31 +142,51 @@ def main(args: argparse.Namespace) -> int:
             raise UserError(f"{corpus}: no such corpus directory")
     moses = find_moses(args.moses_home)
     if moses is None:
-        print("moses: skipped: no Moses installation configured. Set MOSES_HOME (or --moses-home, or "
-              "moses_home in the workflow stage) to a Moses directory with bin/moses and "
-              "scripts/training/mert-moses.pl to tune and decode.")
+        print("moses: skipped: no Moses installation found. Build one with scripts/build_moses.sh, or set "
+              "MOSES_HOME (or --moses-home, or moses_home in the workflow stage) to a Moses directory with "
+              "bin/moses and scripts/training/mert-moses.pl to tune and decode.")
         return 0
     inputs = [Path(p) for p in (args.moses_ini, args.dev_src, args.dev_ref, args.test_src, args.test_ref) if p]
     for path in inputs:
         if not path.is_file():
             raise UserError(f"{path}: no such file")
     inputs += [Path(p) for p in (args.dev, args.test) if p]
+    if args.mert_iterations < 1:
+        raise UserError("--mert-iterations must be at least 1")
     report: dict[str, Any] = {"stage": "moses", "moses_home": str(moses)}
+    # Tuning is hours of work: it runs in OUT.tuning/, beside the output, which no failure or
+    # Ctrl-C removes (mert.log and the runN files stay), and a rerun continues it (--continue).
+    out = Path(args.out)
+    tuning = out.with_name(f"{out.name}.tuning")
     with atomic_output_dir(args.out, stage="moses", inputs=inputs) as tmp:
-        dev_src, dev_ref = (corpus_to_text(Path(args.dev), tmp / "dev") if args.dev
+        tuning.mkdir(exist_ok=True)
+        # continue only the same tuning: same inputs (by content), iterations and decoder flags
+        run = {"inputs": [path_record(p)["hash"] for p in inputs], "iterations": args.mert_iterations,
+               "decoder_flags": args.decoder_flags, "threads": args.threads}
+        previous = tuning / "run.json"
+        if previous.is_file() and json.loads(previous.read_text()) != run:
+            log.info("tuning: %s holds another tuning run; starting over", tuning)
+            shutil.rmtree(tuning / "mert", ignore_errors=True)
+        write_json_atomic(previous, run)
+        dev_src, dev_ref = (corpus_to_text(Path(args.dev), tuning / "dev") if args.dev
                             else (Path(args.dev_src), Path(args.dev_ref)))
         if args.test:
             args.test_src, args.test_ref = corpus_to_text(Path(args.test), tmp / "test")
-        command = mert_command(moses, dev_src.resolve(), dev_ref.resolve(),
-                               Path(args.moses_ini).resolve(), tmp / "tuning", args.threads)
-        log.info("tuning: %s", " ".join(command))
-        subprocess.run(command, check=True)
+        command = mert_command(moses, dev_src.resolve(), dev_ref.resolve(), Path(args.moses_ini).resolve(),
+                               (tuning / "mert").resolve(), args.threads, args.mert_iterations, args.decoder_flags)
+        if (tuning / "mert" / "finished_step.txt").is_file():
+            command.append("--continue")
+            log.info("tuning: continuing the interrupted run in %s", tuning / "mert")
+        log.info("tuning: %s (log: %s)", " ".join(command), tuning / "mert.log")
+        _run_logged(command, tuning / "mert.log", "mert-moses.pl")
         tuned = tmp / "moses.tuned.ini"
-        shutil.copy(tmp / "tuning" / "moses.ini", tuned)
+        shutil.copy(tuning / "mert" / "moses.ini", tuned)
+        shutil.copy(tuning / "mert.log", tmp / "mert.log")
         if args.test_src and args.test_ref:
             with open(args.test_src, "rb") as source, open(tmp / "test.hyp", "wb") as hyp:
-                subprocess.run([str(moses / "bin/moses"), "-f", str(tuned), "-threads", str(args.threads)],
-                               stdin=source, stdout=hyp, check=True)
+                _run_logged([str(moses / "bin/moses"), "-f", str(tuned), "-threads", str(args.threads),
+                             *args.decoder_flags.split()], tmp / "decode.log", "the Moses decoder",
+                            stdin=source, stdout=hyp)
             report["test"] = bleu(_lines(tmp / "test.hyp"), _lines(Path(args.test_ref)), args.tgt_lang)
             print(f"moses: test BLEU {report['test']['bleu']:.2f} ({report['test']['signature']})")
         write_json_atomic(tmp / "report.json", report)
