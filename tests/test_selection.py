@@ -222,9 +222,14 @@ def test_bad_input_gives_one_error_line(small, tmp_path, dask_client, capsys):
         (["--in-domain", str(small["in_domain"]), "--out", str(tmp_path / "d"), "--budget-pairs", "10",
           "--method", "moore-lewis", "--lang", "de"],
          "language 'de' is not in this corpus (en-fr)"),
+        # options that would be silently ignored
+        (["--in-domain", str(small["in_domain"]), "--out", str(tmp_path / "e"), "--budget-pairs", "10",
+          "--lang", "fr"], "--lang fr: only moore-lewis scores one language (axelrod scores both sides)"),
+        (["--in-domain", str(small["in_domain"]), "--out", str(tmp_path / "f"), "--budget-pairs", "10",
+          "--budget-lang", "fr"], "--budget-lang fr: counts words, so it needs --budget-words (this selection is by pairs)"),
     ]
     for args, message in cases:
         assert cli.main(base + args) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
-    assert not any((tmp_path / d).exists() for d in "abcd")
+    assert not any((tmp_path / d).exists() for d in "abcdef")

@@ -93,6 +93,12 @@ def config_from_args(args: argparse.Namespace) -> SelectConfig:
     modes = {"words": args.budget_words, "pairs": args.budget_pairs, "fraction": args.fraction,
              "threshold": args.threshold}
     mode, amount = next(((m, a) for m, a in modes.items() if a is not None), ("sweep", None))
+    # options that would be silently ignored are refused
+    if args.lang and args.method != "moore-lewis":
+        raise UserError(f"--lang {args.lang}: only moore-lewis scores one language ({args.method} scores both sides)")
+    if args.budget_lang and mode != "words":
+        raise UserError(f"--budget-lang {args.budget_lang}: counts words, so it needs --budget-words "
+                        f"(this selection is by {mode})")
     try:
         grid = [float(f) for f in args.sweep_grid.split(",") if f.strip()]
     except ValueError:
