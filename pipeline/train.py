@@ -185,11 +185,14 @@ def train(config: TrainConfig, phrase_table: str | os.PathLike, src_vocab_path: 
     out = Path(out)
     config.check()
     resumed = read_resume_checkpoint(out, resume)  # before the table's pass: a bad file fails at once
-    data = load_data(config, Path(phrase_table), Path(src_vocab_path), Path(tgt_vocab_path),
-                     Path(cache_dir or out.with_name(out.name + ".arrow-cache")))
+    cache = Path(cache_dir or out.with_name(out.name + ".arrow-cache"))
+    data = load_data(config, Path(phrase_table), Path(src_vocab_path), Path(tgt_vocab_path), cache)
     learner, state = build_model(config, data, resumed, out)
     rows = run_loop(config, data, learner, state, out, quiet=quiet)
-    return write_outputs(config, data, learner, state, rows, out, started)
+    report = write_outputs(config, data, learner, state, rows, out, started)
+    if cache_dir is None:  # the default cache is ours and only speeds up a resumed run: gone once done
+        shutil.rmtree(cache, ignore_errors=True)
+    return report
 
 
 # ---------------------------------------------------------------------------------------------

@@ -120,6 +120,13 @@ def test_sampler_is_uniform_over_training_pairs_and_never_draws_validation():
     np.testing.assert_array_equal(sampler.draw(17, 64), PairSampler(1000, valid, seed=3).draw(17, 64))
 
 
+def test_the_default_arrow_cache_is_removed_once_training_is_done(toy, tmp_path):
+    config = TrainConfig(updates=4, batch_size=16, max_length=10, valid_pairs=10, valid_every=2,
+                         checkpoint_every=2, log_every=2, **TINY)
+    train(config, toy["table"], toy["src"], toy["tgt"], tmp_path / "out", quiet=True)
+    assert (tmp_path / "out" / "model.pt").is_file() and not (tmp_path / "out.arrow-cache").exists()
+
+
 @pytest.mark.determinism
 def test_resume_after_a_kill_ends_with_the_same_parameters(toy, tmp_path):
     common = dict(updates=240, batch_size=16, max_length=10, valid_pairs=40, valid_every=30,
