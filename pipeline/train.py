@@ -57,6 +57,7 @@ from pipeline.errors import UserError
 from pipeline.model import Batch, EncoderDecoder, EncoderDecoderConfig, make_batch, resolve_device, save_model
 from pipeline.optim import make_clip_and_step
 from pipeline.phrase_table import list_parts
+from pipeline.progress import progress
 from pipeline.vocab import Vocabulary
 
 log = logging.getLogger("rnnenc")
@@ -555,8 +556,6 @@ def run_loop(config: TrainConfig, data: TrainData, learner: TrainModel, state: T
     Returns:
         The rows of metrics.csv, this run's and those it resumed.
     """
-    from tqdm.auto import tqdm
-
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST_NAME).unlink(missing_ok=True)
     (out / LAST_CHECKPOINT).parent.mkdir(exist_ok=True)
@@ -564,8 +563,7 @@ def run_loop(config: TrainConfig, data: TrainData, learner: TrainModel, state: T
     model.train()
     clip_and_step = make_clip_and_step(model, optimizer, config)
     metrics = Metrics(out, state.update)
-    bar = tqdm(total=config.updates, initial=state.update, unit="upd", desc="train", disable=quiet,
-               dynamic_ncols=True)
+    bar = progress(config.updates, initial=state.update, unit="upd", desc="train", quiet=quiet)
     # updates/s over the updates since the last checkpoint, whose time is in state.seconds
     window_start = time.perf_counter()
     window_updates = 0

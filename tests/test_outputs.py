@@ -215,3 +215,32 @@ def test_quiet_local_cluster_shutdown_prints_no_tracebacks(tmp_path, dask_addres
                                  "--out", str(tmp_path / f"vocab{run}"), "--quiet", "--workers", "2"],
                                 capture_output=True, text=True, timeout=180)
         assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+def test_progress_off_a_terminal_is_plain_lines(tmp_path, dask_address):
+    """stderr to a file: no carriage returns, short lines, and the stage's progress as a line."""
+    src, tgt = corpus(tmp_path / "in", copies=500)
+    with open(tmp_path / "stderr.log", "w") as err:
+        result = subprocess.run([sys.executable, "-m", "workflows.cli",
+                                 *ingest_argv(src, tgt, tmp_path / "out", dask_address)[:-1], "--rows-per-part", "400"],
+                                stdout=subprocess.PIPE, stderr=err, text=True, timeout=180)
+    assert result.returncode == 0
+    text = (tmp_path / "stderr.log").read_text()
+    assert "\r" not in text and max(map(len, text.splitlines())) < 300, text
+    assert "ingest: 5/5 part" in text, text
+
+
+def test_plain_progress_reports_count_rate_and_time_left():
+    import io
+
+    from pipeline.progress import PlainProgress
+
+    out = io.StringIO()
+    bar = PlainProgress(total=10, desc="score", unit="part", interval=0.0, stream=out)
+    bar.update(4)
+    bar.set_postfix(loss="1.5")
+    bar.update(6)
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("score: 4/10 part, ") and "left" in lines[0]
+    assert lines[-1].startswith("score: 10/10 part, ") and lines[-1].endswith("(loss=1.5)") and len(lines) == 3

@@ -150,6 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     configure_logging(args.debug, args.quiet)
+    if args.quiet or not sys.stderr.isatty():
+        # Hugging Face datasets draws its own bars (carriage returns in a log file); set before it loads
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     module = STAGES[args.command].load()
     if module is None:
         print(f"rnnenc: error: '{args.command}' has not landed in this version of rnnenc yet", file=sys.stderr)

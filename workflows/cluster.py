@@ -22,9 +22,9 @@ from typing import Any, TypeVar
 from distributed import Client, Future, LocalCluster, wait
 from distributed.client import FuturesCancelledError
 from distributed.comm.core import CommClosedError
-from tqdm.auto import tqdm
 
 from pipeline.errors import UserError
+from pipeline.progress import progress
 
 log = logging.getLogger("rnnenc")
 T = TypeVar("T")
@@ -145,10 +145,10 @@ def map_partitions(client: Client, func: Callable[..., T], items: Iterable[Any],
             return []
         futures = client.map(func, list(items), key=[f"{prefix}-{i}-{os.urandom(4).hex()}" for i in range(len(items))],
                              pure=False, retries=2, **kwargs)
-        with tqdm(total=len(futures), desc=desc, unit="part", disable=quiet, leave=False) as bar:
+        with progress(len(futures), desc=desc, unit="part", quiet=quiet) as bar:
             return results_in_order(client, futures, bar)
     futures = []
-    with tqdm(total=0, desc=desc, unit="part", disable=quiet, leave=False) as bar:
+    with progress(0, desc=desc, unit="part", quiet=quiet) as bar:
         try:
             for i, item in enumerate(items):
                 futures.append(client.submit(func, item, key=f"{prefix}-{i:05d}-{os.urandom(4).hex()}", pure=False,
@@ -174,7 +174,7 @@ class DaskExecutor:
                               quiet=self.quiet, key_prefix=self.key_prefix, resources=resources, **kwargs)
 
 
-def results_in_order(client: Client, futures: list[Future], bar: tqdm | None = None) -> list[Any]:
+def results_in_order(client: Client, futures: list[Future], bar: Any = None) -> list[Any]:
     """Wait for ``futures`` as they finish (ticking ``bar``); results in submission order.
 
     A failure cancels the futures after it and waits for those before it: the exception raised
