@@ -212,3 +212,37 @@ def test_openmp_waiters_spin_in_training_commands_and_never_in_local_workers():
 
     with dask_client(None, 1) as client:
         assert list(client.run(lambda: os.environ.get("GOMP_SPINCOUNT")).values()) == ["0"]
+
+
+def test_a_copied_project_reruns_nothing_and_check_says_why(tmp_path, dask_address, capsys):
+    """Stage keys hold paths relative to the workflow's directory: after `cp -r` nothing reruns;
+    `rnnenc run --check` says which stages would run and why, and runs nothing."""
+    import shutil
+
+    from workflows import cli
+    from workflows.run import plan_workflow
+
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    generate_demo(project / "data", DemoConfig(seed=8, pool_size=800, in_domain_size=200, dev_size=20,
+                                               phrase_table_pairs=50))
+    write_workflow(project, WORKFLOW.format(run="r", fraction=0.2))
+    assert {r["status"] for r in run_workflow(load_workflow(project / "wf.yaml"), scheduler=dask_address,
+                                             quiet=True)} == {"ran"}
+    moved = tmp_path / "moved"
+    shutil.copytree(project, moved)
+    assert [p["action"] for p in plan_workflow(load_workflow(moved / "wf.yaml"))] == ["skip"] * 3
+    records = run_workflow(load_workflow(moved / "wf.yaml"), scheduler=dask_address, quiet=True)
+    assert [r["status"] for r in records] == ["skipped"] * 3
+
+    (moved / "data" / "in_domain.en").write_text((moved / "data" / "in_domain.en").read_text() + "One more line .\n")
+    (moved / "data" / "in_domain.fr").write_text((moved / "data" / "in_domain.fr").read_text() + "Une ligne de plus .\n")
+    capsys.readouterr()
+    assert cli.main(["run", str(moved / "wf.yaml"), "--check"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("pool: up to date: rnnenc ingest")
+    assert lines[1].startswith("in_domain: would run (its options, input contents or upstream outputs changed)")
+    assert lines[2].startswith("select: would run (upstream in_domain reruns)")
+    assert [p["action"] for p in plan_workflow(load_workflow(moved / "wf.yaml"), {"pool"})] == ["run"] * 3
+    assert [r["status"] for r in run_workflow(load_workflow(moved / "wf.yaml"), scheduler=dask_address,
+                                              quiet=True)] == ["skipped", "ran", "ran"]

@@ -96,6 +96,7 @@ class Workflow:
     spec: WorkflowSpec
     root: Path  # artifacts/<run>
     stages: list[Stage] = field(default_factory=list)
+    base: Path | None = None  # relative paths resolve here (the workflow file's directory)
 
 
 def _format_validation_error(source: str, exc: ValidationError) -> str:
@@ -224,7 +225,7 @@ def load_workflow(path: str | Path | None = None, *, text: str | None = None,
         raise UserError(_format_validation_error(source, exc)) from None
     base = base or (Path(path).resolve().parent if path is not None else Path.cwd())
     artifacts = Path(spec.artifacts) if Path(spec.artifacts).is_absolute() else base / spec.artifacts
-    workflow = Workflow(path=Path(path) if path else None, spec=spec, root=artifacts / spec.run)
+    workflow = Workflow(path=Path(path) if path else None, spec=spec, root=artifacts / spec.run, base=base)
     outputs: dict[str, Path] = {}
     for name, options in spec.stages.items():
         where = f"{source}: stages.{name}"

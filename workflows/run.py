@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -34,10 +35,17 @@ from workflows.stages import STAGES, input_path
 log = logging.getLogger("rnnenc")
 
 
-def stage_key(stage: Stage, upstream: dict[str, str]) -> str:
+def stage_key(stage: Stage, upstream: dict[str, str], base: Path | None = None) -> str:
+    """The stage's identity: command, options, input contents, upstream keys. Paths under ``base``
+    (the workflow's directory) count relative to it, so a project moved or copied elsewhere
+    (``cp -r``) keeps its keys and nothing reruns."""
+    argv = stage.argv
+    if base is not None:
+        prefix = str(Path(os.path.abspath(base))) + os.sep
+        argv = [arg.replace(prefix, "") for arg in argv]
     payload = {
         "command": stage.command,
-        "argv": stage.argv,
+        "argv": argv,
         "inputs": [path_record(p)["hash"] for p in stage.input_paths],
         "upstream": {name: upstream[name] for name in stage.depends_on},
     }
@@ -77,6 +85,34 @@ def _prepare_resumable(workflow: Workflow, stage: Stage, key: str) -> bool:
     return False
 
 
+def plan_workflow(workflow: Workflow, force: set[str] | None = None) -> list[dict[str, Any]]:
+    """What ``run_workflow`` would do, and why: one ``{"stage", "action", "reason"}`` per stage."""
+    force = force or set()
+    keys: dict[str, str] = {}
+    reruns: set[str] = set()
+    plan = []
+    for stage in workflow.stages:
+        key = keys[stage.name] = stage_key(stage, keys, workflow.base)
+        state = _state_path(workflow, stage)
+        upstream = sorted(reruns & set(stage.depends_on))
+        if "all" in force or stage.name in force:
+            reason = "forced (--force)"
+        elif upstream:
+            reason = f"upstream {', '.join(upstream)} reruns"
+        elif not is_complete(stage.out):
+            reason = "no complete output yet"
+        elif not state.is_file():
+            reason = "its output was not written by this workflow"
+        elif not is_up_to_date(workflow, stage, key):
+            reason = "its options, input contents or upstream outputs changed"
+        else:
+            plan.append({"stage": stage.name, "action": "skip", "reason": "up to date"})
+            continue
+        reruns.add(stage.name)
+        plan.append({"stage": stage.name, "action": "run", "reason": reason})
+    return plan
+
+
 def run_workflow(workflow: Workflow, *, scheduler: str | None = None, workers: int | None = None,
                  quiet: bool = False, debug: bool = False, force: set[str] | None = None,
                  until: str | None = None) -> list[dict[str, Any]]:
@@ -95,7 +131,7 @@ def run_workflow(workflow: Workflow, *, scheduler: str | None = None, workers: i
     with dask_client(scheduler, workers) as client:
         address = client.scheduler.address
         for stage in workflow.stages:
-            key = stage_key(stage, keys)
+            key = stage_key(stage, keys, workflow.base)
             keys[stage.name] = key
             forced = "all" in force or stage.name in force or bool(dirty & set(stage.depends_on))
             if not forced and is_up_to_date(workflow, stage, key):
@@ -137,7 +173,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="append", default=[], metavar="STAGE",
                         help="rerun this stage (and what depends on it) even if up to date; 'all' for all")
     parser.add_argument("--until", metavar="STAGE", help="stop after this stage")
-    parser.add_argument("--check", action="store_true", help="validate the workflow file and print the plan")
+    parser.add_argument("--check", action="store_true",
+                        help="validate the workflow file and print which stages would run and why (runs nothing)")
     add_cluster_arguments(parser)
 
 
@@ -150,8 +187,11 @@ def print_records(records: list[dict[str, Any]]) -> None:
 def main(args: argparse.Namespace) -> int:
     workflow = load_workflow(args.workflow)
     if args.check:
+        plan = {p["stage"]: p for p in plan_workflow(workflow, set(args.force))}
         for stage in workflow.stages:
-            print(f"{stage.name}: rnnenc {stage.command} {' '.join(stage.argv)}")
+            step = plan[stage.name]
+            status = f"would run ({step['reason']})" if step["action"] == "run" else "up to date"
+            print(f"{stage.name}: {status}: rnnenc {stage.command} {' '.join(stage.argv)}")
         return 0
     records = run_workflow(workflow, scheduler=args.scheduler, workers=args.workers, quiet=args.quiet,
                            debug=args.debug, force=set(args.force), until=args.until)
