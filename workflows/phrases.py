@@ -95,6 +95,6 @@ def main(args: argparse.Namespace) -> int:
         manifest = run_phrases(DaskExecutor(client, quiet=args.quiet), args.corpus, args.out, phrases, align,
                                alignment=args.alignment)
     counts = manifest["counts"]
-    log.info("%d phrase pairs from %d sentence pairs into %s", counts["phrase_pairs"], counts["pairs"], args.out)
+    print(f"{counts['phrase_pairs']:,} phrase pairs from {counts['pairs']:,} sentence pairs into {args.out}")
     return 0
 

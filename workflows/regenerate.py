@@ -37,6 +37,5 @@ def main(args: argparse.Namespace) -> int:
     out = args.out or f"{selection_dir.resolve()}.regenerated"
     with dask_client(args.scheduler, args.workers) as client:
         rebuilt = regenerate(args.manifest, out, DaskExecutor(client, quiet=args.quiet))
-    log.info("regenerated %d pairs into %s: byte-identical to %s", rebuilt["counts"]["selected_pairs"], out,
-             args.manifest)
+    print(f"regenerated {rebuilt['counts']['selected_pairs']:,} pairs into {out}: byte-identical to {args.manifest}")
     return 0

@@ -125,7 +125,8 @@ def run_workflow(workflow: Workflow, *, scheduler: str | None = None, workers: i
     keys: dict[str, str] = {}
     records: list[dict[str, Any]] = []
     dirty: set[str] = set()
-    scheduler = scheduler or workflow.spec.cluster.scheduler
+    # --scheduler, then DASK_SCHEDULER_ADDRESS (a launcher's), then the file's cluster.scheduler
+    scheduler = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or workflow.spec.cluster.scheduler
     workers = workers or workflow.spec.cluster.workers
     workflow.root.mkdir(parents=True, exist_ok=True)
     with dask_client(scheduler, workers) as client:

@@ -121,7 +121,8 @@ def main(args: argparse.Namespace) -> int:
     with dask_client(args.scheduler, args.workers) as client:
         manifest = run_selection(cfg, args.out, DaskExecutor(client, quiet=args.quiet))
     counts = manifest["counts"]
-    log.info("selected %d of %d pairs (%d/%d %s words) into %s", counts["selected_pairs"], counts["pool_pairs"],
-             counts["selected_source_tokens"], counts["pool_source_tokens"],
-             manifest["selection"]["languages"]["source"], args.out)
+    # a stage's result line goes to stdout, --quiet or not (--quiet silences progress and info logs)
+    print(f"selected {counts['selected_pairs']:,} of {counts['pool_pairs']:,} pairs "
+          f"({counts['selected_source_tokens']:,}/{counts['pool_source_tokens']:,} "
+          f"{manifest['selection']['languages']['source']} words) into {args.out}")
     return 0

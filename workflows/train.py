@@ -103,7 +103,6 @@ def main(args: argparse.Namespace) -> int:
     if report is None:
         report = train(*train_args, **train_kwargs, quiet=args.quiet)
     counts = report["counts"]
-    log.info("trained %d updates on %s (%s updates/s); %s", counts["updates"], report["device"],
-             report["updates_per_s"], json.dumps({k: counts[k] for k in ("pairs", "pairs_too_long",
-                                                                           "best_valid_perplexity")}))
+    print(f"trained {counts['updates']:,} updates on {report['device']} ({report['updates_per_s']} updates/s) "
+          f"into {args.out}; " + json.dumps({k: counts[k] for k in ("pairs", "pairs_too_long", "best_valid_perplexity")}))
     return 0
