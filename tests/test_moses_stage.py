@@ -40,6 +40,13 @@ def test_mert_command_and_bleu(tmp_path):
     refs = ["le chat est sur le tapis .", "c &apos; est la vie ."]
     assert bleu(refs, refs, "fr")["bleu"] == 100.0
     assert bleu(["le chien"] * 2, refs, "fr")["bleu"] < 10
+    # against the raw reference text, as published scores are: the detokenised hypothesis matches it
+    hyps = ["le chat est sur le tapis .", "c&apos; est la vie ."]  # as the Moses tokenizer writes c'est
+    scored = bleu(hyps, hyps, "fr", raw_references=["le chat est sur le tapis.", "c'est la vie."])
+    assert scored["bleu"] == 100.0 and scored["chrf"] == 100.0 and scored["reference"] == "raw"
+    assert "nc:6" in scored["chrf_signature"] and scored["signature"].startswith("nrefs:1")
+    with pytest.raises(UserError, match="2 hypotheses but 1 references"):
+        bleu(refs, refs, "fr", raw_references=["x"])
 
 
 MOSES = find_moses(None)

@@ -79,18 +79,27 @@ def _run_logged(command: list[str], log_path: Path, what: str, **kwargs: Any) ->
         raise UserError(f"{what} failed (exit {result.returncode}); its log: {log_path}")
 
 
-def bleu(hypotheses: list[str], references: list[str], target_lang: str) -> dict[str, Any]:
-    """sacrebleu BLEU on detokenised text (Moses-escaped tokens are unescaped first)."""
+def bleu(hypotheses: list[str], references: list[str], target_lang: str,
+         raw_references: list[str] | None = None) -> dict[str, Any]:
+    """sacrebleu BLEU and chrF of the detokenised hypotheses (Moses-escaped tokens unescaped).
+
+    Against ``raw_references`` (the untokenised reference text) when given, which is what
+    published scores use; else against the detokenised tokenised references. The signatures
+    and which reference was used are recorded.
+    """
     import sacrebleu
     from sacremoses import MosesDetokenizer
 
     detok = MosesDetokenizer(lang=target_lang)
     hyps = [detok.detokenize(h.split()) for h in hypotheses]
-    refs = [detok.detokenize(r.split()) for r in references]
-    metric = sacrebleu.BLEU()
-    score = metric.corpus_score(hyps, [refs])
-    return {"bleu": round(score.score, 2), "signature": str(metric.get_signature()),
-            "sentences": len(hyps)}
+    refs = raw_references if raw_references is not None else [detok.detokenize(r.split()) for r in references]
+    if len(refs) != len(hyps):
+        raise UserError(f"{len(hyps)} hypotheses but {len(refs)} references: not the test set's references?")
+    bleu_metric, chrf_metric = sacrebleu.BLEU(), sacrebleu.CHRF()
+    bleu_score, chrf_score = bleu_metric.corpus_score(hyps, [refs]), chrf_metric.corpus_score(hyps, [refs])
+    return {"bleu": round(bleu_score.score, 2), "signature": str(bleu_metric.get_signature()),
+            "chrf": round(chrf_score.score, 2), "chrf_signature": str(chrf_metric.get_signature()),
+            "reference": "raw" if raw_references is not None else "detokenised", "sentences": len(hyps)}
 
 
 def _lines(path: Path) -> list[str]:
@@ -121,6 +130,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     input_path(parser, "--test", metavar="CORPUS", help="test set: a corpus directory written by 'rnnenc ingest'")
     input_path(parser, "--test-src", help="or: tokenised test source")
     input_path(parser, "--test-ref", help="and its tokenised reference")
+    input_path(parser, "--test-raw-ref", metavar="FILE",
+               help="the test set's untokenised reference text: BLEU and chrF against it, comparable to "
+                    "published scores (default: the detokenised --test-ref)")
     parser.add_argument("--moses-home", help="Moses installation (default: $MOSES_HOME)")
     parser.add_argument("--tgt-lang", default="fr", help="target language, for detokenisation (default: fr)")
     parser.add_argument("--src-lang", default="en", help="source language (recorded in the report)")
@@ -146,7 +158,8 @@ def main(args: argparse.Namespace) -> int:
               "MOSES_HOME (or --moses-home, or moses_home in the workflow stage) to a Moses directory with "
               "bin/moses and scripts/training/mert-moses.pl to tune and decode.")
         return 0
-    inputs = [Path(p) for p in (args.moses_ini, args.dev_src, args.dev_ref, args.test_src, args.test_ref) if p]
+    inputs = [Path(p) for p in (args.moses_ini, args.dev_src, args.dev_ref, args.test_src, args.test_ref,
+                                args.test_raw_ref) if p]
     for path in inputs:
         if not path.is_file():
             raise UserError(f"{path}: no such file")
@@ -187,8 +200,10 @@ def main(args: argparse.Namespace) -> int:
                 _run_logged([str(moses / "bin/moses"), "-f", str(tuned), "-threads", str(args.threads),
                              *args.decoder_flags.split()], tmp / "decode.log", "the Moses decoder",
                             stdin=source, stdout=hyp)
-            report["test"] = bleu(_lines(tmp / "test.hyp"), _lines(Path(args.test_ref)), args.tgt_lang)
-            print(f"moses: test BLEU {report['test']['bleu']:.2f} ({report['test']['signature']})")
+            raw = _lines(Path(args.test_raw_ref)) if args.test_raw_ref else None
+            report["test"] = bleu(_lines(tmp / "test.hyp"), _lines(Path(args.test_ref)), args.tgt_lang, raw)
+            print(f"moses: test BLEU {report['test']['bleu']:.2f} chrF {report['test']['chrf']:.2f} against the "
+                  f"{report['test']['reference']} reference ({report['test']['signature']})")
         write_json_atomic(tmp / "report.json", report)
     write_manifest(args.out, stage="moses", inputs=inputs, config=vars(args) | {"moses_home": str(moses)},
                    counts=report.get("test", {}))
