@@ -45,6 +45,8 @@ class PreprocessConfig:
     min_tokens: int = 1
     max_tokens: int = 80
     max_ratio: float = 9.0
+    #: False for tuning and test sets: no line may be lost (no empty-side, length or ratio filter)
+    clean: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -94,7 +96,10 @@ def tokenize(text: str, lang: str, lowercase: bool = False, normalize_punctuatio
 
 
 def clean_reason(source_tokens: int, target_tokens: int, config: PreprocessConfig) -> str | None:
-    """Why clean-corpus-n would drop a pair with these lengths, or None to keep it."""
+    """Why clean-corpus-n would drop a pair with these lengths, or None to keep it (always None
+    when ``config.clean`` is off)."""
+    if not config.clean:
+        return None
     if source_tokens == 0 or target_tokens == 0:
         return EMPTY
     if source_tokens < config.min_tokens or target_tokens < config.min_tokens:

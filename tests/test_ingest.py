@@ -412,3 +412,21 @@ def test_rejects_keep_the_original_bytes_of_every_line(tmp_path, dask_client):
     _, rows = _read_rejects(tmp_path / "out2" / "rejects.tsv.gz")
     assert rows[("r", 2)][5:7] == [b"z " * 100 + b"\xfe\xff", b"t\xc3"]
     assert read_corpus(tmp_path / "out2").column("source").to_pylist() == ["kept \ufffd"]
+
+
+def test_no_clean_keeps_every_line_of_a_test_set(tmp_path, dask_address):
+    """Tuning and test sets lose no line: empty, long and lopsided pairs stay, in order."""
+    src, tgt = tmp_path / "t.en", tmp_path / "t.fr"
+    src.write_text("A cat .\n\nOne two three four five six seven eight nine ten .\nHi\n")
+    tgt.write_text("Un chat .\nVide\nUn .\nSalut\n")
+    common = ["--src", str(src), "--tgt", str(tgt), "--src-lang", "en", "--tgt-lang", "fr", "--scheduler",
+              dask_address, "--max-tokens", "5", "--max-ratio", "2", "--quiet"]
+    from workflows import cli
+
+    assert cli.main(["ingest", *common, "--out", str(tmp_path / "cleaned")]) == 0
+    assert cli.main(["ingest", *common, "--out", str(tmp_path / "kept"), "--no-clean"]) == 0
+    cleaned = pq.read_table(tmp_path / "cleaned" / "part-00000.parquet")
+    kept = pq.read_table(tmp_path / "kept" / "part-00000.parquet")
+    assert cleaned.column("line").to_pylist() == [1, 4]
+    assert kept.column("line").to_pylist() == [1, 2, 3, 4] and kept.column("source").to_pylist()[1] == ""
+    assert json.loads((tmp_path / "kept" / "report.json").read_text())["pairs_dropped"] == 0

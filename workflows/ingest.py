@@ -79,6 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             help="skip Moses punctuation normalisation")
     processing.add_argument("--min-tokens", type=int, default=1, help="drop sides shorter (default: %(default)s)")
     processing.add_argument("--max-tokens", type=int, default=80, help="drop sides longer (default: %(default)s)")
+    processing.add_argument("--no-clean", action="store_true",
+                            help="tuning and test sets: keep every line (no empty-side, length or ratio "
+                                 "filter), so hypotheses stay aligned with the references")
     processing.add_argument("--max-ratio", type=float, default=9.0,
                             help="drop pairs whose length ratio exceeds this (default: %(default)s)")
     processing.add_argument("--invalid-utf8", choices=["replace", "reject"], default="replace",
@@ -98,7 +101,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
     return PreprocessConfig(source_lang=args.src_lang, target_lang=args.tgt_lang, lowercase=args.lowercase,
                             normalize_punctuation=not args.no_normalize_punctuation,
-                            min_tokens=args.min_tokens, max_tokens=args.max_tokens, max_ratio=args.max_ratio)
+                            min_tokens=args.min_tokens, max_tokens=args.max_tokens, max_ratio=args.max_ratio,
+                            clean=not args.no_clean)
 
 
 def print_report(report: dict[str, Any]) -> None:
