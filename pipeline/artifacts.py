@@ -8,7 +8,7 @@ manifest is an interrupted or foreign run and is never trusted.
 Nothing rnnenc did not write is ever removed: an existing ``<out>`` is replaced only when it is
 an earlier output of the same stage (its manifest, or the ``.rnnenc-output`` marker every output
 carries from its first byte, names that stage) or an empty directory, and never when it holds
-or lies inside one of the stage's inputs. A run holds ``<out>.lock`` (an advisory ``flock``)
+or lies inside one of the stage's inputs. A run holds ``.<out>.lock`` (an advisory ``flock``)
 from its check to its rename, so two runs never write one output; under the lock, temporaries
 ``<out>.tmp-*`` of earlier runs that were killed are removed.
 """
@@ -155,14 +155,14 @@ def check_output_target(out_dir: str | os.PathLike, stage: str,
 
 @contextlib.contextmanager
 def output_lock(out_dir: str | os.PathLike) -> Iterator[None]:
-    """Hold ``<out>.lock`` exclusively; a UserError naming the holder if another run has it.
+    """Hold ``.<out>.lock`` (beside the output) exclusively; a UserError naming the holder if another run has it.
 
     The lock is an ``flock``: the kernel releases it when its holder dies, so a killed run never
     leaves a stale lock behind (the file stays, harmless).
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    path = out_dir.with_name(f"{out_dir.name}.lock")
+    path = out_dir.with_name(f".{out_dir.name}.lock")  # hidden: one beside every output
     handle = open(path, "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
