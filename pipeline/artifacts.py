@@ -247,10 +247,10 @@ def replace_output(new: Path, out_dir: Path) -> None:
 #: the kind of artifact each stage writes (recorded in its manifest)
 STAGE_KINDS = {"ingest": "corpus", "select": "selection", "phrase-table": "phrase-table",
                "phrases": "phrase-table", "rescore": "phrase-table", "vocab": "vocabularies",
-               "train": "model", "export": "moses-model", "moses": "moses-run"}
+               "train": "model", "export": "moses-model", "moses": "moses-run", "lm": "language-model"}
 #: where a stage's main output lies inside its directory, when it is not the directory itself:
 #: what a workflow's ``${stage}`` stands for where a file or a table is expected
-MAIN_OUTPUT = {"phrases": "table", "train": "model.pt", "export": "moses.ini"}
+MAIN_OUTPUT = {"phrases": "table", "train": "model.pt", "export": "moses.ini", "lm": "lm.binary"}
 
 
 @dataclass(frozen=True)

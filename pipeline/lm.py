@@ -18,9 +18,11 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import kenlm
 
@@ -180,3 +182,63 @@ def perplexity(model: kenlm.Model, sentences: Iterable[str]) -> float:
     if words == 0:
         raise UserError("perplexity of an empty text")
     return math.pow(10.0, total / words)
+
+
+# ---------------------------------------------------------------------------------------------
+# The lm stage: the decoder's target language model (the command line is workflows.lm)
+
+LM_NAME = "lm.binary"
+
+
+def _side_text(corpus: Path, lang: str, work: Path, index: int) -> Path:
+    """One side of ``corpus`` as tokenised text: a select output's ``selected.<lang>``, an ingest
+    output's parts, or a text file as is."""
+    from pipeline.artifacts import output_stage
+    from pipeline.selection import export_side
+
+    if corpus.is_file():
+        return corpus
+    if output_stage(corpus) == "select":
+        text = corpus / f"selected.{lang}"
+        if not text.is_file():
+            raise UserError(f"{text}: missing from the select output {corpus}")
+        return text
+    text = work / f"corpus-{index}.{lang}"
+    export_side(corpus, lang, text)
+    return text
+
+
+def build_target_lm(corpora: Iterable[str | os.PathLike], lang: str, out: str | os.PathLike, *,
+                    order: int = 5, memory: str = "1G") -> dict[str, Any]:
+    """The lm stage: a binarised KenLM model of order ``order`` on the ``lang`` side of ``corpora``
+    (the selection's target side and the in-domain target text, as Cho et al. built the Moses LM
+    from the selected data), written to ``out/lm.binary`` (atomically, manifest last).
+
+    Parameters:
+        corpora: select outputs, ingest outputs or tokenised text files.
+        lang: the side to model (the target language).
+        out: the output directory.
+        order: the n-gram order (5, as Moses baselines use).
+        memory: lmplz's sorting memory (``-S``).
+    """
+    from pipeline.artifacts import atomic_output_dir, write_json_atomic, write_manifest
+
+    corpora = [Path(c) for c in corpora]
+    if not corpora:
+        raise UserError("lm: give at least one --corpus")
+    if order < 1:
+        raise UserError("lm: --order must be at least 1")
+    started = time.perf_counter()
+    with atomic_output_dir(out, stage="lm", inputs=corpora) as tmp:
+        work = tmp / ".work"
+        work.mkdir()
+        texts = [_side_text(c, lang, work, i) for i, c in enumerate(corpora)]
+        trained = train_lm(texts, tmp / LM_NAME, LMConfig(order=order, memory=memory))
+        lines = sum(sum(1 for _ in open(t, encoding="utf-8")) for t in texts)
+        shutil.rmtree(work)
+        report = {"stage": "lm", "lang": lang, "order": order, "sentences": lines,
+                  "discount_fallback": trained.discount_fallback, "seconds": round(time.perf_counter() - started, 3)}
+        write_json_atomic(tmp / "report.json", report)
+    write_manifest(out, stage="lm", inputs=corpora, config={"lang": lang, "order": order, "memory": memory},
+                   counts={"sentences": lines})
+    return report

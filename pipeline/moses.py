@@ -161,10 +161,59 @@ def update_moses_ini(text: str, *, table_path: str, score_names: Sequence[str], 
                      new_features=total, added=added, weights=new_weights, path=path, binarise=binarise)
 
 
+LM_WEIGHT = 0.5  # train-model.perl's initial LM weight
+
+
+def set_language_model(text: str, lm_path: str, order: int) -> str:
+    """moses.ini ``text`` whose (first) KenLM feature reads ``lm_path`` at ``order``; an ini without
+    one gets ``KENLM name=LM0`` after its last feature, with the initial weight train-model.perl
+    gives it."""
+    lines = text.split("\n")
+    section, feature_end, weight_end = None, None, None
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        header = re.fullmatch(r"\[([^\]]+)\]", stripped)
+        if header:
+            section = header.group(1).strip()
+            continue
+        if section == "feature" and stripped and not stripped.startswith("#"):
+            feature_end = i
+            if stripped.split()[0] == "KENLM":
+                tokens = [t for t in stripped.split() if not t.startswith(("path=", "order="))]
+                indent = line[: len(line) - len(line.lstrip())]
+                lines[i] = indent + " ".join(tokens + [f"path={lm_path}", f"order={order}"])
+                return "\n".join(lines)
+        if section == "weight" and stripped and not stripped.startswith("#"):
+            weight_end = i
+    if feature_end is None or weight_end is None:
+        raise UserError("moses.ini has no [feature] or [weight] section to add the language model to")
+    lines.insert(weight_end + 1, f"LM0= {_format_weight(LM_WEIGHT)}")
+    lines.insert(feature_end + 1, f"KENLM name=LM0 factor=0 path={lm_path} order={order}")
+    return "\n".join(lines)
+
+
+def language_model(path: str | os.PathLike) -> tuple[str, int]:
+    """(binary path, order) of an lm stage output or of a KenLM model file."""
+    from pipeline.artifacts import read_artifact
+
+    artifact = read_artifact(path, expect=("language-model",))
+    if not artifact.main.is_file():
+        raise UserError(f"{artifact.main}: no such language model")
+    if artifact.kind == "language-model":
+        from pipeline.artifacts import read_manifest
+
+        return str(artifact.main.resolve()), int((read_manifest(artifact.path) or {})["config"]["order"])
+    import kenlm
+
+    return str(artifact.main.resolve()), int(kenlm.Model(str(artifact.main)).order)
+
+
 def export_stage(table_dir: str | os.PathLike, out_dir: str | os.PathLike, *, moses_ini: str | os.PathLike | None = None,
                  config=None, feature: str | None = None, initial_weight: float = DEFAULT_INITIAL_WEIGHT,
-                 weights: Mapping[str, float] | None = None, executor: Executor = SERIAL) -> dict[str, Any]:
-    """``out_dir/phrase-table.gz`` (+ ``moses.ini`` when given one), ``report.json``, manifest last."""
+                 weights: Mapping[str, float] | None = None, executor: Executor = SERIAL,
+                 lm: str | os.PathLike | None = None) -> dict[str, Any]:
+    """``out_dir/phrase-table.gz`` (+ ``moses.ini`` when given one, reading the language model ``lm``
+    when given: an lm stage output or a KenLM file), ``report.json``, manifest last."""
     from pipeline.artifacts import atomic_output_dir, write_json_atomic, write_manifest
     from pipeline.phrase_table import ExportConfig, export_moses, list_parts, read_score_columns
 
@@ -184,7 +233,10 @@ def export_stage(table_dir: str | os.PathLike, out_dir: str | os.PathLike, *, mo
         update_moses_ini(ini_text, table_path=str(out_dir.resolve() / TABLE_NAME),
                          score_names=[s["name"] for s in scores], name=feature, initial_weight=initial_weight,
                          weights=weights, source=str(moses_ini), penalties=[s["name"] for s in scores if s.get("penalty")])
-    given = [table_dir, *([moses_ini] if moses_ini is not None else [])]
+    lm_model = language_model(lm) if lm is not None else None
+    if lm_model is not None and ini_text is None:
+        raise UserError("export: --lm needs --moses-ini (the language model goes into the moses.ini)")
+    given = [table_dir, *([moses_ini] if moses_ini is not None else []), *([lm] if lm is not None else [])]
     with atomic_output_dir(out_dir, stage="export", inputs=given) as tmp:
         result = export_moses(table_dir, tmp / TABLE_NAME, config, executor=executor,
                               tmp_dir=out_dir.parent / f".{out_dir.name}.runs-{os.getpid()}")
@@ -206,7 +258,8 @@ def export_stage(table_dir: str | os.PathLike, out_dir: str | os.PathLike, *, mo
                                       name=feature, initial_weight=initial_weight, weights=weights,
                                       source=str(moses_ini),
                                       penalties=[s["name"] for s in result["scores"] if s.get("penalty")])
-            (tmp / "moses.ini").write_text(update.text, encoding="utf-8")
+            text = set_language_model(update.text, *lm_model) if lm_model is not None else update.text
+            (tmp / "moses.ini").write_text(text, encoding="utf-8")
             report["moses_ini"] = {"path": str(out_dir / "moses.ini"), "feature": update.feature,
                                    "type": update.feature_type, "num_features": [update.old_features,
                                                                                  update.new_features],
@@ -216,7 +269,7 @@ def export_stage(table_dir: str | os.PathLike, out_dir: str | os.PathLike, *, mo
         report["seconds"] = round(seconds, 3)
         report["rows_per_second"] = round(result["rows"] / seconds, 1) if seconds else None
         write_json_atomic(tmp / "report.json", report)
-    inputs = [table_dir] + ([moses_ini] if moses_ini is not None else [])
+    inputs = given
     write_manifest(out_dir, stage="export", inputs=inputs,
                    config=config.to_dict() | {"feature": feature, "initial_weight": initial_weight,
                                               "weights": dict(weights or {})},

@@ -111,3 +111,43 @@ def test_a_failed_tuning_keeps_its_log_and_says_where(exported, tmp_path, capsys
     err = capsys.readouterr().err.strip()
     assert err.startswith("rnnenc: error: mert-moses.pl failed") and err.endswith("out.tuning/mert.log"), err
     assert (tmp_path / "out.tuning" / "mert.log").stat().st_size > 0 and not (tmp_path / "out").exists()
+
+
+def test_lm_stage_trains_the_target_lm_and_export_puts_it_in_moses_ini(exported, tmp_path):
+    """`rnnenc lm` on a select output's target side (+ in-domain text); `export --lm` sets the
+    ini's KenLM feature, or adds one with train-model.perl's weight."""
+    from pipeline.artifacts import write_manifest
+    from pipeline.moses import export_stage, set_language_model
+    from workflows import cli
+
+    select = tmp_path / "select"  # what a select output holds for this stage
+    select.mkdir()
+    (select / "selected.fr").write_text((exported / "dev.fr").read_text() * 5)
+    write_manifest(select, stage="select", inputs=[], config={}, counts={})
+    assert cli.main(["lm", "--corpus", str(select), "--corpus", str(exported / "test.fr"), "--lang", "fr",
+                     "--order", "3", "--out", str(tmp_path / "lm"), "--quiet"]) == 0
+    assert (tmp_path / "lm" / "lm.binary").is_file()
+    assert __import__("json").loads((tmp_path / "lm" / "report.json").read_text())["sentences"] == 160
+
+    export_stage(exported / "table", tmp_path / "export", moses_ini=exported / "baseline.ini", lm=tmp_path / "lm")
+    ini = (tmp_path / "export" / "moses.ini").read_text().splitlines()
+    assert f"KENLM name=LM0 factor=0 path={(tmp_path / 'lm' / 'lm.binary').resolve()} order=3" in ini
+    assert "LM0= 0.5" in ini
+    # an ini that has one: its path and order change, nothing else
+    again = set_language_model("\n".join(ini), "/other/lm.binary", 5).splitlines()
+    assert "KENLM name=LM0 factor=0 path=/other/lm.binary order=5" in again and again.count("LM0= 0.5") == 1
+    assert len(again) == len(ini)
+
+
+@NEEDS_MOSES
+def test_real_moses_decodes_with_the_lm_stages_model(exported, tmp_path):
+    from pipeline.lm import build_target_lm
+    from pipeline.moses import export_stage
+
+    build_target_lm([exported / "dev.fr", exported / "test.fr"], "fr", tmp_path / "lm", order=3)
+    export_stage(exported / "table", tmp_path / "export", moses_ini=exported / "baseline.ini", lm=tmp_path / "lm")
+    with open(exported / "test.en", "rb") as source:
+        done = subprocess.run([str(MOSES / "bin" / "moses"), "-f", str(tmp_path / "export" / "moses.ini"),
+                               "-threads", "1"], stdin=source, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(done.stdout.decode().splitlines()) == 10

@@ -50,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the Parquet phrase table (rnnenc phrase-table or rescore output)")
     output_path(parser, "--out", required=True, help="output directory (replaced atomically)")
     input_path(parser, "--moses-ini", metavar="FILE", help="the moses.ini to update for the exported table")
+    input_path(parser, "--lm", metavar="PATH",
+               help="the language model the moses.ini reads: an 'rnnenc lm' output or a KenLM file (its "
+                    "KENLM feature's path and order are set, or one is added)")
     parser.add_argument("--feature", metavar="NAME",
                         help="the phrase dictionary to update (default: the only one, else TranslationModel0)")
     parser.add_argument("--initial-weight", type=float, default=DEFAULT_INITIAL_WEIGHT,
@@ -90,6 +93,6 @@ def main(args: argparse.Namespace) -> int:
     with dask_client(args.scheduler, args.workers) as client:
         report = export_stage(args.table, args.out, moses_ini=args.moses_ini, config=config, feature=args.feature,
                               initial_weight=args.initial_weight, weights=weights,
-                              executor=DaskExecutor(client, quiet=args.quiet, key_prefix="export"))
+                              executor=DaskExecutor(client, quiet=args.quiet, key_prefix="export"), lm=args.lm)
     print(describe(report))
     return 0

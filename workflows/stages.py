@@ -75,6 +75,7 @@ for _spec in (
     StageSpec("vocab", "workflows.vocab", "build the source and target vocabularies"),
     StageSpec("phrase-table", "workflows.phrase_table", "import a Moses phrase table into Parquet"),
     StageSpec("phrases", "workflows.phrases", "extract and score a phrase table from an aligned corpus"),
+    StageSpec("lm", "workflows.lm", "train the decoder's target KenLM n-gram model on the selection"),
     StageSpec("train", "workflows.train", "train the RNN encoder-decoder on a phrase table",
               trains_in_process=True, resume_marker="checkpoints/last.pt"),
     StageSpec("rescore", "workflows.rescore", "add the RNN score and unknown-word count to a phrase table"),
