@@ -292,6 +292,14 @@ def read_artifact(path: str | os.PathLike, *, expect: Iterable[str] = ()) -> Art
     return Artifact(path, stage, kind, main, tuple(langs) if langs else None)
 
 
+def corpus_path(path: str | os.PathLike) -> Path:
+    """A corpus directory of ``part-*.parquet``: the directory given, or a selection's ``selected/``."""
+    path = Path(path)
+    if path.is_dir() and not any(path.glob("part-*.parquet")) and (path / "selected").is_dir():
+        return path / "selected"
+    return path
+
+
 def phrase_table_path(path: str | os.PathLike) -> Path:
     """A Parquet phrase table: the directory given, or the ``table/`` of a phrases output."""
     return read_artifact(path, expect=("phrase-table",)).main

@@ -63,7 +63,13 @@ import pyarrow.parquet as pq
 import xxhash
 
 from pipeline.alignment import AlignConfig, align_part, parse_links
-from pipeline.artifacts import atomic_output_dir, read_manifest, write_json_atomic, write_manifest
+from pipeline.artifacts import (
+    atomic_output_dir,
+    corpus_path,
+    read_manifest,
+    write_json_atomic,
+    write_manifest,
+)
 from pipeline.errors import UserError
 from pipeline.executor import SERIAL, Executor
 from pipeline.phrase_table import ExportConfig, export_moses, list_parts, phrase_table_schema
@@ -499,9 +505,7 @@ def build_phrase_table(corpus_parts: Sequence[str], alignment_parts: Sequence[st
 
 def corpus_parts(corpus: str | Path) -> tuple[Path, list[Path]]:
     """The corpus directory to read (``selected/`` inside a select output) and its parts."""
-    corpus = Path(corpus)
-    if corpus.is_dir() and not any(corpus.glob("part-*.parquet")) and (corpus / "selected").is_dir():
-        corpus = corpus / "selected"
+    corpus = corpus_path(corpus)
     parts = list_parts(corpus)
     for part in parts:
         names = pq.read_schema(part).names

@@ -20,7 +20,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.artifacts import atomic_output_dir, read_manifest, write_json_atomic, write_manifest
+from pipeline.artifacts import (
+    atomic_output_dir,
+    corpus_path,
+    read_manifest,
+    write_json_atomic,
+    write_manifest,
+)
 from pipeline.errors import UserError
 from pipeline.executor import SERIAL, Executor
 from pipeline.phrase_table import list_parts
@@ -272,10 +278,7 @@ MAX_BUCKETS = 256
 
 def corpus_parts(path: str | Path) -> list[Path]:
     """Parts of a corpus directory (``rnnenc ingest``) or of a selection (its ``selected/``)."""
-    path = Path(path)
-    if path.is_dir() and not list(path.glob("part-*.parquet")) and (path / "selected").is_dir():
-        path = path / "selected"
-    return list_parts(path)
+    return list_parts(corpus_path(path))
 
 
 def input_languages(path: str | Path) -> tuple[str | None, str | None]:
