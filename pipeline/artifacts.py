@@ -247,10 +247,12 @@ def replace_output(new: Path, out_dir: Path) -> None:
 #: the kind of artifact each stage writes (recorded in its manifest)
 STAGE_KINDS = {"ingest": "corpus", "select": "selection", "phrase-table": "phrase-table",
                "phrases": "phrase-table", "rescore": "phrase-table", "vocab": "vocabularies",
-               "train": "model", "export": "moses-model", "moses": "moses-run", "lm": "language-model"}
+               "train": "model", "export": "moses-model", "moses": "moses-run", "lm": "language-model",
+               "moses-train": "moses-model", "filter": "phrase-table"}
 #: where a stage's main output lies inside its directory, when it is not the directory itself:
 #: what a workflow's ``${stage}`` stands for where a file or a table is expected
-MAIN_OUTPUT = {"phrases": "table", "train": "model.pt", "export": "moses.ini", "lm": "lm.binary"}
+MAIN_OUTPUT = {"phrases": "table", "train": "model.pt", "export": "moses.ini", "lm": "lm.binary",
+               "moses-train": "model/moses.ini"}
 
 
 @dataclass(frozen=True)
@@ -313,6 +315,19 @@ def model_path(path: str | os.PathLike) -> Path:
 def moses_ini_path(path: str | os.PathLike) -> Path:
     """A moses.ini: the file given, or the one of an export output."""
     return read_artifact(path, expect=("moses-model",)).main
+
+
+def moses_table_path(path: str | os.PathLike) -> Path:
+    """A Moses text phrase table: the file given, or the ``phrase-table.gz`` of a moses-train or
+    export output."""
+    artifact = read_artifact(path, expect=("moses-model",))
+    if artifact.stage == "moses-train":
+        return artifact.path / "model" / "phrase-table.gz"
+    if artifact.stage == "export":
+        return artifact.path / "phrase-table.gz"
+    if artifact.path.is_dir():
+        raise UserError(f"{artifact.path}: a directory, not a Moses phrase table file (nor a moses-train output)")
+    return artifact.path
 
 
 def vocabulary_path(path: str | os.PathLike, side: str) -> Path:

@@ -164,6 +164,32 @@ def update_moses_ini(text: str, *, table_path: str, score_names: Sequence[str], 
 LM_WEIGHT = 0.5  # train-model.perl's initial LM weight
 
 
+def new_moses_ini(table_path: str, scores: Sequence[Mapping[str, Any]], lm_path: str, order: int, *,
+                  initial_weight: float = DEFAULT_INITIAL_WEIGHT, weights: Mapping[str, float] | None = None,
+                  distortion_limit: int = 6) -> tuple[str, list[float]]:
+    """A moses.ini (and the table's initial weights) in train-model.perl's layout for a table with the score columns ``scores``
+    (in-memory phrase dictionary, distance-based reordering, word and phrase penalties, the KenLM
+    model ``lm_path``), with train-model.perl's initial weights (a penalty column: negative)."""
+    weights = dict(weights or {})
+    table_weights = [float(weights.pop(s["name"], -initial_weight if s.get("penalty") else initial_weight))
+                     for s in scores]
+    if weights:
+        raise UserError(f"weights given for {', '.join(sorted(weights))}, which the table has no column of "
+                        f"(columns: {', '.join(s['name'] for s in scores)})")
+    return "\n".join([
+        "# written by rnnenc export, in train-model.perl's layout",
+        "# columns: " + " ".join(s["name"] for s in scores),
+        "", "[input-factors]", "0", "", "[mapping]", "0 T 0", "",
+        "[distortion-limit]", str(distortion_limit), "",
+        "[feature]", "UnknownWordPenalty", "WordPenalty", "PhrasePenalty",
+        f"PhraseDictionaryMemory name=TranslationModel0 num-features={len(scores)} path={table_path} "
+        "input-factor=0 output-factor=0",
+        "Distortion", f"KENLM name=LM0 factor=0 path={lm_path} order={order}", "",
+        "[weight]", "UnknownWordPenalty0= 1", "WordPenalty0= -1", "PhrasePenalty0= 0.2",
+        "TranslationModel0= " + " ".join(_format_weight(w) for w in table_weights),
+        "Distortion0= 0.3", f"LM0= {_format_weight(LM_WEIGHT)}", ""]), table_weights
+
+
 def set_language_model(text: str, lm_path: str, order: int) -> str:
     """moses.ini ``text`` whose (first) KenLM feature reads ``lm_path`` at ``order``; an ini without
     one gets ``KENLM name=LM0`` after its last feature, with the initial weight train-model.perl
@@ -211,11 +237,23 @@ def language_model(path: str | os.PathLike) -> tuple[str, int]:
 def export_stage(table_dir: str | os.PathLike, out_dir: str | os.PathLike, *, moses_ini: str | os.PathLike | None = None,
                  config=None, feature: str | None = None, initial_weight: float = DEFAULT_INITIAL_WEIGHT,
                  weights: Mapping[str, float] | None = None, executor: Executor = SERIAL,
-                 lm: str | os.PathLike | None = None) -> dict[str, Any]:
-    """``out_dir/phrase-table.gz`` (+ ``moses.ini`` when given one, reading the language model ``lm``
-    when given: an lm stage output or a KenLM file), ``report.json``, manifest last."""
+                 lm: str | os.PathLike | None = None,
+                 filter_to: Sequence[str | os.PathLike] = (),
+                 max_phrase_length: int | None = None) -> dict[str, Any]:
+    """``out_dir/phrase-table.gz``, ``report.json``, manifest last, and ``moses.ini``: the given
+    one updated (reading the language model ``lm`` when given: an lm stage output or a KenLM
+    file), or, with ``lm`` and no ``moses_ini``, a new one in train-model.perl's layout.
+    ``filter_to``: write only the rows whose source phrase occurs in these inputs (corpus
+    directories or tokenised text; n-grams up to ``max_phrase_length``)."""
     from pipeline.artifacts import atomic_output_dir, write_json_atomic, write_manifest
-    from pipeline.phrase_table import ExportConfig, export_moses, list_parts, read_score_columns
+    from pipeline.phrase_filter import DEFAULT_MAX_PHRASE_LENGTH, source_phrases
+    from pipeline.phrase_table import (
+        ExportConfig,
+        export_moses,
+        list_parts,
+        read_score_columns,
+        select_scores,
+    )
 
     config = config or ExportConfig()
     out_dir = Path(out_dir)
@@ -229,17 +267,18 @@ def export_stage(table_dir: str | os.PathLike, out_dir: str | os.PathLike, *, mo
         # Check the ini against the table before the long part.
         import pyarrow.parquet as pq
 
-        scores = read_score_columns(pq.read_schema(list_parts(table_dir)[0]))
+        scores = select_scores(read_score_columns(pq.read_schema(list_parts(table_dir)[0])), config.scores,
+                               str(table_dir))
         update_moses_ini(ini_text, table_path=str(out_dir.resolve() / TABLE_NAME),
                          score_names=[s["name"] for s in scores], name=feature, initial_weight=initial_weight,
                          weights=weights, source=str(moses_ini), penalties=[s["name"] for s in scores if s.get("penalty")])
     lm_model = language_model(lm) if lm is not None else None
-    if lm_model is not None and ini_text is None:
-        raise UserError("export: --lm needs --moses-ini (the language model goes into the moses.ini)")
-    given = [table_dir, *([moses_ini] if moses_ini is not None else []), *([lm] if lm is not None else [])]
+    phrases = (source_phrases(filter_to, max_phrase_length or DEFAULT_MAX_PHRASE_LENGTH) if filter_to else None)
+    given = [table_dir, *([moses_ini] if moses_ini is not None else []), *([lm] if lm is not None else []),
+             *filter_to]
     with atomic_output_dir(out_dir, stage="export", inputs=given) as tmp:
         result = export_moses(table_dir, tmp / TABLE_NAME, config, executor=executor,
-                              tmp_dir=out_dir.parent / f".{out_dir.name}.runs-{os.getpid()}")
+                              tmp_dir=out_dir.parent / f".{out_dir.name}.runs-{os.getpid()}", phrases=phrases)
         names = [s["name"] for s in result["scores"]]
         report: dict[str, Any] = {
             "stage": "export",
@@ -253,6 +292,18 @@ def export_stage(table_dir: str | os.PathLike, out_dir: str | os.PathLike, *, mo
             "parts": result["parts"],
             "runs": result["runs"],
         }
+        if phrases is not None:
+            report["filtered_to"] = {"inputs": [str(p) for p in filter_to], "input_phrases": len(phrases),
+                                     "max_phrase_length": max_phrase_length or DEFAULT_MAX_PHRASE_LENGTH}
+        if ini_text is None and lm_model is not None:
+            table_path = str(out_dir.resolve() / TABLE_NAME)
+            text, table_weights = new_moses_ini(table_path, result["scores"], *lm_model,
+                                                initial_weight=initial_weight, weights=weights)
+            (tmp / "moses.ini").write_text(text, encoding="utf-8")
+            report["moses_ini"] = {"path": str(out_dir / "moses.ini"), "feature": "TranslationModel0",
+                                   "type": "PhraseDictionaryMemory", "num_features": [0, len(names)],
+                                   "added": names, "new": True, "table_path": table_path, "binarise": None,
+                                   "weights": table_weights}
         if ini_text is not None:
             update = update_moses_ini(ini_text, table_path=str(out_dir.resolve() / TABLE_NAME), score_names=names,
                                       name=feature, initial_weight=initial_weight, weights=weights,
@@ -272,6 +323,7 @@ def export_stage(table_dir: str | os.PathLike, out_dir: str | os.PathLike, *, mo
     inputs = given
     write_manifest(out_dir, stage="export", inputs=inputs,
                    config=config.to_dict() | {"feature": feature, "initial_weight": initial_weight,
+                                              "filter_to": [str(p) for p in filter_to],
                                               "weights": dict(weights or {})},
                    counts={"rows": report["rows"], "clipped_total": report["clipped_total"]})
     return report

@@ -210,6 +210,8 @@ def list_parts(path: str | os.PathLike) -> list[Path]:
     path = Path(path)
     if path.is_file() and path.suffix == ".parquet":
         return [path]
+    if path.is_file():
+        raise UserError(f"{path}: a file, not a Parquet table (a directory of part-*.parquet files)")
     if not path.is_dir():
         raise UserError(f"{path}: no such directory")
     parts = sorted(path.glob("part-*.parquet"))
@@ -807,11 +809,28 @@ def _write_run(chunks: list[pa.Array], path: Path) -> None:
         handle.write(memoryview(data)[start:end])
 
 
+def select_scores(scores: Sequence[Mapping[str, str]], names: Sequence[str] | None,
+                  where: str = "") -> list[dict[str, str]]:
+    """The score columns named ``names`` (all when None), in the table's order."""
+    if names is None:
+        return [dict(s) for s in scores]
+    known = [s["name"] for s in scores]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UserError(f"{where}: no score column {', '.join(repr(n) for n in unknown)} "
+                        f"(the table has: {', '.join(known)})")
+    return [dict(s) for s in scores if s["name"] in names]
+
+
 def sorted_runs(part: str, run_dir: str, index: int, *, precision: int = 6,
-                run_bytes: int = DEFAULT_RUN_BYTES, batch_rows: int = 65_536) -> dict[str, Any]:
-    """Format one part as Moses lines, in sorted runs of at most about ``run_bytes`` bytes on disk."""
+                run_bytes: int = DEFAULT_RUN_BYTES, batch_rows: int = 65_536,
+                score_names: Sequence[str] | None = None, phrases: Sequence[str] | None = None) -> dict[str, Any]:
+    """Format one part as Moses lines, in sorted runs of at most about ``run_bytes`` bytes on disk:
+    the score columns ``score_names`` (default all), the rows whose source phrase is in
+    ``phrases`` (default all)."""
     pf = pq.ParquetFile(part)
-    scores = read_score_columns(pf.schema_arrow)
+    scores = select_scores(read_score_columns(pf.schema_arrow), score_names, part)
+    value_set = pa.array(phrases, pa.string()) if phrases is not None else None
     fields = table_fields(pf.schema_arrow)
     wanted = [c for c in ("source", "target", *(s["name"] for s in scores), "alignment", "counts", "extra",
                           "line") if c in pf.schema_arrow.names]
@@ -825,8 +844,14 @@ def sorted_runs(part: str, run_dir: str, index: int, *, precision: int = 6,
         _write_run(pending, Path(runs[-1]))
 
     for batch in pf.iter_batches(batch_size=batch_rows, columns=wanted):
-        lines, n_clipped = format_lines(pa.Table.from_batches([batch]), scores, fields,
-                                        precision=precision, where=part)
+        table = pa.Table.from_batches([batch])
+        if value_set is not None:
+            from pipeline.phrase_filter import keep_rows
+
+            table = keep_rows(table, value_set)
+            if not table.num_rows:
+                continue
+        lines, n_clipped = format_lines(table, scores, fields, precision=precision, where=part)
         clipped.update(n_clipped)
         rows += len(lines)
         # Sort in slices, so a run stays near run_bytes whatever the batch size.
@@ -910,35 +935,44 @@ class ExportConfig:
     run_bytes: int = DEFAULT_RUN_BYTES
     sorter: Sorter = "auto"
     compresslevel: int = 6
+    #: the score columns written, in the table's order (None: all)
+    scores: tuple[str, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def export_moses(table_dir: str | os.PathLike, out_path: str | os.PathLike, config: ExportConfig = ExportConfig(),
-                 *, executor: Executor = SERIAL, tmp_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+                 *, executor: Executor = SERIAL, tmp_dir: str | os.PathLike | None = None,
+                 phrases: Sequence[str] | None = None) -> dict[str, Any]:
     """Write the Parquet phrase table ``table_dir`` as a sorted Moses text table (gzip) at ``out_path``.
 
     Returns counts: rows, score columns, clipped values per column. ``tmp_dir`` holds the sorted
-    runs (default: beside ``out_path``; the workers must see it).
+    runs (default: beside ``out_path``; the workers must see it). ``config.scores`` chooses the
+    score columns; ``phrases`` (``pipeline.phrase_filter.source_phrases``) keeps only the rows
+    whose source phrase it holds.
     """
     if not 1 <= config.precision <= 17:
         raise UserError("export: precision must be between 1 and 17 significant digits")
     parts = list_parts(table_dir)
     first = pq.read_schema(parts[0])
-    scores = read_score_columns(first)
-    if not scores:
+    all_scores = read_score_columns(first)
+    if not all_scores:
         raise UserError(f"{table_dir}: no score columns (rnnenc.scores metadata or score<N> columns)")
     for part in parts[1:]:
-        if read_score_columns(pq.read_schema(part)) != scores:
+        if read_score_columns(pq.read_schema(part)) != all_scores:
             raise UserError(f"{part}: its score columns differ from those of {parts[0].name}")
+    scores = select_scores(all_scores, config.scores, str(table_dir))
+    if not scores:
+        raise UserError(f"{table_dir}: no score column chosen to export")
     out_path = Path(out_path)
     run_dir = Path(tmp_dir) if tmp_dir else out_path.parent / f".runs-{out_path.name}"
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         items = list(enumerate(str(p) for p in parts))
         results = executor.map(_sorted_runs_item, items, desc="format and sort", run_dir=str(run_dir),
-                               precision=config.precision, run_bytes=config.run_bytes)
+                               precision=config.precision, run_bytes=config.run_bytes,
+                               score_names=config.scores, phrases=phrases)
         runs = [r for result in results for r in result["runs"]]
         rows = merge_runs(runs, out_path, sorter=config.sorter, tmp_dir=run_dir,
                           compresslevel=config.compresslevel)
@@ -955,6 +989,8 @@ def export_moses(table_dir: str | os.PathLike, out_path: str | os.PathLike, conf
             "clipped_total": sum(clipped.values())}
 
 
-def _sorted_runs_item(item: tuple[int, str], run_dir: str, precision: int, run_bytes: int) -> dict[str, Any]:
+def _sorted_runs_item(item: tuple[int, str], run_dir: str, precision: int, run_bytes: int,
+                      score_names: Sequence[str] | None = None, phrases: Sequence[str] | None = None) -> dict[str, Any]:
     index, part = item
-    return sorted_runs(part, run_dir, index, precision=precision, run_bytes=run_bytes)
+    return sorted_runs(part, run_dir, index, precision=precision, run_bytes=run_bytes, score_names=score_names,
+                       phrases=phrases)

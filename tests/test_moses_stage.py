@@ -12,15 +12,19 @@ from workflows.demo import BASELINE_MOSES_INI
 from workflows.moses import bleu, find_moses, mert_command
 
 
-def test_skipped_without_moses(tmp_path, monkeypatch):
+def test_without_moses_it_fails_unless_asked_to_skip(tmp_path, monkeypatch):
     # no MOSES_HOME and a cache without a Moses build (KenLM is not needed here)
     env = {k: v for k, v in __import__("os").environ.items() if k != "MOSES_HOME"} | {"RNNENC_CACHE": str(tmp_path)}
     (tmp_path / "x").write_text("a\n")
-    result = subprocess.run([sys.executable, "-m", "workflows.cli", "moses", "--moses-ini", "x", "--dev-src", "x",
-                             "--dev-ref", "x", "--out", str(tmp_path / "out")], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0
-    assert "skipped" in result.stdout and "MOSES_HOME" in result.stdout
+    argv = [sys.executable, "-m", "workflows.cli", "moses", "--moses-ini", "x", "--dev-src", "x",
+            "--dev-ref", "x", "--out", str(tmp_path / "out")]
+    failed = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    assert "no Moses installation found" in failed.stderr and "--skip-without-moses" in failed.stderr
+    skipped = subprocess.run(argv + ["--skip-without-moses"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=60)
+    assert skipped.returncode == 0
+    assert "skipped" in skipped.stdout and "MOSES_HOME" in skipped.stdout
     assert not (tmp_path / "out").exists()
 
 
@@ -37,6 +41,10 @@ def test_mert_command_and_bleu(tmp_path):
     assert command[command.index("--maximum-iterations") + 1] == "3"
     assert command[command.index("--decoder-flags") + 1] == "-threads 2 -search-algorithm 1"
     assert command[3].endswith("bin/moses") and "--working-dir" in command
+    assert not any(c.startswith("--mertmertargs") for c in command)
+    seeded = mert_command(tmp_path, tmp_path / "d.en", tmp_path / "d.fr", tmp_path / "moses.ini", tmp_path / "w", 2,
+                          seed=7)
+    assert seeded[-1] == "--mertmertargs=-r 7"  # mert's own random seed, for each iteration
     refs = ["le chat est sur le tapis .", "c &apos; est la vie ."]
     assert bleu(refs, refs, "fr")["bleu"] == 100.0
     assert bleu(["le chien"] * 2, refs, "fr")["bleu"] < 10

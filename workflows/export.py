@@ -9,10 +9,15 @@ written %.6g (what Moses writes; --precision 9 for every float32 digit). Lines a
 `LC_ALL=C sort` sorts them, out of core (sorted runs per part on disk, then a merge), as
 processPhraseTableMin and CreateOnDiskPt require.
 
+--scores chooses the columns written (e.g. a system without rnn_unk); --filter-to keeps only the
+rows a tuning or test set can use (as filter-model-given-input.pl; see also 'rnnenc filter').
+
 With --moses-ini, OUT/moses.ini is a copy in which the phrase dictionary (TranslationModel0, or
 --feature) points at the new table, has num-features raised by the number of added columns
 and one initial weight per added column (--initial-weight, or --weight NAME=VALUE) appended
-to its [weight] line: ready for mert-moses.pl. OUT/report.json; OUT/manifest.json last.
+to its [weight] line: ready for mert-moses.pl. With --lm and no --moses-ini, OUT/moses.ini is
+a new one in train-model.perl's layout (distortion, word and phrase penalties, the table, the
+LM) with its initial weights. OUT/report.json; OUT/manifest.json last.
 
 example:
   rnnenc export --table artifacts/run/rescore --moses-ini train/model/moses.ini --out artifacts/run/export
@@ -49,10 +54,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     input_path(parser, "--table", required=True, metavar="DIR",
                         help="the Parquet phrase table (rnnenc phrase-table or rescore output)")
     output_path(parser, "--out", required=True, help="output directory (replaced atomically)")
-    input_path(parser, "--moses-ini", metavar="FILE", help="the moses.ini to update for the exported table")
+    input_path(parser, "--moses-ini", metavar="FILE",
+               help="the moses.ini to update for the exported table (or a moses-train or export output); "
+                    "without it, --lm makes a new one in train-model.perl's layout")
     input_path(parser, "--lm", metavar="PATH",
                help="the language model the moses.ini reads: an 'rnnenc lm' output or a KenLM file (its "
                     "KENLM feature's path and order are set, or one is added)")
+    parser.add_argument("--scores", metavar="NAME,...",
+                        help="the score columns written, e.g. score0,score1,score2,score3,rnn_logp for a "
+                             "system without rnn_unk (default: all, in the table's order)")
+    input_path(parser, "--filter-to", action="append", metavar="PATH",
+               help="write only the rows whose source phrase occurs in this input (a corpus directory or "
+                    "tokenised text: a tuning or test set), as filter-model-given-input.pl does; repeat")
+    parser.add_argument("--max-phrase-length", type=int, default=7, metavar="N",
+                        help="with --filter-to: the longest source phrase looked up (default: %(default)s)")
     parser.add_argument("--feature", metavar="NAME",
                         help="the phrase dictionary to update (default: the only one, else TranslationModel0)")
     parser.add_argument("--initial-weight", type=float, default=DEFAULT_INITIAL_WEIGHT,
@@ -77,6 +92,10 @@ def describe(report: dict[str, Any]) -> str:
              + ", ".join(f"{k}: {v}" for k, v in clipped.items()) + ")") if clipped else "\nclipped: none"
     ini = report.get("moses_ini")
     if ini:
+        if ini.get("new"):
+            text += (f"\nmoses.ini: {ini['path']} (new, train-model.perl's layout; {ini['feature']} initial "
+                     f"weights {' '.join(f'{w:g}' for w in ini['weights'])})")
+            return text
         text += (f"\nmoses.ini: {ini['path']} ({ini['feature']} num-features {ini['num_features'][0]} -> "
                  f"{ini['num_features'][1]}, weights added: {' '.join(f'{w:g}' for w in ini['weights']) or 'none'})")
         if ini["binarise"]:
@@ -85,14 +104,19 @@ def describe(report: dict[str, Any]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    from pipeline.artifacts import moses_ini_path
     from workflows.cluster import DaskExecutor, dask_client
 
     args.table = str(phrase_table_path(args.table))  # a phrases output stands for its table/
-    config = ExportConfig(precision=args.precision, run_bytes=args.run_size, sorter=args.sorter)
+    if args.moses_ini:
+        args.moses_ini = str(moses_ini_path(args.moses_ini))
+    scores = tuple(n.strip() for n in args.scores.split(",") if n.strip()) if args.scores else None
+    config = ExportConfig(precision=args.precision, run_bytes=args.run_size, sorter=args.sorter, scores=scores)
     weights = parse_weights(args.weight)
     with dask_client(args.scheduler, args.workers) as client:
         report = export_stage(args.table, args.out, moses_ini=args.moses_ini, config=config, feature=args.feature,
                               initial_weight=args.initial_weight, weights=weights,
-                              executor=DaskExecutor(client, quiet=args.quiet, key_prefix="export"), lm=args.lm)
+                              executor=DaskExecutor(client, quiet=args.quiet, key_prefix="export"), lm=args.lm,
+                              filter_to=args.filter_to or (), max_phrase_length=args.max_phrase_length)
     print(describe(report))
     return 0

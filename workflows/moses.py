@@ -1,8 +1,10 @@
 """Tune a Moses system with mert-moses.pl, decode a test set and score it with sacrebleu.
 
-Optional: it needs a Moses installation (a directory with bin/moses and
-scripts/training/mert-moses.pl). Without one the stage is skipped with a message saying what to
-set, and writes nothing (so a later run with Moses configured does it).
+It needs a Moses installation (a directory with bin/moses and scripts/training/mert-moses.pl).
+Without one the stage fails with a line saying what to set, or, with --skip-without-moses (as
+the demo workflow does), is skipped and writes nothing (so a later run with Moses configured
+does it). --seed fixes mert's random seed: tune several times with different seeds and report
+the mean and spread, as MERT's variance asks (Clark et al., 2011).
 
 Inputs are the moses.ini written by 'rnnenc export' (phrase table with the RNN features added),
 a tuning set (newstest2012+2013 in the paper) and a test set (newstest2014), tokenised as the
@@ -26,7 +28,7 @@ import json
 import logging
 import os
 import shutil
-import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,7 @@ from pipeline.artifacts import (
     write_manifest,
 )
 from pipeline.errors import UserError
+from pipeline.moses_train import run_logged
 from workflows.stages import input_path, output_path
 
 log = logging.getLogger("rnnenc")
@@ -62,21 +65,17 @@ def find_moses(moses_home: str | None) -> Path | None:
 
 
 def mert_command(moses: Path, dev_src: Path, dev_ref: Path, moses_ini: Path, work: Path,
-                 threads: int, iterations: int = 25, decoder_flags: str = "") -> list[str]:
-    """mert-moses.pl's command line (every path absolute: it changes into its working directory)."""
-    return [str(moses / "scripts/training/mert-moses.pl"), str(dev_src), str(dev_ref), str(moses / "bin/moses"),
-            str(moses_ini), "--mertdir", str(moses / "bin"), "--working-dir", str(work),
-            "--maximum-iterations", str(iterations),
-            "--decoder-flags", f"-threads {threads} {decoder_flags}".strip(), "--no-filter-phrase-table"]
-
-
-def _run_logged(command: list[str], log_path: Path, what: str, **kwargs: Any) -> None:
-    """Run ``command`` with its output in ``log_path`` (Moses is verbose); a failure is one line
-    naming the log, which is kept."""
-    with open(log_path, "ab") as log_file:
-        result = subprocess.run(command, **({"stdout": log_file, "stderr": log_file} | kwargs))
-    if result.returncode:
-        raise UserError(f"{what} failed (exit {result.returncode}); its log: {log_path}")
+                 threads: int, iterations: int = 25, decoder_flags: str = "", seed: int | None = None) -> list[str]:
+    """mert-moses.pl's command line (every path absolute: it changes into its working directory).
+    ``seed``: mert's random seed (its random restarts), so a tuning run is repeatable and several
+    runs with different seeds measure MERT's spread."""
+    command = [str(moses / "scripts/training/mert-moses.pl"), str(dev_src), str(dev_ref), str(moses / "bin/moses"),
+               str(moses_ini), "--mertdir", str(moses / "bin"), "--working-dir", str(work),
+               "--maximum-iterations", str(iterations),
+               "--decoder-flags", f"-threads {threads} {decoder_flags}".strip(), "--no-filter-phrase-table"]
+    if seed is not None:
+        command.append(f"--mertmertargs=-r {seed}")
+    return command
 
 
 def bleu(hypotheses: list[str], references: list[str], target_lang: str,
@@ -140,6 +139,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mert-iterations", type=int, default=25, metavar="N",
                         help="mert-moses.pl --maximum-iterations (default: %(default)s, its own; one iteration "
                              "decodes the tuning set once)")
+    parser.add_argument("--seed", type=int, metavar="N",
+                        help="mert's random seed (default: its clock); tune several times with different seeds "
+                             "to measure MERT's spread")
+    parser.add_argument("--skip-without-moses", action="store_true",
+                        help="without a Moses installation, skip the stage (exit 0, nothing written) instead "
+                             "of failing")
     parser.add_argument("--decoder-flags", default="", metavar="FLAGS",
                         help="more flags for the decoder while tuning and testing, e.g. '-search-algorithm 1'")
     output_path(parser, "--out", required=True, help="output directory")
@@ -154,9 +159,12 @@ def main(args: argparse.Namespace) -> int:
             raise UserError(f"{corpus}: no such corpus directory")
     moses = find_moses(args.moses_home)
     if moses is None:
-        print("moses: skipped: no Moses installation found. Build one with scripts/build_moses.sh, or set "
-              "MOSES_HOME (or --moses-home, or moses_home in the workflow stage) to a Moses directory with "
-              "bin/moses and scripts/training/mert-moses.pl to tune and decode.")
+        why = ("no Moses installation found. Build one with scripts/build_moses.sh, or set MOSES_HOME (or "
+               "--moses-home, or moses_home in the workflow stage) to a Moses directory with bin/moses and "
+               "scripts/training/mert-moses.pl to tune and decode")
+        if not args.skip_without_moses:
+            raise UserError(f"moses: {why} (or pass --skip-without-moses)")
+        print(f"moses: skipped: {why}.")
         return 0
     inputs = [Path(p) for p in (args.moses_ini, args.dev_src, args.dev_ref, args.test_src, args.test_ref,
                                 args.test_raw_ref) if p]
@@ -175,7 +183,7 @@ def main(args: argparse.Namespace) -> int:
         tuning.mkdir(exist_ok=True)
         # continue only the same tuning: same inputs (by content), iterations and decoder flags
         run = {"inputs": [path_record(p)["hash"] for p in inputs], "iterations": args.mert_iterations,
-               "decoder_flags": args.decoder_flags, "threads": args.threads}
+               "decoder_flags": args.decoder_flags, "threads": args.threads, "seed": args.seed}
         previous = tuning / "run.json"
         if previous.is_file() and json.loads(previous.read_text()) != run:
             log.info("tuning: %s holds another tuning run; starting over", tuning)
@@ -186,20 +194,27 @@ def main(args: argparse.Namespace) -> int:
         if args.test:
             args.test_src, args.test_ref = corpus_to_text(Path(args.test), tmp / "test")
         command = mert_command(moses, dev_src.resolve(), dev_ref.resolve(), Path(args.moses_ini).resolve(),
-                               (tuning / "mert").resolve(), args.threads, args.mert_iterations, args.decoder_flags)
+                               (tuning / "mert").resolve(), args.threads, args.mert_iterations, args.decoder_flags,
+                               args.seed)
         if (tuning / "mert" / "finished_step.txt").is_file():
             command.append("--continue")
             log.info("tuning: continuing the interrupted run in %s", tuning / "mert")
         log.info("tuning: %s (log: %s)", " ".join(command), tuning / "mert.log")
-        _run_logged(command, tuning / "mert.log", "mert-moses.pl")
+        started = time.perf_counter()
+        run_logged(command, tuning / "mert.log", "mert-moses.pl")
+        report["seconds"] = {"tuning": round(time.perf_counter() - started, 1)}
+        report["mert"] = {"iterations": args.mert_iterations, "seed": args.seed,
+                          "runs": len(list((tuning / "mert").glob("run*.out")))}
         tuned = tmp / "moses.tuned.ini"
         shutil.copy(tuning / "mert" / "moses.ini", tuned)
         shutil.copy(tuning / "mert.log", tmp / "mert.log")
         if args.test_src and args.test_ref:
+            started = time.perf_counter()
             with open(args.test_src, "rb") as source, open(tmp / "test.hyp", "wb") as hyp:
-                _run_logged([str(moses / "bin/moses"), "-f", str(tuned), "-threads", str(args.threads),
+                run_logged([str(moses / "bin/moses"), "-f", str(tuned), "-threads", str(args.threads),
                              *args.decoder_flags.split()], tmp / "decode.log", "the Moses decoder",
                             stdin=source, stdout=hyp)
+            report["seconds"]["decoding"] = round(time.perf_counter() - started, 1)
             raw = _lines(Path(args.test_raw_ref)) if args.test_raw_ref else None
             report["test"] = bleu(_lines(tmp / "test.hyp"), _lines(Path(args.test_ref)), args.tgt_lang, raw)
             print(f"moses: test BLEU {report['test']['bleu']:.2f} chrF {report['test']['chrf']:.2f} against the "

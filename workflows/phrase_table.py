@@ -48,7 +48,8 @@ def parse_size(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    input_path(parser, "input", nargs="+", help="Moses phrase table file(s), plain or compressed")
+    input_path(parser, "input", nargs="+",
+               help="Moses phrase table file(s), plain or compressed, or a moses-train output")
     output_path(parser, "--out", required=True, help="output directory (replaced atomically)")
     parser.add_argument("--src-lang", help="source language, recorded in the manifest (e.g. en)")
     parser.add_argument("--tgt-lang", help="target language, recorded in the manifest (e.g. fr)")
@@ -81,8 +82,15 @@ def describe(report: dict[str, Any]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    from pipeline.artifacts import moses_table_path, read_artifact
     from workflows.cluster import DaskExecutor, dask_client
 
+    # a moses-train output stands for its table, and tells the languages
+    for path in args.input:
+        languages = read_artifact(path).languages
+        if languages and not (args.src_lang or args.tgt_lang):
+            args.src_lang, args.tgt_lang = languages
+    args.input = [str(moses_table_path(p)) for p in args.input]
     with dask_client(args.scheduler, args.workers) as client:
         report = import_moses(args.input, args.out, source_lang=args.src_lang, target_lang=args.tgt_lang,
                               on_error=args.on_error, rejects_path=args.rejects, split_bytes=args.split_size,
