@@ -64,16 +64,28 @@ def source_phrases(paths: Sequence[str | os.PathLike], max_length: int = DEFAULT
     return sorted(phrases)
 
 
+def write_phrases(phrases: Sequence[str], path: str | os.PathLike) -> str:
+    """``phrases`` one a line in ``path`` (where the workers read them: a phrase list can be large,
+    and is not sent inside every task)."""
+    Path(path).write_text("".join(f"{p}\n" for p in phrases), encoding="utf-8")
+    return str(path)
+
+
+def read_phrases(path: str | os.PathLike) -> pa.Array:
+    """The phrase set written by ``write_phrases``, as an Arrow string array."""
+    return pa.array(Path(path).read_text(encoding="utf-8").split("\n")[:-1], pa.string())
+
+
 def keep_rows(table: pa.Table, phrases: pa.Array) -> pa.Table:
     """The rows of ``table`` whose source phrase is in ``phrases``."""
     return table.filter(pc.is_in(table.column("source"), value_set=phrases))
 
 
-def filter_part(item: tuple[int, str], out_dir: str, phrases: list[str], batch_rows: int = 65_536) -> dict[str, int]:
+def filter_part(item: tuple[int, str], out_dir: str, phrases_file: str, batch_rows: int = 65_536) -> dict[str, int]:
     """Write the kept rows of one part as ``out_dir/part-<index>.parquet`` (same schema and metadata)."""
     index, part = item
     pf = pq.ParquetFile(part)
-    value_set = pa.array(phrases, pa.string())
+    value_set = read_phrases(phrases_file)
     rows = kept = 0
     out = Path(out_dir) / f"part-{index:05d}.parquet"
     with pq.ParquetWriter(out, pf.schema_arrow) as writer:
@@ -98,9 +110,14 @@ def filter_table(table_dir: str | os.PathLike, out_dir: str | os.PathLike, input
     artifact = read_artifact(table_dir, expect=("phrase-table",))
     parts = list_parts(artifact.main)
     phrases = source_phrases(inputs, max_length)
+    out_dir = Path(out_dir)
     with atomic_output_dir(out_dir, stage="filter", inputs=[table_dir, *inputs]) as tmp:
-        results = list(executor.map(filter_part, list(enumerate(str(p) for p in parts)), desc="filter",
-                                    out_dir=str(tmp), phrases=phrases))
+        phrases_file = Path(write_phrases(phrases, out_dir.parent / f".{out_dir.name}.phrases-{os.getpid()}"))
+        try:
+            results = list(executor.map(filter_part, list(enumerate(str(p) for p in parts)), desc="filter",
+                                        out_dir=str(tmp), phrases_file=str(phrases_file)))
+        finally:
+            phrases_file.unlink(missing_ok=True)
         rows, kept = sum(r["rows"] for r in results), sum(r["kept"] for r in results)
         report = {"stage": "filter", "rows": rows, "kept": kept, "dropped": rows - kept,
                   "kept_fraction": round(kept / rows, 6) if rows else 0.0, "input_phrases": len(phrases),
@@ -115,4 +132,4 @@ def filter_table(table_dir: str | os.PathLike, out_dir: str | os.PathLike, input
 
 
 __all__ = ["DEFAULT_MAX_PHRASE_LENGTH", "filter_part", "filter_table", "input_sentences", "keep_rows",
-           "source_phrases"]
+           "read_phrases", "source_phrases", "write_phrases"]

@@ -824,13 +824,15 @@ def select_scores(scores: Sequence[Mapping[str, str]], names: Sequence[str] | No
 
 def sorted_runs(part: str, run_dir: str, index: int, *, precision: int = 6,
                 run_bytes: int = DEFAULT_RUN_BYTES, batch_rows: int = 65_536,
-                score_names: Sequence[str] | None = None, phrases: Sequence[str] | None = None) -> dict[str, Any]:
+                score_names: Sequence[str] | None = None, phrases_file: str | None = None) -> dict[str, Any]:
     """Format one part as Moses lines, in sorted runs of at most about ``run_bytes`` bytes on disk:
-    the score columns ``score_names`` (default all), the rows whose source phrase is in
-    ``phrases`` (default all)."""
+    the score columns ``score_names`` (default all), the rows whose source phrase is in the
+    phrase list ``phrases_file`` (``pipeline.phrase_filter.write_phrases``; default all)."""
+    from pipeline.phrase_filter import keep_rows, read_phrases
+
     pf = pq.ParquetFile(part)
     scores = select_scores(read_score_columns(pf.schema_arrow), score_names, part)
-    value_set = pa.array(phrases, pa.string()) if phrases is not None else None
+    value_set = read_phrases(phrases_file) if phrases_file is not None else None
     fields = table_fields(pf.schema_arrow)
     wanted = [c for c in ("source", "target", *(s["name"] for s in scores), "alignment", "counts", "extra",
                           "line") if c in pf.schema_arrow.names]
@@ -846,8 +848,6 @@ def sorted_runs(part: str, run_dir: str, index: int, *, precision: int = 6,
     for batch in pf.iter_batches(batch_size=batch_rows, columns=wanted):
         table = pa.Table.from_batches([batch])
         if value_set is not None:
-            from pipeline.phrase_filter import keep_rows
-
             table = keep_rows(table, value_set)
             if not table.num_rows:
                 continue
@@ -970,9 +970,14 @@ def export_moses(table_dir: str | os.PathLike, out_path: str | os.PathLike, conf
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         items = list(enumerate(str(p) for p in parts))
+        phrases_file = None
+        if phrases is not None:
+            from pipeline.phrase_filter import write_phrases
+
+            phrases_file = write_phrases(phrases, run_dir / "phrases.txt")
         results = executor.map(_sorted_runs_item, items, desc="format and sort", run_dir=str(run_dir),
                                precision=config.precision, run_bytes=config.run_bytes,
-                               score_names=config.scores, phrases=phrases)
+                               score_names=config.scores, phrases_file=phrases_file)
         runs = [r for result in results for r in result["runs"]]
         rows = merge_runs(runs, out_path, sorter=config.sorter, tmp_dir=run_dir,
                           compresslevel=config.compresslevel)
@@ -990,7 +995,7 @@ def export_moses(table_dir: str | os.PathLike, out_path: str | os.PathLike, conf
 
 
 def _sorted_runs_item(item: tuple[int, str], run_dir: str, precision: int, run_bytes: int,
-                      score_names: Sequence[str] | None = None, phrases: Sequence[str] | None = None) -> dict[str, Any]:
+                      score_names: Sequence[str] | None = None, phrases_file: str | None = None) -> dict[str, Any]:
     index, part = item
     return sorted_runs(part, run_dir, index, precision=precision, run_bytes=run_bytes, score_names=score_names,
-                       phrases=phrases)
+                       phrases_file=phrases_file)

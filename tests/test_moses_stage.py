@@ -159,3 +159,77 @@ def test_real_moses_decodes_with_the_lm_stages_model(exported, tmp_path):
                                "-threads", "1"], stdin=source, capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(done.stdout.decode().splitlines()) == 10
+
+
+def test_mert_dev_bleu_reads_the_last_best_line(tmp_path):
+    from workflows.moses import mert_dev_bleu
+
+    log = tmp_path / "mert.log"
+    log.write_text("noise\n(1) BEST at 1: 0.1 0.2 => 0.2042 at Wed Dec 2\n(2) BEST at 2: 0.3 0.1 => 0.25 at Wed\n")
+    assert mert_dev_bleu(log) == 25.0
+    log.write_text("no tuning here\n")
+    assert mert_dev_bleu(log) is None
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory):
+    """300 in-domain demo pairs ingested (the tokeniser's output), and a 3-gram LM on their target side."""
+    from pipeline.lm import build_target_lm
+    from pipeline.synthetic import DemoConfig, tokenised_sample
+    from workflows import cli
+
+    root = tmp_path_factory.mktemp("corpus")
+    pairs = tokenised_sample(DemoConfig(seed=3), "in", 320)
+    (root / "train.en").write_text("".join(p[0] + "\n" for p in pairs[:300]))
+    (root / "train.fr").write_text("".join(p[1] + "\n" for p in pairs[:300]))
+    (root / "test.en").write_text("".join(p[2] + "\n" for p in pairs[300:]))
+    assert cli.main(["ingest", "--src", str(root / "train.en"), "--tgt", str(root / "train.fr"), "--src-lang", "en",
+                     "--tgt-lang", "fr", "--out", str(root / "corpus"), "--workers", "1", "--quiet"]) == 0
+    build_target_lm([root / "corpus"], "fr", root / "lm", order=3)
+    return root
+
+
+@NEEDS_MOSES
+def test_moses_train_builds_a_baseline_rnnenc_imports_exports_and_moses_decodes(small_corpus, tmp_path, capsys):
+    """train-model.perl (fast_align + grow-diag-final-and, msd-bidirectional-fe) from an ingested
+    corpus; its table imported, filtered to a test set at export, its moses.ini updated; Moses
+    decodes with the lexicalised reordering model."""
+    import gzip
+    import json
+
+    from workflows import cli
+
+    base = tmp_path / "baseline"
+    assert cli.main(["moses-train", "--corpus", str(small_corpus / "corpus"), "--lm", str(small_corpus / "lm"),
+                     "--src-lang", "en", "--tgt-lang", "fr", "--cores", "1", "--out", str(base), "--quiet"]) == 0
+    assert "moses-train:" in capsys.readouterr().out
+    ini = (base / "model" / "moses.ini").read_text()
+    assert "LexicalReordering" in ini and str(base / "model" / "reordering-table") in ini and ".tmp-" not in ini
+    report = json.loads((base / "report.json").read_text())
+    assert report["pairs"] == 300 and report["phrase_table_entries"] > 300
+    with gzip.open(base / "model" / "phrase-table.gz", "rt") as table:
+        assert len(next(table).split(" ||| ")[2].split()) == 4
+    assert cli.main(["phrase-table", str(base), "--out", str(tmp_path / "table"), "--workers", "1", "--quiet"]) == 0
+    assert json.loads((tmp_path / "table" / "manifest.json").read_text())["languages"] == ["en", "fr"]
+    assert cli.main(["export", "--table", str(tmp_path / "table"), "--moses-ini", str(base), "--lm",
+                     str(small_corpus / "lm"), "--filter-to", str(small_corpus / "test.en"),
+                     "--out", str(tmp_path / "export"), "--workers", "1", "--quiet"]) == 0
+    exported = json.loads((tmp_path / "export" / "report.json").read_text())
+    assert 0 < exported["rows"] < report["phrase_table_entries"]  # filtered to the test sentences' phrases
+    with open(small_corpus / "test.en", "rb") as source:
+        done = subprocess.run([str(MOSES / "bin" / "moses"), "-f", str(tmp_path / "export" / "moses.ini"),
+                               "-threads", "1"], stdin=source, capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(done.stdout.decode().splitlines()) == 20
+    assert b"LexicalReordering" in done.stderr
+
+
+def test_moses_train_without_moses_is_one_line(tmp_path, monkeypatch, capsys):
+    from workflows import cli
+
+    monkeypatch.delenv("MOSES_HOME", raising=False)
+    monkeypatch.setenv("RNNENC_CACHE", str(tmp_path))
+    (tmp_path / "lm").write_text("x")
+    assert cli.main(["moses-train", "--corpus", str(tmp_path), "--lm", str(tmp_path / "lm"), "--out",
+                     str(tmp_path / "out"), "--quiet"]) == 1
+    assert "moses-train: no Moses installation found" in capsys.readouterr().err

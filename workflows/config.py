@@ -24,6 +24,7 @@ input file stops the run before any stage starts, with one line naming the key o
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,7 +226,9 @@ def load_workflow(path: str | Path | None = None, *, text: str | None = None,
         raise UserError(_format_validation_error(source, exc)) from None
     base = base or (Path(path).resolve().parent if path is not None else Path.cwd())
     artifacts = Path(spec.artifacts) if Path(spec.artifacts).is_absolute() else base / spec.artifacts
-    workflow = Workflow(path=Path(path) if path else None, spec=spec, root=artifacts / spec.run, base=base)
+    # normalised ("run/../run" is "run"), so the paths the stages print are the plain ones
+    root = Path(os.path.normpath(artifacts / spec.run))
+    workflow = Workflow(path=Path(path) if path else None, spec=spec, root=root, base=base)
     outputs: dict[str, Path] = {}
     for name, options in spec.stages.items():
         where = f"{source}: stages.{name}"

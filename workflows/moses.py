@@ -27,6 +27,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -76,6 +77,17 @@ def mert_command(moses: Path, dev_src: Path, dev_ref: Path, moses_ini: Path, wor
     if seed is not None:
         command.append(f"--mertmertargs=-r {seed}")
     return command
+
+
+def mert_dev_bleu(log_path: Path) -> float | None:
+    """The tuning set's BLEU (x100) at mert-moses.pl's last 'BEST at' line: mert's own BLEU on the
+    tokenised tuning set, of the weights it returns; None when the log has none."""
+    best = None
+    for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines():
+        match = re.search(r"BEST at \d+:? .* => ([0-9.]+) at", line)
+        if match:
+            best = round(100 * float(match.group(1)), 2)
+    return best
 
 
 def bleu(hypotheses: list[str], references: list[str], target_lang: str,
@@ -204,7 +216,8 @@ def main(args: argparse.Namespace) -> int:
         run_logged(command, tuning / "mert.log", "mert-moses.pl")
         report["seconds"] = {"tuning": round(time.perf_counter() - started, 1)}
         report["mert"] = {"iterations": args.mert_iterations, "seed": args.seed,
-                          "runs": len(list((tuning / "mert").glob("run*.out")))}
+                          "runs": len(list((tuning / "mert").glob("run*.out"))),
+                          "dev_bleu": mert_dev_bleu(tuning / "mert.log")}
         tuned = tmp / "moses.tuned.ini"
         shutil.copy(tuning / "mert" / "moses.ini", tuned)
         shutil.copy(tuning / "mert.log", tmp / "mert.log")
