@@ -84,7 +84,7 @@ def workflow(args: argparse.Namespace) -> str:
     # rnnenc's side first (no Moses needed until the tuning), then Moses's table
     for table, source in (("rnnenc", "${phrases}"), ("moses", "${moses_table}")):
         if table == "moses":
-            lines += [f"  moses_baseline: {{command: moses-train, corpus: \"${{train_corpus}}\", lm: \"${{lm}}\"}}",
+            lines += ["  moses_baseline: {command: moses-train, corpus: \"${train_corpus}\", lm: \"${lm}\"}",
                       "  moses_table: {command: phrase-table, input: [\"${moses_baseline}\"]}"]
         lines.append(f"  filter_{table}: {{command: filter, table: \"{source}\", input: [\"${{dev}}\", \"${{test}}\"]}}")
         if table == "rnnenc":
