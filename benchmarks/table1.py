@@ -147,11 +147,22 @@ def report(work: Path, runs: int) -> str:
     return "\n".join(out)
 
 
-def measure_dims(work: Path, candidates: list[str], updates: int) -> None:
-    """Training updates/s and rescoring pairs/s for each HIDDEN/EMBEDDING/MAXOUT, on the real table."""
+def measure_dims(work: Path, candidates: list[str], updates: int, sample_rows: int = 5000) -> None:
+    """Training updates/s (``updates`` updates on rnnenc's table) and rescoring pairs/s (the first
+    ``sample_rows`` rows of the filtered table) for each HIDDEN/EMBEDDING/MAXOUT, and what the
+    experiment's training and two rescorings would then take."""
+    import pyarrow.parquet as pq
+
     env = os.environ | {"PYTHONPATH": str(ROOT)}
-    print("| hidden/embedding/maxout | updates/s | s per 1k updates | rescore pairs/s |")
-    print("|---|---|---|---|")
+    filtered = sorted((work / "filter_rnnenc").glob("part-*.parquet"))
+    sample = work / "dims-sample"
+    sample.mkdir(exist_ok=True)
+    pq.write_table(pq.read_table(filtered[0]).slice(0, sample_rows), sample / "part-00000.parquet")
+    to_rescore = 2 * json.loads((work / "filter_rnnenc" / "report.json").read_text())["kept"]
+    print(f"{updates} updates per size; rescoring {sample_rows:,} rows; load average {os.getloadavg()[0]:.2f}")
+    print("| hidden/embedding/maxout | updates/s | min per 1k updates | rescore pairs/s | "
+          f"min to rescore {to_rescore:,} rows |")
+    print("|---|---|---|---|---|")
     for dims in candidates:
         hidden, embedding, maxout = dims.split("/")
         out = work / f"dims-{hidden}-{embedding}-{maxout}"
@@ -160,15 +171,13 @@ def measure_dims(work: Path, candidates: list[str], updates: int) -> None:
                         "--hidden", hidden, "--embedding", embedding, "--maxout", maxout, "--updates", str(updates),
                         "--valid-pairs", "64", "--valid-every", str(updates), "--checkpoint-every", str(updates),
                         "--quiet"], check=True, env=env, stdout=subprocess.DEVNULL)
-        rep = json.loads((out / "report.json").read_text())
-        rate = rep.get("updates_per_second") or updates / rep["seconds"]
-        started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "workflows.cli", "rescore", "--phrase-table", str(work / "filter_rnnenc"),
-                        "--model", str(out), "--out", str(out) + "-rescored", "--quiet"], check=True, env=env,
-                       stdout=subprocess.DEVNULL)
-        seconds = time.perf_counter() - started
-        rows = json.loads((Path(str(out) + "-rescored") / "report.json").read_text())["rows"]
-        print(f"| {dims} | {rate:.2f} | {1000 / rate:.0f} | {rows / seconds:.0f} |", flush=True)
+        rate = json.loads((out / "report.json").read_text())["updates_per_s"]
+        subprocess.run([sys.executable, "-m", "workflows.cli", "rescore", "--phrase-table", str(sample),
+                        "--model", str(out), "--out", str(out) + "-rescored", "--workers", "2", "--quiet"],
+                       check=True, env=env, stdout=subprocess.DEVNULL)
+        pairs_per_s = json.loads((Path(str(out) + "-rescored") / "report.json").read_text())["pairs_per_second"]
+        print(f"| {dims} | {rate:.2f} | {1000 / rate / 60:.1f} | {pairs_per_s:.0f} | "
+              f"{to_rescore / pairs_per_s / 60:.1f} |", flush=True)
 
 
 def main() -> int:
