@@ -55,7 +55,7 @@ FULL_CHAIN = """
           valid_pairs: 50, valid_every: 10, checkpoint_every: 10}
   rescore: {command: rescore, phrase_table: "${phrases}/table", model: "${train}/model.pt"}
   export: {command: export, table: "${rescore}", moses_ini: moses.ini}
-  moses: {command: moses, moses_ini: "${export}/moses.ini", dev: "${dev}"}
+  moses: {command: moses, moses_ini: "${export}/moses.ini", dev: "${dev}", skip_without_moses: true}
 """
 
 
