@@ -25,7 +25,7 @@ def test_the_experiment_is_one_valid_workflow(tmp_path):
     for split in ("train", "val", "test"):
         for lang in ("en", "de"):
             (work / "data" / f"{split}.{lang}").write_text("a b\n")
-    args = argparse.Namespace(work=work, src="en", tgt="de", runs=3, mert_iterations=4, threads=2, hidden=64,
+    args = argparse.Namespace(work=work, src="en", tgt="de", runs=3, mert_iterations=4, threads=2, decoder_flags="-search-algorithm 1", hidden=64,
                               embedding=32, maxout=32, updates=100)
     path = work / "table1.yaml"
     path.write_text(table1.workflow(args))
@@ -38,6 +38,7 @@ def test_the_experiment_is_one_valid_workflow(tmp_path):
     assert "--no-clean" in stages["dev"].argv and "--no-clean" in stages["test"].argv
     tuning = stages["moses_moses_rnn_wp_2"].argv
     assert tuning[tuning.index("--seed") + 1] == "2" and str(work / "data" / "test.de") in tuning
+    assert tuning[tuning.index("--decoder-flags") + 1] == "-search-algorithm 1"
     assert set(stages["moses_moses_rnn_wp_2"].depends_on) >= {"export_moses_rnn_wp", "dev", "test"}
     export = stages["export_rnnenc_rnn"].argv
     assert export[export.index("--scores") + 1].endswith(",rnn_logp") and "--moses-ini" not in export
