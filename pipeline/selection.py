@@ -463,7 +463,8 @@ class SweepPoint:
 
     @property
     def objective(self) -> float:
-        """Geometric mean of the sides' dev perplexities (mean log perplexity)."""
+        """What the sweep minimises: the geometric mean of the sides' dev perplexities (the mean log
+        perplexity; one side: its perplexity). ``objective_label`` says it in words."""
         return math.pow(10.0, sum(math.log10(p) for p in self.perplexity.values()) / len(self.perplexity))
 
 
@@ -505,15 +506,35 @@ def write_sweep_curve(points: Sequence[SweepPoint], best: SweepPoint, csv_path: 
     import matplotlib.pyplot as plt
 
     ordered = sorted(points, key=lambda p: p.pairs)
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    sizes = [p.pairs for p in ordered]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=100)
     for side in sides:
-        ax.plot([p.pairs for p in ordered], [p.perplexity[side] for p in ordered], marker="o",
-                label=f"dev perplexity ({langs[side]})")
-    ax.axvline(best.pairs, color="grey", linestyle="--", label=f"chosen: {best.pairs} pairs")
+        ax.plot(sizes, [p.perplexity[side] for p in ordered], marker="o", label=f"dev perplexity ({langs[side]})")
+    if len(sides) > 1:  # the minimised curve is then none of the sides' own
+        ax.plot(sizes, [p.objective for p in ordered], marker="s", color="black",
+                label="objective: " + objective_label(langs, sides, short=True))
+    ax.axvline(best.pairs, color="grey", linestyle="--",
+               label=f"chosen: {best.pairs} pairs (objective {best.objective:.2f})")
     ax.set_xlabel("selected pairs (top-k by score)")
-    ax.set_ylabel("perplexity")
-    ax.set_title("Data selection sweep")
+    ax.set_ylabel("dev perplexity of an LM trained on the top-k")
+    ax.set_title(f"Data selection sweep: minimises\n{objective_label(langs, sides)}", fontsize=10)
     ax.legend()
     fig.tight_layout()
     fig.savefig(png_path, metadata={"Software": None})
     plt.close(fig)
+
+
+def objective_label(langs: dict[str, str], sides: Sequence[str], short: bool = False) -> str:
+    """What the sweep minimises (``SweepPoint.objective``), in words.
+
+    Parameters:
+        langs: side -> language.
+        sides: the sides with a dev perplexity.
+        short: the formula alone (for a legend).
+    """
+    names = [langs[s] for s in sides]
+    if len(names) == 1:
+        return f"ppl_{names[0]}" if short else f"dev perplexity of the {names[0]} LM trained on the top-k"
+    formula = f"({' * '.join(f'ppl_{n}' for n in names)})^(1/{len(names)})"
+    return formula if short else (f"geometric mean of the {' and '.join(names)} dev perplexities, "
+                                  f"{formula}")

@@ -206,6 +206,38 @@ def test_sweep_writes_curve_and_picks_a_small_in_domain_share(small, tmp_path):
     assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_sweep_plot_names_its_objective(monkeypatch, tmp_path):
+    """sweep.png says what is minimised: per side, and combined when there are two sides."""
+    from matplotlib.figure import Figure
+
+    shown: dict[str, object] = {}
+    save = Figure.savefig
+
+    def spy(fig, *args, **kwargs):
+        ax = fig.axes[0]
+        shown.update(title=ax.get_title(), ylabel=ax.get_ylabel(),
+                     legend=[t.get_text() for t in ax.get_legend().get_texts()])
+        return save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    points = [selection.SweepPoint(n, n / 100, n * 10, n * 11, {"source": 50.0 + n, "target": 80.0 - n / 2}, False)
+              for n in (10, 20, 40)]
+    best = min(points, key=lambda p: p.objective)
+    selection.write_sweep_curve(points, best, tmp_path / "s.csv", tmp_path / "s.png",
+                                {"source": "en", "target": "fr"})
+    assert "geometric mean of the en and fr dev perplexities" in shown["title"]
+    assert "(ppl_en * ppl_fr)^(1/2)" in shown["title"]
+    assert "dev perplexity" in shown["ylabel"]
+    assert "objective: (ppl_en * ppl_fr)^(1/2)" in shown["legend"]
+    assert any(t.startswith("chosen:") for t in shown["legend"])
+    assert best.objective == pytest.approx(((50.0 + best.pairs) * (80.0 - best.pairs / 2)) ** 0.5)
+    one = [selection.SweepPoint(p.pairs, p.fraction, p.source_tokens, p.target_tokens,
+                                {"target": p.perplexity["target"]}, False) for p in points]
+    selection.write_sweep_curve(one, one[-1], tmp_path / "t.csv", tmp_path / "t.png", {"target": "fr"})
+    assert "dev perplexity of the fr LM trained on the top-k" in shown["title"]
+    assert not any(t.startswith("objective") for t in shown["legend"])
+
+
 def test_bad_input_gives_one_error_line(small, tmp_path, dask_client, capsys):
     (tmp_path / "empty.en").write_text("\n\n")
     (tmp_path / "empty.fr").write_text("\n")
