@@ -1,6 +1,7 @@
 """The select stage body: Moore-Lewis / Axelrod selection of a pool, on an executor.
 
-Trains the in-domain and (cross-fitted) out-of-domain KenLM models per scored language, scores
+Trains the in-domain and (for the score ``difference``) the out-of-domain KenLM models per
+scored language, cross-fitted or single (``pipeline.selection`` gives the formulas), scores
 every pool pair with the executor's tasks, finds the budget's cut (``pipeline.selection``),
 optionally sweeps sizes against a dev set, and writes the selected subset, its scores, the
 models and the manifest that ``rnnenc regenerate`` rebuilds it from. The command line is
@@ -50,6 +51,9 @@ class SelectConfig:
     mode: str
     amount: str | None = None  # pairs/words: a count (348M); fraction: 0-1; threshold: a score
     method: str = "axelrod"
+    score: str = "difference"  # or "in-domain" (H_in alone: no out-of-domain model)
+    out_model: str = "cross-fit"  # or "single" (one out-of-domain model scores every pair)
+    normalise: str = "word"  # or "sentence" (H not divided by the length)
     lang: str | None = None  # moore-lewis: the scored language (default: the pool's source)
     budget_lang: str | None = None  # words: the counted side (default: the pool's source)
     dev: str | None = None  # sweep: dev set (default: the in-domain set)
@@ -57,7 +61,7 @@ class SelectConfig:
     sweep_refine: int = 3
     order: int = 4
     lm_memory: str = "1G"
-    seed: int = 1
+    seed: int = 1  # of the out-of-domain samples and the folds
     in_lms: dict[str, str] = field(default_factory=dict)  # lang -> existing model (else trained)
     out_lms: dict[str, str] = field(default_factory=dict)
     hf_dataset: bool = False
@@ -76,8 +80,15 @@ def _texts(work: Path, name: str, count: int, side: str) -> list[Path]:
 def run_selection(cfg: SelectConfig, out: str | Path, executor: Executor) -> dict[str, Any]:
     """Run a whole selection into ``out`` (atomically) and return its manifest."""
     started = time.monotonic()
-    if cfg.method not in selection.METHODS:
-        raise UserError(f"--method {cfg.method}: unknown (choose from {', '.join(selection.METHODS)})")
+    for option, value, choices in (("--method", cfg.method, selection.METHODS),
+                                   ("--score", cfg.score, selection.SCORES),
+                                   ("--out-model", cfg.out_model, selection.OUT_MODELS),
+                                   ("--normalise", cfg.normalise, selection.NORMALISATIONS)):
+        if value not in choices:
+            raise UserError(f"{option} {value}: unknown (choose from {', '.join(choices)})")
+    with_out = cfg.score == "difference"
+    if not with_out and cfg.out_lms:
+        raise UserError(f"--out-lm {','.join(sorted(cfg.out_lms))}: --score in-domain uses no out-of-domain model")
     pool = selection.open_corpus(cfg.pool)
     langs = {"source": pool.source_lang, "target": pool.target_lang}
     sides = (("source", "target") if cfg.method == "axelrod"
@@ -86,16 +97,17 @@ def run_selection(cfg: SelectConfig, out: str | Path, executor: Executor) -> dic
     budget_side = pool.column(cfg.budget_lang or pool.source_lang)
     given = sorted(set(cfg.in_lms) | set(cfg.out_lms))
     if given:
-        missing = [f"{kind} {lang}" for lang in scored_langs for kind, lms in (("--in-lm", cfg.in_lms),
-                                                                               ("--out-lm", cfg.out_lms))
-                   if lang not in lms]
+        kinds = (("--in-lm", cfg.in_lms), ("--out-lm", cfg.out_lms))[:2 if with_out else 1]
+        missing = [f"{kind} {lang}" for lang in scored_langs for kind, lms in kinds if lang not in lms]
         if missing:
             raise UserError(f"given language models must cover every scored language; missing: {', '.join(missing)}")
-        for path in [*cfg.in_lms.values(), *(p for v in cfg.out_lms.values() for p in _fold_pair(v))]:
+        out_paths = [p for v in cfg.out_lms.values() for p in _out_paths(v, cfg.out_model)]
+        for path in [*cfg.in_lms.values(), *out_paths]:
             lm.check_model(path)
     lm_config = lm.LMConfig(order=cfg.order, memory=cfg.lm_memory)
     names = [Path(p).name for p in pool.parts]
-    report: dict[str, Any] = {"method": cfg.method, "languages": scored_langs, "timings_s": {}}
+    formula = selection.describe_score(cfg.score, cfg.out_model, cfg.normalise, scored_langs)
+    report: dict[str, Any] = {"method": cfg.method, "languages": scored_langs, "score": formula, "timings_s": {}}
     timings = report["timings_s"]
 
     def lap(name: str, since: float) -> float:
@@ -123,17 +135,20 @@ def run_selection(cfg: SelectConfig, out: str | Path, executor: Executor) -> dic
         t = lap("in_domain", t)
 
         if given:
-            models = [SideModels(s, cfg.in_lms[langs[s]], _fold_pair(cfg.out_lms[langs[s]])) for s in sides]
+            models = [SideModels(s, cfg.in_lms[langs[s]], _out_paths(cfg.out_lms[langs[s]], cfg.out_model)
+                                 if with_out else ()) for s in sides]
             lm_records: dict[str, Any] = {"given": True}
         else:
-            models, lm_records, report["out_domain_sample"] = _train_language_models(
+            models, lm_records, sample = _train_language_models(
                 cfg, pool, sides, langs, totals, in_domain, work, lm_dir, lm_config, executor)
+            if sample is not None:
+                report["out_domain_sample"] = sample
         report["lms"] = lm_records
         t = lap("language_models", t)
 
         score_parts = [str(tmp / "scores" / name) for name in names]
         executor.map(selection.score_partition, list(zip(pool.parts, score_parts, strict=True)),
-               desc="scoring", models=models, seed=cfg.seed)
+               desc="scoring", models=models, seed=cfg.seed, normalise=cfg.normalise)
         t = lap("scoring", t)
 
         cut, sweep = _decide(cfg, pool, sides, langs, budget_side, totals, score_parts, work, lm_dir, tmp,
@@ -161,7 +176,8 @@ def run_selection(cfg: SelectConfig, out: str | Path, executor: Executor) -> dic
     inputs = [pool.path, *_spec_inputs(cfg.in_domain, scored_langs)]
     if cfg.mode == "sweep" and cfg.dev:
         inputs += _spec_inputs(cfg.dev, scored_langs)
-    inputs += [*cfg.in_lms.values(), *sorted({p for v in cfg.out_lms.values() for p in _fold_pair(v)})]
+    inputs += [*cfg.in_lms.values(),
+               *sorted({p for v in cfg.out_lms.values() for p in _out_paths(v, cfg.out_model)})]
     counts = {"pool_pairs": totals["pairs"], "selected_pairs": kept["pairs"],
               "selected_source_tokens": kept["source_tokens"], "selected_target_tokens": kept["target_tokens"],
               "pool_source_tokens": totals["source_tokens"], "pool_target_tokens": totals["target_tokens"]}
@@ -173,17 +189,21 @@ def run_selection(cfg: SelectConfig, out: str | Path, executor: Executor) -> dic
 def _train_language_models(cfg: SelectConfig, pool: selection.Corpus, sides: Sequence[str], langs: dict[str, str],
                            totals: dict[str, int], in_domain: dict[str, Any], work: Path, lm_dir: Path,
                            lm_config: lm.LMConfig, executor: Executor
-                           ) -> tuple[list[SideModels], dict[str, Any], dict[str, Any]]:
-    """Per scored side: the in-domain model, and two out-of-domain models on the two folds of a
-    seeded pool sample of about the in-domain size (a pair is scored by the fold that did not
-    see it). Returns the models, their records for the manifest, and the sample's report."""
-    in_tokens = sum(in_domain[langs[s]]["tokens"] for s in sides)
-    pool_tokens = sum(totals[f"{s}_tokens"] for s in sides)
-    # Each fold's sample is about the in-domain size; a fold is half the pool at most.
-    rate = min(0.5, in_tokens / max(1, pool_tokens))
-    sample = _sum(executor.map(selection.sample_partition,
-                               [(p, str(work / "sample" / f"part-{i:05d}")) for i, p in enumerate(pool.parts)],
-                               desc="sampling the pool", sides=sides, rate=rate, seed=cfg.seed))
+                           ) -> tuple[list[SideModels], dict[str, Any], dict[str, Any] | None]:
+    """Per scored side: the in-domain model and, for the score ``difference``, the out-of-domain
+    model(s) on seeded pool samples of about the in-domain size: one per fold (``cross-fit``: a
+    pair is scored by the fold that did not see it) or one (``single``). Returns the models,
+    their records for the manifest, and the samples' report (None: nothing was sampled)."""
+    samples: dict[str, tuple[float, float]] = {}
+    sample: dict[str, Any] | None = None
+    if cfg.score == "difference":
+        rate, samples = selection.out_domain_samples(cfg.out_model,
+                                                     sum(in_domain[langs[s]]["tokens"] for s in sides),
+                                                     sum(totals[f"{s}_tokens"] for s in sides))
+        tasks = [(p, str(work / "sample" / f"part-{i:05d}")) for i, p in enumerate(pool.parts)]
+        sample = {"rate": rate, "seed": cfg.seed} | _sum(executor.map(
+            selection.sample_partition, tasks, desc="sampling the pool", sides=sides, samples=samples,
+            seed=cfg.seed))
     models: list[SideModels] = []
     records: dict[str, Any] = {"given": False, "models": {}}
     for side in sides:
@@ -192,27 +212,34 @@ def _train_language_models(cfg: SelectConfig, pool: selection.Corpus, sides: Seq
         trained_in = lm.train_lm([work / f"in_domain.{lang}"], lm_dir / f"in.{lang}.binary", lm_config, vocab)
         record = {"in": {"path": f"lm/in.{lang}.binary", "discount_fallback": trained_in.discount_fallback}}
         outs = []
-        for k in range(selection.FOLDS):
-            if sample[f"fold{k}_{side}_tokens"] == 0:
-                raise UserError(f"{pool.path}: the out-of-domain sample (fold {k}) of the '{lang}' side is empty")
-            trained_out = lm.train_lm(_texts(work, "sample", len(pool.parts), f"fold{k}.{side}"),
-                                      lm_dir / f"out.fold{k}.{lang}.binary", lm_config, vocab)
+        for name in samples:
+            if sample[f"{name}_{side}_tokens"] == 0:
+                raise UserError(f"{pool.path}: the out-of-domain sample ({name}) of the '{lang}' side is empty")
+            # cross-fit: out.fold0/out.fold1 (records out_fold0/out_fold1); single: out
+            stem = "out" if name == "sample" else f"out.{name}"
+            trained_out = lm.train_lm(_texts(work, "sample", len(pool.parts), f"{name}.{side}"),
+                                      lm_dir / f"{stem}.{lang}.binary", lm_config, vocab)
             outs.append(trained_out.path)
-            record[f"out_fold{k}"] = {"path": f"lm/out.fold{k}.{lang}.binary",
-                                      "discount_fallback": trained_out.discount_fallback}
-        models.append(SideModels(side, trained_in.path, (outs[0], outs[1])))
+            record[stem.replace(".", "_")] = {"path": f"lm/{stem}.{lang}.binary",
+                                              "discount_fallback": trained_out.discount_fallback}
+        models.append(SideModels(side, trained_in.path, tuple(outs)))
         records["models"][lang] = record
-    return models, records, {"rate": rate, "seed": cfg.seed} | sample
+    return models, records, sample
 
 
-def _fold_pair(paths: str) -> tuple[str, str]:
-    """``--out-lm LANG=A,B``: the out-of-domain models of folds 0 and 1 (one path: both)."""
-    parts = paths.split(",")
+def _out_paths(paths: str, out_model: str) -> tuple[str, ...]:
+    """``--out-lm LANG=PATH[,PATH]``: cross-fit: the models of folds 0 and 1 (one path: both);
+    single: the one model."""
+    parts = tuple(paths.split(","))
+    if out_model == "single":
+        if len(parts) != 1:
+            raise UserError(f"--out-lm {paths}: --out-model single uses one out-of-domain model per language")
+        return parts
     if len(parts) == 1:
         return parts[0], parts[0]
     if len(parts) != selection.FOLDS:
         raise UserError(f"--out-lm {paths}: give one model, or one per fold (A,B)")
-    return parts[0], parts[1]
+    return parts
 
 
 def _sum(results: Sequence[dict[str, int]]) -> dict[str, int]:
@@ -354,7 +381,10 @@ def regenerate(manifest_path: str | Path, out: str | Path, executor: Executor) -
                     raise UserError(f"{model}: language model missing or changed since the selection; "
                                     "cannot regenerate")
             cfg.in_lms[lang] = str(root / models["in"]["path"])
-            cfg.out_lms[lang] = f"{root / models['out_fold0']['path']},{root / models['out_fold1']['path']}"
+            outs = [str(root / models[name]["path"]) for name in ("out_fold0", "out_fold1", "out")
+                    if name in models]
+            if outs:  # none for --score in-domain
+                cfg.out_lms[lang] = ",".join(outs)
     # Any mode keeps a prefix of the score order: the same number of pairs is the same subset.
     cfg = dataclasses.replace(cfg, mode="pairs", amount=str(manifest["counts"]["selected_pairs"]), dev=None)
     rebuilt = run_selection(cfg, out, executor)

@@ -1,15 +1,29 @@
-"""Cross-entropy-difference data selection (Moore & Lewis 2010; Axelrod et al. 2011).
+"""Cross-entropy-difference data selection (Moore & Lewis 2010; Axelrod et al. 2011) and the
+variants users compare against (XenC, Moses EMS).
 
 Scoring is kept apart from deciding, as in OpusFilter:
 
-* *scoring* (``score_partition``): for each pair of a pool partition, per side,
-  ``H_in(s) - H_out(s)`` with ``H`` the per-word cross-entropy of ``pipeline.lm``; the method
-  ``moore-lewis`` uses one side, ``axelrod`` sums both sides. Lower is more in-domain. The
-  scores are written beside the pairs, one score part per pool part. The out-of-domain
-  model is trained on a seeded random sample of the pool; to keep it from scoring pairs it
-  has memorised (an in-domain pair in its sample would look out-of-domain), the pool is split
-  into two folds by a hash of (seed, corpus, line), each fold has its own sample and model,
-  and a pair is scored by the model of the other fold (cross-fitting).
+* *scoring* (``score_partition``): for each pair of a pool partition and each scored side
+  (``moore-lewis``: one side, ``axelrod``: both), the side's cross-entropies under the
+  in-domain model and, unless the score is ``in-domain``, an out-of-domain model; lower is more
+  in-domain. With ``lp_M(s) = log10 p_M(s </s> | <s>)`` (``kenlm.Model.score(s, bos=True,
+  eos=True)``) and ``n`` the number of tokens of ``s``:
+
+  - normalisation ``word`` (default): ``H_M(s) = -lp_M(s) / (n + 1)``, the per-word
+    cross-entropy of ``pipeline.lm`` (``</s>`` counted as a word);
+    ``sentence``: ``H_M(s) = -lp_M(s)``, the sentence's total, not divided by its length;
+  - score ``difference`` (default): ``score = sum over sides of H_in(s) - H_out(s)``;
+    ``in-domain`` (XenC's mode 1): ``score = sum over sides of H_in(s)``, no out-of-domain model;
+  - out-of-domain model ``cross-fit`` (default): the pool is split into two folds by a hash of
+    (seed, corpus, line); each fold has its own seeded random sample of about the in-domain
+    size and its own model, and a pair is scored by the model of the other fold, so that a
+    pair drawn into a sample is never scored by a model that saw it verbatim (an in-domain
+    pair would look out-of-domain); ``single`` (the classic method of Moore & Lewis, Axelrod,
+    XenC and Moses EMS): one model on one seeded random sample of about the in-domain size,
+    scoring every pair, those of its own sample included.
+
+  The scores (and each side's ``H_in``/``H_out``) are written beside the pairs, one score part
+  per pool part.
 * *deciding* (``find_cut``, ``keep_partition``): the pairs are totally ordered by the key
   ``(score, xxh3_64(source TAB target), corpus, line)``, which depends on nothing but the pair,
   so the selection is the same whatever the partitioning or the number of workers. A budget
@@ -45,6 +59,9 @@ from pipeline.executor import Executor
 Method = Literal["moore-lewis", "axelrod"]
 Side = Literal["source", "target"]
 METHODS: tuple[str, ...] = ("moore-lewis", "axelrod")
+SCORES: tuple[str, ...] = ("difference", "in-domain")
+OUT_MODELS: tuple[str, ...] = ("cross-fit", "single")
+NORMALISATIONS: tuple[str, ...] = ("word", "sentence")
 PART_GLOB = "part-*.parquet"
 _SIGN = np.uint64(1 << 63)
 _HIST_BITS = 16  # 65,536 bins a round: at most four rounds per 64-bit level
@@ -163,27 +180,55 @@ def folds(seed: int, corpus: Sequence[str], line: Sequence[int]) -> tuple[np.nda
     return u, (u >= 0.5).astype(np.int8)
 
 
-def sample_partition(task: tuple[str, str], sides: Sequence[Side], rate: float, seed: int) -> dict[str, int]:
-    """Write the seeded random samples of a pool partition, one per fold.
+def out_domain_samples(out_model: str, in_tokens: int,
+                       pool_tokens: int) -> tuple[float, dict[str, tuple[float, float]]]:
+    """The sampling rate and the samples of the out-of-domain model(s): ``{name: (lo, hi)}``, a
+    pair belonging to a sample when its uniform draw (``folds``) is in ``[lo, hi)``.
 
-    ``task`` is (pool part, output prefix); ``<prefix>.fold<k>.<side>`` gets the pairs of fold
-    ``k`` drawn with probability ``rate`` of the whole pool (``rate`` <= 0.5). The
-    out-of-domain model of fold k scores the pairs of the other fold only: an in-domain pair
-    of the sample would otherwise be scored by a model that saw it verbatim and look
-    out-of-domain (on the demo data this cost 8 points of precision).
+    Parameters:
+        out_model: ``cross-fit`` (samples ``fold0`` and ``fold1``, each inside its fold) or
+            ``single`` (one sample, ``sample``, of the whole pool).
+        in_tokens: the in-domain set's tokens on the scored sides: each sample is about that size.
+        pool_tokens: the pool's tokens on the scored sides.
+    """
+    ratio = in_tokens / max(1, pool_tokens)
+    if out_model == "cross-fit":
+        rate = min(0.5, ratio)  # a fold is half the pool: its sample cannot be larger
+        return rate, {f"fold{k}": (k * 0.5, k * 0.5 + rate) for k in range(FOLDS)}
+    if out_model == "single":
+        rate = min(1.0, ratio)
+        return rate, {"sample": (0.0, rate)}
+    raise ValueError(f"unknown out-of-domain model '{out_model}'")
+
+
+def sample_partition(task: tuple[str, str], sides: Sequence[Side], samples: dict[str, tuple[float, float]],
+                     seed: int) -> dict[str, int]:
+    """Write the seeded random samples of a pool partition (see ``out_domain_samples``).
+
+    Parameters:
+        task: (pool part, output prefix); ``<prefix>.<name>.<side>`` gets the pairs of sample
+            ``name`` whose draw is in its ``[lo, hi)``.
+        sides: the sides written.
+        samples: ``{name: (lo, hi)}``, within [0, 1].
+        seed: the seed of the draws (and of the folds).
+
+    Returns the pairs (``<name>_pairs``) and tokens (``<name>_<side>_tokens``) of each sample.
+    With cross-fitting, the out-of-domain model of fold k scores the pairs of the other fold
+    only: an in-domain pair of the sample would otherwise be scored by a model that saw it
+    verbatim and look out-of-domain (on the demo data this cost 8 points of precision).
     """
     part, prefix = task
-    if not 0.0 <= rate <= 0.5:
-        raise ValueError(f"sample rate {rate} outside [0, 0.5]")
+    if not all(0.0 <= lo <= hi <= 1.0 for lo, hi in samples.values()):
+        raise ValueError(f"sample ranges {samples} outside [0, 1]")
     table = pq.read_table(part, columns=["corpus", "line", *sides, *(f"{s}_tokens" for s in sides)])
     u, _fold = folds(seed, table["corpus"].to_pylist(), table["line"].to_pylist())
     counts: dict[str, int] = {}
-    for k in range(FOLDS):
-        keep = (u >= k * 0.5) & (u < k * 0.5 + rate)
-        counts[f"fold{k}_pairs"] = int(keep.sum())
+    for name, (lo, hi) in samples.items():
+        keep = (u >= lo) & (u < hi)
+        counts[f"{name}_pairs"] = int(keep.sum())
         for side in sides:
-            _write_lines(f"{prefix}.fold{k}.{side}", table[side].filter(pa.array(keep)).to_pylist())
-            counts[f"fold{k}_{side}_tokens"] = int(np.asarray(table[f"{side}_tokens"])[keep].sum())
+            _write_lines(f"{prefix}.{name}.{side}", table[side].filter(pa.array(keep)).to_pylist())
+            counts[f"{name}_{side}_tokens"] = int(np.asarray(table[f"{side}_tokens"])[keep].sum())
     return counts
 
 
@@ -200,11 +245,16 @@ def _write_lines(path: str, lines: list[str]) -> None:
 
 @dataclass(frozen=True)
 class SideModels:
-    """The models of one side: in-domain, and out-of-domain per fold. Paths exist on every worker."""
+    """The models of one side. Paths exist on every worker.
+
+    ``out_domain`` says which out-of-domain model scores a pair: none (score ``in-domain``),
+    one (``single``: every pair), or two (``cross-fit``: trained on fold 0's and fold 1's
+    samples; a pair is scored by the other fold's model).
+    """
 
     side: Side
     in_domain: str
-    out_domain: tuple[str, str]  # trained on fold 0's and fold 1's sample; a pair uses the other fold's
+    out_domain: tuple[str, ...]
 
 
 def sortable_key(scores: np.ndarray) -> np.ndarray:
@@ -222,11 +272,57 @@ def pair_hash(source: Sequence[str], target: Sequence[str]) -> np.ndarray:
                        dtype=np.uint64, count=len(source))
 
 
-def score_partition(task: tuple[str, str], models: Sequence[SideModels], seed: int) -> dict[str, Any]:
+def cross_entropies(model: Any, sentences: Sequence[str], lengths: Sequence[int], normalise: str) -> np.ndarray:
+    """``H(s)`` of each tokenised sentence under a kenlm model, log10, ``</s>`` included.
+
+    Parameters:
+        model: a ``kenlm.Model``.
+        sentences: the sentences, tokens separated by spaces.
+        lengths: their numbers of tokens ``n``.
+        normalise: ``word``: ``-log10 p(s </s> | <s>) / (n + 1)``; ``sentence``: ``-log10 p(s </s> | <s>)``.
+    """
+    if normalise == "word":
+        values = (-model.score(s, bos=True, eos=True) / (n + 1) for s, n in zip(sentences, lengths, strict=True))
+    elif normalise == "sentence":
+        values = (-model.score(s, bos=True, eos=True) for s in sentences)
+    else:
+        raise ValueError(f"unknown normalisation '{normalise}'")
+    return np.fromiter(values, dtype=np.float64, count=len(sentences))
+
+
+def describe_score(score: str, out_model: str, normalise: str, langs: Sequence[str]) -> str:
+    """The selection score as a formula in one line (for report.json and the log).
+
+    Parameters:
+        score: ``difference`` or ``in-domain``.
+        out_model: ``cross-fit`` or ``single`` (unused for ``in-domain``).
+        normalise: ``word`` or ``sentence``.
+        langs: the scored languages.
+    """
+    term = "H_in(s)" if score == "in-domain" else "H_in(s) - H_out(s)"
+    where = f"sum over {' and '.join(langs)} of" if len(langs) > 1 else f"on {langs[0]}:"
+    entropy = "-log10 p(s </s> | <s>)" + (" / (n + 1)" if normalise == "word" else "")
+    out = ""
+    if score == "difference":
+        out = ("; H_out by the model of the other fold's sample (cross-fit)" if out_model == "cross-fit"
+               else "; H_out by one model on one pool sample (single)")
+    return f"score = {where} {term}, H(s) = {entropy}{out}; lower is more in-domain"
+
+
+def score_partition(task: tuple[str, str], models: Sequence[SideModels], seed: int,
+                    normalise: str = "word") -> dict[str, Any]:
     """Score a pool partition and write ``task[1]``, a Parquet part of scores beside the pairs.
 
-    Columns: corpus, line, score, ``h_in_<side>`` and ``h_out_<side>`` per scored side, fold,
-    ``key`` (sortable score) and ``tiebreak`` (pair hash), source_tokens, target_tokens.
+    Parameters:
+        task: (pool part, score part to write).
+        models: per scored side, its models (``SideModels``: whether and how there is an
+            out-of-domain term).
+        seed: the seed of the folds (cross-fitting).
+        normalise: ``word`` or ``sentence`` (``cross_entropies``).
+
+    Columns: corpus, line, score, ``h_in_<side>`` (and ``h_out_<side>`` with an out-of-domain
+    model) per scored side, in the chosen normalisation; ``fold`` when cross-fitted; ``key``
+    (sortable score) and ``tiebreak`` (pair hash), source_tokens, target_tokens.
     """
     part, out = task
     table = pq.read_table(part, columns=["source", "target", "source_tokens", "target_tokens", "corpus", "line"])
@@ -235,22 +331,31 @@ def score_partition(task: tuple[str, str], models: Sequence[SideModels], seed: i
     score = np.zeros(table.num_rows, dtype=np.float64)
     components: dict[str, np.ndarray] = {}
     words = {"source": source, "target": target}
+    cross_fitted = False
     for side_models in models:
         side = side_models.side
         lengths = table[f"{side}_tokens"].to_pylist()
-        model_in = lm.load_model(side_models.in_domain)
-        components[f"h_in_{side}"] = np.fromiter(
-            (-model_in.score(s, bos=True, eos=True) / (n + 1) for s, n in zip(words[side], lengths, strict=True)),
-            dtype=np.float64, count=table.num_rows)
-        outs = [lm.load_model(path) for path in side_models.out_domain]
-        components[f"h_out_{side}"] = np.fromiter(
-            (-outs[1 - f].score(s, bos=True, eos=True) / (n + 1)
-             for s, n, f in zip(words[side], lengths, fold.tolist(), strict=True)),
-            dtype=np.float64, count=table.num_rows)
-        score += components[f"h_in_{side}"] - components[f"h_out_{side}"]
+        h_in = components[f"h_in_{side}"] = cross_entropies(lm.load_model(side_models.in_domain), words[side],
+                                                            lengths, normalise)
+        outs = side_models.out_domain
+        if not outs:
+            score += h_in
+            continue
+        if len(outs) == 1:
+            h_out = cross_entropies(lm.load_model(outs[0]), words[side], lengths, normalise)
+        else:
+            cross_fitted = True
+            h_out = np.empty(table.num_rows, dtype=np.float64)
+            for k, path in enumerate(outs):
+                rows = np.flatnonzero(fold == 1 - k)  # this fold's model scores the other fold
+                h_out[rows] = cross_entropies(lm.load_model(path), [words[side][i] for i in rows],
+                                              [lengths[i] for i in rows], normalise)
+        components[f"h_out_{side}"] = h_out
+        score += h_in - h_out
     key = sortable_key(score)
     columns: dict[str, Any] = {"corpus": table["corpus"], "line": table["line"], "score": score, **components,
-                               "fold": fold, "key": key, "tiebreak": pair_hash(source, target),
+                               **({"fold": fold} if cross_fitted else {}), "key": key,
+                               "tiebreak": pair_hash(source, target),
                                "source_tokens": table["source_tokens"], "target_tokens": table["target_tokens"]}
     pq.write_table(pa.table(columns), out)
     return {"pairs": table.num_rows}
@@ -463,7 +568,8 @@ class SweepPoint:
 
     @property
     def objective(self) -> float:
-        """Geometric mean of the sides' dev perplexities (mean log perplexity)."""
+        """What the sweep minimises: the geometric mean of the sides' dev perplexities (the mean log
+        perplexity; one side: its perplexity). ``objective_label`` says it in words."""
         return math.pow(10.0, sum(math.log10(p) for p in self.perplexity.values()) / len(self.perplexity))
 
 
@@ -505,15 +611,35 @@ def write_sweep_curve(points: Sequence[SweepPoint], best: SweepPoint, csv_path: 
     import matplotlib.pyplot as plt
 
     ordered = sorted(points, key=lambda p: p.pairs)
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    sizes = [p.pairs for p in ordered]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=100)
     for side in sides:
-        ax.plot([p.pairs for p in ordered], [p.perplexity[side] for p in ordered], marker="o",
-                label=f"dev perplexity ({langs[side]})")
-    ax.axvline(best.pairs, color="grey", linestyle="--", label=f"chosen: {best.pairs} pairs")
+        ax.plot(sizes, [p.perplexity[side] for p in ordered], marker="o", label=f"dev perplexity ({langs[side]})")
+    if len(sides) > 1:  # the minimised curve is then none of the sides' own
+        ax.plot(sizes, [p.objective for p in ordered], marker="s", color="black",
+                label="objective: " + objective_label(langs, sides, short=True))
+    ax.axvline(best.pairs, color="grey", linestyle="--",
+               label=f"chosen: {best.pairs} pairs (objective {best.objective:.2f})")
     ax.set_xlabel("selected pairs (top-k by score)")
-    ax.set_ylabel("perplexity")
-    ax.set_title("Data selection sweep")
+    ax.set_ylabel("dev perplexity of an LM trained on the top-k")
+    ax.set_title(f"Data selection sweep: minimises\n{objective_label(langs, sides)}", fontsize=10)
     ax.legend()
     fig.tight_layout()
     fig.savefig(png_path, metadata={"Software": None})
     plt.close(fig)
+
+
+def objective_label(langs: dict[str, str], sides: Sequence[str], short: bool = False) -> str:
+    """What the sweep minimises (``SweepPoint.objective``), in words.
+
+    Parameters:
+        langs: side -> language.
+        sides: the sides with a dev perplexity.
+        short: the formula alone (for a legend).
+    """
+    names = [langs[s] for s in sides]
+    if len(names) == 1:
+        return f"ppl_{names[0]}" if short else f"dev perplexity of the {names[0]} LM trained on the top-k"
+    formula = f"({' * '.join(f'ppl_{n}' for n in names)})^(1/{len(names)})"
+    return formula if short else (f"geometric mean of the {' and '.join(names)} dev perplexities, "
+                                  f"{formula}")

@@ -1,5 +1,7 @@
 """Data selection end to end: precision on the demo data, exact and partition-independent cuts,
-sweep, outputs, regeneration and one-line errors. Real lmplz models, real Dask workers."""
+sweep, outputs, regeneration, the scoring variants (single out-of-domain model, in-domain score,
+sentence normalisation) against their formulas, and one-line errors. Real lmplz models, real Dask
+workers."""
 
 from __future__ import annotations
 
@@ -8,10 +10,12 @@ import random
 import re
 from pathlib import Path
 
+import kenlm
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import xxhash
 
 from pipeline import selection
 from pipeline.errors import UserError
@@ -206,6 +210,155 @@ def test_sweep_writes_curve_and_picks_a_small_in_domain_share(small, tmp_path):
     assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
 
 
+# (config overrides, the LM files the stage trains): each variant, and the default for its formula
+VARIANTS = {
+    "default": ({}, {"in.en", "in.fr", "out.fold0.en", "out.fold1.en", "out.fold0.fr", "out.fold1.fr"}),
+    "single": ({"out_model": "single"}, {"in.en", "in.fr", "out.en", "out.fr"}),
+    "in-domain": ({"score": "in-domain"}, {"in.en", "in.fr"}),
+    "sentence": ({"normalise": "sentence"},
+                 {"in.en", "in.fr", "out.fold0.en", "out.fold1.en", "out.fold0.fr", "out.fold1.fr"}),
+    "ml-single-sentence": ({"method": "moore-lewis", "lang": "fr", "out_model": "single", "normalise": "sentence"},
+                           {"in.fr", "out.fr"}),
+}
+
+
+def formula_scores(out: Path, pool: pa.Table, lines: list[int]) -> dict[int, float]:
+    """The documented score of the pool's ``lines``, computed here with kenlm and the stage's LMs."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    cfg, models = manifest["config"], manifest["selection"]["lms"]["models"]
+    sides = {manifest["selection"]["languages"][side]: side for side in ("source", "target")}
+    rows = {line: i for i, line in enumerate(pool["line"].to_pylist())}
+    expected = dict.fromkeys(lines, 0.0)
+    for lang in manifest["selection"]["scored"]:
+        record = models[lang]
+        model_in = kenlm.Model(str(out / record["in"]["path"]))
+        outs = [kenlm.Model(str(out / record[k]["path"])) for k in ("out_fold0", "out_fold1", "out")
+                if k in record]
+        for line in lines:
+            sentence = pool[sides[lang]][rows[line]].as_py()
+            n = len(sentence.split())
+            # H(s) = -log10 p(s </s> | <s>), divided by n + 1 for the per-word normalisation
+            length = n + 1 if cfg["normalise"] == "word" else 1
+            h_in = -model_in.score(sentence, bos=True, eos=True) / length
+            if not outs:
+                expected[line] += h_in
+            else:
+                u = xxhash.xxh3_64_intdigest(f"{pool['corpus'][rows[line]].as_py()}\t{line}".encode(),
+                                             seed=cfg["seed"]) / 2.0**64
+                # cross-fit: a pair of fold f (u >= 0.5: fold 1) is scored by the other fold's model
+                model_out = outs[0] if len(outs) == 1 else outs[1 - int(u >= 0.5)]
+                expected[line] += h_in - (-model_out.score(sentence, bos=True, eos=True) / length)
+    return expected
+
+
+@pytest.mark.determinism
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_variant_scores_follow_their_formula_and_regenerate(variant, small, tmp_path, dask_client):
+    overrides, trained = VARIANTS[variant]
+    out = tmp_path / "sel"
+    executor = DaskExecutor(dask_client, quiet=True)
+    manifest = run_selection(SelectConfig(pool=str(small["pool7"]), in_domain=str(small["in_domain"]), mode="pairs",
+                                          amount="300", **overrides), out, executor)
+    assert {p.name.removesuffix(".binary") for p in (out / "lm").glob("*.binary")} == trained
+    assert all(manifest["config"][k] == v for k, v in overrides.items())
+    report = json.loads((out / "report.json").read_text())
+    scores, pool = read_dir(out / "scores"), read_dir(small["pool7"])
+    scored = manifest["selection"]["scored"]
+    side_of = {"en": "source", "fr": "target"}
+    assert [c for c in scores.column_names if c.startswith("h_")] == [
+        f"h_{kind}_{side_of[lang]}" for lang in scored
+        for kind in (("in",) if overrides.get("score") == "in-domain" else ("in", "out"))]
+    assert ("fold" in scores.column_names) == (overrides.get("out_model", "cross-fit") == "cross-fit"
+                                               and overrides.get("score") != "in-domain")
+    lines = scores["line"].to_pylist()
+    chosen = random.Random(variant).sample(lines, 6)
+    if overrides.get("out_model") == "single":
+        # the classic method scores the pairs of its own out-of-domain sample too
+        assert report["out_domain_sample"]["sample_pairs"] > 0 and "fold0_pairs" not in report["out_domain_sample"]
+        rate = report["out_domain_sample"]["rate"]
+        drawn = [line for line in lines
+                 if xxhash.xxh3_64_intdigest(f"pool\t{line}".encode(), seed=1) / 2.0**64 < rate]
+        assert len(drawn) == report["out_domain_sample"]["sample_pairs"]
+        chosen += drawn[:3]
+    if overrides.get("score") == "in-domain":
+        assert "out_domain_sample" not in report and "H_out" not in report["score"]
+    expected = formula_scores(out, pool, chosen)
+    got = dict(zip(lines, scores["score"].to_pylist(), strict=True))
+    for line in chosen:
+        assert got[line] == pytest.approx(expected[line], rel=1e-12, abs=1e-12), (variant, line)
+    # the subset is the 300 best by that score
+    selected = read_dir(out / "selected")
+    assert selected.num_rows == 300
+    rest = ~np.isin(scores["line"].to_numpy(), selected["line"].to_numpy())
+    assert selected["score"].to_numpy().max() <= scores["score"].to_numpy()[rest].min()
+    # regenerate reproduces the variant byte for byte, from the manifest alone
+    code = cli.main(["regenerate", str(out / "manifest.json"), "--out", str(tmp_path / "again"),
+                     "--scheduler", dask_client.scheduler.address, "--quiet"])
+    assert code == 0
+    assert hashes(out) == hashes(tmp_path / "again")
+    again = json.loads((tmp_path / "again" / "manifest.json").read_text())["config"]
+    assert {k: again[k] for k in ("score", "out_model", "normalise")} == \
+        {k: manifest["config"][k] for k in ("score", "out_model", "normalise")}
+
+
+def test_default_score_columns_are_todays(small, tmp_path):
+    """The default (cross-fit, difference, word) writes the columns it always wrote, in order."""
+    out = tmp_path / "sel"
+    run_selection(SelectConfig(pool=str(small["pool1"]), in_domain=str(small["in_domain"]), mode="pairs",
+                               amount="10"), out, SERIAL)
+    assert read_dir(out / "scores").column_names == [
+        "corpus", "line", "score", "h_in_source", "h_out_source", "h_in_target", "h_out_target", "fold", "key",
+        "tiebreak", "source_tokens", "target_tokens"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["selection"]["lms"]["models"]["en"]) == {"in", "out_fold0", "out_fold1"}
+
+
+def test_single_given_model_scores_as_cross_fit_with_that_model_on_both_folds(small, tmp_path):
+    """With one given out-of-domain model, cross-fitting has nothing to choose: both agree."""
+    first = tmp_path / "first"
+    run_selection(SelectConfig(pool=str(small["pool1"]), in_domain=str(small["in_domain"]), mode="pairs",
+                               amount="100", out_model="single"), first, SERIAL)
+    models = {"in_lms": {lang: str(first / "lm" / f"in.{lang}.binary") for lang in ("en", "fr")},
+              "out_lms": {lang: str(first / "lm" / f"out.{lang}.binary") for lang in ("en", "fr")}}
+    for out_model in ("single", "cross-fit"):
+        run_selection(SelectConfig(pool=str(small["pool1"]), in_domain=str(small["in_domain"]), mode="pairs",
+                                   amount="100", out_model=out_model, **models), tmp_path / out_model, SERIAL)
+    assert read_dir(tmp_path / "single" / "scores")["score"].equals(read_dir(first / "scores")["score"])
+    assert read_dir(tmp_path / "cross-fit" / "scores")["score"].equals(read_dir(first / "scores")["score"])
+
+
+def test_sweep_plot_names_its_objective(monkeypatch, tmp_path):
+    """sweep.png says what is minimised: per side, and combined when there are two sides."""
+    from matplotlib.figure import Figure
+
+    shown: dict[str, object] = {}
+    save = Figure.savefig
+
+    def spy(fig, *args, **kwargs):
+        ax = fig.axes[0]
+        shown.update(title=ax.get_title(), ylabel=ax.get_ylabel(),
+                     legend=[t.get_text() for t in ax.get_legend().get_texts()])
+        return save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    points = [selection.SweepPoint(n, n / 100, n * 10, n * 11, {"source": 50.0 + n, "target": 80.0 - n / 2}, False)
+              for n in (10, 20, 40)]
+    best = min(points, key=lambda p: p.objective)
+    selection.write_sweep_curve(points, best, tmp_path / "s.csv", tmp_path / "s.png",
+                                {"source": "en", "target": "fr"})
+    assert "geometric mean of the en and fr dev perplexities" in shown["title"]
+    assert "(ppl_en * ppl_fr)^(1/2)" in shown["title"]
+    assert "dev perplexity" in shown["ylabel"]
+    assert "objective: (ppl_en * ppl_fr)^(1/2)" in shown["legend"]
+    assert any(t.startswith("chosen:") for t in shown["legend"])
+    assert best.objective == pytest.approx(((50.0 + best.pairs) * (80.0 - best.pairs / 2)) ** 0.5)
+    one = [selection.SweepPoint(p.pairs, p.fraction, p.source_tokens, p.target_tokens,
+                                {"target": p.perplexity["target"]}, False) for p in points]
+    selection.write_sweep_curve(one, one[-1], tmp_path / "t.csv", tmp_path / "t.png", {"target": "fr"})
+    assert "dev perplexity of the fr LM trained on the top-k" in shown["title"]
+    assert not any(t.startswith("objective") for t in shown["legend"])
+
+
 def test_bad_input_gives_one_error_line(small, tmp_path, dask_client, capsys):
     (tmp_path / "empty.en").write_text("\n\n")
     (tmp_path / "empty.fr").write_text("\n")
@@ -227,9 +380,27 @@ def test_bad_input_gives_one_error_line(small, tmp_path, dask_client, capsys):
           "--lang", "fr"], "--lang fr: only moore-lewis scores one language (axelrod scores both sides)"),
         (["--in-domain", str(small["in_domain"]), "--out", str(tmp_path / "f"), "--budget-pairs", "10",
           "--budget-lang", "fr"], "--budget-lang fr: counts words, so it needs --budget-words (this selection is by pairs)"),
+        # scoring variants that would ignore an option, or cannot use it
+        (["--in-domain", str(small["in_domain"]), "--out", str(tmp_path / "g"), "--budget-pairs", "10",
+          "--score", "in-domain", "--out-lm", f"en={tmp_path / 'x.binary'}"],
+         "--out-lm: --score in-domain uses no out-of-domain model"),
+        (["--in-domain", str(small["in_domain"]), "--out", str(tmp_path / "h"), "--budget-pairs", "10",
+          "--score", "in-domain", "--out-model", "single"],
+         "--out-model: --score in-domain uses no out-of-domain model"),
+        (["--in-domain", str(small["in_domain"]), "--out", str(tmp_path / "i"), "--budget-pairs", "10",
+          "--score", "in-domain", "--seed", "3"], "--seed: --score in-domain uses no out-of-domain model"),
+        (["--in-domain", str(small["in_domain"]), "--out", str(tmp_path / "j"), "--budget-pairs", "10",
+          "--out-model", "single", "--in-lm", f"en={tmp_path / 'x.binary'}",
+          "--in-lm", f"fr={tmp_path / 'x.binary'}", "--out-lm", f"en={tmp_path / 'a.binary'},{tmp_path / 'b.binary'}",
+          "--out-lm", f"fr={tmp_path / 'x.binary'}"],
+         "--out-model single uses one out-of-domain model per language"),
+        (["--in-domain", str(small["in_domain"]), "--out", str(tmp_path / "k"), "--budget-pairs", "10",
+          "--out-model", "single", "--seed", "3", "--in-lm", f"en={tmp_path / 'x.binary'}",
+          "--out-lm", f"en={tmp_path / 'x.binary'}"],
+         "--seed 3: nothing is drawn (--out-model single with --out-lm)"),
     ]
     for args, message in cases:
         assert cli.main(base + args) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
-    assert not any((tmp_path / d).exists() for d in "abcdef")
+    assert not any((tmp_path / d).exists() for d in "abcdefghijk")

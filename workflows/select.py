@@ -1,12 +1,24 @@
 """Select the in-domain part of a pool by cross-entropy difference (Moore-Lewis, Axelrod).
 
-Trains, per scored language, an in-domain KenLM model (from --in-domain) and an out-of-domain
-model on a seeded random sample of the pool of about the in-domain size in tokens (one per
-half of the pool: a pair is scored by the model that did not see it), all restricted to the
-in-domain vocabulary; scores every pool pair on the Dask cluster
-(H(s) = -log10 p(s </s> | <s>) / (n + 1) per side; moore-lewis: H_in - H_out on one side,
-axelrod: the sum over both sides; lower is more in-domain); keeps exactly the best pairs for a
-budget, ties broken by a hash of the pair, identical for any number of workers or partitions.
+By default trains, per scored language, an in-domain KenLM model (from --in-domain) and an
+out-of-domain model on a seeded random sample of the pool of about the in-domain size in
+tokens (one per half of the pool: a pair is scored by the model that did not see it), all
+restricted to the in-domain vocabulary; scores every pool pair on the Dask cluster
+(H(s) = -log10 p(s </s> | <s>) / (n + 1) per side, n = tokens of s; moore-lewis: H_in - H_out
+on one side, axelrod: the sum over both sides; lower is more in-domain); keeps exactly the
+best pairs for a budget, ties broken by a hash of the pair, identical for any number of
+workers or partitions.
+
+Variants, to compare with other tools (lp(s) = log10 p(s </s> | <s>)):
+  --out-model single   the classic method (Moore & Lewis 2010, Axelrod et al. 2011, XenC,
+                       Moses EMS): score = sum of H_in(s) - H_out(s) as above, with H_out from
+                       one out-of-domain model per language, trained on one seeded sample of
+                       the pool of about the in-domain size, scoring every pair, those of its
+                       own sample included (cross-fit never lets a model score its own sample)
+  --score in-domain    XenC's mode 1: score = sum over the scored sides of H_in(s); no
+                       out-of-domain model is trained (--out-model, --out-lm, --seed refused)
+  --normalise sentence H(s) = -lp(s), the sentence's total log-probability, instead of the
+                       per-word -lp(s) / (n + 1): the scores then grow with the length
 
 The in-domain and dev sets are an ingested corpus directory or a prefix of tokenised text
 files (PREFIX.en, PREFIX.fr). Paths must be readable from every Dask worker (shared disk).
@@ -58,6 +70,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", choices=selection.METHODS, default=SelectConfig.method,
                         help="axelrod: both sides (default); moore-lewis: one side (--lang)")
     parser.add_argument("--lang", help="moore-lewis: the language scored (default: the pool's source)")
+    parser.add_argument("--score", choices=selection.SCORES, default=SelectConfig.score,
+                        help="difference: H_in - H_out (default); in-domain: H_in alone (XenC mode 1)")
+    # default None: an --out-model given with --score in-domain is refused, not ignored
+    parser.add_argument("--out-model", choices=selection.OUT_MODELS,
+                        help=f"cross-fit: one out-of-domain model per half of the pool, a pair scored by "
+                             f"the other half's (default: {SelectConfig.out_model}); single: one model on one "
+                             "pool sample scores every pair (Moore-Lewis, XenC, Moses EMS)")
+    parser.add_argument("--normalise", choices=selection.NORMALISATIONS, default=SelectConfig.normalise,
+                        help="word: H = -log10 p(s </s> | <s>) / (n + 1) (default); "
+                             "sentence: H = -log10 p(s </s> | <s>)")
     amount = parser.add_argument_group("how much to keep (one of)")
     choice = amount.add_mutually_exclusive_group(required=True)
     choice.add_argument("--budget-words", metavar="N", help="keep the best pairs up to N words (348M, 10k)")
@@ -76,13 +98,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     models.add_argument("--order", type=int, default=SelectConfig.order, help="n-gram order (default: %(default)s)")
     models.add_argument("--lm-memory", default=SelectConfig.lm_memory, metavar="SIZE",
                         help="lmplz/build_binary -S sorting memory, e.g. 4G or 20%% (default: %(default)s)")
-    models.add_argument("--seed", type=int, default=SelectConfig.seed,
-                        help="seed of the out-of-domain sample (default: %(default)s)")
+    models.add_argument("--seed", type=int,  # default None: refused where nothing is drawn
+                        help=f"seed of the out-of-domain samples and folds (default: {SelectConfig.seed})")
     input_path(models, "--in-lm", action="append", metavar="LANG=PATH",
                         help="use this in-domain KenLM model instead of training one (repeat per language)")
     input_path(models, "--out-lm", action="append", metavar="LANG=PATH",
-                        help="use this out-of-domain KenLM model instead of training one; LANG=A,B gives "
-                             "one model per fold (A scores fold 1, B fold 0: see pipeline/selection.py)")
+                        help="use this out-of-domain KenLM model instead of training one; with cross-fit, "
+                             "LANG=A,B gives one model per fold (A scores fold 1, B fold 0: see "
+                             "pipeline/selection.py)")
     parser.add_argument("--hf-dataset", action="store_true", help="also write a Hugging Face dataset in OUT/hf")
     from workflows.cli import add_cluster_arguments
 
@@ -99,6 +122,15 @@ def config_from_args(args: argparse.Namespace) -> SelectConfig:
     if args.budget_lang and mode != "words":
         raise UserError(f"--budget-lang {args.budget_lang}: counts words, so it needs --budget-words "
                         f"(this selection is by {mode})")
+    if args.score == "in-domain":
+        given = [option for option, value in (("--out-model", args.out_model), ("--out-lm", args.out_lm),
+                                              ("--seed", args.seed)) if value is not None]
+        if given:
+            raise UserError(f"{given[0]}: --score in-domain uses no out-of-domain model (nothing to train, give "
+                            "or sample)")
+    out_model = args.out_model or SelectConfig.out_model
+    if args.seed is not None and out_model == "single" and args.out_lm:
+        raise UserError(f"--seed {args.seed}: nothing is drawn (--out-model single with --out-lm)")
     try:
         grid = [float(f) for f in args.sweep_grid.split(",") if f.strip()]
     except ValueError:
@@ -107,10 +139,12 @@ def config_from_args(args: argparse.Namespace) -> SelectConfig:
     return SelectConfig(
         pool=str(Path(args.pool).resolve()), in_domain=str(in_domain.resolve()) if in_domain.is_dir()
         else str(in_domain.parent.resolve() / in_domain.name), mode=mode, amount=amount, method=args.method,
-        lang=args.lang, budget_lang=args.budget_lang,
+        lang=args.lang, score=args.score, out_model=out_model, normalise=args.normalise,
+        budget_lang=args.budget_lang,
         dev=str(Path(args.dev).parent.resolve() / Path(args.dev).name) if args.dev else None,
         sweep_grid=grid, sweep_refine=args.sweep_refine, order=args.order, lm_memory=args.lm_memory,
-        seed=args.seed, in_lms=_lm_option(args.in_lm, "--in-lm"), out_lms=_lm_option(args.out_lm, "--out-lm"),
+        seed=SelectConfig.seed if args.seed is None else args.seed, in_lms=_lm_option(args.in_lm, "--in-lm"),
+        out_lms=_lm_option(args.out_lm, "--out-lm"),
         hf_dataset=args.hf_dataset)
 
 
