@@ -29,7 +29,7 @@ One run (2 shared vCPUs, 2026-12-02; pool 49,950 pairs after cleaning, 4,996 in-
 moore-lewis scores the French side. The sentence-level in-domain score is the sentence's
 log-probability, so it ranks short sentences first.
 
-usage: python benchmarks/selection.py [--pool-size 50000] [--seeds 4] [--dir DIR]
+usage: python benchmarks/selection_variants.py [--pool-size 50000] [--seeds 4] [--dir DIR]
 """
 
 from __future__ import annotations
