@@ -188,9 +188,10 @@ def main() -> int:
     parser.add_argument("--tgt", default="de")
     parser.add_argument("--runs", type=int, default=3, help="MERT runs (seeds) per system (default: %(default)s)")
     parser.add_argument("--mert-iterations", type=int, default=4, help="mert-moses.pl cap (default: %(default)s)")
-    parser.add_argument("--decoder-flags", default="-search-algorithm 1 -cube-pruning-pop-limit 500 -s 500",
-                        help="the decoder's flags while tuning and testing (default: cube pruning, about 3x "
-                             "faster than the default stack search here: %(default)s)")
+    parser.add_argument("--decoder-flags", default="-search-algorithm 1 -cube-pruning-pop-limit 200 -s 200",
+                        help="the decoder's flags while tuning and testing (default: cube pruning with a pop "
+                             "limit of 200: on 200 val sentences 5.5x faster than the default stack search and "
+                             "0.3 BLEU below a pop limit of 500 with untuned weights: %(default)s)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="decoder threads")
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--embedding", type=int, default=100)
