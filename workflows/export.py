@@ -105,7 +105,7 @@ def describe(report: dict[str, Any]) -> str:
 
 def main(args: argparse.Namespace) -> int:
     from pipeline.artifacts import moses_ini_path
-    from workflows.cluster import DaskExecutor, dask_client
+    from workflows.cluster import cluster_executor
 
     args.table = str(phrase_table_path(args.table))  # a phrases output stands for its table/
     if args.moses_ini:
@@ -113,10 +113,10 @@ def main(args: argparse.Namespace) -> int:
     scores = tuple(n.strip() for n in args.scores.split(",") if n.strip()) if args.scores else None
     config = ExportConfig(precision=args.precision, run_bytes=args.run_size, sorter=args.sorter, scores=scores)
     weights = parse_weights(args.weight)
-    with dask_client(args.scheduler, args.workers) as client:
+    with cluster_executor(args.scheduler, args.workers, quiet=args.quiet, key_prefix="export") as executor:
         report = export_stage(args.table, args.out, moses_ini=args.moses_ini, config=config, feature=args.feature,
                               initial_weight=args.initial_weight, weights=weights,
-                              executor=DaskExecutor(client, quiet=args.quiet, key_prefix="export"), lm=args.lm,
+                              executor=executor, lm=args.lm,
                               filter_to=args.filter_to or (), max_phrase_length=args.max_phrase_length)
     print(describe(report))
     return 0

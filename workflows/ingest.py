@@ -33,7 +33,7 @@ from pipeline.errors import UserError
 from pipeline.ingest import DEFAULT_ROWS_PER_PART, corpus_name, ingest
 from pipeline.preprocess import PreprocessConfig
 from workflows.cli import add_cluster_arguments
-from workflows.cluster import DaskExecutor, dask_client
+from workflows.cluster import cluster_executor
 from workflows.stages import input_path, output_path
 
 
@@ -118,8 +118,8 @@ def print_report(report: dict[str, Any]) -> None:
 def main(args: argparse.Namespace) -> int:
     inputs = inputs_from_args(args)
     config = config_from_args(args)
-    with dask_client(args.scheduler, args.workers) as client:
-        report = ingest(DaskExecutor(client, quiet=args.quiet, key_prefix="ingest"), inputs, args.out, config,
+    with cluster_executor(args.scheduler, args.workers, quiet=args.quiet, key_prefix="ingest") as executor:
+        report = ingest(executor, inputs, args.out, config,
                         rows_per_part=args.rows_per_part, invalid_utf8=args.invalid_utf8, on_error=args.on_error,
                         rejects_path=args.rejects)
     print_report(report)

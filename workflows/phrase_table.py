@@ -83,7 +83,7 @@ def describe(report: dict[str, Any]) -> str:
 
 def main(args: argparse.Namespace) -> int:
     from pipeline.artifacts import moses_table_path, read_artifact
-    from workflows.cluster import DaskExecutor, dask_client
+    from workflows.cluster import cluster_executor
 
     # a moses-train output stands for its table, and tells the languages
     for path in args.input:
@@ -91,11 +91,11 @@ def main(args: argparse.Namespace) -> int:
         if languages and not (args.src_lang or args.tgt_lang):
             args.src_lang, args.tgt_lang = languages
     args.input = [str(moses_table_path(p)) for p in args.input]
-    with dask_client(args.scheduler, args.workers) as client:
+    with cluster_executor(args.scheduler, args.workers, quiet=args.quiet, key_prefix="phrase-table") as executor:
         report = import_moses(args.input, args.out, source_lang=args.src_lang, target_lang=args.tgt_lang,
                               on_error=args.on_error, rejects_path=args.rejects, split_bytes=args.split_size,
                               rows_per_group=args.rows_per_group, num_scores=args.num_scores,
-                              executor=DaskExecutor(client, quiet=args.quiet, key_prefix="phrase-table"),
+                              executor=executor,
                               prob_scores=args.prob_scores)
     print(describe(report))
     return 0

@@ -33,7 +33,7 @@ from pipeline.artifacts import model_path, phrase_table_path
 from pipeline.moses import export_stage
 from pipeline.rescore import DEFAULT_ROWS_PER_UNIT, RescoreConfig, rescore
 from workflows.cli import add_cluster_arguments
-from workflows.cluster import DaskExecutor, dask_client, gpu_resources
+from workflows.cluster import cluster_executor
 from workflows.stages import input_path, output_path
 
 
@@ -91,15 +91,14 @@ def main(args: argparse.Namespace) -> int:
     # a phrases output stands for its table/, a train output for its model.pt
     args.phrase_table, args.model = str(phrase_table_path(args.phrase_table)), str(model_path(args.model))
     config = config_from_args(args)
-    with dask_client(args.scheduler, args.workers) as client:
-        report = rescore(DaskExecutor(client, quiet=args.quiet, key_prefix="rescore"), args.phrase_table, args.out,
+    with cluster_executor(args.scheduler, args.workers, quiet=args.quiet, key_prefix="rescore") as executor:
+        report = rescore(executor, args.phrase_table, args.out,
                          config, rows_per_unit=args.rows_per_unit, max_unknown_rate=args.max_unknown_rate,
-                         resources=gpu_resources(client))
+                         resources=executor.gpu_resources())
         print_report(report, args.out)
         if args.export:
             # the same export as `rnnenc export` (one Moses export stage, one manifest)
-            counts = export_stage(args.out, args.export, executor=DaskExecutor(client, quiet=args.quiet,
-                                                                              key_prefix="export"))
+            counts = export_stage(args.out, args.export, executor=executor.named("export"))
             print(f"exported {counts['rows']:,} lines to {Path(args.export) / 'phrase-table.gz'}"
                   + (f" ({counts['clipped_total']} scores clipped to Moses's floor)" if counts["clipped_total"] else ""))
     return 0
