@@ -107,7 +107,8 @@ LOWEST_PROB = math.exp(LOWEST_LOG_SCORE)
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 RESERVED_COLUMNS = ("source", "target", "alignment", "counts", "extra", "line")
 COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
-DEFAULT_SPLIT_BYTES = 256 << 20
+DEFAULT_SPLIT_BYTES = 256 << 20     # the largest default range (memory); smaller tables get smaller ranges
+MIN_SPLIT_BYTES = 16 << 20          # the smallest default range
 DEFAULT_ROWS_PER_GROUP = 100_000
 DEFAULT_RUN_BYTES = 128 << 20
 DEFAULT_PROB_SCORES = 4             # Moses's phi(f|e), lex(f|e), phi(e|f), lex(e|f)
@@ -355,8 +356,20 @@ class Range:
     index: int = 0
 
 
-def plan_ranges(paths: Sequence[str | os.PathLike], split_bytes: int = DEFAULT_SPLIT_BYTES) -> list[Range]:
-    """Byte ranges of about ``split_bytes`` aligned to line starts; one range per compressed file."""
+def default_split_bytes(paths: Sequence[str | os.PathLike]) -> int:
+    """Bytes per range when none is given: the plain-text inputs in
+    ``pipeline.partitioning.TARGET_TASKS`` ranges of 16 MiB to 256 MiB (a 101 MB table: 7 ranges)."""
+    from pipeline.partitioning import default_size
+
+    plain = sum(os.path.getsize(p) for p in paths if Path(p).is_file() and not is_compressed(p))
+    return default_size(plain, floor=MIN_SPLIT_BYTES, cap=DEFAULT_SPLIT_BYTES)
+
+
+def plan_ranges(paths: Sequence[str | os.PathLike], split_bytes: int | None = DEFAULT_SPLIT_BYTES) -> list[Range]:
+    """Byte ranges of about ``split_bytes`` (None: ``default_split_bytes``) aligned to line starts;
+    one range per compressed file."""
+    if split_bytes is None:
+        split_bytes = default_split_bytes(paths)
     if split_bytes < 1:
         raise UserError("split size must be at least 1 byte")
     ranges: list[Range] = []
@@ -604,7 +617,7 @@ def import_range(rng: Range, out_dir: str, spec: TableSpec, on_error: OnError = 
 def import_moses(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
                  source_lang: str | None = None, target_lang: str | None = None,
                  on_error: OnError = "fail", rejects_path: str | os.PathLike | None = None,
-                 split_bytes: int = DEFAULT_SPLIT_BYTES, rows_per_group: int = DEFAULT_ROWS_PER_GROUP,
+                 split_bytes: int | None = None, rows_per_group: int = DEFAULT_ROWS_PER_GROUP,
                  num_scores: int | None = None, executor: Executor = SERIAL,
                  prob_scores: int = DEFAULT_PROB_SCORES) -> dict[str, Any]:
     """Import Moses phrase tables (text or compressed) into the Parquet directory ``out_dir``.
@@ -626,6 +639,8 @@ def import_moses(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
     out_dir = Path(out_dir)
     started = time.perf_counter()
     spec = replace(detect_spec(inputs[0], num_scores), prob_scores=prob_scores)
+    if split_bytes is None:
+        split_bytes = default_split_bytes(inputs)
     ranges = plan_ranges(inputs, split_bytes)
     plain = [r for r in ranges if r.end is not None]
     counts = dict(zip(plain, executor.map(count_newlines, plain, desc="count lines"), strict=True)) if plain else {}

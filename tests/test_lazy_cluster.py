@@ -73,3 +73,42 @@ def test_an_up_to_date_workflow_starts_no_cluster(tmp_path, monkeypatch, capsys)
     monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
     monkeypatch.setattr(cluster, "LocalCluster", refuse)
     assert cli.main(["run", str(tmp_path / "flow.yaml"), "--quiet"]) == 0
+
+
+def test_default_parts_are_sized_from_the_input_alone(tmp_path):
+    """A 58k-pair pool gets 6 parts (it got 1), a 98k-row table 6 rescore units, a 101 MB table 7
+    ranges; caps keep big inputs' parts bounded; no worker count enters (outputs must not depend
+    on it)."""
+    from pipeline.corpus import CorpusInput, estimate_pairs
+    from pipeline.ingest import default_rows_per_part
+    from pipeline.partitioning import default_size
+    from pipeline.phrase_table import default_split_bytes, plan_ranges
+
+    assert default_size(58_000, floor=10_000, cap=100_000, step=1000) == 10_000
+    assert default_size(98_000, floor=16_384, cap=100_000, step=8192) == 16_384
+    assert default_size(101e6, floor=16 << 20, cap=256 << 20) == 16 << 20
+    assert default_size(2e9, floor=10_000, cap=100_000) == 100_000
+    assert default_size(400_000, floor=10_000, cap=100_000, step=1000) == 25_000
+    line = b"the cat sat on the mat .\n"
+    (tmp_path / "pool.en").write_bytes(line * 58_000)
+    (tmp_path / "pool.fr").write_bytes(line * 58_000)
+    pool = CorpusInput("text", (str(tmp_path / "pool.en"), str(tmp_path / "pool.fr")), "pool")
+    assert estimate_pairs(pool) == 58_000
+    assert default_rows_per_part([pool]) == 10_000  # 6 parts
+    (tmp_path / "pt.txt").write_bytes(b"a ||| b ||| 0.5 0.5 0.5 0.5\n" * 1_200_000)  # 33.6 MB
+    assert default_split_bytes([tmp_path / "pt.txt"]) == 16 << 20
+    assert len(plan_ranges([tmp_path / "pt.txt"], None)) == 3
+
+
+def test_a_small_tables_default_units_keep_two_workers_busy(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.rescore import default_rows_per_unit, plan_units
+
+    (tmp_path / "t").mkdir()
+    pq.write_table(pa.table({"source": ["a"] * 98_000, "target": ["b"] * 98_000}), tmp_path / "t" / "part-00000.parquet")
+    rows = default_rows_per_unit(tmp_path / "t", 8192)
+    assert rows == 16_384
+    units, _ = plan_units(tmp_path / "t", rows, 8192)
+    assert len(units) == 6

@@ -30,7 +30,7 @@ from typing import Any
 
 from pipeline.corpus import CorpusInput
 from pipeline.errors import UserError
-from pipeline.ingest import DEFAULT_ROWS_PER_PART, corpus_name, ingest
+from pipeline.ingest import DEFAULT_ROWS_PER_PART, MIN_ROWS_PER_PART, corpus_name, ingest
 from pipeline.preprocess import PreprocessConfig
 from workflows.cli import add_cluster_arguments
 from workflows.cluster import cluster_executor
@@ -93,8 +93,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     output_path(processing, "--rejects", metavar="FILE",
                             help="write every dropped pair here (TSV.gz; default with --on-error skip: "
                                  "OUT/rejects.tsv.gz)")
-    processing.add_argument("--rows-per-part", type=int, default=DEFAULT_ROWS_PER_PART,
-                            help="pairs per Parquet part and per Dask task (default: %(default)s)")
+    processing.add_argument("--rows-per-part", type=int, metavar="N",
+                            help="pairs per Parquet part and per Dask task (default: the input in 16 parts, "
+                                 f"{MIN_ROWS_PER_PART:,} to {DEFAULT_ROWS_PER_PART:,} pairs each, from its size)")
     add_cluster_arguments(parser)
 
 

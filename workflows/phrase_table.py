@@ -28,7 +28,6 @@ from typing import Any
 from pipeline.phrase_table import (
     DEFAULT_PROB_SCORES,
     DEFAULT_ROWS_PER_GROUP,
-    DEFAULT_SPLIT_BYTES,
     import_moses,
 )
 from workflows.cli import add_cluster_arguments
@@ -64,8 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how many leading scores are probabilities, refused outside [0, 1] (default: "
                              "%(default)s, Moses's phi(f|e) lex(f|e) phi(e|f) lex(e|f); 0: none). Any "
                              "negative score is refused: Moses takes the log")
-    parser.add_argument("--split-size", type=parse_size, default=DEFAULT_SPLIT_BYTES, metavar="BYTES",
-                        help="plain text: bytes per task and per part (default: 256M)")
+    parser.add_argument("--split-size", type=parse_size, metavar="BYTES",
+                        help="plain text: bytes per task and per part (default: the input in 16 parts, "
+                             "16M to 256M each)")
     parser.add_argument("--rows-per-group", type=int, default=DEFAULT_ROWS_PER_GROUP,
                         help="rows per Parquet row group (default: %(default)s)")
     add_cluster_arguments(parser)

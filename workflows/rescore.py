@@ -31,7 +31,7 @@ from typing import Any
 
 from pipeline.artifacts import model_path, phrase_table_path
 from pipeline.moses import export_stage
-from pipeline.rescore import DEFAULT_ROWS_PER_UNIT, RescoreConfig, rescore
+from pipeline.rescore import DEFAULT_ROWS_PER_UNIT, MIN_ROWS_PER_UNIT, RescoreConfig, rescore
 from workflows.cli import add_cluster_arguments
 from workflows.cluster import cluster_executor
 from workflows.stages import input_path, output_path
@@ -65,9 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     speed.add_argument("--no-bf16", action="store_true", help="GPU: compute in float32, not bf16")
     speed.add_argument("--threads", type=int, metavar="N",
                        help="torch threads per worker while scoring (default: the worker's; Dask runs 1)")
-    parser.add_argument("--rows-per-unit", type=int, default=DEFAULT_ROWS_PER_UNIT, metavar="N",
-                        help="rows per Dask task and output part, rounded up to whole --group-rows "
-                             "(default: %(default)s)")
+    parser.add_argument("--rows-per-unit", type=int, metavar="N",
+                        help="rows per Dask task and output part, rounded up to whole --group-rows (default: "
+                             f"the table in 16 units, {MIN_ROWS_PER_UNIT:,} to {DEFAULT_ROWS_PER_UNIT:,} rows each)")
     parser.add_argument("--max-unknown-rate", type=float, default=0.5, metavar="R",
                         help="refuse a model whose vocabularies miss more than this share of a side's "
                              "tokens in a sample of the table (default: %(default)s)")
