@@ -61,7 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                help="the language model the moses.ini reads: an 'rnnenc lm' output or a KenLM file (its "
                     "KENLM feature's path and order are set, or one is added)")
     parser.add_argument("--scores", metavar="NAME,...",
-                        help="the score columns written, e.g. score0,score1,score2,score3,rnn_logp for a "
+                        help="the score columns written, e.g. p_f_given_e,lex_f_given_e,p_e_given_f,lex_e_given_f,"
+                             "rnn_logp for a "
                              "system without rnn_unk (default: all, in the table's order)")
     input_path(parser, "--filter-to", action="append", metavar="PATH",
                help="write only the rows whose source phrase occurs in this input (a corpus directory or "

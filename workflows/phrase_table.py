@@ -59,6 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where rejected lines go (default: OUT/rejects.tsv.gz)")
     parser.add_argument("--num-scores", type=int, metavar="N",
                         help="expected number of scores a line (default: that of the first valid line)")
+    parser.add_argument("--score-names", metavar="NAME,...",
+                        help="the score columns' names, in the line's order (default: Moses's standard four, "
+                             "p_f_given_e,lex_f_given_e,p_e_given_f,lex_e_given_f, for a table of four scores; "
+                             "score0, score1, ... otherwise)")
     parser.add_argument("--prob-scores", type=int, default=DEFAULT_PROB_SCORES, metavar="N",
                         help="how many leading scores are probabilities, refused outside [0, 1] (default: "
                              "%(default)s, Moses's phi(f|e) lex(f|e) phi(e|f) lex(e|f); 0: none). Any "
@@ -96,6 +100,7 @@ def main(args: argparse.Namespace) -> int:
                               on_error=args.on_error, rejects_path=args.rejects, split_bytes=args.split_size,
                               rows_per_group=args.rows_per_group, num_scores=args.num_scores,
                               executor=executor,
-                              prob_scores=args.prob_scores)
+                              prob_scores=args.prob_scores,
+                              score_names=args.score_names.split(",") if args.score_names else None)
     print(describe(report))
     return 0
