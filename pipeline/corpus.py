@@ -30,6 +30,7 @@ import gzip
 import io
 import itertools
 import lzma
+import os
 import re
 import zlib
 from collections.abc import Iterator
@@ -512,6 +513,32 @@ def read_hf(name_or_path: str, source_lang: str, target_lang: str, batch_rows: i
                 yield batch[src_col], batch[tgt_col]
 
     yield from _columns_to_batches(rows(), name_or_path, batch_rows, on_error)
+
+
+#: a compressed text's bytes per compressed byte, for estimating its lines before reading it
+COMPRESSION_RATIO_GUESS = 3.0
+
+
+def estimate_pairs(corpus: CorpusInput, sample_bytes: int = 1 << 20) -> int | None:
+    """About how many pairs ``corpus`` holds, before reading it: exact for Parquet (its footers),
+    from the size and the first MiB's lines for text and TSV (a compressed file's size times
+    ``COMPRESSION_RATIO_GUESS``), None for a HF dataset. Sizes the default parts only."""
+    if corpus.kind == "parquet":
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(corpus.paths[0]))
+    if corpus.kind not in ("text", "tsv"):
+        return None
+    path = corpus.paths[0]
+    try:
+        size = os.path.getsize(path)
+        with open_binary(path) as handle:
+            head = handle.read(sample_bytes)
+    except (OSError, UserError):
+        return None  # the reader reports it, with the file's name
+    if not head:
+        return 0
+    compressed = Path(path).suffix in (".gz", ".bz2", ".xz", ".zst")
+    total = size * COMPRESSION_RATIO_GUESS if compressed else size
+    return round(total / (len(head) / max(1, head.count(b"\n"))))
 
 
 def read_batches(corpus: CorpusInput, source_lang: str, target_lang: str, batch_rows: int,

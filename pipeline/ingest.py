@@ -27,7 +27,21 @@ from pipeline.executor import Executor
 from pipeline.preprocess import PreprocessConfig, preprocess_shard
 
 log = logging.getLogger("rnnenc")
-DEFAULT_ROWS_PER_PART = 100_000
+DEFAULT_ROWS_PER_PART = 100_000     # the largest default part (memory); smaller corpora get smaller parts
+MIN_ROWS_PER_PART = 10_000          # the smallest default part
+
+
+def default_rows_per_part(inputs: Sequence[CorpusInput]) -> int:
+    """Pairs per part when none is given: the inputs' estimated pairs in
+    ``pipeline.partitioning.TARGET_TASKS`` parts of 10,000 to 100,000 pairs, in thousands (a
+    58k-pair pool: 6 parts, not 1); 100,000 when a size can't be estimated (a HF dataset)."""
+    from pipeline.corpus import estimate_pairs
+    from pipeline.partitioning import default_size
+
+    estimates = [estimate_pairs(corpus) for corpus in inputs]
+    if any(e is None for e in estimates):
+        return DEFAULT_ROWS_PER_PART
+    return default_size(sum(estimates), floor=MIN_ROWS_PER_PART, cap=DEFAULT_ROWS_PER_PART, step=1000)
 
 
 def corpus_name(path: str, lang: str | None = None) -> str:
@@ -79,7 +93,7 @@ def preprocess_item(item: tuple[str, str, str, str], config: PreprocessConfig) -
 
 
 def ingest(executor: Executor, inputs: Sequence[CorpusInput], out_dir: str | Path, config: PreprocessConfig, *,
-           rows_per_part: int = DEFAULT_ROWS_PER_PART, invalid_utf8: InvalidUtf8 = "replace",
+           rows_per_part: int | None = None, invalid_utf8: InvalidUtf8 = "replace",
            on_error: OnError = "fail", rejects_path: str | Path | None = None) -> dict[str, Any]:
     """The ingest stage: read ``inputs`` once, tokenise and clean them in parts on ``executor``, and
     write ``out_dir`` (atomically, manifest last); return the stage report.
@@ -89,13 +103,15 @@ def ingest(executor: Executor, inputs: Sequence[CorpusInput], out_dir: str | Pat
         inputs: the corpora, in output order.
         out_dir: the output directory (never a foreign one: ``pipeline.artifacts``).
         config: tokenisation and cleaning.
-        rows_per_part: pairs per part and per task.
+        rows_per_part: pairs per part and per task (default: ``default_rows_per_part``).
         invalid_utf8: replace invalid bytes or reject the line.
         on_error: stop at a malformed line or count and write it to the rejects file.
         rejects_path: where rejects go (default with ``on_error="skip"``: OUT/rejects.tsv.gz).
     """
     if not inputs:
         raise UserError("ingest: no input given (use --src/--tgt, --tsv, --parquet or --hf)")
+    if rows_per_part is None:
+        rows_per_part = default_rows_per_part(inputs)
     if rows_per_part < 1:
         raise UserError("ingest: --rows-per-part must be at least 1")
     out_dir = Path(out_dir)

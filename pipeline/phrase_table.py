@@ -8,7 +8,7 @@ each written in row groups of bounded size, with the columns
 ===============  ======================  ===================================================
 ``source``       string                  source phrase, Moses-escaped tokens, space-separated
 ``target``       string                  target phrase
-``score0`` ...   float32                 one column per dense score, in Moses order
+``p_f_given_e``…  float32                one column per dense score, in Moses order
 ``alignment``    string                  the 4th field ("" when the table has none)
 ``counts``       string                  the 5th field ("" when the table has none)
 ``extra``        list<string>            the 6th and later fields, verbatim
@@ -17,8 +17,10 @@ each written in row groups of bounded size, with the columns
 
 and the schema metadata
 
-* ``rnnenc.scores``: JSON list ``[{"name": "score0", "domain": "prob"}, ...]``: the score
-  columns in the order Moses reads them. ``domain`` ``prob``: written to Moses as is;
+* ``rnnenc.scores``: JSON list ``[{"name": "p_f_given_e", "domain": "prob"}, ...]``: the score
+  columns in the order Moses reads them (a table of four scores is named as Moses's standard
+  four, ``MOSES_SCORE_NAMES``, unless ``--score-names`` says otherwise; other counts
+  ``score0``, ``score1``, ...). ``domain`` ``prob``: written to Moses as is;
   ``log``: kept as a natural log (``rnn_logp``, ``rnn_unk``), written as ``exp(value)`` so
   that Moses's log gives the value back.
 * ``rnnenc.fields``: how many `` ||| `` fields the imported lines had (3 to 5 + extras), so
@@ -107,7 +109,8 @@ LOWEST_PROB = math.exp(LOWEST_LOG_SCORE)
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 RESERVED_COLUMNS = ("source", "target", "alignment", "counts", "extra", "line")
 COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
-DEFAULT_SPLIT_BYTES = 256 << 20
+DEFAULT_SPLIT_BYTES = 256 << 20     # the largest default range (memory); smaller tables get smaller ranges
+MIN_SPLIT_BYTES = 16 << 20          # the smallest default range
 DEFAULT_ROWS_PER_GROUP = 100_000
 DEFAULT_RUN_BYTES = 128 << 20
 DEFAULT_PROB_SCORES = 4             # Moses's phi(f|e), lex(f|e), phi(e|f), lex(e|f)
@@ -121,8 +124,35 @@ Sorter = Literal["auto", "python", "sort"]
 # ---------------------------------------------------------------------------------------------
 # Schema and score columns
 
+#: Moses's four standard scores, in the order train-model.perl writes them: the inverse phrase
+#: translation probability φ(f|e), the inverse lexical weighting lex(f|e), the direct phrase
+#: translation probability φ(e|f), the direct lexical weighting lex(e|f) (f: source, e: target)
+MOSES_SCORE_NAMES = ("p_f_given_e", "lex_f_given_e", "p_e_given_f", "lex_e_given_f")
+
+
 def score_name(index: int) -> str:
+    """The name of score ``index`` in a table whose scores have no known meaning."""
     return f"score{index}"
+
+
+def default_score_names(count: int) -> tuple[str, ...]:
+    """Moses's standard names for a table of its four scores; ``score<N>`` otherwise."""
+    return MOSES_SCORE_NAMES if count == len(MOSES_SCORE_NAMES) else tuple(score_name(i) for i in range(count))
+
+
+def check_score_names(names: Sequence[str], count: int, where: str = "--score-names") -> tuple[str, ...]:
+    """``names`` for ``count`` score columns, refused with one line when they can't be column names."""
+    names = tuple(n.strip() for n in names)
+    if len(names) != count:
+        raise UserError(f"{where}: {len(names)} name(s) for a table with {count} scores a line")
+    for name in names:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise UserError(f"{where}: {name!r} is not a column name (letters, digits and '_')")
+        if name in RESERVED_COLUMNS:
+            raise UserError(f"{where}: {name!r} is a reserved column ({', '.join(RESERVED_COLUMNS)})")
+    if len(set(names)) != len(names):
+        raise UserError(f"{where}: a name is given twice ({', '.join(names)})")
+    return names
 
 
 def phrase_table_schema(scores: Sequence[Mapping[str, str]], fields: int = 5) -> pa.Schema:
@@ -243,6 +273,10 @@ class TableSpec:
     path: str = ""
     line: int = 1
     prob_scores: int = DEFAULT_PROB_SCORES
+    score_names: tuple[str, ...] = ()   # the score columns' names (default: default_score_names)
+
+    def names(self) -> tuple[str, ...]:
+        return self.score_names or default_score_names(self.num_scores)
 
     def origin(self) -> str:
         return f"line {self.line}" + (f" of {Path(self.path).name}" if self.path else "")
@@ -273,7 +307,8 @@ def parse_scores(field: str) -> list[float]:
     return values
 
 
-def check_score_range(tokens: Sequence[str], values: Sequence[float], prob_scores: int) -> None:
+def check_score_range(tokens: Sequence[str], values: Sequence[float], prob_scores: int,
+                      names: Sequence[str] = ()) -> None:
     """BadLine("score_range") for the first score its ``prob`` column cannot hold.
 
     The rule is the export's (``format_scores``): a ``prob`` value is written to Moses as is and
@@ -281,10 +316,11 @@ def check_score_range(tokens: Sequence[str], values: Sequence[float], prob_score
     The first ``prob_scores`` columns are probabilities and must not exceed 1 either.
     """
     for index, (token, value) in enumerate(zip(tokens, values, strict=True)):
+        name = names[index] if index < len(names) else score_name(index)
         if index < prob_scores and not 0 <= value <= 1:
-            raise BadLine("score_range", f"{score_name(index)} (prob) is {token}, not a probability in [0, 1]")
+            raise BadLine("score_range", f"{name} (prob) is {token}, not a probability in [0, 1]")
         if value < 0:
-            raise BadLine("score_range", f"{score_name(index)} (prob) is {token}: negative, but Moses takes "
+            raise BadLine("score_range", f"{name} (prob) is {token}: negative, but Moses takes "
                                          "the log of a prob score, so it must be at least 0")
 
 
@@ -307,7 +343,7 @@ def parse_line(raw: bytes, spec: TableSpec | None) -> tuple[str, str, list[float
     if spec is not None and len(scores) != spec.num_scores:
         raise BadLine("score_count", f"{len(scores)} scores where {spec.origin()} has {spec.num_scores}")
     if spec is not None:
-        check_score_range(fields[2].split(), scores, spec.prob_scores)
+        check_score_range(fields[2].split(), scores, spec.prob_scores, spec.names())
     return fields[0], fields[1], scores, fields[3:]
 
 
@@ -355,8 +391,20 @@ class Range:
     index: int = 0
 
 
-def plan_ranges(paths: Sequence[str | os.PathLike], split_bytes: int = DEFAULT_SPLIT_BYTES) -> list[Range]:
-    """Byte ranges of about ``split_bytes`` aligned to line starts; one range per compressed file."""
+def default_split_bytes(paths: Sequence[str | os.PathLike]) -> int:
+    """Bytes per range when none is given: the plain-text inputs in
+    ``pipeline.partitioning.TARGET_TASKS`` ranges of 16 MiB to 256 MiB (a 101 MB table: 7 ranges)."""
+    from pipeline.partitioning import default_size
+
+    plain = sum(os.path.getsize(p) for p in paths if Path(p).is_file() and not is_compressed(p))
+    return default_size(plain, floor=MIN_SPLIT_BYTES, cap=DEFAULT_SPLIT_BYTES)
+
+
+def plan_ranges(paths: Sequence[str | os.PathLike], split_bytes: int | None = DEFAULT_SPLIT_BYTES) -> list[Range]:
+    """Byte ranges of about ``split_bytes`` (None: ``default_split_bytes``) aligned to line starts;
+    one range per compressed file."""
+    if split_bytes is None:
+        split_bytes = default_split_bytes(paths)
     if split_bytes < 1:
         raise UserError("split size must be at least 1 byte")
     ranges: list[Range] = []
@@ -555,8 +603,7 @@ def import_range(rng: Range, out_dir: str, spec: TableSpec, on_error: OnError = 
     out = Path(out_dir)
     part = out / f"part-{rng.index:05d}.parquet"
     rejects_path = out / f"rejects-{rng.index:05d}.tsv"
-    schema = phrase_table_schema([{"name": score_name(i), "domain": "prob"} for i in range(spec.num_scores)],
-                                 spec.num_fields)
+    schema = phrase_table_schema([{"name": name, "domain": "prob"} for name in spec.names()], spec.num_fields)
     writer = _GroupWriter(part, schema, rows_per_group)
     rejected: Counter = Counter()
     number = rng.first_line
@@ -604,15 +651,17 @@ def import_range(rng: Range, out_dir: str, spec: TableSpec, on_error: OnError = 
 def import_moses(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
                  source_lang: str | None = None, target_lang: str | None = None,
                  on_error: OnError = "fail", rejects_path: str | os.PathLike | None = None,
-                 split_bytes: int = DEFAULT_SPLIT_BYTES, rows_per_group: int = DEFAULT_ROWS_PER_GROUP,
+                 split_bytes: int | None = None, rows_per_group: int = DEFAULT_ROWS_PER_GROUP,
                  num_scores: int | None = None, executor: Executor = SERIAL,
-                 prob_scores: int = DEFAULT_PROB_SCORES) -> dict[str, Any]:
+                 prob_scores: int = DEFAULT_PROB_SCORES, score_names: Sequence[str] | None = None) -> dict[str, Any]:
     """Import Moses phrase tables (text or compressed) into the Parquet directory ``out_dir``.
 
     Atomic (a temporary directory renamed at the end), ``report.json`` inside and
     ``manifest.json`` last. ``executor`` runs the per-range work (default:
     here, in order). ``prob_scores``: how many leading score columns must be probabilities in
-    [0, 1] (every score must be at least 0 whatever it is). Returns the report.
+    [0, 1] (every score must be at least 0 whatever it is). ``score_names``: the score columns'
+    names (default: Moses's standard four, ``MOSES_SCORE_NAMES``, for a table of four scores,
+    else ``score<N>``). Returns the report.
     """
     from pipeline.artifacts import atomic_output_dir, write_json_atomic, write_manifest
 
@@ -626,6 +675,10 @@ def import_moses(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
     out_dir = Path(out_dir)
     started = time.perf_counter()
     spec = replace(detect_spec(inputs[0], num_scores), prob_scores=prob_scores)
+    if score_names is not None:
+        spec = replace(spec, score_names=check_score_names(score_names, spec.num_scores))
+    if split_bytes is None:
+        split_bytes = default_split_bytes(inputs)
     ranges = plan_ranges(inputs, split_bytes)
     plain = [r for r in ranges if r.end is not None]
     counts = dict(zip(plain, executor.map(count_newlines, plain, desc="count lines"), strict=True)) if plain else {}
@@ -670,6 +723,7 @@ def import_moses(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
                              else (str(rejects_path) if final_rejects else None)),
             "files": {path: dict(c) for path, c in files.items()},
             "num_scores": spec.num_scores,
+            "score_names": list(spec.names()),
             "num_fields": spec.num_fields,
             "prob_scores": min(prob_scores, spec.num_scores),
             "ranges": len(ranges),
@@ -683,7 +737,8 @@ def import_moses(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
     write_manifest(out_dir, stage="phrase-table", inputs=inputs,
                    config={"source_lang": source_lang, "target_lang": target_lang, "on_error": on_error,
                            "split_bytes": split_bytes, "rows_per_group": rows_per_group,
-                           "num_scores": spec.num_scores, "num_fields": spec.num_fields,
+                           "num_scores": spec.num_scores,
+            "score_names": list(spec.names()), "num_fields": spec.num_fields,
                            "prob_scores": prob_scores},
                    counts={k: report[k] for k in ("lines_read", "rows_written", "rejected", "parts")})
     return report

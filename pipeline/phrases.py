@@ -72,14 +72,17 @@ from pipeline.artifacts import (
 )
 from pipeline.errors import UserError
 from pipeline.executor import SERIAL, Executor
-from pipeline.phrase_table import ExportConfig, export_moses, list_parts, phrase_table_schema
+from pipeline.phrase_table import (
+    MOSES_SCORE_NAMES,
+    ExportConfig,
+    export_moses,
+    list_parts,
+    phrase_table_schema,
+)
 
 NULL = ""          # the NULL word inside rnnenc (tokens are never empty); "NULL" in Moses files
 MOSES_NULL = "NULL"
-SCORES = [{"name": "score0", "domain": "prob"},   # φ(f|e)
-          {"name": "score1", "domain": "prob"},   # lex(f|e)
-          {"name": "score2", "domain": "prob"},   # φ(e|f)
-          {"name": "score3", "domain": "prob"}]   # lex(e|f)
+SCORES = [{"name": name, "domain": "prob"} for name in MOSES_SCORE_NAMES]  # φ(f|e) lex(f|e) φ(e|f) lex(e|f)
 SCORE_NAMES = ("p(f|e)", "lex(f|e)", "p(e|f)", "lex(e|f)")
 EXTRACT_SCHEMA = pa.schema([("source", pa.string()), ("target", pa.string()), ("alignment", pa.string()),
                             ("count", pa.int64())])
@@ -381,10 +384,10 @@ def finish_range(item: tuple[int, int, int], work_dir: str, out_dir: str, lexico
     table = pa.table({
         "source": pa.array(frame["source"].tolist(), pa.string()),
         "target": pa.array(frame["target"].tolist(), pa.string()),
-        "score0": pa.array(frame["p_f_e"].to_numpy(), pa.float64()).cast(pa.float32()),
-        "score1": pa.array(lex_f_e, pa.float64()).cast(pa.float32()),
-        "score2": pa.array(frame["p_e_f"].to_numpy(), pa.float64()).cast(pa.float32()),
-        "score3": pa.array(lex_e_f, pa.float64()).cast(pa.float32()),
+        MOSES_SCORE_NAMES[0]: pa.array(frame["p_f_e"].to_numpy(), pa.float64()).cast(pa.float32()),
+        MOSES_SCORE_NAMES[1]: pa.array(lex_f_e, pa.float64()).cast(pa.float32()),
+        MOSES_SCORE_NAMES[2]: pa.array(frame["p_e_f"].to_numpy(), pa.float64()).cast(pa.float32()),
+        MOSES_SCORE_NAMES[3]: pa.array(lex_e_f, pa.float64()).cast(pa.float32()),
         "alignment": pa.array(frame["alignment"].tolist(), pa.string()),
         "counts": pa.array(counts, pa.string()),
         "extra": pa.array([[] for _ in range(n)], pa.list_(pa.string())),

@@ -392,7 +392,17 @@ def vocabulary_mismatch(sources: Sequence[str], targets: Sequence[str], src_voca
 # ---------------------------------------------------------------------------------------------
 # The stage: staging, resumption, publication (the command line is workflows.rescore)
 
-DEFAULT_ROWS_PER_UNIT = 100_000
+DEFAULT_ROWS_PER_UNIT = 100_000     # the largest default unit (memory); smaller tables get smaller units
+MIN_ROWS_PER_UNIT = 16_384          # the smallest default unit: two groups of 8,192 rows
+
+
+def default_rows_per_unit(table: str | os.PathLike, group_rows: int) -> int:
+    """Rows per unit when none is given: the table in ``pipeline.partitioning.TARGET_TASKS`` units
+    of whole groups, from 16,384 to 100,000 rows (a 98k-row table: 6 units, not 1)."""
+    from pipeline.partitioning import default_size
+
+    rows = sum(pq.ParquetFile(p).metadata.num_rows for p in list_parts(table))
+    return default_size(rows, floor=MIN_ROWS_PER_UNIT, cap=DEFAULT_ROWS_PER_UNIT, step=max(1, group_rows))
 SAMPLE_ROWS = 20_000
 RUN_FILE = "run.json"
 
@@ -463,7 +473,7 @@ def publish(staging: Path, out: Path) -> None:
 
 
 def rescore(executor: Executor, table: str | os.PathLike, out: str | os.PathLike, config: RescoreConfig, *,
-            rows_per_unit: int = DEFAULT_ROWS_PER_UNIT, max_unknown_rate: float = 0.5,
+            rows_per_unit: int | None = None, max_unknown_rate: float = 0.5,
             resources: dict[str, float] | None = None) -> dict[str, Any]:
     """The rescore stage: score ``table`` into ``out`` unit by unit on ``executor``, resuming an
     interrupted run of the same identity; return the report.
@@ -473,7 +483,8 @@ def rescore(executor: Executor, table: str | os.PathLike, out: str | os.PathLike
         table: a Parquet phrase table.
         out: the new table (checked: never a foreign directory or one holding an input; locked).
         config: the model and how to score (part of the run's identity).
-        rows_per_unit: rows per task and output part (rounded up to whole groups).
+        rows_per_unit: rows per task and output part (rounded up to whole groups; default:
+            ``default_rows_per_unit``).
         max_unknown_rate: refuse a model whose vocabularies miss more of a sample's tokens.
         resources: what each task asks of a worker (``{"GPU": 1}`` on a cluster with GPU workers).
     """
@@ -481,6 +492,8 @@ def rescore(executor: Executor, table: str | os.PathLike, out: str | os.PathLike
     if Path(os.path.abspath(out)) == Path(os.path.abspath(table)):
         raise UserError(f"{out}: the output must differ from the input (the input is never modified)")
     out = check_output_target(out, "rescore", [table, config.model])
+    if rows_per_unit is None:
+        rows_per_unit = default_rows_per_unit(table, config.group_rows)
     with output_lock(out):
         return _rescore(executor, table, out, config, rows_per_unit=rows_per_unit,
                         max_unknown_rate=max_unknown_rate, resources=resources)
@@ -554,7 +567,7 @@ def _rescore(executor: Executor, table: Path, out: Path, config: RescoreConfig, 
     return report
 
 
-__all__ = ["DEFAULT_ROWS_PER_UNIT", "RescoreConfig", "RowRange", "WorkUnit", "batch_sizes", "check_model_fits",
+__all__ = ["DEFAULT_ROWS_PER_UNIT", "MIN_ROWS_PER_UNIT", "RescoreConfig", "default_rows_per_unit", "RowRange", "WorkUnit", "batch_sizes", "check_model_fits",
            "check_schema", "completed_record", "output_schema", "plan_units", "prepare_staging", "publish",
            "read_unit", "rescore", "rescore_unit", "run_identity", "scorer_for", "staging_dir", "torch_threads",
            "unit_rows", "vocabulary_mismatch"]

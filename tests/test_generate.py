@@ -184,7 +184,7 @@ def test_seeded_sampling_is_reproducible(demo):
 
 def test_comparison_with_the_phrase_table(demo):
     model, sv, tv = demo["model"], demo["src_vocab"], demo["tgt_vocab"]
-    rows = pq.read_table(list_parts(demo["table"])[0], columns=["source", "target", "score2"]).to_pandas()
+    rows = pq.read_table(list_parts(demo["table"])[0], columns=["source", "target", "p_e_given_f"]).to_pandas()
     many = rows["source"].value_counts()
     sources = many.index[:6].tolist() + ["not a source of the table"]
     comps = compare_with_table(model, sv, tv, demo["table"], sources, k=3, beam=5, samples=4, seed=3)
@@ -192,7 +192,7 @@ def test_comparison_with_the_phrase_table(demo):
     for comp in comps[:-1]:
         entries = rows[rows["source"] == comp.source]
         assert comp.candidates == len(entries) >= 2
-        expected = entries.sort_values(["score2", "target"], ascending=[False, True], kind="stable")
+        expected = entries.sort_values(["p_e_given_f", "target"], ascending=[False, True], kind="stable")
         assert [e.target for e in comp.table_top] == expected["target"].tolist()[:3]
         logp = _scores(demo, [comp.source.split()] * len(entries), [t.split() for t in entries["target"]])
         by_model = [t for _, t in sorted(zip(-logp, entries["target"], strict=True), key=lambda p: (p[0], p[1]))][:3]
@@ -279,15 +279,15 @@ def test_embedding_api_is_seeded(demo, tmp_path):
     a = embed_words(model, sv, n=60, seed=4)
     b = embed_words(model, sv, n=60, seed=4)
     pd.testing.assert_frame_equal(a, b)
-    phrases = sample_phrases(demo["table"], 80, seed=9, keep=["score2"])
+    phrases = sample_phrases(demo["table"], 80, seed=9, keep=["p_e_given_f"])
     assert phrases["source"].is_unique and len(phrases) == 80
     # the sample does not depend on how the table is cut into parts (bottom-k of seeded hashes)
     whole = pq.read_table(list_parts(demo["table"])[0])
     (tmp_path / "cut").mkdir()
     for k, start in enumerate(range(0, whole.num_rows, 1100)):
         pq.write_table(whole.slice(start, 1100), tmp_path / "cut" / f"part-{k:05d}.parquet", row_group_size=300)
-    cut = sample_phrases(tmp_path / "cut", 80, seed=9, keep=["score2"])
+    cut = sample_phrases(tmp_path / "cut", 80, seed=9, keep=["p_e_given_f"])
     pd.testing.assert_frame_equal(cut, phrases)
     assert sample_phrases(demo["table"], 80, seed=10)["source"].tolist() != phrases["source"].tolist()
-    mapped = embed_phrases(model, sv, phrases["source"].tolist(), seed=1, extra={"score2": phrases["score2"]})
-    assert mapped["score2"].tolist() == phrases["score2"].tolist() and len(mapped) == 80
+    mapped = embed_phrases(model, sv, phrases["source"].tolist(), seed=1, extra={"p_e_given_f": phrases["p_e_given_f"]})
+    assert mapped["p_e_given_f"].tolist() == phrases["p_e_given_f"].tolist() and len(mapped) == 80

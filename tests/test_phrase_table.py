@@ -13,6 +13,7 @@ import pytest
 
 from pipeline.errors import UserError
 from pipeline.phrase_table import (
+    MOSES_SCORE_NAMES,
     ExportConfig,
     Range,
     count_newlines,
@@ -54,11 +55,12 @@ def test_schema_and_metadata(demo, tmp_path):
     report = import_moses([demo["gz"]], tmp_path / "t", source_lang="en", target_lang="fr", rows_per_group=500)
     parts = list_parts(tmp_path / "t")
     schema = pq.read_schema(parts[0])
-    assert schema.names == ["source", "target", "score0", "score1", "score2", "score3", "alignment", "counts",
-                            "extra", "line"]
-    assert [schema.field(n).type for n in ("source", "score0", "extra", "line")] == [
+    # Moses's standard four scores, named for what they are
+    assert schema.names == ["source", "target", "p_f_given_e", "lex_f_given_e", "p_e_given_f", "lex_e_given_f",
+                            "alignment", "counts", "extra", "line"]
+    assert [schema.field(n).type for n in ("source", "p_f_given_e", "extra", "line")] == [
         pa.string(), pa.float32(), pa.list_(pa.string()), pa.int64()]
-    assert read_score_columns(schema) == [{"name": f"score{i}", "domain": "prob"} for i in range(4)]
+    assert read_score_columns(schema) == [{"name": n, "domain": "prob"} for n in MOSES_SCORE_NAMES]
     assert schema.metadata[b"rnnenc.fields"] == b"5"
     meta = pq.ParquetFile(parts[0]).metadata
     assert meta.num_row_groups > 1 and all(meta.row_group(i).num_rows <= 500 for i in range(meta.num_row_groups))
@@ -69,7 +71,7 @@ def test_schema_and_metadata(demo, tmp_path):
     first = original[0].decode().split(" ||| ")
     row = table.slice(0, 1).to_pylist()[0]
     assert [row["source"], row["target"], row["alignment"], row["counts"]] == [first[0], first[1], first[3], first[4]]
-    assert row["score0"] == pytest.approx(float(first[2].split()[0]), rel=1e-6)
+    assert row["p_f_given_e"] == pytest.approx(float(first[2].split()[0]), rel=1e-6)
     manifest = json.loads((tmp_path / "t" / "manifest.json").read_text())
     assert manifest["config"]["source_lang"] == "en" and manifest["counts"]["rows_written"] == len(original)
 
@@ -130,8 +132,8 @@ BAD_LINES = [
     ("invalid_utf8", b"a\xff ||| x ||| 0.5 0.25 1 0.125 ||| 0-0 ||| 1 1 1", "invalid UTF-8 at byte 2"),
     ("field_count", "", "1 field(s)"),
     ("score_range", "a ||| x ||| 0.5 0.25 -0.3 0.125 ||| 0-0 ||| 1 1 1",
-     "score2 (prob) is -0.3, not a probability in [0, 1]"),
-    ("score_range", "a ||| x ||| 0.5 1.5 1 0.125 ||| 0-0 ||| 1 1 1", "score1 (prob) is 1.5, not a probability"),
+     "p_e_given_f (prob) is -0.3, not a probability in [0, 1]"),
+    ("score_range", "a ||| x ||| 0.5 1.5 1 0.125 ||| 0-0 ||| 1 1 1", "lex_f_given_e (prob) is 1.5, not a probability"),
 ]
 
 
@@ -379,7 +381,7 @@ def test_each_range_reports_its_first_bad_line_and_the_import_the_first_of_all(t
             import_range(rng, str(tmp_path / f"staging-{rng.index}"), spec, block_bytes=300)
         checked += 1
     assert checked >= 3 and len(ranges) > 5
-    with pytest.raises(UserError, match=rf"^{path}:57: score1 \(prob\) is -1, not a probability"):
+    with pytest.raises(UserError, match=rf"^{path}:57: lex_f_given_e \(prob\) is -1, not a probability"):
         import_moses([path], tmp_path / "out", split_bytes=2000)
     report = import_moses([path], tmp_path / "out", split_bytes=2000, on_error="skip")
     rows = gzip.decompress((tmp_path / "out" / "rejects.tsv.gz").read_bytes()).decode().split("\n")[1:-1]
@@ -405,3 +407,23 @@ def test_phrase_table_rejects_keep_the_exact_bytes_of_each_line(tmp_path):
     fields = [row.split("\t") for row in rows[1:-1]]
     assert all(len(f) == 5 for f in fields) and [int(f[1]) for f in fields] == [2, 3, 4, 5, 6]
     assert [unescape_bytes(f[4]) for f in fields] == bad
+
+
+def test_score_names_default_to_moses_four_and_can_be_given(tmp_path):
+    path = tmp_path / "pt.txt"
+    path.write_text("a ||| x ||| 0.5 0.25 0.5 0.125 ||| 0-0 ||| 1 1 1\n")
+    report = import_moses([path], tmp_path / "named")
+    assert report["score_names"] == list(MOSES_SCORE_NAMES)
+    report = import_moses([path], tmp_path / "mine", score_names=["a1", "a2", "b1", "b2"])
+    assert [s["name"] for s in read_score_columns(pq.read_schema(list_parts(tmp_path / "mine")[0]))] == [
+        "a1", "a2", "b1", "b2"]
+    # the export writes the columns in the same order, whatever their names
+    export_moses(tmp_path / "mine", tmp_path / "pt.gz", ExportConfig(scores=("a1", "b1")))
+    assert gzip.decompress((tmp_path / "pt.gz").read_bytes()).decode().split(" ||| ")[2] == "0.5 0.5"
+    for names, message in ((["a", "b"], "2 name"), (["a", "b", "c", "line"], "reserved"),
+                           (["a", "a", "b", "c"], "given twice"), (["a", "b c", "d", "e"], "not a column name")):
+        with pytest.raises(UserError, match=message):
+            import_moses([path], tmp_path / "bad", score_names=names)
+    # other counts keep score<N>
+    path.write_text("a ||| x ||| 0.5 0.25\n")
+    assert import_moses([path], tmp_path / "two")["score_names"] == ["score0", "score1"]

@@ -88,7 +88,7 @@ def test_hand_made_corpus_scores_match_moses_definitions(tmp_path: Path):
     }
     for key, (p_fe, lex_fe, p_ef, lex_ef, align, counts) in expected.items():
         row = rows[key]
-        assert [row["score0"], row["score1"], row["score2"], row["score3"]] == pytest.approx(
+        assert [row["p_f_given_e"], row["lex_f_given_e"], row["p_e_given_f"], row["lex_e_given_f"]] == pytest.approx(
             [float(p_fe), float(lex_fe), float(p_ef), float(lex_ef)], rel=1e-6), key
         assert (row["alignment"], row["counts"]) == (align, counts), key
     # (d,w) (e,v) from sentences 5 and 7; (e,w) (d,v) from sentence 6
@@ -216,7 +216,7 @@ def test_true_demo_pairs_are_top_entries(tmp_path: Path):
     build_phrase_table(corpus, aligned, tmp_path / "out", PhraseConfig(buckets=2))
     by_source: dict[str, list[tuple[float, str, int]]] = defaultdict(list)
     for row in read_table(tmp_path / "out"):
-        by_source[row["source"]].append((row["score2"], row["target"], int(row["counts"].split()[1])))
+        by_source[row["source"]].append((row["p_e_given_f"], row["target"], int(row["counts"].split()[1])))
     hits = total = 0
     for source, target in lexicon:
         candidates = by_source.get(source)

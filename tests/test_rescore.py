@@ -23,7 +23,7 @@ import torch
 from pipeline.artifacts import file_hash, read_manifest, write_manifest
 from pipeline.errors import UserError
 from pipeline.model import EncoderDecoder, EncoderDecoderConfig, load_model, save_model, score_pairs
-from pipeline.phrase_table import import_moses, read_score_columns
+from pipeline.phrase_table import MOSES_SCORE_NAMES, import_moses, read_score_columns
 from pipeline.rescore import (
     RescoreConfig,
     plan_units,
@@ -43,7 +43,7 @@ from workflows import rescore as rescore_command
 from workflows.cluster import DaskExecutor
 
 DEMO = DemoConfig(seed=3, pool_size=2000, in_domain_size=200, dev_size=50, phrase_table_pairs=1500)
-SCORES = [{"name": f"score{i}", "domain": "prob"} for i in range(4)]
+SCORES = [{"name": name, "domain": "prob"} for name in MOSES_SCORE_NAMES]  # an imported table's four
 # Small fixed batches so that a few hundred pairs make many groups, buckets and padded batches.
 SMALL = {"encoder_batch": 8, "decoder_batch": 16, "readout_rows": 4, "group_rows": 50, "threads": 1}
 GROUP = SMALL["group_rows"]
@@ -342,11 +342,11 @@ def test_mismatched_models_and_tables_are_clear_errors(data: dict, dask_client, 
     no_target = write_table(first.drop_columns(["target"]), tmp_path / "nt", 300, 100)
     with pytest.raises(UserError, match="missing column 'target'"):
         rescore(DaskExecutor(dask_client, quiet=True), no_target, tmp_path / "c", config(data["model"]))
-    bad_meta = write_table(first.drop_columns(["score3"]), tmp_path / "nm", 300, 100)
-    with pytest.raises(UserError, match="rnnenc.scores lists 'score3', but the table has no such column"):
+    bad_meta = write_table(first.drop_columns(["lex_e_given_f"]), tmp_path / "nm", 300, 100)
+    with pytest.raises(UserError, match="rnnenc.scores lists 'lex_e_given_f', but the table has no such column"):
         rescore(DaskExecutor(dask_client, quiet=True), bad_meta, tmp_path / "d", config(data["model"]))
-    with pytest.raises(UserError, match="already has a column 'score0'"):
-        rescore(DaskExecutor(dask_client, quiet=True), table, tmp_path / "e", config(data["model"], logp_column="score0"))
+    with pytest.raises(UserError, match="already has a column 'p_f_given_e'"):
+        rescore(DaskExecutor(dask_client, quiet=True), table, tmp_path / "e", config(data["model"], logp_column="p_f_given_e"))
 
     # an empty phrase is found on a worker and reported with its file and line
     targets = first.column("target").to_pylist()

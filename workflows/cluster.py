@@ -174,6 +174,70 @@ class DaskExecutor:
                               quiet=self.quiet, key_prefix=self.key_prefix, resources=resources, **kwargs)
 
 
+class ClusterExecutor:
+    """``pipeline.executor.Executor`` that joins or starts the Dask cluster only when a stage first
+    needs it, so a stage checks its inputs and options before paying for a cluster, and a stage
+    whose work is a single task on the embedded local cluster runs it in this process and starts
+    none (a 2-line import does not wait 10-20 s for worker processes). With a scheduler given
+    (``--scheduler``, ``DASK_SCHEDULER_ADDRESS``, the workflow's) every task goes to it.
+
+    Made by ``cluster_executor``; ``named(prefix)`` gives a view on the same cluster whose task
+    keys start with ``prefix``.
+    """
+
+    def __init__(self, state: dict[str, Any], *, quiet: bool = False, key_prefix: str | None = None):
+        self._state, self.quiet, self.key_prefix = state, quiet, key_prefix
+
+    def named(self, key_prefix: str) -> ClusterExecutor:
+        """The same lazily started cluster, task keys prefixed ``key_prefix``."""
+        return ClusterExecutor(self._state, quiet=self.quiet, key_prefix=key_prefix)
+
+    @property
+    def started(self) -> bool:
+        return self._state["client"] is not None
+
+    @property
+    def client(self) -> Client:
+        """The Dask client, joining or starting the cluster now if no task has yet."""
+        if self._state["client"] is None:
+            state = self._state
+            state["client"] = state["stack"].enter_context(dask_client(state["scheduler"], state["workers"]))
+        return self._state["client"]
+
+    def gpu_resources(self) -> dict[str, float] | None:
+        """``{"GPU": 1}`` when the cluster's workers declare GPUs; an embedded local cluster's never do,
+        so asking starts no cluster."""
+        if self._state["scheduler"] is None and not self.started:
+            return None
+        return gpu_resources(self.client)
+
+    def map(self, func: Callable[..., T], items: Iterable[Any], *, desc: str = "",
+            resources: dict[str, float] | None = None, **kwargs: Any) -> list[T]:
+        desc = desc or getattr(func, "__name__", "tasks")
+        if (self._state["scheduler"] is None and not self.started and isinstance(items, Sequence)
+                and len(items) <= 1):
+            # one task: the local cluster's worker would run the very same call, later
+            log.info("%s: one task, run in this process (no cluster started)", desc)
+            with progress(len(items), desc=desc, unit="part", quiet=self.quiet) as bar:
+                results = []
+                for item in items:
+                    results.append(func(item, **kwargs))
+                    bar.update(1)
+            return results
+        return map_partitions(self.client, func, items, desc=desc, quiet=self.quiet, key_prefix=self.key_prefix,
+                              resources=resources, **kwargs)
+
+
+@contextlib.contextmanager
+def cluster_executor(scheduler: str | None = None, n_workers: int | None = None, *, quiet: bool = False,
+                     key_prefix: str | None = None) -> Iterator[ClusterExecutor]:
+    """A ``ClusterExecutor`` on ``scheduler`` (or DASK_SCHEDULER_ADDRESS), else on an embedded local
+    cluster of ``n_workers`` started on first need; whatever was started is closed on exit."""
+    with contextlib.ExitStack() as stack:
+        state = {"scheduler": scheduler_address(scheduler), "workers": n_workers, "client": None, "stack": stack}
+        yield ClusterExecutor(state, quiet=quiet, key_prefix=key_prefix)
+
+
 def results_in_order(client: Client, futures: list[Future], bar: Any = None) -> list[Any]:
     """Wait for ``futures`` as they finish (ticking ``bar``); results in submission order.
 

@@ -61,7 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                help="the language model the moses.ini reads: an 'rnnenc lm' output or a KenLM file (its "
                     "KENLM feature's path and order are set, or one is added)")
     parser.add_argument("--scores", metavar="NAME,...",
-                        help="the score columns written, e.g. score0,score1,score2,score3,rnn_logp for a "
+                        help="the score columns written, e.g. p_f_given_e,lex_f_given_e,p_e_given_f,lex_e_given_f,"
+                             "rnn_logp for a "
                              "system without rnn_unk (default: all, in the table's order)")
     input_path(parser, "--filter-to", action="append", metavar="PATH",
                help="write only the rows whose source phrase occurs in this input (a corpus directory or "
@@ -105,7 +106,7 @@ def describe(report: dict[str, Any]) -> str:
 
 def main(args: argparse.Namespace) -> int:
     from pipeline.artifacts import moses_ini_path
-    from workflows.cluster import DaskExecutor, dask_client
+    from workflows.cluster import cluster_executor
 
     args.table = str(phrase_table_path(args.table))  # a phrases output stands for its table/
     if args.moses_ini:
@@ -113,10 +114,10 @@ def main(args: argparse.Namespace) -> int:
     scores = tuple(n.strip() for n in args.scores.split(",") if n.strip()) if args.scores else None
     config = ExportConfig(precision=args.precision, run_bytes=args.run_size, sorter=args.sorter, scores=scores)
     weights = parse_weights(args.weight)
-    with dask_client(args.scheduler, args.workers) as client:
+    with cluster_executor(args.scheduler, args.workers, quiet=args.quiet, key_prefix="export") as executor:
         report = export_stage(args.table, args.out, moses_ini=args.moses_ini, config=config, feature=args.feature,
                               initial_weight=args.initial_weight, weights=weights,
-                              executor=DaskExecutor(client, quiet=args.quiet, key_prefix="export"), lm=args.lm,
+                              executor=executor, lm=args.lm,
                               filter_to=args.filter_to or (), max_phrase_length=args.max_phrase_length)
     print(describe(report))
     return 0

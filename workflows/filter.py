@@ -36,11 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from pipeline.phrase_filter import filter_table
-    from workflows.cluster import DaskExecutor, dask_client
+    from workflows.cluster import cluster_executor
 
-    with dask_client(args.scheduler, args.workers) as client:
+    with cluster_executor(args.scheduler, args.workers, quiet=args.quiet, key_prefix="filter") as executor:
         report = filter_table(args.table, args.out, args.input, max_length=args.max_phrase_length,
-                              executor=DaskExecutor(client, quiet=args.quiet, key_prefix="filter"))
+                              executor=executor)
     print(f"filter: kept {report['kept']:,} of {report['rows']:,} rows ({100 * report['kept_fraction']:.2f} %) "
           f"whose source phrase occurs in the input ({report['input_phrases']:,} distinct phrases) into {args.out}")
     return 0

@@ -30,10 +30,10 @@ from typing import Any
 
 from pipeline.corpus import CorpusInput
 from pipeline.errors import UserError
-from pipeline.ingest import DEFAULT_ROWS_PER_PART, corpus_name, ingest
+from pipeline.ingest import DEFAULT_ROWS_PER_PART, MIN_ROWS_PER_PART, corpus_name, ingest
 from pipeline.preprocess import PreprocessConfig
 from workflows.cli import add_cluster_arguments
-from workflows.cluster import DaskExecutor, dask_client
+from workflows.cluster import cluster_executor
 from workflows.stages import input_path, output_path
 
 
@@ -93,8 +93,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     output_path(processing, "--rejects", metavar="FILE",
                             help="write every dropped pair here (TSV.gz; default with --on-error skip: "
                                  "OUT/rejects.tsv.gz)")
-    processing.add_argument("--rows-per-part", type=int, default=DEFAULT_ROWS_PER_PART,
-                            help="pairs per Parquet part and per Dask task (default: %(default)s)")
+    processing.add_argument("--rows-per-part", type=int, metavar="N",
+                            help="pairs per Parquet part and per Dask task (default: the input in 16 parts, "
+                                 f"{MIN_ROWS_PER_PART:,} to {DEFAULT_ROWS_PER_PART:,} pairs each, from its size)")
     add_cluster_arguments(parser)
 
 
@@ -118,8 +119,8 @@ def print_report(report: dict[str, Any]) -> None:
 def main(args: argparse.Namespace) -> int:
     inputs = inputs_from_args(args)
     config = config_from_args(args)
-    with dask_client(args.scheduler, args.workers) as client:
-        report = ingest(DaskExecutor(client, quiet=args.quiet, key_prefix="ingest"), inputs, args.out, config,
+    with cluster_executor(args.scheduler, args.workers, quiet=args.quiet, key_prefix="ingest") as executor:
+        report = ingest(executor, inputs, args.out, config,
                         rows_per_part=args.rows_per_part, invalid_utf8=args.invalid_utf8, on_error=args.on_error,
                         rejects_path=args.rejects)
     print_report(report)

@@ -28,7 +28,6 @@ from typing import Any
 from pipeline.phrase_table import (
     DEFAULT_PROB_SCORES,
     DEFAULT_ROWS_PER_GROUP,
-    DEFAULT_SPLIT_BYTES,
     import_moses,
 )
 from workflows.cli import add_cluster_arguments
@@ -60,12 +59,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where rejected lines go (default: OUT/rejects.tsv.gz)")
     parser.add_argument("--num-scores", type=int, metavar="N",
                         help="expected number of scores a line (default: that of the first valid line)")
+    parser.add_argument("--score-names", metavar="NAME,...",
+                        help="the score columns' names, in the line's order (default: Moses's standard four, "
+                             "p_f_given_e,lex_f_given_e,p_e_given_f,lex_e_given_f, for a table of four scores; "
+                             "score0, score1, ... otherwise)")
     parser.add_argument("--prob-scores", type=int, default=DEFAULT_PROB_SCORES, metavar="N",
                         help="how many leading scores are probabilities, refused outside [0, 1] (default: "
                              "%(default)s, Moses's phi(f|e) lex(f|e) phi(e|f) lex(e|f); 0: none). Any "
                              "negative score is refused: Moses takes the log")
-    parser.add_argument("--split-size", type=parse_size, default=DEFAULT_SPLIT_BYTES, metavar="BYTES",
-                        help="plain text: bytes per task and per part (default: 256M)")
+    parser.add_argument("--split-size", type=parse_size, metavar="BYTES",
+                        help="plain text: bytes per task and per part (default: the input in 16 parts, "
+                             "16M to 256M each)")
     parser.add_argument("--rows-per-group", type=int, default=DEFAULT_ROWS_PER_GROUP,
                         help="rows per Parquet row group (default: %(default)s)")
     add_cluster_arguments(parser)
@@ -83,7 +87,7 @@ def describe(report: dict[str, Any]) -> str:
 
 def main(args: argparse.Namespace) -> int:
     from pipeline.artifacts import moses_table_path, read_artifact
-    from workflows.cluster import DaskExecutor, dask_client
+    from workflows.cluster import cluster_executor
 
     # a moses-train output stands for its table, and tells the languages
     for path in args.input:
@@ -91,11 +95,12 @@ def main(args: argparse.Namespace) -> int:
         if languages and not (args.src_lang or args.tgt_lang):
             args.src_lang, args.tgt_lang = languages
     args.input = [str(moses_table_path(p)) for p in args.input]
-    with dask_client(args.scheduler, args.workers) as client:
+    with cluster_executor(args.scheduler, args.workers, quiet=args.quiet, key_prefix="phrase-table") as executor:
         report = import_moses(args.input, args.out, source_lang=args.src_lang, target_lang=args.tgt_lang,
                               on_error=args.on_error, rejects_path=args.rejects, split_bytes=args.split_size,
                               rows_per_group=args.rows_per_group, num_scores=args.num_scores,
-                              executor=DaskExecutor(client, quiet=args.quiet, key_prefix="phrase-table"),
-                              prob_scores=args.prob_scores)
+                              executor=executor,
+                              prob_scores=args.prob_scores,
+                              score_names=args.score_names.split(",") if args.score_names else None)
     print(describe(report))
     return 0

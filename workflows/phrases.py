@@ -33,7 +33,7 @@ from pipeline.errors import UserError
 from pipeline.phrase_table import list_parts
 from pipeline.phrases import PhraseConfig, corpus_parts, run_phrases
 from workflows.cli import add_cluster_arguments
-from workflows.cluster import DaskExecutor, dask_client
+from workflows.cluster import cluster_executor
 from workflows.stages import input_path, output_path
 
 log = logging.getLogger("rnnenc")
@@ -91,8 +91,8 @@ def main(args: argparse.Namespace) -> int:
     if args.alignment and len(list_parts(args.alignment)) != len(parts):
         raise UserError(f"{args.alignment}: {len(list_parts(args.alignment))} alignment parts for the "
                         f"{len(parts)} corpus parts")
-    with dask_client(args.scheduler, args.workers) as client:
-        manifest = run_phrases(DaskExecutor(client, quiet=args.quiet), args.corpus, args.out, phrases, align,
+    with cluster_executor(args.scheduler, args.workers, quiet=args.quiet) as executor:
+        manifest = run_phrases(executor, args.corpus, args.out, phrases, align,
                                alignment=args.alignment)
     counts = manifest["counts"]
     print(f"{counts['phrase_pairs']:,} phrase pairs from {counts['pairs']:,} sentence pairs into {args.out}")

@@ -30,12 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from workflows.cluster import DaskExecutor, dask_client
+    from workflows.cluster import cluster_executor
 
     manifest = Path(args.manifest)
     selection_dir = manifest if manifest.is_dir() else manifest.parent
     out = args.out or f"{selection_dir.resolve()}.regenerated"
-    with dask_client(args.scheduler, args.workers) as client:
-        rebuilt = regenerate(args.manifest, out, DaskExecutor(client, quiet=args.quiet))
+    with cluster_executor(args.scheduler, args.workers, quiet=args.quiet) as executor:
+        rebuilt = regenerate(args.manifest, out, executor)
     print(f"regenerated {rebuilt['counts']['selected_pairs']:,} pairs into {out}: byte-identical to {args.manifest}")
     return 0

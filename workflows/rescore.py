@@ -31,9 +31,9 @@ from typing import Any
 
 from pipeline.artifacts import model_path, phrase_table_path
 from pipeline.moses import export_stage
-from pipeline.rescore import DEFAULT_ROWS_PER_UNIT, RescoreConfig, rescore
+from pipeline.rescore import DEFAULT_ROWS_PER_UNIT, MIN_ROWS_PER_UNIT, RescoreConfig, rescore
 from workflows.cli import add_cluster_arguments
-from workflows.cluster import DaskExecutor, dask_client, gpu_resources
+from workflows.cluster import cluster_executor
 from workflows.stages import input_path, output_path
 
 
@@ -65,9 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     speed.add_argument("--no-bf16", action="store_true", help="GPU: compute in float32, not bf16")
     speed.add_argument("--threads", type=int, metavar="N",
                        help="torch threads per worker while scoring (default: the worker's; Dask runs 1)")
-    parser.add_argument("--rows-per-unit", type=int, default=DEFAULT_ROWS_PER_UNIT, metavar="N",
-                        help="rows per Dask task and output part, rounded up to whole --group-rows "
-                             "(default: %(default)s)")
+    parser.add_argument("--rows-per-unit", type=int, metavar="N",
+                        help="rows per Dask task and output part, rounded up to whole --group-rows (default: "
+                             f"the table in 16 units, {MIN_ROWS_PER_UNIT:,} to {DEFAULT_ROWS_PER_UNIT:,} rows each)")
     parser.add_argument("--max-unknown-rate", type=float, default=0.5, metavar="R",
                         help="refuse a model whose vocabularies miss more than this share of a side's "
                              "tokens in a sample of the table (default: %(default)s)")
@@ -91,15 +91,14 @@ def main(args: argparse.Namespace) -> int:
     # a phrases output stands for its table/, a train output for its model.pt
     args.phrase_table, args.model = str(phrase_table_path(args.phrase_table)), str(model_path(args.model))
     config = config_from_args(args)
-    with dask_client(args.scheduler, args.workers) as client:
-        report = rescore(DaskExecutor(client, quiet=args.quiet, key_prefix="rescore"), args.phrase_table, args.out,
+    with cluster_executor(args.scheduler, args.workers, quiet=args.quiet, key_prefix="rescore") as executor:
+        report = rescore(executor, args.phrase_table, args.out,
                          config, rows_per_unit=args.rows_per_unit, max_unknown_rate=args.max_unknown_rate,
-                         resources=gpu_resources(client))
+                         resources=executor.gpu_resources())
         print_report(report, args.out)
         if args.export:
             # the same export as `rnnenc export` (one Moses export stage, one manifest)
-            counts = export_stage(args.out, args.export, executor=DaskExecutor(client, quiet=args.quiet,
-                                                                              key_prefix="export"))
+            counts = export_stage(args.out, args.export, executor=executor.named("export"))
             print(f"exported {counts['rows']:,} lines to {Path(args.export) / 'phrase-table.gz'}"
                   + (f" ({counts['clipped_total']} scores clipped to Moses's floor)" if counts["clipped_total"] else ""))
     return 0

@@ -15,6 +15,7 @@ example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -129,8 +130,8 @@ def run_workflow(workflow: Workflow, *, scheduler: str | None = None, workers: i
     scheduler = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or workflow.spec.cluster.scheduler
     workers = workers or workflow.spec.cluster.workers
     workflow.root.mkdir(parents=True, exist_ok=True)
-    with dask_client(scheduler, workers) as client:
-        address = client.scheduler.address
+    with contextlib.ExitStack() as cluster:
+        address = None  # the cluster starts (or is joined) for the first stage that runs on it
         for stage in workflow.stages:
             key = stage_key(stage, keys, workflow.base)
             keys[stage.name] = key
@@ -142,7 +143,11 @@ def run_workflow(workflow: Workflow, *, scheduler: str | None = None, workers: i
             else:
                 log.info("stage %s: running 'rnnenc %s'", stage.name, stage.command)
                 args = stage.args
-                args.scheduler, args.workers, args.quiet, args.debug = address, None, quiet, debug
+                # a stage training in this process only asks a joined cluster for GPU workers
+                if (address is None and "scheduler" in vars(args)
+                        and not STAGES[stage.command].trains_in_process):
+                    address = cluster.enter_context(dask_client(scheduler, workers)).scheduler.address
+                args.scheduler, args.workers, args.quiet, args.debug = address or scheduler, None, quiet, debug
                 if STAGES[stage.command].resume_marker:
                     args.resume = _prepare_resumable(workflow, stage, key)
                 write_json_atomic(_state_path(workflow, stage), {"key": key, "argv": stage.argv,

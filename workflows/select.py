@@ -149,11 +149,11 @@ def config_from_args(args: argparse.Namespace) -> SelectConfig:
 
 
 def main(args: argparse.Namespace) -> int:
-    from workflows.cluster import DaskExecutor, dask_client
+    from workflows.cluster import cluster_executor
 
     cfg = config_from_args(args)
-    with dask_client(args.scheduler, args.workers) as client:
-        manifest = run_selection(cfg, args.out, DaskExecutor(client, quiet=args.quiet))
+    with cluster_executor(args.scheduler, args.workers, quiet=args.quiet) as executor:
+        manifest = run_selection(cfg, args.out, executor)
     counts = manifest["counts"]
     # a stage's result line goes to stdout, --quiet or not (--quiet silences progress and info logs)
     print(f"selected {counts['selected_pairs']:,} of {counts['pool_pairs']:,} pairs "

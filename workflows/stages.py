@@ -88,6 +88,8 @@ for _spec in (
     StageSpec("generate", "workflows.generate",
               "the model's own target phrases: beam search or sampling, against a phrase table"),
     StageSpec("embed", "workflows.embed", "2-D maps of the model's word and phrase representations"),
+    StageSpec("show", "workflows.show", "what a stage output holds: schema, rows, statistics, score histograms",
+              workflow_stage=False),
     StageSpec("run", "workflows.run", "run a whole YAML workflow, skipping up-to-date stages",
               workflow_stage=False, trains_in_process=True),
     StageSpec("regenerate", "workflows.regenerate", "rebuild a selected subset byte-identically from its manifest",

@@ -58,12 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from workflows.cluster import DaskExecutor, dask_client
+    from workflows.cluster import cluster_executor
 
     kind, path = ("corpus", args.corpus) if args.corpus else ("phrase-table", str(phrase_table_path(args.phrase_table)))
-    with dask_client(args.scheduler, args.workers) as client:
+    with cluster_executor(args.scheduler, args.workers, quiet=args.quiet, key_prefix="vocab") as executor:
         report = build_vocabularies(kind, path, args.out, src_lang=args.src_lang, tgt_lang=args.tgt_lang, size=args.size,
                        src_size=args.src_size, tgt_size=args.tgt_size, buckets=args.buckets,
-                       executor=DaskExecutor(client, quiet=args.quiet, key_prefix="vocab"))
+                       executor=executor)
     print("\n".join(describe(report)))
     return 0
