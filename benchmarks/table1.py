@@ -36,10 +36,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SPLITS = {"train": "train", "val": "val", "test": "test_2016_flickr"}
+BASE = "p_f_given_e,lex_f_given_e,p_e_given_f,lex_e_given_f"  # Moses's four (pipeline.phrase_table.MOSES_SCORE_NAMES)
 SYSTEMS = {  # the paper's rows: which score columns the exported table carries
-    "baseline": "score0,score1,score2,score3",
-    "rnn": "score0,score1,score2,score3,rnn_logp",
-    "rnn_wp": "score0,score1,score2,score3,rnn_logp,rnn_unk",
+    "baseline": BASE,
+    "rnn": f"{BASE},rnn_logp",
+    "rnn_wp": f"{BASE},rnn_logp,rnn_unk",
 }
 LABELS = {"baseline": "Baseline", "rnn": "RNN", "rnn_wp": "RNN + WP"}
 TABLES = {"rnnenc": "rnnenc phrases (eflomal)", "moses": "Moses train-model.perl (fast_align, msd-bidirectional-fe)"}
