@@ -34,6 +34,8 @@ import sys
 import time
 from pathlib import Path
 
+from pipeline.artifacts import report_path
+
 ROOT = Path(__file__).resolve().parent.parent
 SPLITS = {"train": "train", "val": "val", "test": "test_2016_flickr"}
 SYSTEMS = {  # the paper's rows: which score columns the exported table carries
@@ -126,7 +128,8 @@ def report(work: Path, runs: int) -> str:
         for system in SYSTEMS:
             dev, test, chrf = [], [], []
             for seed in range(1, runs + 1):
-                path = work / f"moses_{table}_{system}_{seed}" / "report.json"
+                # report_path: a run directory written before the sidecars' "_" still counts
+                path = report_path(work / f"moses_{table}_{system}_{seed}")
                 if path.is_file():
                     rep = json.loads(path.read_text())
                     test.append(rep["test"]["bleu"])
@@ -140,8 +143,8 @@ def report(work: Path, runs: int) -> str:
                 delta = f"{statistics.mean(test) - base:+.2f}"
             out.append(f"| {LABELS[system]} | {mean_sd(dev)} | {mean_sd(test)} | {mean_sd(chrf)} | {delta} | "
                        f"{len(test)} |")
-    signature = next((json.loads(p.read_text())["test"]["signature"] for p in sorted(work.glob("moses_*/report.json"))),
-                     None)
+    reports = (report_path(p) for p in sorted(work.glob("moses_*")))
+    signature = next((json.loads(p.read_text())["test"]["signature"] for p in reports if p.is_file()), None)
     if signature:
         out += ["", f"sacrebleu: {signature}"]
     return "\n".join(out)
@@ -160,14 +163,14 @@ def measure_dims(work: Path, candidates: list[str], updates: int) -> None:
                         "--hidden", hidden, "--embedding", embedding, "--maxout", maxout, "--updates", str(updates),
                         "--valid-pairs", "64", "--valid-every", str(updates), "--checkpoint-every", str(updates),
                         "--quiet"], check=True, env=env, stdout=subprocess.DEVNULL)
-        rep = json.loads((out / "report.json").read_text())
+        rep = json.loads(report_path(out).read_text())
         rate = rep.get("updates_per_second") or updates / rep["seconds"]
         started = time.perf_counter()
         subprocess.run([sys.executable, "-m", "workflows.cli", "rescore", "--phrase-table", str(work / "filter_rnnenc"),
                         "--model", str(out), "--out", str(out) + "-rescored", "--quiet"], check=True, env=env,
                        stdout=subprocess.DEVNULL)
         seconds = time.perf_counter() - started
-        rows = json.loads((Path(str(out) + "-rescored") / "report.json").read_text())["rows"]
+        rows = json.loads(report_path(str(out) + "-rescored").read_text())["rows"]
         print(f"| {dims} | {rate:.2f} | {1000 / rate:.0f} | {rows / seconds:.0f} |", flush=True)
 
 

@@ -50,6 +50,7 @@ import torch
 
 from pipeline.artifacts import (
     OWNER_NAME,
+    REPORT_NAME,
     check_output_target,
     file_hash,
     output_lock,
@@ -543,7 +544,7 @@ def _rescore(executor: Executor, table: Path, out: Path, config: RescoreConfig, 
         "seconds": round(seconds, 3),
         "pairs_per_second": round(scored_rows / seconds, 1),
     }
-    write_json_atomic(staging / "report.json", report)
+    write_json_atomic(staging / REPORT_NAME, report)
     publish(staging, out)
     write_manifest(out, stage="rescore", inputs=[table, config.model],
                    config={"rescore": config.to_dict(), "rows_per_unit": rows_per_unit,

@@ -20,7 +20,7 @@ summed token negative log-likelihood over the 64 pairs.
 Outputs in ``out``: ``checkpoints/last.pt`` (every ``checkpoint_every`` updates and at the end,
 atomic; tensors and plain data only, read back with ``weights_only=True``), ``checkpoints/best.pt``
 (best validation), ``metrics.csv``, ``tensorboard/``, ``model.pt`` (the best validated
-parameters, else the last), ``learning_curve.png``, ``report.json`` and, last, ``manifest.json``.
+parameters, else the last), ``learning_curve.png``, ``_report.json`` and, last, ``_manifest.json``.
 A resumed run replays exactly what the interrupted one would have done: on the CPU it ends with
 bitwise the same parameters.
 """
@@ -52,7 +52,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.artifacts import MANIFEST_NAME, read_manifest, write_json_atomic, write_manifest
+from pipeline.artifacts import REPORT_NAME, read_manifest, remove_manifest, write_json_atomic, write_manifest
 from pipeline.errors import UserError
 from pipeline.model import Batch, EncoderDecoder, EncoderDecoderConfig, make_batch, resolve_device, save_model
 from pipeline.optim import make_clip_and_step
@@ -557,7 +557,7 @@ def run_loop(config: TrainConfig, data: TrainData, learner: TrainModel, state: T
         The rows of metrics.csv, this run's and those it resumed.
     """
     out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST_NAME).unlink(missing_ok=True)
+    remove_manifest(out)
     (out / LAST_CHECKPOINT).parent.mkdir(exist_ok=True)
     model, optimizer, device = learner.model, learner.optimizer, learner.device
     model.train()
@@ -722,7 +722,7 @@ class Metrics:
 
 def write_outputs(config: TrainConfig, data: TrainData, learner: TrainModel, state: TrainState,
                   rows: list[dict[str, Any]], out: Path, started: float) -> dict[str, Any]:
-    """Write model.pt, learning_curve.png, report.json and, last, manifest.json; return the report.
+    """Write model.pt, learning_curve.png, _report.json and, last, _manifest.json; return the report.
 
     Args:
         config: the run's configuration.
@@ -759,7 +759,7 @@ def write_outputs(config: TrainConfig, data: TrainData, learner: TrainModel, sta
               "updates_per_s": round(state.update / state.seconds, 3) if state.seconds else None,
               "wall_seconds_this_run": round(time.perf_counter() - started, 2), "config": config.to_dict(),
               "model_config": model_config}
-    write_json_atomic(out / "report.json", report)
+    write_json_atomic(out / REPORT_NAME, report)
     write_manifest(out, stage="train", inputs=[data.table, data.src_vocab_path, data.tgt_vocab_path],
                    config=config.to_dict() | {"model": model_config}, counts=counts)
     return report

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import selection
+from pipeline.artifacts import MANIFEST_NAME, REPORT_NAME
 from pipeline.errors import UserError
 from pipeline.executor import SERIAL
 from pipeline.select import SelectConfig, regenerate, run_selection
@@ -44,7 +45,7 @@ def write_corpus(src: Path, tgt: Path, out: Path, parts: int, name: str = "pool"
             "corpus": [name] * len(en[rows]),
             "line": pa.array(range(i * step + 1, i * step + 1 + len(en[rows])), pa.int64())})
         pq.write_table(table, out / f"part-{i:05d}.parquet")
-    (out / "manifest.json").write_text(json.dumps({"stage": "ingest",
+    (out / MANIFEST_NAME).write_text(json.dumps({"stage": "ingest",
                                                    "config": {"source_lang": "en", "target_lang": "fr"}}))
     return out
 
@@ -54,7 +55,7 @@ def read_dir(path: Path) -> pa.Table:
 
 
 def hashes(out: Path) -> dict[str, str]:
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
     return {o["path"]: o["hash"] for o in manifest["outputs"] if o["path"].startswith(("selected", "scores"))}
 
 
@@ -155,7 +156,7 @@ def test_same_bytes_for_any_partitioning_and_workers(small, tmp_path, dask_clien
 
     hf = datasets.load_from_disk(str(tmp_path / "serial" / "hf"))
     assert hf.num_rows == counts["selected_pairs"] and hf[0]["source"] == selected["source"][0].as_py()
-    report = json.loads((tmp_path / "serial" / "report.json").read_text())
+    report = json.loads((tmp_path / "serial" / REPORT_NAME).read_text())
     assert report["selected"]["pairs"] == counts["selected_pairs"] and report["out_domain_sample"]["fold0_pairs"] > 0
 
 
@@ -168,7 +169,7 @@ def test_regenerate_is_byte_identical_and_stops_on_changes(small, tmp_path, dask
     out = tmp_path / "sel"
     run_selection(SelectConfig(pool=str(pool), in_domain=str(small["in_domain"]), mode="fraction", amount="0.15",
                                method="moore-lewis", lang="fr"), out, SERIAL)
-    code = cli.main(["regenerate", str(out / "manifest.json"), "--out", str(tmp_path / "again"),
+    code = cli.main(["regenerate", str(out / MANIFEST_NAME), "--out", str(tmp_path / "again"),
                      "--scheduler", dask_client.scheduler.address, "--quiet"])
     assert code == 0
     assert hashes(out) == hashes(tmp_path / "again")

@@ -22,6 +22,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import yaml
 
+from pipeline.artifacts import (
+    LEGACY_MANIFEST_NAME,
+    LEGACY_REPORT_NAME,
+    MANIFEST_NAME,
+    REPORT_NAME,
+    report_path,
+)
 from pipeline.synthetic import DemoConfig, generate_demo
 from workflows.cli import add_cluster_arguments
 from workflows.config import load_workflow
@@ -100,7 +107,7 @@ def selection_precision(select_dir: Path, truth_file: Path) -> dict[str, float] 
 
 
 def _report(out: Path) -> dict[str, Any]:
-    path = out / "report.json"
+    path = report_path(out)  # a stage skipped as up to date may be older than the rename
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
@@ -140,13 +147,15 @@ def summarise(root: Path, data_dir: Path, records: list[dict[str, Any]]) -> list
             lines.append(f"  rescoring: {report.get('rows', report.get('pairs', 0)):,} phrase pairs at "
                          f"{rate:,.0f} pairs/s")
     if "export" in stages:
-        files = sorted(p.name for p in stages["export"].iterdir() if p.is_file() and not p.name.startswith("."))
-        lines.append(f"  Moses files: {', '.join(str(stages['export'] / f) for f in files if f != 'manifest.json')}")
+        sidecars = (LEGACY_MANIFEST_NAME, LEGACY_REPORT_NAME)  # and every "_" or "." name
+        files = sorted(p.name for p in stages["export"].iterdir()
+                       if p.is_file() and not p.name.startswith(("_", ".")) and p.name not in sidecars)
+        lines.append(f"  Moses files: {', '.join(str(stages['export'] / f) for f in files)}")
     missing = [s for s in ("select", "vocab", "train", "rescore", "export") if s not in stages]
     if missing:
         lines.append(f"  (stages not in this version yet: {', '.join(missing)})")
     lines.append("")
-    lines.append(f"  every stage's manifest.json and report.json are under {root}")
+    lines.append(f"  every stage's {MANIFEST_NAME} and {REPORT_NAME} are under {root}")
     return lines
 
 

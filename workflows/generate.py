@@ -14,7 +14,7 @@ With --phrase-table T and --out DIR, the paper's Tables 2-3 for each source: the
 --top targets by phi(e|f) (Moses's third score, or --phi-column), the top --top of the table's
 targets by the model's log p, and the model's own beam n-best (and samples with --sample).
 Writes DIR/comparison.md, DIR/comparison.tsv, DIR/generations.tsv (what stdout shows) and,
-last, DIR/manifest.json. --out without --phrase-table writes generations.tsv alone.
+last, DIR/_manifest.json. --out without --phrase-table writes generations.tsv alone.
 
 example:
   rnnenc generate --model artifacts/run/train/model.pt "the european union" "at the end of"

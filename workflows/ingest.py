@@ -4,9 +4,12 @@ Reads text pairs (--src/--tgt, .gz/.bz2/.xz/.zst transparently), two-column TSV 
 Parquet (--parquet) and Hugging Face datasets (--hf, a save_to_disk directory or a hub name);
 normalises punctuation and tokenises with sacremoses (Moses escaping), optionally lowercases,
 and cleans as Moses clean-corpus-n.perl does. Writes OUT/part-NNNNN.parquet (source, target,
-source_tokens, target_tokens, corpus, line), OUT/report.json and, last, OUT/manifest.json.
+source_tokens, target_tokens, corpus, line), OUT/_report.json and, last, OUT/_manifest.json.
+OUT is one Parquet dataset: pandas.read_parquet("OUT"), pyarrow.dataset.dataset("OUT"),
+dask.dataframe.read_parquet("OUT") and DuckDB's read_parquet('OUT/*.parquet') read its parts
+alone (the other files' names start with "_" or ".", which Parquet readers skip).
 
-Rejected pairs (with --on-error skip: OUT/rejects.tsv.gz, or --rejects FILE) are written one a
+Rejected pairs (with --on-error skip: OUT/_rejects.tsv.gz, or --rejects FILE) are written one a
 line: corpus, line, reason, source, target (the text; tabs, CRs, newlines as spaces), raw_source,
 raw_target: the exact original bytes of each side, a backslash written \\, a byte that is not
 UTF-8 \xNN, a tab \t, a CR \r, a newline \n (pipeline.corpus.unescape_bytes, or bash's
@@ -92,7 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                  "the rejects file (skip) (default: %(default)s)")
     output_path(processing, "--rejects", metavar="FILE",
                             help="write every dropped pair here (TSV.gz; default with --on-error skip: "
-                                 "OUT/rejects.tsv.gz)")
+                                 "OUT/_rejects.tsv.gz)")
     processing.add_argument("--rows-per-part", type=int, default=DEFAULT_ROWS_PER_PART,
                             help="pairs per Parquet part and per Dask task (default: %(default)s)")
     add_cluster_arguments(parser)

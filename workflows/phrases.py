@@ -12,8 +12,9 @@ Outputs in --out: table/part-*.parquet (Parquet phrase table, scores p(f|e) lex(
 lex(e|f), alignment, counts "c(e) c(f) c(f,e)", in LC_ALL=C order), phrase-table.gz (Moses
 text, sorted), alignment/part-*.parquet (line-aligned with the corpus parts: alignment,
 forward, reverse, line), lex.f2e / lex.e2f (Moses lexical tables) and lex.parquet,
-report.json and, last, manifest.json. The corpus and --out must be on a filesystem the
-workers share.
+_report.json and, last, _manifest.json. The corpus and --out must be on a filesystem the
+workers share. The Parquet table to open is OUT/table (pandas.read_parquet("OUT/table"),
+pyarrow.dataset, Dask; DuckDB: 'OUT/table/*.parquet').
 
 eflomal seeds itself from /dev/urandom, so a new alignment differs slightly from run to
 run; given the same alignment (--alignment), the table is byte-identical whatever the

@@ -10,7 +10,7 @@ Runs on the GPU when there is one (bf16 autocast), else on all CPU cores; --devi
 On a Dask cluster (--scheduler or DASK_SCHEDULER_ADDRESS) whose workers declare a GPU resource
 (`dask worker --resources GPU=1`), training runs as one task on such a worker; otherwise here.
 Writes into --out: model.pt (best validated parameters), checkpoints/, metrics.csv,
-tensorboard/, learning_curve.png, report.json, manifest.json. After an interruption, rerun the
+tensorboard/, learning_curve.png, _report.json, _manifest.json. After an interruption, rerun the
 same command with --resume: the run continues from the last checkpoint and ends with the same
 parameters as an uninterrupted one (bitwise on the CPU with the same --threads).
 
