@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow.parquet as pq
 
@@ -24,7 +24,9 @@ from pipeline.artifacts import REJECTS_NAME, REPORT_NAME, atomic_output_dir, wri
 from pipeline.corpus import CorpusInput, InvalidUtf8, OnError, escape_bytes, read_batches
 from pipeline.errors import UserError
 from pipeline.executor import Executor
-from pipeline.preprocess import PreprocessConfig, preprocess_shard
+
+if TYPE_CHECKING:  # sacremoses (0.3 s) loads where lines are tokenised: not for `rnnenc ingest --help`
+    from pipeline.preprocess import PreprocessConfig
 
 log = logging.getLogger("rnnenc")
 DEFAULT_ROWS_PER_PART = 100_000
@@ -74,6 +76,8 @@ def _write_rejects(reject_parts: Sequence[Path], reader_rejects: list[dict], pat
 
 def preprocess_item(item: tuple[str, str, str, str], config: PreprocessConfig) -> dict[str, Any]:
     """Worker task: ``preprocess_shard`` of one (raw shard, part, rejects, corpus name)."""
+    from pipeline.preprocess import preprocess_shard
+
     raw_path, out_path, rejects_path, corpus = item
     return preprocess_shard(raw_path, out_path, rejects_path, corpus, config)
 

@@ -16,11 +16,7 @@ import logging
 from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import pyarrow.parquet as pq
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from pipeline.artifacts import (
     LEGACY_MANIFEST_NAME,
@@ -29,10 +25,10 @@ from pipeline.artifacts import (
     REPORT_NAME,
     report_path,
 )
-from pipeline.synthetic import DemoConfig, generate_demo
 from workflows.cli import add_cluster_arguments
-from workflows.config import load_workflow
-from workflows.run import run_workflow
+
+if TYPE_CHECKING:  # numpy, pyarrow, yaml, pydantic: loaded to run the demo, not for --help
+    from pipeline.synthetic import DemoConfig
 
 log = logging.getLogger("rnnenc")
 TEMPLATE = "demo.yaml"
@@ -44,6 +40,8 @@ def demo_workflow_text() -> str:
 
 def prepare_data(data_dir: Path, config: DemoConfig) -> None:
     """Generate the demo data unless the same config already generated it."""
+    from pipeline.synthetic import generate_demo
+
     truth = data_dir / "truth.json"
     wanted = json.loads(json.dumps(asdict(config)))
     if truth.is_file():
@@ -96,6 +94,9 @@ def write_baseline_moses_ini(data_dir: Path, root: Path) -> Path:
 
 
 def selection_precision(select_dir: Path, truth_file: Path) -> dict[str, float] | None:
+    import numpy as np
+    import pyarrow.parquet as pq
+
     parts = sorted((select_dir / "selected").glob("part-*.parquet"))
     if not parts:
         return None
@@ -170,6 +171,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    import yaml
+
+    from pipeline.synthetic import DemoConfig
+    from workflows.config import load_workflow
+    from workflows.run import run_workflow
+
     root = Path(args.dir)
     data_dir = root / "data"
     root.mkdir(parents=True, exist_ok=True)

@@ -26,8 +26,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from pipeline.embed import DEFAULT_PERPLEXITY
 from pipeline.errors import UserError
+from pipeline.tsne import DEFAULT_PERPLEXITY
 from workflows.stages import input_path, output_path
 
 log = logging.getLogger("rnnenc")

@@ -29,15 +29,16 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.corpus import CorpusInput
 from pipeline.errors import UserError
 from pipeline.ingest import DEFAULT_ROWS_PER_PART, corpus_name, ingest
-from pipeline.preprocess import PreprocessConfig
 from workflows.cli import add_cluster_arguments
-from workflows.cluster import DaskExecutor, dask_client
 from workflows.stages import input_path, output_path
+
+if TYPE_CHECKING:  # sacremoses: loaded to run, not for --help
+    from pipeline.preprocess import PreprocessConfig
 
 
 def inputs_from_args(args: argparse.Namespace) -> list[CorpusInput]:
@@ -102,6 +103,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
+    from pipeline.preprocess import PreprocessConfig
+
     return PreprocessConfig(source_lang=args.src_lang, target_lang=args.tgt_lang, lowercase=args.lowercase,
                             normalize_punctuation=not args.no_normalize_punctuation,
                             min_tokens=args.min_tokens, max_tokens=args.max_tokens, max_ratio=args.max_ratio,
@@ -119,6 +122,8 @@ def print_report(report: dict[str, Any]) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from workflows.cluster import DaskExecutor, dask_client  # distributed: not for --help
+
     inputs = inputs_from_args(args)
     config = config_from_args(args)
     with dask_client(args.scheduler, args.workers) as client:

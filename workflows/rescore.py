@@ -32,10 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.artifacts import model_path, phrase_table_path
-from pipeline.moses import export_stage
-from pipeline.rescore import DEFAULT_ROWS_PER_UNIT, RescoreConfig, rescore
+from pipeline.rescore_config import DEFAULT_ROWS_PER_UNIT, RescoreConfig
 from workflows.cli import add_cluster_arguments
-from workflows.cluster import DaskExecutor, dask_client, gpu_resources
 from workflows.stages import input_path, output_path
 
 
@@ -90,6 +88,11 @@ def print_report(report: dict[str, Any], out: str) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    # here, not at the top: torch (pipeline.rescore) and distributed would slow down --help
+    from pipeline.moses import export_stage
+    from pipeline.rescore import rescore
+    from workflows.cluster import DaskExecutor, dask_client, gpu_resources
+
     # a phrases output stands for its table/, a train output for its model.pt
     args.phrase_table, args.model = str(phrase_table_path(args.phrase_table)), str(model_path(args.model))
     config = config_from_args(args)

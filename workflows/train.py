@@ -26,9 +26,8 @@ import json
 import logging
 
 from pipeline.artifacts import phrase_table_path, vocabulary_path
-from pipeline.train import TrainConfig, train
+from pipeline.train_config import TrainConfig
 from workflows.cli import add_cluster_arguments
-from workflows.cluster import dask_client, gpu_resources, scheduler_address
 from workflows.stages import input_path, output_path
 
 log = logging.getLogger("rnnenc")
@@ -79,6 +78,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    # here, not at the top: torch (pipeline.train) and distributed would slow down --help
+    from pipeline.train import train
+    from workflows.cluster import dask_client, gpu_resources, scheduler_address
+
     # a phrases output stands for its table/, a vocab output for its vocab.<lang>.txt files
     args.phrase_table = str(phrase_table_path(args.phrase_table))
     args.src_vocab = str(vocabulary_path(args.src_vocab, "source"))
