@@ -43,6 +43,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.artifacts import MANIFEST_NAME
 from pipeline.executor import SERIAL
 from pipeline.select import SelectConfig, run_selection
 from pipeline.synthetic import DemoConfig, generate_demo
@@ -73,7 +74,7 @@ def prepare(root: Path, pool_size: int) -> None:
     if not (data / "truth.json").exists():
         generate_demo(data, DemoConfig(seed=1234, pool_size=pool_size))
     for name, rows in (("pool", ["--rows-per-part", "10000"]), ("in_domain", [])):
-        if not (root / name / "manifest.json").exists():
+        if not (root / name / MANIFEST_NAME).exists():
             code = cli.main(["ingest", "--src", str(data / f"{name}.en"), "--tgt", str(data / f"{name}.fr"),
                              "--src-lang", "en", "--tgt-lang", "fr", "--out", str(root / name), "--workers", "1",
                              "--quiet", *rows])
@@ -83,7 +84,7 @@ def prepare(root: Path, pool_size: int) -> None:
 def select(root: Path, name: str, k: int, **options: object) -> pa.Table:
     """The top ``k`` pairs of the pool under ``options`` (SelectConfig fields)."""
     out = root / "sel" / name
-    if not (out / "manifest.json").exists():
+    if not (out / MANIFEST_NAME).exists():
         run_selection(SelectConfig(pool=str(root / "pool"), in_domain=str(root / "in_domain"), mode="pairs",
                                    amount=str(k), **options), out, SERIAL)
     return _read(out / "selected")

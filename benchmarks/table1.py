@@ -34,6 +34,8 @@ import sys
 import time
 from pathlib import Path
 
+from pipeline.artifacts import report_path
+
 ROOT = Path(__file__).resolve().parent.parent
 SPLITS = {"train": "train", "val": "val", "test": "test_2016_flickr"}
 BASE = "p_f_given_e,lex_f_given_e,p_e_given_f,lex_e_given_f"  # Moses's four (pipeline.phrase_table.MOSES_SCORE_NAMES)
@@ -127,7 +129,8 @@ def report(work: Path, runs: int) -> str:
         for system in SYSTEMS:
             dev, test, chrf = [], [], []
             for seed in range(1, runs + 1):
-                path = work / f"moses_{table}_{system}_{seed}" / "report.json"
+                # report_path: a run directory written before the sidecars' "_" still counts
+                path = report_path(work / f"moses_{table}_{system}_{seed}")
                 if path.is_file():
                     rep = json.loads(path.read_text())
                     test.append(rep["test"]["bleu"])
@@ -141,8 +144,8 @@ def report(work: Path, runs: int) -> str:
                 delta = f"{statistics.mean(test) - base:+.2f}"
             out.append(f"| {LABELS[system]} | {mean_sd(dev)} | {mean_sd(test)} | {mean_sd(chrf)} | {delta} | "
                        f"{len(test)} |")
-    signature = next((json.loads(p.read_text())["test"]["signature"] for p in sorted(work.glob("moses_*/report.json"))),
-                     None)
+    reports = (report_path(p) for p in sorted(work.glob("moses_*")))
+    signature = next((json.loads(p.read_text())["test"]["signature"] for p in reports if p.is_file()), None)
     if signature:
         out += ["", f"sacrebleu: {signature}"]
     return "\n".join(out)
@@ -159,7 +162,7 @@ def measure_dims(work: Path, candidates: list[str], updates: int, sample_rows: i
     sample = work / "dims-sample"
     sample.mkdir(exist_ok=True)
     pq.write_table(pq.read_table(filtered[0]).slice(0, sample_rows), sample / "part-00000.parquet")
-    to_rescore = 2 * json.loads((work / "filter_rnnenc" / "report.json").read_text())["kept"]
+    to_rescore = 2 * json.loads(report_path(work / "filter_rnnenc").read_text())["kept"]
     print(f"{updates} updates per size; rescoring {sample_rows:,} rows; load average {os.getloadavg()[0]:.2f}")
     print("| hidden/embedding/maxout | updates/s | min per 1k updates | rescore pairs/s | "
           f"min to rescore {to_rescore:,} rows |")
@@ -172,11 +175,11 @@ def measure_dims(work: Path, candidates: list[str], updates: int, sample_rows: i
                         "--hidden", hidden, "--embedding", embedding, "--maxout", maxout, "--updates", str(updates),
                         "--valid-pairs", "64", "--valid-every", str(updates), "--checkpoint-every", str(updates),
                         "--quiet"], check=True, env=env, stdout=subprocess.DEVNULL)
-        rate = json.loads((out / "report.json").read_text())["updates_per_s"]
+        rate = json.loads(report_path(out).read_text())["updates_per_s"]
         subprocess.run([sys.executable, "-m", "workflows.cli", "rescore", "--phrase-table", str(sample),
                         "--model", str(out), "--out", str(out) + "-rescored", "--workers", "2", "--quiet"],
                        check=True, env=env, stdout=subprocess.DEVNULL)
-        pairs_per_s = json.loads((Path(str(out) + "-rescored") / "report.json").read_text())["pairs_per_second"]
+        pairs_per_s = json.loads(report_path(Path(str(out) + "-rescored")).read_text())["pairs_per_second"]
         print(f"| {dims} | {rate:.2f} | {1000 / rate / 60:.1f} | {pairs_per_s:.0f} | "
               f"{to_rescore / pairs_per_s / 60:.1f} |", flush=True)
 

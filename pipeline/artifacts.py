@@ -1,9 +1,17 @@
 """Stage outputs that are never half-written: temporary directory, rename, manifest last.
 
 A stage writes everything into ``<out>.tmp-<token>/`` and, on success, renames it to
-``<out>/``; ``manifest.json`` (inputs with sizes and content hashes, config, package
+``<out>/``; ``_manifest.json`` (inputs with sizes and content hashes, config, package
 versions, counts) is written last, itself atomically. An output directory without a
 manifest is an interrupted or foreign run and is never trusted.
+
+Sidecar files (``_manifest.json``, ``_report.json``, ``_rejects.tsv.gz``) start with ``_`` and
+rnnenc's bookkeeping (``.rnnenc-output``, temporaries) with ``.``: the Parquet world's rule for
+files that are not data, which pandas, pyarrow.dataset, Dask and Spark follow when given a
+directory, so a stage directory of ``part-*.parquet`` opens as a dataset by its name (and
+DuckDB's ``DIR/*.parquet`` matches the parts alone). Outputs written before that rule hold
+``manifest.json`` and ``report.json``; the readers here still accept them (``manifest_path``,
+``report_path``), so such a run stays complete and rnnenc's.
 
 Nothing rnnenc did not write is ever removed: an existing ``<out>`` is replaced only when it is
 an earlier output of the same stage (its manifest, or the ``.rnnenc-output`` marker every output
@@ -36,7 +44,12 @@ import xxhash
 
 from pipeline.errors import UserError
 
-MANIFEST_NAME = "manifest.json"
+MANIFEST_NAME = "_manifest.json"
+#: the sidecars' names in outputs written before they started with "_": still read
+LEGACY_MANIFEST_NAME = "manifest.json"
+REPORT_NAME = "_report.json"  # counts, rejected lines by reason, timings
+LEGACY_REPORT_NAME = "report.json"
+REJECTS_NAME = "_rejects.tsv.gz"  # ingest's and phrase-table's rejected lines (--on-error skip)
 OWNER_NAME = ".rnnenc-output"  # {"stage": ...}: written first into every output directory
 _HASH_BLOCK = 1 << 22
 _TMP_SUFFIX = re.compile(r"\.tmp-[0-9a-f]{8}$")
@@ -85,9 +98,34 @@ def write_json_atomic(path: str | os.PathLike, payload: Any) -> None:
     os.replace(tmp, path)
 
 
+def _sidecar(out_dir: str | os.PathLike, name: str, legacy: str) -> Path:
+    """``out_dir/name``, or ``out_dir/legacy`` when only that exists (an output from before the rename)."""
+    out_dir = Path(out_dir)
+    if not (out_dir / name).is_file() and (out_dir / legacy).is_file():
+        return out_dir / legacy
+    return out_dir / name
+
+
+def manifest_path(out_dir: str | os.PathLike) -> Path:
+    """Where ``out_dir``'s manifest is: ``_manifest.json``, or an older output's ``manifest.json``
+    (so runs written before the rename stay complete and rnnenc's)."""
+    return _sidecar(out_dir, MANIFEST_NAME, LEGACY_MANIFEST_NAME)
+
+
+def report_path(out_dir: str | os.PathLike) -> Path:
+    """Where ``out_dir``'s report is: ``_report.json``, or an older output's ``report.json``."""
+    return _sidecar(out_dir, REPORT_NAME, LEGACY_REPORT_NAME)
+
+
+def remove_manifest(out_dir: str | os.PathLike) -> None:
+    """Make ``out_dir`` incomplete: remove its manifest under either name."""
+    for name in (MANIFEST_NAME, LEGACY_MANIFEST_NAME):
+        (Path(out_dir) / name).unlink(missing_ok=True)
+
+
 def read_manifest(out_dir: str | os.PathLike) -> dict[str, Any] | None:
     """The manifest of a completed output, or None when the output is missing or incomplete."""
-    manifest = Path(out_dir) / MANIFEST_NAME
+    manifest = manifest_path(out_dir)
     if not manifest.is_file():
         return None
     try:
@@ -100,7 +138,7 @@ def require_manifest(path: str | os.PathLike, missing: str = "no such manifest")
     """The manifest at ``path`` (a manifest file or a stage directory); a UserError if absent or broken."""
     path = Path(path)
     if path.is_dir():
-        path = path / MANIFEST_NAME
+        path = manifest_path(path)
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
@@ -116,9 +154,9 @@ def is_complete(out_dir: str | os.PathLike) -> bool:
 def output_stage(out_dir: str | os.PathLike) -> str | None:
     """The stage that wrote ``out_dir`` (from its manifest, else its marker), or None."""
     out_dir = Path(out_dir)
-    for name in (MANIFEST_NAME, OWNER_NAME):
+    for path in (manifest_path(out_dir), out_dir / OWNER_NAME):
         try:
-            stage = json.loads((out_dir / name).read_text()).get("stage")
+            stage = json.loads(path.read_text()).get("stage")
         except (OSError, ValueError, AttributeError):
             continue
         if isinstance(stage, str):
@@ -236,7 +274,7 @@ def replace_output(new: Path, out_dir: Path) -> None:
     if out_dir.exists():
         # Untrust the old output before it disappears, so a crash between the two steps
         # leaves nothing that looks complete (its marker still names the stage).
-        (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
+        remove_manifest(out_dir)
         shutil.rmtree(out_dir)
     os.replace(new, out_dir)
 
@@ -348,10 +386,11 @@ def vocabulary_path(path: str | os.PathLike, side: str) -> Path:
 def write_manifest(out_dir: str | os.PathLike, *, stage: str, inputs: Iterable[str | os.PathLike],
                    config: dict[str, Any], counts: dict[str, Any],
                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write ``manifest.json`` last: inputs (size + hash), outputs, config, versions, counts."""
+    """Write ``_manifest.json`` last: inputs (size + hash), outputs, config, versions, counts."""
     out_dir = Path(out_dir)
+    own = (MANIFEST_NAME, LEGACY_MANIFEST_NAME, OWNER_NAME)
     outputs = [path_record(p) | {"path": str(p.relative_to(out_dir))}
-               for p in sorted(out_dir.rglob("*")) if p.is_file() and p.name not in (MANIFEST_NAME, OWNER_NAME)]
+               for p in sorted(out_dir.rglob("*")) if p.is_file() and p.name not in own]
     manifest = {
         "stage": stage,
         "kind": STAGE_KINDS.get(stage, stage),
@@ -368,6 +407,8 @@ def write_manifest(out_dir: str | os.PathLike, *, stage: str, inputs: Iterable[s
     if extra:
         manifest.update(extra)
     write_json_atomic(out_dir / MANIFEST_NAME, manifest)
+    # an output resumed in place from before the rename: one manifest, the new one
+    (out_dir / LEGACY_MANIFEST_NAME).unlink(missing_ok=True)
     return manifest
 
 

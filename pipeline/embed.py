@@ -4,7 +4,7 @@ Cho et al. (2014) §4.3 (Figs 4-5) project the learnt word embeddings and the su
 c of phrases to two dimensions with Barnes-Hut-SNE and find phrases grouped by syntax and
 meaning. Here: ``embed_words`` (rows of ``model.src_embed`` for the most frequent source words),
 ``embed_phrases`` (c = ``model.encode`` of phrases with ``</s>`` appended, as in training),
-both through ``tsne_2d`` (scikit-learn's Barnes-Hut t-SNE, seeded); ``sample_phrases`` draws
+both through ``pipeline.tsne.tsne_2d`` (scikit-learn's Barnes-Hut t-SNE, seeded); ``sample_phrases`` draws
 distinct phrases from a Parquet phrase table; ``plot_map`` draws a labelled scatter plot whose
 labels never overlap (a label that would cover another is left out and counted).
 
@@ -26,39 +26,8 @@ import torch
 
 from pipeline.errors import UserError
 from pipeline.model import EncoderDecoder, make_batch
+from pipeline.tsne import DEFAULT_PERPLEXITY, tsne_2d
 from pipeline.vocab import SPECIALS, Vocabulary
-
-DEFAULT_PERPLEXITY = 30.0
-
-
-def tsne_2d(vectors: np.ndarray, seed: int = 0, perplexity: float = DEFAULT_PERPLEXITY) -> np.ndarray:
-    """(n, 2) Barnes-Hut t-SNE coordinates of ``vectors`` (n, d), reproducible for a seed.
-
-    Parameters:
-        vectors: one row per point.
-        seed: t-SNE's random state (the initialisation is PCA, so the seed matters little).
-        perplexity: the effective number of neighbours; lowered to (n - 1) / 3 for small n,
-            as t-SNE needs n > 3 perplexity.
-
-    Fewer than 5 points are placed by PCA instead (t-SNE has no neighbourhoods to keep).
-    """
-    from sklearn.manifold import TSNE
-
-    x = np.asarray(vectors, dtype=np.float64)
-    n = x.shape[0]
-    if n == 0:
-        return np.zeros((0, 2))
-    if n < 5:
-        centred = x - x.mean(0)
-        u, s, _ = np.linalg.svd(centred, full_matrices=False)
-        out = np.zeros((n, 2))
-        k = min(2, u.shape[1])
-        out[:, :k] = u[:, :k] * s[:k]
-        return out
-    perplexity = min(perplexity, (n - 1) / 3)
-    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", random_state=seed,
-                method="barnes_hut", angle=0.5, max_iter=1000)
-    return tsne.fit_transform(x)
 
 
 def frequent_words(vocab: Vocabulary, n: int) -> list[str]:

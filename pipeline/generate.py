@@ -43,9 +43,10 @@ from torch import Tensor
 
 from pipeline.errors import UserError
 from pipeline.model import EncoderDecoder, make_batch, resolve_device, score_pairs
+from pipeline.train_config import TrainConfig
 from pipeline.vocab import EOS_ID, PAD_ID, UNK_ID, Vocabulary
 
-DEFAULT_MAX_LENGTH = 30  # target words before </s>: training's default max_length
+DEFAULT_MAX_LENGTH = TrainConfig.max_length  # target words before </s>: training's default max_length
 
 
 class Hypothesis(NamedTuple):

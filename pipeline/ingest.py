@@ -16,15 +16,17 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow.parquet as pq
 
-from pipeline.artifacts import atomic_output_dir, write_json_atomic, write_manifest
+from pipeline.artifacts import REJECTS_NAME, REPORT_NAME, atomic_output_dir, write_json_atomic, write_manifest
 from pipeline.corpus import CorpusInput, InvalidUtf8, OnError, escape_bytes, read_batches
 from pipeline.errors import UserError
 from pipeline.executor import Executor
-from pipeline.preprocess import PreprocessConfig, preprocess_shard
+
+if TYPE_CHECKING:  # sacremoses (0.3 s) loads where lines are tokenised: not for `rnnenc ingest --help`
+    from pipeline.preprocess import PreprocessConfig
 
 log = logging.getLogger("rnnenc")
 DEFAULT_ROWS_PER_PART = 100_000     # the largest default part (memory); smaller corpora get smaller parts
@@ -88,6 +90,8 @@ def _write_rejects(reject_parts: Sequence[Path], reader_rejects: list[dict], pat
 
 def preprocess_item(item: tuple[str, str, str, str], config: PreprocessConfig) -> dict[str, Any]:
     """Worker task: ``preprocess_shard`` of one (raw shard, part, rejects, corpus name)."""
+    from pipeline.preprocess import preprocess_shard
+
     raw_path, out_path, rejects_path, corpus = item
     return preprocess_shard(raw_path, out_path, rejects_path, corpus, config)
 
@@ -106,7 +110,7 @@ def ingest(executor: Executor, inputs: Sequence[CorpusInput], out_dir: str | Pat
         rows_per_part: pairs per part and per task (default: ``default_rows_per_part``).
         invalid_utf8: replace invalid bytes or reject the line.
         on_error: stop at a malformed line or count and write it to the rejects file.
-        rejects_path: where rejects go (default with ``on_error="skip"``: OUT/rejects.tsv.gz).
+        rejects_path: where rejects go (default with ``on_error="skip"``: OUT/_rejects.tsv.gz).
     """
     if not inputs:
         raise UserError("ingest: no input given (use --src/--tgt, --tsv, --parquet or --hf)")
@@ -167,7 +171,7 @@ def ingest(executor: Executor, inputs: Sequence[CorpusInput], out_dir: str | Pat
         rejects_written = 0
         final_rejects: Path | None = None
         if write_rejects:
-            final_rejects = Path(rejects_path) if rejects_path else tmp / "rejects.tsv.gz"
+            final_rejects = Path(rejects_path) if rejects_path else tmp / REJECTS_NAME
             final_rejects.parent.mkdir(parents=True, exist_ok=True)
             rejects_written = _write_rejects(reject_parts, reader_rejects, final_rejects)
         shutil.rmtree(staging)
@@ -186,14 +190,14 @@ def ingest(executor: Executor, inputs: Sequence[CorpusInput], out_dir: str | Pat
             "target_words": totals["target_words"],
             "parts": part,
             "corpora": {name: dict(counts) for name, counts in per_corpus.items()},
-            "rejects_file": str(out_dir / "rejects.tsv.gz") if write_rejects and not rejects_path
+            "rejects_file": str(out_dir / REJECTS_NAME) if write_rejects and not rejects_path
             else (str(rejects_path) if rejects_path else None),
             "rejects_written": rejects_written,
             "seconds": round(seconds, 3),
             "words_per_second": round(words / seconds, 1) if seconds else None,
         }
         assert report["lines_read"] == report["pairs_written"] + report["pairs_dropped"], report
-        write_json_atomic(tmp / "report.json", report)
+        write_json_atomic(tmp / REPORT_NAME, report)
 
     stage_config = config.to_dict() | {"rows_per_part": rows_per_part, "invalid_utf8": invalid_utf8,
                                        "on_error": on_error,

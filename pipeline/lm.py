@@ -221,7 +221,7 @@ def build_target_lm(corpora: Iterable[str | os.PathLike], lang: str, out: str | 
         order: the n-gram order (5, as Moses baselines use).
         memory: lmplz's sorting memory (``-S``).
     """
-    from pipeline.artifacts import atomic_output_dir, write_json_atomic, write_manifest
+    from pipeline.artifacts import REPORT_NAME, atomic_output_dir, write_json_atomic, write_manifest
 
     corpora = [Path(c) for c in corpora]
     if not corpora:
@@ -238,7 +238,7 @@ def build_target_lm(corpora: Iterable[str | os.PathLike], lang: str, out: str | 
         shutil.rmtree(work)
         report = {"stage": "lm", "lang": lang, "order": order, "sentences": lines,
                   "discount_fallback": trained.discount_fallback, "seconds": round(time.perf_counter() - started, 3)}
-        write_json_atomic(tmp / "report.json", report)
+        write_json_atomic(tmp / REPORT_NAME, report)
     write_manifest(out, stage="lm", inputs=corpora, config={"lang": lang, "order": order, "memory": memory},
                    counts={"sentences": lines})
     return report

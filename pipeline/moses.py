@@ -240,12 +240,12 @@ def export_stage(table_dir: str | os.PathLike, out_dir: str | os.PathLike, *, mo
                  lm: str | os.PathLike | None = None,
                  filter_to: Sequence[str | os.PathLike] = (),
                  max_phrase_length: int | None = None) -> dict[str, Any]:
-    """``out_dir/phrase-table.gz``, ``report.json``, manifest last, and ``moses.ini``: the given
+    """``out_dir/phrase-table.gz``, ``_report.json``, manifest last, and ``moses.ini``: the given
     one updated (reading the language model ``lm`` when given: an lm stage output or a KenLM
     file), or, with ``lm`` and no ``moses_ini``, a new one in train-model.perl's layout.
     ``filter_to``: write only the rows whose source phrase occurs in these inputs (corpus
     directories or tokenised text; n-grams up to ``max_phrase_length``)."""
-    from pipeline.artifacts import atomic_output_dir, write_json_atomic, write_manifest
+    from pipeline.artifacts import REPORT_NAME, atomic_output_dir, write_json_atomic, write_manifest
     from pipeline.phrase_filter import DEFAULT_MAX_PHRASE_LENGTH, source_phrases
     from pipeline.phrase_table import (
         ExportConfig,
@@ -319,7 +319,7 @@ def export_stage(table_dir: str | os.PathLike, out_dir: str | os.PathLike, *, mo
         seconds = time.perf_counter() - started
         report["seconds"] = round(seconds, 3)
         report["rows_per_second"] = round(result["rows"] / seconds, 1) if seconds else None
-        write_json_atomic(tmp / "report.json", report)
+        write_json_atomic(tmp / REPORT_NAME, report)
     inputs = given
     write_manifest(out_dir, stage="export", inputs=inputs,
                    config=config.to_dict() | {"feature": feature, "initial_weight": initial_weight,

@@ -12,7 +12,7 @@ penalty, the table, the reordering model and the language model.
 
 Outputs (in the stage's directory): ``model/phrase-table.gz``, ``model/reordering-table.*.gz``,
 ``model/moses.ini`` (every path absolute, pointing into the final directory), ``model/lex.*``,
-``model/aligned.grow-diag-final-and``, ``logs/*.log``, ``report.json``, ``manifest.json`` last.
+``model/aligned.grow-diag-final-and``, ``logs/*.log``, ``_report.json``, ``_manifest.json`` last.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def train_moses_baseline(corpus: str | os.PathLike, out_dir: str | os.PathLike, 
         cores: train-model.perl's ``-cores`` (parallel extraction and scoring).
     Returns the report (pairs, phrase-table entries, seconds per step).
     """
-    from pipeline.artifacts import atomic_output_dir, write_json_atomic, write_manifest
+    from pipeline.artifacts import REPORT_NAME, atomic_output_dir, write_json_atomic, write_manifest
     from pipeline.moses import language_model
 
     needed = [*TRAINING_PROGRAMS, *(() if alignment else ("bin/fast_align", "bin/atools"))]
@@ -163,7 +163,7 @@ def train_moses_baseline(corpus: str | os.PathLike, out_dir: str | os.PathLike, 
                   f"fast_align + atools -c {ALIGNMENT_NAME}", "reordering": reordering,
                   "max_phrase_length": max_phrase_length,
                   "phrase_table_entries": count_lines_gz(model / "phrase-table.gz"), "seconds": seconds}
-        write_json_atomic(tmp / "report.json", report)
+        write_json_atomic(tmp / REPORT_NAME, report)
     write_manifest(out_dir, stage="moses-train", inputs=inputs,
                    config={"source_lang": source_lang, "target_lang": target_lang, "reordering": reordering,
                            "max_phrase_length": max_phrase_length, "moses_home": str(moses),

@@ -104,7 +104,13 @@ def filter_table(table_dir: str | os.PathLike, out_dir: str | os.PathLike, input
     """Write the rows of the Parquet phrase table ``table_dir`` whose source phrase occurs in
     ``inputs`` to ``out_dir`` (a phrase table of the same schema, part for part); returns the
     report (rows read, rows kept, distinct input phrases)."""
-    from pipeline.artifacts import atomic_output_dir, read_artifact, write_json_atomic, write_manifest
+    from pipeline.artifacts import (
+        REPORT_NAME,
+        atomic_output_dir,
+        read_artifact,
+        write_json_atomic,
+        write_manifest,
+    )
     from pipeline.phrase_table import list_parts
 
     artifact = read_artifact(table_dir, expect=("phrase-table",))
@@ -122,7 +128,7 @@ def filter_table(table_dir: str | os.PathLike, out_dir: str | os.PathLike, input
         report = {"stage": "filter", "rows": rows, "kept": kept, "dropped": rows - kept,
                   "kept_fraction": round(kept / rows, 6) if rows else 0.0, "input_phrases": len(phrases),
                   "max_phrase_length": max_length, "parts": len(parts)}
-        write_json_atomic(tmp / "report.json", report)
+        write_json_atomic(tmp / REPORT_NAME, report)
     langs = artifact.languages
     write_manifest(out_dir, stage="filter", inputs=[table_dir, *inputs],
                    config={"max_phrase_length": max_length,

@@ -656,14 +656,20 @@ def import_moses(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
                  prob_scores: int = DEFAULT_PROB_SCORES, score_names: Sequence[str] | None = None) -> dict[str, Any]:
     """Import Moses phrase tables (text or compressed) into the Parquet directory ``out_dir``.
 
-    Atomic (a temporary directory renamed at the end), ``report.json`` inside and
-    ``manifest.json`` last. ``executor`` runs the per-range work (default:
+    Atomic (a temporary directory renamed at the end), ``_report.json`` inside and
+    ``_manifest.json`` last. ``executor`` runs the per-range work (default:
     here, in order). ``prob_scores``: how many leading score columns must be probabilities in
     [0, 1] (every score must be at least 0 whatever it is). ``score_names``: the score columns'
     names (default: Moses's standard four, ``MOSES_SCORE_NAMES``, for a table of four scores,
     else ``score<N>``). Returns the report.
     """
-    from pipeline.artifacts import atomic_output_dir, write_json_atomic, write_manifest
+    from pipeline.artifacts import (
+        REJECTS_NAME,
+        REPORT_NAME,
+        atomic_output_dir,
+        write_json_atomic,
+        write_manifest,
+    )
 
     if not inputs:
         raise UserError("phrase-table: no input file given")
@@ -707,7 +713,7 @@ def import_moses(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
             raise UserError(f"phrase-table: no valid line in {', '.join(inputs)} ({dict(rejected)})")
         final_rejects = None
         if n_rejected:
-            final_rejects = Path(rejects_path) if rejects_path else tmp / "rejects.tsv.gz"
+            final_rejects = Path(rejects_path) if rejects_path else tmp / REJECTS_NAME
             final_rejects.parent.mkdir(parents=True, exist_ok=True)
             _concat_rejects([r["rejects"] for r in results if r["rejects"]], final_rejects)
         shutil.rmtree(staging)
@@ -719,7 +725,7 @@ def import_moses(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
             "rows_written": rows,
             "rejected": n_rejected,
             "rejected_by_reason": dict(sorted(rejected.items())),
-            "rejects_file": (str(out_dir / "rejects.tsv.gz") if final_rejects and not rejects_path
+            "rejects_file": (str(out_dir / REJECTS_NAME) if final_rejects and not rejects_path
                              else (str(rejects_path) if final_rejects else None)),
             "files": {path: dict(c) for path, c in files.items()},
             "num_scores": spec.num_scores,
@@ -733,7 +739,7 @@ def import_moses(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
             "lines_per_second": round(lines / seconds, 1) if seconds else None,
         }
         assert lines == rows + n_rejected, report
-        write_json_atomic(tmp / "report.json", report)
+        write_json_atomic(tmp / REPORT_NAME, report)
     write_manifest(out_dir, stage="phrase-table", inputs=inputs,
                    config={"source_lang": source_lang, "target_lang": target_lang, "on_error": on_error,
                            "split_bytes": split_bytes, "rows_per_group": rows_per_group,

@@ -64,6 +64,7 @@ import xxhash
 
 from pipeline.alignment import AlignConfig, align_part, parse_links
 from pipeline.artifacts import (
+    REPORT_NAME,
     atomic_output_dir,
     corpus_path,
     read_manifest,
@@ -565,7 +566,7 @@ def run_phrases(executor: Executor, corpus: str | Path, out: str | Path, config:
         timings.update(report["timings"])
         report.update({"alignment": align_counts, "align_config": align.to_dict(), "timings": timings,
                        "corpus_dir": str(corpus_dir), "corpus_parts": len(parts)})
-        write_json_atomic(tmp / "report.json", report)
+        write_json_atomic(tmp / REPORT_NAME, report)
     source_manifest = read_manifest(corpus_dir) or read_manifest(corpus_dir.parent) or {}
     langs = {k: v for k, v in (source_manifest.get("config") or {}).items() if k in ("source_lang", "target_lang")}
     inputs = [corpus_dir] + ([Path(alignment)] if alignment else []) + ([Path(align.priors)] if align.priors else [])

@@ -50,6 +50,7 @@ import torch
 
 from pipeline.artifacts import (
     OWNER_NAME,
+    REPORT_NAME,
     check_output_target,
     file_hash,
     output_lock,
@@ -69,6 +70,7 @@ from pipeline.phrase_table import (
     with_score_columns,
     with_scores_metadata,
 )
+from pipeline.rescore_config import DEFAULT_ROWS_PER_UNIT, MIN_ROWS_PER_UNIT, RescoreConfig
 from pipeline.scorer import PhraseScorer, scoring_flops
 from pipeline.vocab import Vocabulary
 
@@ -82,35 +84,6 @@ REQUIRED_COLUMNS = ("source", "target")
 # than 256, 1024 no longer helps.
 CPU_BATCH = {"encoder_batch": 256, "decoder_batch": 512, "readout_rows": 64}
 GPU_BATCH = {"encoder_batch": 2048, "decoder_batch": 2048, "readout_rows": 2048}
-
-
-@dataclass(frozen=True)
-class RescoreConfig:
-    """What to compute and how; every field that can change a float is part of the run's identity."""
-
-    model: str
-    logp_column: str = "rnn_logp"
-    unk_column: str = "rnn_unk"
-    device: str = "auto"  # auto (CUDA when the worker has it) | cpu | cuda | cuda:N
-    encoder_batch: int | None = None  # distinct sources per encoder batch (None: by device)
-    decoder_batch: int | None = None  # pairs per decoder batch
-    readout_rows: int | None = None  # rows per vocabulary-wide softmax chunk (divides decoder_batch)
-    group_rows: int = 8192  # consecutive rows of the table scored together (the determinism unit)
-    bf16: bool = True  # GPU only: bf16 autocast for the matrix products
-    threads: int | None = None  # torch intra-op threads while scoring (None: leave as is)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def validate(self) -> None:
-        if not self.logp_column or not self.unk_column or self.logp_column == self.unk_column:
-            raise UserError("rescore: the two new column names must be distinct and non-empty")
-        for name in ("encoder_batch", "decoder_batch", "readout_rows", "group_rows", "threads"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise UserError(f"rescore: {name.replace('_', '-')} must be at least 1")
-        if self.decoder_batch and self.readout_rows and self.decoder_batch % self.readout_rows:
-            raise UserError("rescore: --readout-rows must divide --decoder-batch")
 
 
 def batch_sizes(config: RescoreConfig, device: torch.device) -> tuple[int, int, int]:
@@ -392,10 +365,6 @@ def vocabulary_mismatch(sources: Sequence[str], targets: Sequence[str], src_voca
 # ---------------------------------------------------------------------------------------------
 # The stage: staging, resumption, publication (the command line is workflows.rescore)
 
-DEFAULT_ROWS_PER_UNIT = 100_000     # the largest default unit (memory); smaller tables get smaller units
-MIN_ROWS_PER_UNIT = 16_384          # the smallest default unit: two groups of 8,192 rows
-
-
 def default_rows_per_unit(table: str | os.PathLike, group_rows: int) -> int:
     """Rows per unit when none is given: the table in ``pipeline.partitioning.TARGET_TASKS`` units
     of whole groups, from 16,384 to 100,000 rows (a 98k-row table: 6 units, not 1)."""
@@ -403,6 +372,8 @@ def default_rows_per_unit(table: str | os.PathLike, group_rows: int) -> int:
 
     rows = sum(pq.ParquetFile(p).metadata.num_rows for p in list_parts(table))
     return default_size(rows, floor=MIN_ROWS_PER_UNIT, cap=DEFAULT_ROWS_PER_UNIT, step=max(1, group_rows))
+
+
 SAMPLE_ROWS = 20_000
 RUN_FILE = "run.json"
 
@@ -556,7 +527,7 @@ def _rescore(executor: Executor, table: Path, out: Path, config: RescoreConfig, 
         "seconds": round(seconds, 3),
         "pairs_per_second": round(scored_rows / seconds, 1),
     }
-    write_json_atomic(staging / "report.json", report)
+    write_json_atomic(staging / REPORT_NAME, report)
     publish(staging, out)
     write_manifest(out, stage="rescore", inputs=[table, config.model],
                    config={"rescore": config.to_dict(), "rows_per_unit": rows_per_unit,

@@ -24,10 +24,11 @@ import kenlm
 
 from pipeline import lm, selection
 from pipeline.artifacts import (
-    MANIFEST_NAME,
+    REPORT_NAME,
     atomic_output_dir,
     changed_inputs,
     file_hash,
+    manifest_path,
     require_manifest,
     write_json_atomic,
     write_manifest,
@@ -171,7 +172,7 @@ def run_selection(cfg: SelectConfig, out: str | Path, executor: Executor) -> dic
         report["selected"] = kept
         report["cut"] = cut_record
         report["timings_s"]["total"] = round(time.monotonic() - started, 3)
-        write_json_atomic(tmp / "report.json", report)
+        write_json_atomic(tmp / REPORT_NAME, report)
 
     inputs = [pool.path, *_spec_inputs(cfg.in_domain, scored_langs)]
     if cfg.mode == "sweep" and cfg.dev:
@@ -349,14 +350,14 @@ def _save_hf(parts: list[Path], out: Path, cache: Path) -> None:
 # --------------------------------------------------------------------------------------------
 # Regenerating a selection from its manifest (the command line is workflows.regenerate)
 
-# Outputs that must come out byte-identical (hf/ holds fingerprints, report.json timings).
+# Outputs that must come out byte-identical (hf/ holds fingerprints, the report timings).
 COMPARED = ("selected/", "scores/", "selected.")
 
 
-def _load(manifest_path: str | Path) -> tuple[Path, dict[str, Any]]:
-    path = Path(manifest_path)
+def _load(given: str | Path) -> tuple[Path, dict[str, Any]]:
+    path = Path(given)
     if path.is_dir():
-        path = path / MANIFEST_NAME
+        path = manifest_path(path)
     manifest = require_manifest(path)
     if manifest.get("stage") != "select":
         raise UserError(f"{path}: not the manifest of an 'rnnenc select' output (stage: {manifest.get('stage')})")

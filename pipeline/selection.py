@@ -52,7 +52,7 @@ import pyarrow.parquet as pq
 import xxhash
 
 from pipeline import lm
-from pipeline.artifacts import require_manifest
+from pipeline.artifacts import manifest_path, require_manifest
 from pipeline.errors import UserError
 from pipeline.executor import Executor
 
@@ -92,16 +92,16 @@ class Corpus:
 
 
 def open_corpus(path: str | Path) -> Corpus:
-    """Read an ``rnnenc ingest`` output directory (parts + manifest.json languages)."""
+    """Read an ``rnnenc ingest`` output directory (parts + the manifest's languages)."""
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"{path}: not a corpus directory")
-    manifest_path = path / "manifest.json"
-    manifest = require_manifest(manifest_path, "missing; an incomplete corpus is never read")
+    manifest_file = manifest_path(path)
+    manifest = require_manifest(manifest_file, "missing; an incomplete corpus is never read")
     config = manifest.get("config") or {}
     langs = config.get("source_lang"), config.get("target_lang")
     if not all(isinstance(lang, str) and lang for lang in langs):
-        raise UserError(f"{manifest_path}: config has no source_lang/target_lang")
+        raise UserError(f"{manifest_file}: config has no source_lang/target_lang")
     parts = tuple(str(p) for p in sorted(path.glob(PART_GLOB)))
     if not parts:
         raise UserError(f"{path}: no {PART_GLOB} files")

@@ -128,7 +128,9 @@ def model_summary(path: str | os.PathLike) -> dict[str, Any]:
                                "vocabulary": {payload[f"{side}_vocab"].get("lang") or side:
                                               len(payload[f"{side}_vocab"].get("itos", []))
                                               for side in ("src", "tgt") if isinstance(payload.get(f"{side}_vocab"), dict)}}
-    report = path.parent / "report.json"
+    from pipeline.artifacts import report_path
+
+    report = report_path(path.parent)
     if report.is_file():
         trained = json.loads(report.read_text())
         summary["vocabulary_coverage"] = trained.get("vocabulary_coverage")

@@ -20,7 +20,7 @@ summed token negative log-likelihood over the 64 pairs.
 Outputs in ``out``: ``checkpoints/last.pt`` (every ``checkpoint_every`` updates and at the end,
 atomic; tensors and plain data only, read back with ``weights_only=True``), ``checkpoints/best.pt``
 (best validation), ``metrics.csv``, ``tensorboard/``, ``model.pt`` (the best validated
-parameters, else the last), ``learning_curve.png``, ``report.json`` and, last, ``manifest.json``.
+parameters, else the last), ``learning_curve.png``, ``_report.json`` and, last, ``_manifest.json``.
 A resumed run replays exactly what the interrupted one would have done: on the CPU it ends with
 bitwise the same parameters.
 """
@@ -30,7 +30,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import csv
-import dataclasses
 import io
 import logging
 import math
@@ -52,12 +51,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.artifacts import MANIFEST_NAME, read_manifest, write_json_atomic, write_manifest
+from pipeline.artifacts import REPORT_NAME, read_manifest, remove_manifest, write_json_atomic, write_manifest
 from pipeline.errors import UserError
 from pipeline.model import Batch, EncoderDecoder, EncoderDecoderConfig, make_batch, resolve_device, save_model
 from pipeline.optim import make_clip_and_step
 from pipeline.phrase_table import list_parts
 from pipeline.progress import progress
+from pipeline.train_config import TrainConfig
 from pipeline.vocab import Vocabulary
 
 log = logging.getLogger("rnnenc")
@@ -68,43 +68,6 @@ METRIC_FIELDS = ["update", "split", "nll_per_token", "perplexity", "tokens", "up
 LAST_CHECKPOINT = Path("checkpoints", "last.pt")  # in the output directory
 BEST_CHECKPOINT = Path("checkpoints", "best.pt")
 VALID_BATCH = 256  # validation pairs per forward pass
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run (the model's sizes included)."""
-
-    updates: int = 100_000
-    batch_size: int = 64
-    embedding: int = 100
-    hidden: int = 1000
-    maxout: int = 500
-    output_rank: int = 100
-    init_std: float = 0.01  # the paper's, for 1000 units; small models learn faster with ~0.1
-    max_length: int = 30  # tokens per side, </s> excluded
-    valid_pairs: int = 1000
-    valid_every: int = 1000
-    checkpoint_every: int = 1000
-    early_stopping: int = 0  # stop after this many validations without improvement; 0 = never
-    log_every: int = 10  # updates per training-loss row of metrics.csv / TensorBoard
-    seed: int = 1234
-    rho: float = 0.95
-    eps: float = 1e-6
-    clip_norm: float = 1.0
-    device: str = "auto"
-    threads: int = 0  # CPU threads; 0 = all cores
-    compile: bool = False  # torch.compile the clip + Adadelta step into one pass over memory
-
-    def to_dict(self) -> dict[str, Any]:
-        """The configuration as plain data (for checkpoints, the report and the manifest)."""
-        return dataclasses.asdict(self)
-
-    def check(self) -> None:
-        """Raise UserError for a count that must be positive and is not."""
-        for name in ("updates", "batch_size", "valid_every", "checkpoint_every", "max_length", "log_every"):
-            value = getattr(self, name)
-            if value < 1:
-                raise UserError(f"{name} must be at least 1 (got {value})")
 
 
 @dataclass
@@ -557,7 +520,7 @@ def run_loop(config: TrainConfig, data: TrainData, learner: TrainModel, state: T
         The rows of metrics.csv, this run's and those it resumed.
     """
     out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST_NAME).unlink(missing_ok=True)
+    remove_manifest(out)
     (out / LAST_CHECKPOINT).parent.mkdir(exist_ok=True)
     model, optimizer, device = learner.model, learner.optimizer, learner.device
     model.train()
@@ -722,7 +685,7 @@ class Metrics:
 
 def write_outputs(config: TrainConfig, data: TrainData, learner: TrainModel, state: TrainState,
                   rows: list[dict[str, Any]], out: Path, started: float) -> dict[str, Any]:
-    """Write model.pt, learning_curve.png, report.json and, last, manifest.json; return the report.
+    """Write model.pt, learning_curve.png, _report.json and, last, _manifest.json; return the report.
 
     Args:
         config: the run's configuration.
@@ -759,7 +722,7 @@ def write_outputs(config: TrainConfig, data: TrainData, learner: TrainModel, sta
               "updates_per_s": round(state.update / state.seconds, 3) if state.seconds else None,
               "wall_seconds_this_run": round(time.perf_counter() - started, 2), "config": config.to_dict(),
               "model_config": model_config}
-    write_json_atomic(out / "report.json", report)
+    write_json_atomic(out / REPORT_NAME, report)
     write_manifest(out, stage="train", inputs=[data.table, data.src_vocab_path, data.tgt_vocab_path],
                    config=config.to_dict() | {"model": model_config}, counts=counts)
     return report

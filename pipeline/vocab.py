@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.artifacts import (
+    REPORT_NAME,
     atomic_output_dir,
     corpus_path,
     read_manifest,
@@ -383,7 +384,7 @@ def build_vocabularies(kind: str, path: str | Path, out: str | Path, *, src_lang
                 k: vocab.meta[k] for k in ("words", "types", "running_words", "covered_words", "coverage", "min_count",
                                            "pair_coverage", "distinct_phrases") if k in vocab.meta}
         report["seconds"] = round(time.perf_counter() - started, 3)
-        write_json_atomic(tmp / "report.json", report)
+        write_json_atomic(tmp / REPORT_NAME, report)
     write_manifest(out, stage="vocab", inputs=[path],
                    config={"kind": kind, "size": size, "src_size": sizes["source"], "tgt_size": sizes["target"],
                            "source_lang": langs[0], "target_lang": langs[1], "buckets": buckets},

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.artifacts import MANIFEST_NAME, REPORT_NAME
 from pipeline.errors import UserError
 from pipeline.moses import export_stage, update_moses_ini
 from pipeline.phrase_table import (
@@ -296,13 +297,13 @@ def test_export_command_on_the_cluster(rescored, tmp_path, dask_address):
         expected = by_pair[(fields[0], fields[1])]
         assert max(math.log(scores[4]), -100) == pytest.approx(max(expected["rnn_logp"], -100), abs=1e-4)
         assert math.log(scores[5]) == pytest.approx(expected["rnn_unk"], abs=1e-5)
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / REPORT_NAME).read_text())
     assert report["clipped"]["rnn_logp"] >= 3 and report["clipped_total"] == sum(report["clipped"].values())
     assert report["moses_ini"]["num_features"] == [4, 6]
     text = (out / "moses.ini").read_text()
     assert f"num-features=6 path={(out / 'phrase-table.gz').resolve()}" in text
     assert "TranslationModel0= 0.2 0.2 0.2 0.2 0.2 -0.5" in text
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
     assert manifest["stage"] == "export" and manifest["counts"]["rows"] == len(lines)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import _start_cluster
+from pipeline.artifacts import MANIFEST_NAME, REPORT_NAME
 
 EN = "the cat sat on the mat near the door of the little house ."
 FR = "le chat était assis sur le tapis près de la porte de la petite maison ."
@@ -72,7 +73,7 @@ def ends_with_one_line(proc: subprocess.Popen, within: float) -> str:
 
 
 def nothing_trusted(out: Path) -> None:
-    assert not (out / "manifest.json").exists()
+    assert not (out / MANIFEST_NAME).exists()
     assert not list(out.parent.glob(f"{out.name}.tmp-*"))
 
 
@@ -114,8 +115,8 @@ def test_workers_that_come_back_in_time_finish_the_stage(corpus, cluster, tmp_pa
     finally:
         replacement.kill()
         replacement.wait(timeout=30)
-    report = json.loads((out / "report.json").read_text())
-    assert report["pairs_written"] == LINES and (out / "manifest.json").is_file()
+    report = json.loads((out / REPORT_NAME).read_text())
+    assert report["pairs_written"] == LINES and (out / MANIFEST_NAME).is_file()
 
 
 def test_one_worker_killed_mid_ingest_costs_only_its_tasks(corpus, cluster, tmp_path):

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.artifacts import MANIFEST_NAME, REPORT_NAME
 from pipeline.errors import UserError
 from pipeline.moses import export_stage, new_moses_ini
 from pipeline.phrase_filter import filter_table, source_phrases
@@ -61,9 +62,9 @@ def test_filter_stage_keeps_exactly_the_usable_rows_unchanged(tmp_path, dask_add
     original = pa.concat_tables([pq.read_table(p) for p in list_parts(table)])
     assert kept.to_pylist() == [r for r in original.to_pylist() if r["source"] in kept.column("source").to_pylist()]
     assert pq.read_schema(list_parts(out)[0]).metadata == pq.read_schema(list_parts(table)[0]).metadata
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / REPORT_NAME).read_text())
     assert (report["rows"], report["kept"], report["dropped"]) == (9, 6, 3)
-    assert json.loads((out / "manifest.json").read_text())["kind"] == "phrase-table"
+    assert json.loads((out / MANIFEST_NAME).read_text())["kind"] == "phrase-table"
 
 
 def test_export_chooses_columns_and_filters(tmp_path):

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from pipeline.artifacts import MANIFEST_NAME, REPORT_NAME
 from pipeline.embed import embed_phrases, embed_words, sample_phrases
 from pipeline.generate import beam_search, compare_with_table, comparison_markdown, sample
 from pipeline.model import load_model, score_pairs
@@ -234,7 +235,7 @@ def test_generate_command_prints_tsv_and_writes_the_comparison(demo, tmp_path):
     assert set(table["list"]) == {"table_top", "model_top", "beam", "samples"}
     assert (out / "comparison.md").read_text(encoding="utf-8").startswith("# Target phrases")
     assert len((out / "generations.tsv").read_text(encoding="utf-8").splitlines()) == 1 + 2 * 3
-    assert json.loads((out / "manifest.json").read_text())["stage"] == "generate"
+    assert json.loads((out / MANIFEST_NAME).read_text())["stage"] == "generate"
 
 
 def test_generate_command_errors_in_one_line(demo, tmp_path):
@@ -269,9 +270,9 @@ def test_embed_writes_every_point_and_a_png(demo, tmp_path):
     assert 20 <= int(words["labelled"].sum()) <= 40 + 3 and int(phrases["labelled"].sum()) >= 15
     for name in ("words.png", "phrases.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / REPORT_NAME).read_text())
     assert report["phrases"]["points"] == 251 and report["words"]["points"] == 153
-    assert json.loads((out / "manifest.json").read_text())["counts"] == {"words": 153, "phrases": 251}
+    assert json.loads((out / MANIFEST_NAME).read_text())["counts"] == {"words": 153, "phrases": 251}
 
 
 def test_embedding_api_is_seeded(demo, tmp_path):

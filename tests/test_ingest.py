@@ -18,7 +18,7 @@ import pytest
 import zstandard
 from sacremoses import MosesPunctNormalizer, MosesTokenizer
 
-from pipeline.artifacts import is_complete, read_manifest
+from pipeline.artifacts import REJECTS_NAME, REPORT_NAME, is_complete, read_manifest
 from pipeline.corpus import CorpusInput
 from pipeline.errors import UserError
 from pipeline.ingest import ingest
@@ -131,7 +131,7 @@ def test_invalid_utf8_replaced_or_rejected(tmp_path, dask_client):
 
     report = ingest(DaskExecutor(dask_client, quiet=True), corpus, tmp_path / "skipped", CONFIG, invalid_utf8="reject", on_error="skip")
     assert report["dropped_by_reason"] == {"invalid UTF-8": 1} and report["pairs_written"] == 2
-    with gzip.open(tmp_path / "skipped" / "rejects.tsv.gz", "rt") as handle:
+    with gzip.open(tmp_path / "skipped" / REJECTS_NAME, "rt") as handle:
         rows = [line.rstrip("\n").split("\t") for line in handle]
     assert rows[1][:3] == ["c", "2", "invalid UTF-8"]
 
@@ -141,7 +141,7 @@ def test_malformed_tsv_and_null_parquet(tmp_path, dask_client):
     tsv.write_text("a\tb\nonly one column\nc\td\te\nf\tg\n")
     with pytest.raises(UserError, match=r"c\.tsv:2: expected 2 tab-separated columns, found 1"):
         ingest(DaskExecutor(dask_client, quiet=True), [CorpusInput("tsv", (str(tsv),), "c")], tmp_path / "o1", CONFIG)
-    rejects = tmp_path / "elsewhere" / "rejects.tsv.gz"
+    rejects = tmp_path / "elsewhere" / REJECTS_NAME
     report = ingest(DaskExecutor(dask_client, quiet=True), [CorpusInput("tsv", (str(tsv),), "c")], tmp_path / "o2", CONFIG,
                     on_error="skip", rejects_path=rejects)
     assert report["dropped_by_reason"] == {"expected 2 tab-separated columns, found 1": 1,
@@ -234,7 +234,7 @@ def test_cli_ingest_through_two_worker_cluster(tmp_path, dask_address):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "ingested 4 of 7 pairs into 4 part(s)" in result.stdout
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    report = json.loads((tmp_path / "out" / REPORT_NAME).read_text())
     assert report["rejects_written"] == 3
     assert read_corpus(tmp_path / "out").num_rows == 4
 
@@ -388,7 +388,7 @@ def test_rejects_keep_the_original_bytes_of_every_line(tmp_path, dask_client):
                     on_error="skip")
     assert report["lines_read"] == len(en) + len(tsv) == report["pairs_written"] + report["pairs_dropped"]
     assert report["rejects_written"] == report["pairs_dropped"] == 7
-    header, rows = _read_rejects(tmp_path / "out" / "rejects.tsv.gz")
+    header, rows = _read_rejects(tmp_path / "out" / REJECTS_NAME)
     assert header == ["corpus", "line", "reason", "source", "target", "raw_source", "raw_target"]
     assert len(rows) == report["rejects_written"]
 
@@ -409,7 +409,7 @@ def test_rejects_keep_the_original_bytes_of_every_line(tmp_path, dask_client):
     report = ingest(DaskExecutor(dask_client, quiet=True), replaced, tmp_path / "out2", CONFIG, on_error="skip")
     assert report["invalid_utf8_replaced"] == 3 and report["pairs_written"] == 1
     assert report["lines_read"] == 2 and report["rejects_written"] == report["pairs_dropped"] == 1
-    _, rows = _read_rejects(tmp_path / "out2" / "rejects.tsv.gz")
+    _, rows = _read_rejects(tmp_path / "out2" / REJECTS_NAME)
     assert rows[("r", 2)][5:7] == [b"z " * 100 + b"\xfe\xff", b"t\xc3"]
     assert read_corpus(tmp_path / "out2").column("source").to_pylist() == ["kept \ufffd"]
 
@@ -429,4 +429,4 @@ def test_no_clean_keeps_every_line_of_a_test_set(tmp_path, dask_address):
     kept = pq.read_table(tmp_path / "kept" / "part-00000.parquet")
     assert cleaned.column("line").to_pylist() == [1, 4]
     assert kept.column("line").to_pylist() == [1, 2, 3, 4] and kept.column("source").to_pylist()[1] == ""
-    assert json.loads((tmp_path / "kept" / "report.json").read_text())["pairs_dropped"] == 0
+    assert json.loads((tmp_path / "kept" / REPORT_NAME).read_text())["pairs_dropped"] == 0

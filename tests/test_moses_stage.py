@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from pipeline.artifacts import MANIFEST_NAME, REPORT_NAME
 from pipeline.errors import UserError
 from workflows.demo import BASELINE_MOSES_INI
 from workflows.moses import bleu, find_moses, mert_command
@@ -96,7 +97,7 @@ def test_real_moses_tunes_and_decodes_rnnencs_export(exported, tmp_path, capsys)
             "--test-ref", str(exported / "test.fr"), "--mert-iterations", "1", "--threads", "1", "--out", str(out)]
     assert cli.main(argv) == 0
     assert "moses: test BLEU" in capsys.readouterr().out
-    report = __import__("json").loads((out / "report.json").read_text())
+    report = __import__("json").loads((out / REPORT_NAME).read_text())
     assert report["test"]["sentences"] == 10 and 0 < report["test"]["bleu"] <= 100
     assert len((out / "test.hyp").read_text().splitlines()) == 10
     tuned = (out / "moses.tuned.ini").read_text()
@@ -135,7 +136,7 @@ def test_lm_stage_trains_the_target_lm_and_export_puts_it_in_moses_ini(exported,
     assert cli.main(["lm", "--corpus", str(select), "--corpus", str(exported / "test.fr"), "--lang", "fr",
                      "--order", "3", "--out", str(tmp_path / "lm"), "--quiet"]) == 0
     assert (tmp_path / "lm" / "lm.binary").is_file()
-    assert __import__("json").loads((tmp_path / "lm" / "report.json").read_text())["sentences"] == 160
+    assert __import__("json").loads((tmp_path / "lm" / REPORT_NAME).read_text())["sentences"] == 160
 
     export_stage(exported / "table", tmp_path / "export", moses_ini=exported / "baseline.ini", lm=tmp_path / "lm")
     ini = (tmp_path / "export" / "moses.ini").read_text().splitlines()
@@ -205,16 +206,16 @@ def test_moses_train_builds_a_baseline_rnnenc_imports_exports_and_moses_decodes(
     assert "moses-train:" in capsys.readouterr().out
     ini = (base / "model" / "moses.ini").read_text()
     assert "LexicalReordering" in ini and str(base / "model" / "reordering-table") in ini and ".tmp-" not in ini
-    report = json.loads((base / "report.json").read_text())
+    report = json.loads((base / REPORT_NAME).read_text())
     assert report["pairs"] == 300 and report["phrase_table_entries"] > 300
     with gzip.open(base / "model" / "phrase-table.gz", "rt") as table:
         assert len(next(table).split(" ||| ")[2].split()) == 4
     assert cli.main(["phrase-table", str(base), "--out", str(tmp_path / "table"), "--workers", "1", "--quiet"]) == 0
-    assert json.loads((tmp_path / "table" / "manifest.json").read_text())["languages"] == ["en", "fr"]
+    assert json.loads((tmp_path / "table" / MANIFEST_NAME).read_text())["languages"] == ["en", "fr"]
     assert cli.main(["export", "--table", str(tmp_path / "table"), "--moses-ini", str(base), "--lm",
                      str(small_corpus / "lm"), "--filter-to", str(small_corpus / "test.en"),
                      "--out", str(tmp_path / "export"), "--workers", "1", "--quiet"]) == 0
-    exported = json.loads((tmp_path / "export" / "report.json").read_text())
+    exported = json.loads((tmp_path / "export" / REPORT_NAME).read_text())
     assert 0 < exported["rows"] < report["phrase_table_entries"]  # filtered to the test sentences' phrases
     with open(small_corpus / "test.en", "rb") as source:
         done = subprocess.run([str(MOSES / "bin" / "moses"), "-f", str(tmp_path / "export" / "moses.ini"),

@@ -16,10 +16,27 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.artifacts import OWNER_NAME, atomic_output_dir, output_lock, write_manifest
+from pipeline.artifacts import (
+    LEGACY_MANIFEST_NAME,
+    LEGACY_REPORT_NAME,
+    MANIFEST_NAME,
+    OWNER_NAME,
+    REPORT_NAME,
+    atomic_output_dir,
+    check_output_target,
+    is_complete,
+    output_lock,
+    output_stage,
+    read_manifest,
+    report_path,
+    write_manifest,
+)
 from pipeline.errors import UserError
 from pipeline.phrase_table import import_moses
+from pipeline.selection import open_corpus
 from workflows import cli
+from workflows.config import load_workflow
+from workflows.run import plan_workflow, run_workflow
 
 EN = ["Hello world .", "A small cat .", "The house is red .", "I see a dog ."]
 FR = ["Bonjour le monde .", "Un petit chat .", "La maison est rouge .", "Je vois un chien ."]
@@ -99,7 +116,43 @@ def test_another_stages_output_or_a_foreign_directory_is_never_replaced(tmp_path
     assert cli.main(ingest_argv(src, tgt, empty, dask_address)) == 0
     assert json.loads((empty / OWNER_NAME).read_text()) == {"stage": "ingest"}
     assert cli.main(ingest_argv(src, tgt, empty, dask_address)) == 0
-    assert (empty / "manifest.json").is_file()
+    assert (empty / MANIFEST_NAME).is_file()
+
+
+def test_an_output_from_before_the_sidecar_rename_is_still_complete_and_ours(tmp_path, dask_address, capsys):
+    """Run directories written when the sidecars were manifest.json and report.json: still read,
+    still rnnenc's (replaced by a rerun, refused to another stage), still up to date in a workflow."""
+    corpus(tmp_path / "data")
+    (tmp_path / "wf.yaml").write_text("run: old\nartifacts: art\nlanguages: {source: en, target: fr}\n"
+                                      "stages:\n  pool: {command: ingest, src: data/x.en, tgt: data/x.fr}\n")
+    workflow = load_workflow(tmp_path / "wf.yaml")
+    assert [r["status"] for r in run_workflow(workflow, scheduler=dask_address, quiet=True)] == ["ran"]
+    out = tmp_path / "art" / "old" / "pool"
+    manifest = read_manifest(out)
+    (out / MANIFEST_NAME).rename(out / LEGACY_MANIFEST_NAME)
+    (out / REPORT_NAME).rename(out / LEGACY_REPORT_NAME)
+
+    assert read_manifest(out) == manifest and is_complete(out) and output_stage(out) == "ingest"
+    assert report_path(out) == out / LEGACY_REPORT_NAME
+    assert open_corpus(out).source_lang == "en"
+    assert check_output_target(out, "ingest") == out
+    with pytest.raises(UserError, match="holds the output of rnnenc ingest, not vocab"):
+        check_output_target(out, "vocab")
+    assert plan_workflow(workflow)[0]["action"] == "skip"
+    assert [r["status"] for r in run_workflow(workflow, scheduler=dask_address, quiet=True)] == ["skipped"]
+
+    # a rerun replaces it with today's names, and the old ones are gone
+    assert cli.main(ingest_argv(*corpus(tmp_path / "data"), out, dask_address)) == 0
+    assert (out / MANIFEST_NAME).is_file() and (out / REPORT_NAME).is_file()
+    assert not (out / LEGACY_MANIFEST_NAME).exists() and not (out / LEGACY_REPORT_NAME).exists()
+    # an output finished in place (train's resume) keeps one manifest, which lists no manifest
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    (resumed / "model.pt").write_bytes(b"weights")
+    (resumed / LEGACY_MANIFEST_NAME).write_text(json.dumps({"stage": "train"}))
+    written = write_manifest(resumed, stage="train", inputs=[], config={}, counts={})
+    assert [o["path"] for o in written["outputs"]] == ["model.pt"]
+    assert not (resumed / LEGACY_MANIFEST_NAME).exists() and read_manifest(resumed) == written
 
 
 def test_two_runs_into_one_output_the_second_names_the_first(tmp_path, dask_address, capsys):
@@ -147,7 +200,7 @@ def test_sigterm_removes_the_temporary_and_a_rerun_cleans_after_sigkill(tmp_path
     assert list(tmp_path.glob("out.tmp-*")), "SIGKILL leaves its temporary"
     result = subprocess.run(argv, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr
-    assert not list(tmp_path.glob("out.tmp-*")) and (out / "manifest.json").is_file()
+    assert not list(tmp_path.glob("out.tmp-*")) and (out / MANIFEST_NAME).is_file()
 
 
 def test_relative_paths_reach_workers_that_run_elsewhere(tmp_path, dask_address):
@@ -158,8 +211,8 @@ def test_relative_paths_reach_workers_that_run_elsewhere(tmp_path, dask_address)
                             cwd=here, capture_output=True, text=True, timeout=180,
                             env=os.environ | {"PYTHONPATH": str(Path(__file__).parents[1])})
     assert result.returncode == 0, result.stderr
-    assert (here / "out" / "utf8" / "manifest.json").is_file()
-    manifest = json.loads((here / "out" / "utf8" / "manifest.json").read_text())
+    assert (here / "out" / "utf8" / MANIFEST_NAME).is_file()
+    manifest = json.loads((here / "out" / "utf8" / MANIFEST_NAME).read_text())
     assert all(Path(record["path"]).is_absolute() for record in manifest["inputs"])
 
 
@@ -170,12 +223,12 @@ def test_a_full_disk_is_one_line_and_the_old_output_survives(tmp_path, dask_addr
     before = snapshot(out)
 
     def full(*_args, **_kwargs):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out) + ".tmp-0000/report.json")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"{out}.tmp-0000/{REPORT_NAME}")
 
     monkeypatch.setattr("pipeline.ingest.write_json_atomic", full)
     assert cli.main(ingest_argv(src, tgt, out, dask_address)) == 1
     err = one_line_error(capsys)
-    assert "No space left on device" in err and "report.json" in err and "free some space" in err
+    assert "No space left on device" in err and REPORT_NAME in err and "free some space" in err
     assert snapshot(out) == before and not list(tmp_path.glob("out.tmp-*"))
 
 

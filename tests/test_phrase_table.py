@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.artifacts import MANIFEST_NAME, REJECTS_NAME, REPORT_NAME
 from pipeline.errors import UserError
 from pipeline.phrase_table import (
     MOSES_SCORE_NAMES,
@@ -72,7 +73,7 @@ def test_schema_and_metadata(demo, tmp_path):
     row = table.slice(0, 1).to_pylist()[0]
     assert [row["source"], row["target"], row["alignment"], row["counts"]] == [first[0], first[1], first[3], first[4]]
     assert row["p_f_given_e"] == pytest.approx(float(first[2].split()[0]), rel=1e-6)
-    manifest = json.loads((tmp_path / "t" / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "t" / MANIFEST_NAME).read_text())
     assert manifest["config"]["source_lang"] == "en" and manifest["counts"]["rows_written"] == len(original)
 
 
@@ -112,7 +113,7 @@ def test_import_on_the_cluster_matches_local(demo, tmp_path, dask_address):
     assert status == 0
     import_moses([demo["plain"]], tmp_path / "local")
     assert read_table(out).equals(read_table(tmp_path / "local"))
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / REPORT_NAME).read_text())
     assert report["ranges"] > 1 and report["rejected"] == 0
 
 
@@ -151,7 +152,7 @@ def test_each_bad_line_fails_with_file_line_and_reason(tmp_path, reason, bad, me
     assert report["rejected_by_reason"] == {reason: 1}
     assert report["lines_read"] == 4 and report["rows_written"] == 3
     assert read_table(tmp_path / "out").column("line").to_pylist() == [1, 2, 4]
-    rows = gzip.decompress((tmp_path / "out" / "rejects.tsv.gz").read_bytes()).decode().split("\n")
+    rows = gzip.decompress((tmp_path / "out" / REJECTS_NAME).read_bytes()).decode().split("\n")
     assert rows[0] == "file\tline\treason\tdetail\ttext"
     fields = rows[1].split("\t")
     assert fields[:3] == [str(path), "3", reason] and message in fields[3]
@@ -162,7 +163,7 @@ def test_skip_counts_every_reason_and_writes_rejects_where_asked(tmp_path):
     path = tmp_path / "pt.txt"
     bad = [b if isinstance(b, bytes) else b.encode() for _, b, _ in BAD_LINES]
     path.write_bytes(b"\n".join([GOOD.encode(), *bad, GOOD.replace("a b", "z").encode()]) + b"\n")
-    rejects = tmp_path / "elsewhere" / "rejects.tsv.gz"
+    rejects = tmp_path / "elsewhere" / REJECTS_NAME
     report = import_moses([path], tmp_path / "out", on_error="skip", rejects_path=rejects, split_bytes=100)
     expected: dict[str, int] = {}
     for reason, _, _ in BAD_LINES:
@@ -172,7 +173,7 @@ def test_skip_counts_every_reason_and_writes_rejects_where_asked(tmp_path):
     assert report["rejects_file"] == str(rejects)
     rows = gzip.decompress(rejects.read_bytes()).decode().split("\n")[1:-1]
     assert [int(r.split("\t")[1]) for r in rows] == list(range(2, len(BAD_LINES) + 2))
-    assert not (tmp_path / "out" / "rejects.tsv.gz").exists()
+    assert not (tmp_path / "out" / REJECTS_NAME).exists()
 
 
 def test_first_line_bad_and_num_scores(tmp_path):
@@ -290,7 +291,7 @@ def _compress(suffix: str, data: bytes) -> bytes:
 
 
 def _no_output(tmp_path: Path, out: Path) -> bool:
-    return not out.exists() and not (out / "manifest.json").exists() and not list(tmp_path.glob(f"{out.name}.tmp-*"))
+    return not out.exists() and not (out / MANIFEST_NAME).exists() and not list(tmp_path.glob(f"{out.name}.tmp-*"))
 
 
 @pytest.mark.parametrize("on_error", ["fail", "skip"])
@@ -384,7 +385,7 @@ def test_each_range_reports_its_first_bad_line_and_the_import_the_first_of_all(t
     with pytest.raises(UserError, match=rf"^{path}:57: lex_f_given_e \(prob\) is -1, not a probability"):
         import_moses([path], tmp_path / "out", split_bytes=2000)
     report = import_moses([path], tmp_path / "out", split_bytes=2000, on_error="skip")
-    rows = gzip.decompress((tmp_path / "out" / "rejects.tsv.gz").read_bytes()).decode().split("\n")[1:-1]
+    rows = gzip.decompress((tmp_path / "out" / REJECTS_NAME).read_bytes()).decode().split("\n")[1:-1]
     assert [int(r.split("\t")[1]) for r in rows] == sorted(bad)
     assert report["lines_read"] == 400 == report["rows_written"] + report["rejected"]
 
@@ -402,7 +403,7 @@ def test_phrase_table_rejects_keep_the_exact_bytes_of_each_line(tmp_path):
     report = import_moses([path], tmp_path / "out", on_error="skip", split_bytes=64)
     assert report["lines_read"] == len(bad) + 2 == report["rows_written"] + report["rejected"]
     assert report["rejected"] == len(bad) and report["rows_written"] == 2
-    rows = gzip.decompress((tmp_path / "out" / "rejects.tsv.gz").read_bytes()).decode("utf-8").split("\n")
+    rows = gzip.decompress((tmp_path / "out" / REJECTS_NAME).read_bytes()).decode("utf-8").split("\n")
     assert rows[0] == "file\tline\treason\tdetail\ttext" and rows[-1] == ""
     fields = [row.split("\t") for row in rows[1:-1]]
     assert all(len(f) == 5 for f in fields) and [int(f[1]) for f in fields] == [2, 3, 4, 5, 6]

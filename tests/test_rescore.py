@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline.artifacts import file_hash, read_manifest, write_manifest
+from pipeline.artifacts import MANIFEST_NAME, REPORT_NAME, file_hash, read_manifest, write_manifest
 from pipeline.errors import UserError
 from pipeline.model import EncoderDecoder, EncoderDecoderConfig, load_model, save_model, score_pairs
 from pipeline.phrase_table import MOSES_SCORE_NAMES, import_moses, read_score_columns
@@ -206,7 +206,7 @@ def test_identical_across_partitionings_on_a_two_worker_cluster(data: dict, dask
         report = rescore(DaskExecutor(dask_client, quiet=True), data[name], out, config(data["model"]), rows_per_unit=rows_per_unit)
         assert report["rows"] == len(data["rows"]) and report["units_resumed"] == 0
         assert read_manifest(out)["counts"]["rows"] == len(data["rows"])
-        assert json.loads((out / "report.json").read_text())["rows"] == len(data["rows"])
+        assert json.loads((out / REPORT_NAME).read_text())["rows"] == len(data["rows"])
         assert not staging_dir(out).exists() and not (out / ".units").exists()
         outputs[name] = read_out(out)
     assert report["units"] == 1 and read_manifest(tmp_path / "groups100")["counts"]["units"] == 15
@@ -278,12 +278,12 @@ def test_killed_cli_run_resumes(data: dict, dask_address: str, tmp_path: Path) -
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done_at_kill = len(list((staging / ".units").glob("part-*.json"))) if staging.is_dir() else 60
-    assert not (out / "manifest.json").exists()
+    assert not (out / MANIFEST_NAME).exists()
     time.sleep(1.0)  # tasks of the dead client may still commit units; they are atomic either way
 
     result = subprocess.run(argv[:-1], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / REPORT_NAME).read_text())
     assert report["units"] == 60 and report["units_resumed"] >= min(done_at_kill, 3)
     assert report["units_resumed"] < 60, "the run finished before it was killed: no resumption tested"
     lines = read_out(out).column("line").to_pylist()

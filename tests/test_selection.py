@@ -18,6 +18,7 @@ import pytest
 import xxhash
 
 from pipeline import selection
+from pipeline.artifacts import MANIFEST_NAME, REPORT_NAME
 from pipeline.errors import UserError
 from pipeline.executor import SERIAL
 from pipeline.select import SelectConfig, regenerate, run_selection
@@ -48,7 +49,7 @@ def write_corpus(src: Path, tgt: Path, out: Path, parts: int, name: str = "pool"
             "corpus": [name] * len(en[rows]),
             "line": pa.array(range(i * step + 1, i * step + 1 + len(en[rows])), pa.int64())})
         pq.write_table(table, out / f"part-{i:05d}.parquet")
-    (out / "manifest.json").write_text(json.dumps({"stage": "ingest",
+    (out / MANIFEST_NAME).write_text(json.dumps({"stage": "ingest",
                                                    "config": {"source_lang": "en", "target_lang": "fr"}}))
     return out
 
@@ -58,7 +59,7 @@ def read_dir(path: Path) -> pa.Table:
 
 
 def hashes(out: Path) -> dict[str, str]:
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
     return {o["path"]: o["hash"] for o in manifest["outputs"] if o["path"].startswith(("selected", "scores"))}
 
 
@@ -159,7 +160,7 @@ def test_same_bytes_for_any_partitioning_and_workers(small, tmp_path, dask_clien
 
     hf = datasets.load_from_disk(str(tmp_path / "serial" / "hf"))
     assert hf.num_rows == counts["selected_pairs"] and hf[0]["source"] == selected["source"][0].as_py()
-    report = json.loads((tmp_path / "serial" / "report.json").read_text())
+    report = json.loads((tmp_path / "serial" / REPORT_NAME).read_text())
     assert report["selected"]["pairs"] == counts["selected_pairs"] and report["out_domain_sample"]["fold0_pairs"] > 0
 
 
@@ -172,7 +173,7 @@ def test_regenerate_is_byte_identical_and_stops_on_changes(small, tmp_path, dask
     out = tmp_path / "sel"
     run_selection(SelectConfig(pool=str(pool), in_domain=str(small["in_domain"]), mode="fraction", amount="0.15",
                                method="moore-lewis", lang="fr"), out, SERIAL)
-    code = cli.main(["regenerate", str(out / "manifest.json"), "--out", str(tmp_path / "again"),
+    code = cli.main(["regenerate", str(out / MANIFEST_NAME), "--out", str(tmp_path / "again"),
                      "--scheduler", dask_client.scheduler.address, "--quiet"])
     assert code == 0
     assert hashes(out) == hashes(tmp_path / "again")
@@ -224,7 +225,7 @@ VARIANTS = {
 
 def formula_scores(out: Path, pool: pa.Table, lines: list[int]) -> dict[int, float]:
     """The documented score of the pool's ``lines``, computed here with kenlm and the stage's LMs."""
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
     cfg, models = manifest["config"], manifest["selection"]["lms"]["models"]
     sides = {manifest["selection"]["languages"][side]: side for side in ("source", "target")}
     rows = {line: i for i, line in enumerate(pool["line"].to_pylist())}
@@ -261,7 +262,7 @@ def test_variant_scores_follow_their_formula_and_regenerate(variant, small, tmp_
                                           amount="300", **overrides), out, executor)
     assert {p.name.removesuffix(".binary") for p in (out / "lm").glob("*.binary")} == trained
     assert all(manifest["config"][k] == v for k, v in overrides.items())
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / REPORT_NAME).read_text())
     scores, pool = read_dir(out / "scores"), read_dir(small["pool7"])
     scored = manifest["selection"]["scored"]
     side_of = {"en": "source", "fr": "target"}
@@ -292,11 +293,11 @@ def test_variant_scores_follow_their_formula_and_regenerate(variant, small, tmp_
     rest = ~np.isin(scores["line"].to_numpy(), selected["line"].to_numpy())
     assert selected["score"].to_numpy().max() <= scores["score"].to_numpy()[rest].min()
     # regenerate reproduces the variant byte for byte, from the manifest alone
-    code = cli.main(["regenerate", str(out / "manifest.json"), "--out", str(tmp_path / "again"),
+    code = cli.main(["regenerate", str(out / MANIFEST_NAME), "--out", str(tmp_path / "again"),
                      "--scheduler", dask_client.scheduler.address, "--quiet"])
     assert code == 0
     assert hashes(out) == hashes(tmp_path / "again")
-    again = json.loads((tmp_path / "again" / "manifest.json").read_text())["config"]
+    again = json.loads((tmp_path / "again" / MANIFEST_NAME).read_text())["config"]
     assert {k: again[k] for k in ("score", "out_model", "normalise")} == \
         {k: manifest["config"][k] for k in ("score", "out_model", "normalise")}
 
@@ -309,7 +310,7 @@ def test_default_score_columns_are_todays(small, tmp_path):
     assert read_dir(out / "scores").column_names == [
         "corpus", "line", "score", "h_in_source", "h_out_source", "h_in_target", "h_out_target", "fold", "key",
         "tiebreak", "source_tokens", "target_tokens"]
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
     assert set(manifest["selection"]["lms"]["models"]["en"]) == {"in", "out_fold0", "out_fold1"}
 
 

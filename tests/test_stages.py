@@ -10,6 +10,7 @@ import textwrap
 
 import pytest
 
+from pipeline.artifacts import MANIFEST_NAME
 from pipeline.errors import UserError
 from workflows import cli
 from workflows.config import load_workflow
@@ -74,7 +75,7 @@ def test_a_registered_stage_runs_from_the_cli_and_in_a_workflow(toy_stage, tmp_p
     (tmp_path / "a.txt").write_text("one\n")  # same path, new content: the key changes, the stage reruns
     assert stage_key(load_workflow(flow).stages[0], {}) != key
     assert [r["status"] for r in run_workflow(load_workflow(flow), workers=1, quiet=True)] == ["ran"]
-    assert json.loads((tmp_path / "art" / "toy" / "count" / "manifest.json").read_text())["counts"] == {"lines": 2}
+    assert json.loads((tmp_path / "art" / "toy" / "count" / MANIFEST_NAME).read_text())["counts"] == {"lines": 2}
 
 
 def test_workflow_validation_comes_from_the_declarations(toy_stage, tmp_path):
@@ -119,13 +120,14 @@ def test_selects_language_models_are_hashed_into_its_key(tmp_path):
 
 
 def test_help_imports_only_the_command_it_describes():
-    """`rnnenc --help` imports no stage module (no torch, no distributed); `rnnenc ingest --help` only ingest's."""
+    """`rnnenc --help` imports no stage module (no torch, no distributed); `rnnenc ingest --help` only ingest's
+    (and not distributed, which its main() loads: tests/test_cli_help.py checks every command)."""
     import subprocess
 
     probe = ("import sys, workflows.cli as cli\n"
              "try:\n    cli.main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
              "print(sorted(m for m in ('torch', 'distributed', 'workflows.train', 'workflows.ingest') if m in sys.modules))")
-    for argv, expected in ((["--help"], "[]"), (["ingest", "--help"], "['distributed', 'workflows.ingest']")):
+    for argv, expected in ((["--help"], "[]"), (["ingest", "--help"], "['workflows.ingest']")):
         out = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, check=True,
                              timeout=60).stdout.strip().splitlines()[-1]
         assert out == expected, argv  # never torch, never another stage's module
@@ -162,7 +164,7 @@ def test_stage_outputs_stand_for_their_main_output_and_inner_paths_still_work(tm
     assert moses_ini_path(export) == export / "moses.ini"
     artifact = read_artifact(phrases)
     assert (artifact.kind, artifact.languages) == ("phrase-table", ("en", "fr"))
-    manifest = json.loads((vocab / "manifest.json").read_text())
+    manifest = json.loads((vocab / MANIFEST_NAME).read_text())
     assert manifest["kind"] == "vocabularies" and manifest["languages"] == ["en", "fr"]
     with pytest.raises(UserError, match=r"the output of rnnenc vocab \(vocabularies\), where model is expected"):
         model_path(vocab)

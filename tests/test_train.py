@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline.artifacts import read_manifest
+from pipeline.artifacts import REPORT_NAME, read_manifest
 from pipeline.errors import UserError
 from pipeline.model import EncoderDecoder, EncoderDecoderConfig, load_model, score_pairs
 from pipeline.optim import ADADELTA_CHUNK, clip_and_adadelta_, make_clip_and_step
@@ -93,7 +93,7 @@ def test_training_writes_every_output(toy, tmp_path):
     assert counts["valid_pairs"] + counts["valid_pairs_too_long"] == 40
     assert counts["target_tokens_trained"] > 30 * 16
     assert report["device"] == "cpu"
-    for name in ("model.pt", "checkpoints/last.pt", "checkpoints/best.pt", "learning_curve.png", "report.json"):
+    for name in ("model.pt", "checkpoints/last.pt", "checkpoints/best.pt", "learning_curve.png", REPORT_NAME):
         assert (out / name).is_file(), name
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     rows = list(csv.DictReader(open(out / "metrics.csv")))

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.artifacts import write_manifest
+from pipeline.artifacts import MANIFEST_NAME, REPORT_NAME, write_manifest
 from pipeline.errors import UserError
 from pipeline.phrase_table import import_moses
 from pipeline.synthetic import DemoConfig, generate_demo
@@ -84,7 +84,7 @@ def test_corpus_vocabulary_is_the_same_whatever_the_parts(tmp_path):
     for parts in (1, 3):
         corpus = write_corpus(tmp_path / f"c{parts}", pairs, parts)
         reports.append(build("corpus", corpus, tmp_path / f"v{parts}", size=3))
-        assert (tmp_path / f"v{parts}" / "manifest.json").is_file()
+        assert (tmp_path / f"v{parts}" / MANIFEST_NAME).is_file()
     for name in ("vocab.en.txt", "vocab.fr.txt", "counts.fr.tsv.gz"):
         assert (tmp_path / "v1" / name).read_bytes() == (tmp_path / "v3" / name).read_bytes()
     metas = [json.loads((tmp_path / v / "vocab.en.json").read_text()) for v in ("v1", "v3")]
@@ -143,7 +143,7 @@ def test_vocab_command_on_the_cluster(tmp_path, dask_address, capsys):
     build("phrase-table", tmp_path / "t", tmp_path / "v-local", size=300)
     for name in ("vocab.en.txt", "vocab.fr.txt"):
         assert (tmp_path / "v" / name).read_bytes() == (tmp_path / "v-local" / name).read_bytes()
-    report = json.loads((tmp_path / "v" / "report.json").read_text())
+    report = json.loads((tmp_path / "v" / REPORT_NAME).read_text())
     assert 0 < report["sides"]["source"]["coverage"] < 1 and report["sides"]["target"]["size"] == 303
     # corpus vocabulary from the cluster too
     corpus = write_corpus(tmp_path / "c", [(s, t) for s, t in zip(

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import _start_cluster
-from pipeline.artifacts import read_manifest
+from pipeline.artifacts import REPORT_NAME, read_manifest
 from pipeline.errors import UserError
 from pipeline.synthetic import DemoConfig, generate_demo
 from workflows.config import load_workflow
@@ -111,7 +111,7 @@ def test_whole_chain_through_two_workers_skips_and_reruns_downstream(demo_data, 
         manifest = read_manifest(record["out"])
         assert manifest is not None and manifest["outputs"], record
         assert all(len(item["hash"]) == 32 for item in manifest["outputs"]), record
-        assert (Path(record["out"]) / "report.json").is_file(), record
+        assert (Path(record["out"]) / REPORT_NAME).is_file(), record
     assert not (root / "moses").exists()
     assert read_manifest(root / "pool")["counts"]["pairs_written"] > 2900
     assert (root / "train" / "model.pt").is_file()
@@ -190,8 +190,8 @@ def test_killing_a_worker_midway_leaves_outputs_identical(demo_data, tmp_path):
     for a in calm_parts:
         assert a.read_bytes() == (stormy_out / a.name).read_bytes(), a.name
     assert sorted(p.name for p in stormy_out.glob("part-*")) == [p.name for p in calm_parts]
-    calm_report = json.loads((calm / "report.json").read_text())
-    stormy_report = json.loads((stormy_out / "report.json").read_text())
+    calm_report = json.loads((calm / REPORT_NAME).read_text())
+    stormy_report = json.loads((stormy_out / REPORT_NAME).read_text())
     for key in ("pairs_written", "dropped_by_reason", "source_words", "target_words"):
         assert calm_report[key] == stormy_report[key]
 

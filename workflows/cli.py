@@ -3,7 +3,8 @@
 Every command is declared once in ``workflows.stages`` (its module, summary and how the runner
 treats it); the module provides a docstring (its ``--help`` text), ``add_arguments(parser)`` and
 ``main(args) -> int``. Only the module of the command being run is imported, so ``rnnenc
---help`` and ``rnnenc ingest`` never pay for importing torch.
+--help`` and ``rnnenc ingest`` never pay for importing torch; and a module loads torch and
+distributed in its ``main()``, so ``rnnenc COMMAND --help`` does not either (tests/test_cli_help.py).
 """
 
 from __future__ import annotations

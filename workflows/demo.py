@@ -16,16 +16,19 @@ import logging
 from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pyarrow.parquet as pq
-import yaml
-
-from pipeline.synthetic import DemoConfig, generate_demo
+from pipeline.artifacts import (
+    LEGACY_MANIFEST_NAME,
+    LEGACY_REPORT_NAME,
+    MANIFEST_NAME,
+    REPORT_NAME,
+    report_path,
+)
 from workflows.cli import add_cluster_arguments
-from workflows.config import load_workflow
-from workflows.run import run_workflow
+
+if TYPE_CHECKING:  # numpy, pyarrow, yaml, pydantic: loaded to run the demo, not for --help
+    from pipeline.synthetic import DemoConfig
 
 log = logging.getLogger("rnnenc")
 TEMPLATE = "demo.yaml"
@@ -37,6 +40,8 @@ def demo_workflow_text() -> str:
 
 def prepare_data(data_dir: Path, config: DemoConfig) -> None:
     """Generate the demo data unless the same config already generated it."""
+    from pipeline.synthetic import generate_demo
+
     truth = data_dir / "truth.json"
     wanted = json.loads(json.dumps(asdict(config)))
     if truth.is_file():
@@ -89,6 +94,9 @@ def write_baseline_moses_ini(data_dir: Path, root: Path) -> Path:
 
 
 def selection_precision(select_dir: Path, truth_file: Path) -> dict[str, float] | None:
+    import numpy as np
+    import pyarrow.parquet as pq
+
     parts = sorted((select_dir / "selected").glob("part-*.parquet"))
     if not parts:
         return None
@@ -100,7 +108,7 @@ def selection_precision(select_dir: Path, truth_file: Path) -> dict[str, float] 
 
 
 def _report(out: Path) -> dict[str, Any]:
-    path = out / "report.json"
+    path = report_path(out)  # a stage skipped as up to date may be older than the rename
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
@@ -140,13 +148,15 @@ def summarise(root: Path, data_dir: Path, records: list[dict[str, Any]]) -> list
             lines.append(f"  rescoring: {report.get('rows', report.get('pairs', 0)):,} phrase pairs at "
                          f"{rate:,.0f} pairs/s")
     if "export" in stages:
-        files = sorted(p.name for p in stages["export"].iterdir() if p.is_file() and not p.name.startswith("."))
-        lines.append(f"  Moses files: {', '.join(str(stages['export'] / f) for f in files if f != 'manifest.json')}")
+        sidecars = (LEGACY_MANIFEST_NAME, LEGACY_REPORT_NAME)  # and every "_" or "." name
+        files = sorted(p.name for p in stages["export"].iterdir()
+                       if p.is_file() and not p.name.startswith(("_", ".")) and p.name not in sidecars)
+        lines.append(f"  Moses files: {', '.join(str(stages['export'] / f) for f in files)}")
     missing = [s for s in ("select", "vocab", "train", "rescore", "export") if s not in stages]
     if missing:
         lines.append(f"  (stages not in this version yet: {', '.join(missing)})")
     lines.append("")
-    lines.append(f"  every stage's manifest.json and report.json are under {root}")
+    lines.append(f"  every stage's {MANIFEST_NAME} and {REPORT_NAME} are under {root}")
     return lines
 
 
@@ -161,6 +171,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    import yaml
+
+    from pipeline.synthetic import DemoConfig
+    from workflows.config import load_workflow
+    from workflows.run import run_workflow
+
     root = Path(args.dir)
     data_dir = root / "data"
     root.mkdir(parents=True, exist_ok=True)

@@ -13,8 +13,8 @@ the phrase map). A label that would
 cover another is left out, so the figure stays legible; the report counts them.
 
 Writes OUT/words.png, OUT/phrases.png (with --phrase-table), OUT/coordinates.parquet (columns
-kind, text, x, y, length, rank, labelled and the --color-by column), OUT/report.json and,
-last, OUT/manifest.json.
+kind, text, x, y, length, rank, labelled and the --color-by column), OUT/_report.json and,
+last, OUT/_manifest.json.
 
 example:
   rnnenc embed --model artifacts/run/train/model.pt --phrase-table artifacts/run/phrase-table \\
@@ -26,8 +26,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from pipeline.embed import DEFAULT_PERPLEXITY
 from pipeline.errors import UserError
+from pipeline.tsne import DEFAULT_PERPLEXITY
 from workflows.stages import input_path, output_path
 
 log = logging.getLogger("rnnenc")
@@ -59,6 +59,7 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from pipeline.artifacts import (
+        REPORT_NAME,
         atomic_output_dir,
         model_path,
         phrase_table_path,
@@ -128,7 +129,7 @@ def main(args: argparse.Namespace) -> int:
             if coordinates[column].dtype == object and column not in ("kind", "text"):
                 coordinates[column] = coordinates[column].map(lambda v: None if pd.isna(v) else v)
         pq.write_table(pa.Table.from_pandas(coordinates, preserve_index=False), tmp / "coordinates.parquet")
-        write_json_atomic(tmp / "report.json", report)
+        write_json_atomic(tmp / REPORT_NAME, report)
     counts = {"words": report.get("words", {}).get("points", 0), "phrases": report.get("phrases", {}).get("points", 0)}
     config = {k: getattr(args, k) for k in ("words", "sample", "color_by", "label", "seed", "perplexity")}
     write_manifest(args.out, stage="embed", inputs=inputs, config=config | {"label_words": len(label_texts)},

@@ -17,7 +17,7 @@ With --moses-ini, OUT/moses.ini is a copy in which the phrase dictionary (Transl
 and one initial weight per added column (--initial-weight, or --weight NAME=VALUE) appended
 to its [weight] line: ready for mert-moses.pl. With --lm and no --moses-ini, OUT/moses.ini is
 a new one in train-model.perl's layout (distortion, word and phrase penalties, the table, the
-LM) with its initial weights. OUT/report.json; OUT/manifest.json last.
+LM) with its initial weights. OUT/_report.json; OUT/_manifest.json last.
 
 example:
   rnnenc export --table artifacts/run/rescore --moses-ini train/model/moses.ini --out artifacts/run/export

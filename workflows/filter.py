@@ -7,7 +7,9 @@ fraction. Rows are kept unchanged (scores, alignments, counts, line numbers).
 
 Inputs are tokenised as the table's source side: corpus directories written by 'rnnenc ingest'
 (their source column) or tokenised text files. Writes a phrase table OUT (part for part of the
-input), OUT/report.json (rows read and kept) and, last, OUT/manifest.json.
+input), OUT/_report.json (rows read and kept) and, last, OUT/_manifest.json. OUT opens as one
+Parquet dataset by its name (pandas.read_parquet("OUT"), pyarrow.dataset, Dask; DuckDB:
+'OUT/*.parquet').
 
 example:
   rnnenc filter --table artifacts/run/phrases --input artifacts/run/dev --input artifacts/run/test \\

@@ -14,7 +14,7 @@ With --phrase-table T and --out DIR, the paper's Tables 2-3 for each source: the
 --top targets by phi(e|f) (Moses's third score, or --phi-column), the top --top of the table's
 targets by the model's log p, and the model's own beam n-best (and samples with --sample).
 Writes DIR/comparison.md, DIR/comparison.tsv, DIR/generations.tsv (what stdout shows) and,
-last, DIR/manifest.json. --out without --phrase-table writes generations.tsv alone.
+last, DIR/_manifest.json. --out without --phrase-table writes generations.tsv alone.
 
 example:
   rnnenc generate --model artifacts/run/train/model.pt "the european union" "at the end of"
@@ -29,10 +29,14 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.errors import UserError
-from pipeline.generate import DEFAULT_MAX_LENGTH, Hypothesis
+from pipeline.train_config import TrainConfig
 from workflows.stages import input_path, output_path
+
+if TYPE_CHECKING:  # pipeline.generate imports torch: only main() loads it, never --help
+    from pipeline.generate import Hypothesis
 
 log = logging.getLogger("rnnenc")
 
@@ -48,7 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     search = parser.add_argument_group("decoding")
     search.add_argument("--beam", type=int, default=5, help="beam size (default: %(default)s; 1 = greedy)")
     search.add_argument("--nbest", type=int, help="targets printed per source (default: the beam size)")
-    search.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH,
+    # pipeline.generate.DEFAULT_MAX_LENGTH, read where it comes from (that module imports torch)
+    search.add_argument("--max-length", type=int, default=TrainConfig.max_length,
                         help="target words before </s> at most (default: %(default)s)")
     search.add_argument("--sample", type=int, default=0, metavar="N",
                         help="print N ancestral samples per source instead of the beam's n-best")

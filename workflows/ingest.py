@@ -4,9 +4,12 @@ Reads text pairs (--src/--tgt, .gz/.bz2/.xz/.zst transparently), two-column TSV 
 Parquet (--parquet) and Hugging Face datasets (--hf, a save_to_disk directory or a hub name);
 normalises punctuation and tokenises with sacremoses (Moses escaping), optionally lowercases,
 and cleans as Moses clean-corpus-n.perl does. Writes OUT/part-NNNNN.parquet (source, target,
-source_tokens, target_tokens, corpus, line), OUT/report.json and, last, OUT/manifest.json.
+source_tokens, target_tokens, corpus, line), OUT/_report.json and, last, OUT/_manifest.json.
+OUT is one Parquet dataset: pandas.read_parquet("OUT"), pyarrow.dataset.dataset("OUT"),
+dask.dataframe.read_parquet("OUT") and DuckDB's read_parquet('OUT/*.parquet') read its parts
+alone (the other files' names start with "_" or ".", which Parquet readers skip).
 
-Rejected pairs (with --on-error skip: OUT/rejects.tsv.gz, or --rejects FILE) are written one a
+Rejected pairs (with --on-error skip: OUT/_rejects.tsv.gz, or --rejects FILE) are written one a
 line: corpus, line, reason, source, target (the text; tabs, CRs, newlines as spaces), raw_source,
 raw_target: the exact original bytes of each side, a backslash written \\, a byte that is not
 UTF-8 \xNN, a tab \t, a CR \r, a newline \n (pipeline.corpus.unescape_bytes, or bash's
@@ -26,15 +29,16 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.corpus import CorpusInput
 from pipeline.errors import UserError
 from pipeline.ingest import DEFAULT_ROWS_PER_PART, MIN_ROWS_PER_PART, corpus_name, ingest
-from pipeline.preprocess import PreprocessConfig
 from workflows.cli import add_cluster_arguments
-from workflows.cluster import cluster_executor
 from workflows.stages import input_path, output_path
+
+if TYPE_CHECKING:  # sacremoses: loaded to run, not for --help
+    from pipeline.preprocess import PreprocessConfig
 
 
 def inputs_from_args(args: argparse.Namespace) -> list[CorpusInput]:
@@ -92,7 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                  "the rejects file (skip) (default: %(default)s)")
     output_path(processing, "--rejects", metavar="FILE",
                             help="write every dropped pair here (TSV.gz; default with --on-error skip: "
-                                 "OUT/rejects.tsv.gz)")
+                                 "OUT/_rejects.tsv.gz)")
     processing.add_argument("--rows-per-part", type=int, metavar="N",
                             help="pairs per Parquet part and per Dask task (default: the input in 16 parts, "
                                  f"{MIN_ROWS_PER_PART:,} to {DEFAULT_ROWS_PER_PART:,} pairs each, from its size)")
@@ -100,6 +104,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
+    from pipeline.preprocess import PreprocessConfig
+
     return PreprocessConfig(source_lang=args.src_lang, target_lang=args.tgt_lang, lowercase=args.lowercase,
                             normalize_punctuation=not args.no_normalize_punctuation,
                             min_tokens=args.min_tokens, max_tokens=args.max_tokens, max_ratio=args.max_ratio,
@@ -117,6 +123,8 @@ def print_report(report: dict[str, Any]) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from workflows.cluster import cluster_executor  # distributed: not for --help
+
     inputs = inputs_from_args(args)
     config = config_from_args(args)
     with cluster_executor(args.scheduler, args.workers, quiet=args.quiet, key_prefix="ingest") as executor:

@@ -3,7 +3,7 @@ selection (and the in-domain target text), as Cho et al. built their Moses LM fr
 data. `rnnenc export --lm` writes it into the moses.ini, so no hand step stands between
 selection and tuning.
 
-Writes OUT/lm.binary, OUT/report.json and, last, OUT/manifest.json.
+Writes OUT/lm.binary, OUT/_report.json and, last, OUT/_manifest.json.
 
 example:
   rnnenc lm --corpus artifacts/run/select --corpus artifacts/run/newstest --lang fr --out artifacts/run/lm

@@ -13,8 +13,8 @@ tokenised text files.
 Moses is found through --moses-home, $MOSES_HOME, then the build of scripts/build_moses.sh in
 ~/.cache/rnnenc/moses-*. Tuning runs in OUT.tuning/ (mert-moses.pl's working directory and
 mert.log), which a failure or Ctrl-C keeps and a rerun continues; --mert-iterations caps it.
-Outputs: OUT/moses.tuned.ini, OUT/mert.log, OUT/test.hyp and OUT/decode.log, OUT/report.json
-with BLEU (sacrebleu on detokenised text), OUT/manifest.json.
+Outputs: OUT/moses.tuned.ini, OUT/mert.log, OUT/test.hyp and OUT/decode.log, OUT/_report.json
+with BLEU (sacrebleu on detokenised text), OUT/_manifest.json.
 
 example:
   rnnenc moses --moses-ini artifacts/run/export/moses.ini --dev artifacts/run/dev \\
@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.artifacts import (
+    REPORT_NAME,
     atomic_output_dir,
     moses_ini_path,
     path_record,
@@ -232,7 +233,7 @@ def main(args: argparse.Namespace) -> int:
             report["test"] = bleu(_lines(tmp / "test.hyp"), _lines(Path(args.test_ref)), args.tgt_lang, raw)
             print(f"moses: test BLEU {report['test']['bleu']:.2f} chrF {report['test']['chrf']:.2f} against the "
                   f"{report['test']['reference']} reference ({report['test']['signature']})")
-        write_json_atomic(tmp / "report.json", report)
+        write_json_atomic(tmp / REPORT_NAME, report)
     write_manifest(args.out, stage="moses", inputs=inputs, config=vars(args) | {"moses_home": str(moses)},
                    counts=report.get("test", {}))
     return 0

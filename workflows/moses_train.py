@@ -10,7 +10,7 @@ Needs a Moses installation with its training programs and fast_align (scripts/bu
 builds them), found through --moses-home, $MOSES_HOME, then that build's cache.
 
 Writes OUT/model/{phrase-table.gz, reordering-table.*.gz, moses.ini, lex.*, aligned.*},
-OUT/logs/, OUT/report.json and, last, OUT/manifest.json. 'rnnenc phrase-table OUT' imports its
+OUT/logs/, OUT/_report.json and, last, OUT/_manifest.json. 'rnnenc phrase-table OUT' imports its
 table; 'rnnenc export --moses-ini OUT' updates its moses.ini.
 
 example:

@@ -10,11 +10,12 @@ exact), compressed files are read one task per file; tasks run on Dask.
 Bad lines (invalid UTF-8, a wrong number of fields, an empty phrase, a non-numeric score,
 another number of scores than the first line, a negative score, or one of the first
 --prob-scores scores outside [0, 1]) stop the import with FILE:LINE: reason, or with
---on-error skip are counted by reason in OUT/report.json and written to OUT/rejects.tsv.gz
+--on-error skip are counted by reason in OUT/_report.json and written to OUT/_rejects.tsv.gz
 (file, line, reason, detail, text; text is the line's exact bytes with a backslash written
 \\, a byte that is not UTF-8 \xNN, a tab \t, a CR \r). A truncated or corrupt compressed
 input stops the import with FILE:LINE whatever --on-error says: the rest of the file is lost.
-OUT/manifest.json is written last.
+OUT/_manifest.json is written last. OUT opens as one Parquet dataset by its name
+(pandas.read_parquet("OUT"), pyarrow.dataset, Dask; DuckDB: 'OUT/*.parquet').
 
 example:
   rnnenc phrase-table train/model/phrase-table.gz --src-lang en --tgt-lang fr --out artifacts/run/phrase-table
@@ -56,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="bad lines: stop with file:line (fail) or count them and write them to the "
                              "rejects file (skip) (default: %(default)s)")
     output_path(parser, "--rejects", metavar="FILE",
-                        help="where rejected lines go (default: OUT/rejects.tsv.gz)")
+                        help="where rejected lines go (default: OUT/_rejects.tsv.gz)")
     parser.add_argument("--num-scores", type=int, metavar="N",
                         help="expected number of scores a line (default: that of the first valid line)")
     parser.add_argument("--score-names", metavar="NAME,...",

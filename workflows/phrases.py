@@ -12,8 +12,9 @@ Outputs in --out: table/part-*.parquet (Parquet phrase table, scores p(f|e) lex(
 lex(e|f), alignment, counts "c(e) c(f) c(f,e)", in LC_ALL=C order), phrase-table.gz (Moses
 text, sorted), alignment/part-*.parquet (line-aligned with the corpus parts: alignment,
 forward, reverse, line), lex.f2e / lex.e2f (Moses lexical tables) and lex.parquet,
-report.json and, last, manifest.json. The corpus and --out must be on a filesystem the
-workers share.
+_report.json and, last, _manifest.json. The corpus and --out must be on a filesystem the
+workers share. The Parquet table to open is OUT/table (pandas.read_parquet("OUT/table"),
+pyarrow.dataset, Dask; DuckDB: 'OUT/table/*.parquet').
 
 eflomal seeds itself from /dev/urandom, so a new alignment differs slightly from run to
 run; given the same alignment (--alignment), the table is byte-identical whatever the
@@ -27,14 +28,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import TYPE_CHECKING
 
-from pipeline.alignment import AlignConfig
 from pipeline.errors import UserError
-from pipeline.phrase_table import list_parts
-from pipeline.phrases import PhraseConfig, corpus_parts, run_phrases
 from workflows.cli import add_cluster_arguments
-from workflows.cluster import cluster_executor
 from workflows.stages import input_path, output_path
+
+if TYPE_CHECKING:  # pandas, eflomal's wrapper and distributed load in main(), never for --help
+    from pipeline.alignment import AlignConfig
+    from pipeline.phrases import PhraseConfig
 
 log = logging.getLogger("rnnenc")
 
@@ -76,6 +78,9 @@ def _iterations(text: str | None) -> tuple[int, int, int] | None:
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[PhraseConfig, AlignConfig]:
+    from pipeline.alignment import AlignConfig
+    from pipeline.phrases import PhraseConfig
+
     phrases = PhraseConfig(max_length=args.max_phrase_length, min_count=args.min_count, buckets=args.buckets)
     align = AlignConfig(model=args.align_model, iterations=_iterations(args.align_iterations),
                         samplers=args.align_samplers, priors=args.priors)
@@ -85,6 +90,10 @@ def config_from_args(args: argparse.Namespace) -> tuple[PhraseConfig, AlignConfi
 
 
 def main(args: argparse.Namespace) -> int:
+    from pipeline.phrase_table import list_parts
+    from pipeline.phrases import corpus_parts, run_phrases
+    from workflows.cluster import cluster_executor
+
     phrases, align = config_from_args(args)
     # Input mistakes are reported before a cluster is started.
     _, parts = corpus_parts(args.corpus)

@@ -7,7 +7,7 @@ rescores the pool with those models and keeps the same number of best pairs, the
 the new selected/, scores/ and selected.<lang> files with the hashes in the manifest.
 
 examples:
-  rnnenc regenerate selected/manifest.json --out selected-again/
+  rnnenc regenerate selected/_manifest.json --out selected-again/
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from workflows.stages import input_path, output_path
 log = logging.getLogger("rnnenc")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    input_path(parser, "manifest", help="manifest.json of an 'rnnenc select' output (or its directory)")
+    input_path(parser, "manifest", help="_manifest.json of an 'rnnenc select' output (or its directory)")
     output_path(parser, "--out", help="where to rebuild the subset (default: <selection>.regenerated)")
     from workflows.cli import add_cluster_arguments
 

@@ -12,11 +12,13 @@ scored together, and into work units of whole groups (--rows-per-unit); each Das
 scores one unit with the model loaded once per worker process (CUDA with bf16 when the worker
 has a GPU; tasks ask for the ``GPU`` resource when workers declare it) and commits one output
 part atomically. Units are staged in OUT.partial/: after an interruption, rerun the same
-command and it resumes with the units not yet committed. OUT/report.json and, last,
-OUT/manifest.json are written once every part exists. Scores are identical bit for bit whatever
+command and it resumes with the units not yet committed. OUT/_report.json and, last,
+OUT/_manifest.json are written once every part exists. Scores are identical bit for bit whatever
 the files, row groups, units and number of workers, by construction: a pair always meets the same
 pairs in the same batch shapes (for a given machine, group and batch configuration).
-The table, the model and OUT must be on a filesystem the workers share.
+The table, the model and OUT must be on a filesystem the workers share. OUT opens as one
+Parquet dataset by its name (pandas.read_parquet("OUT"), pyarrow.dataset, Dask; DuckDB:
+'OUT/*.parquet').
 
 example:
   rnnenc rescore --phrase-table artifacts/run/phrase-table --model artifacts/run/train/model.pt \\
@@ -30,10 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.artifacts import model_path, phrase_table_path
-from pipeline.moses import export_stage
-from pipeline.rescore import DEFAULT_ROWS_PER_UNIT, MIN_ROWS_PER_UNIT, RescoreConfig, rescore
+from pipeline.rescore_config import DEFAULT_ROWS_PER_UNIT, MIN_ROWS_PER_UNIT, RescoreConfig
 from workflows.cli import add_cluster_arguments
-from workflows.cluster import cluster_executor
 from workflows.stages import input_path, output_path
 
 
@@ -88,6 +88,11 @@ def print_report(report: dict[str, Any], out: str) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    # here, not at the top: torch (pipeline.rescore) and distributed would slow down --help
+    from pipeline.moses import export_stage
+    from pipeline.rescore import rescore
+    from workflows.cluster import cluster_executor
+
     # a phrases output stands for its table/, a train output for its model.pt
     args.phrase_table, args.model = str(phrase_table_path(args.phrase_table)), str(model_path(args.model))
     config = config_from_args(args)

@@ -26,8 +26,10 @@ files (PREFIX.en, PREFIX.fr). Paths must be readable from every Dask worker (sha
 Outputs in --out: selected/part-*.parquet (the pool's columns + score, in pool order),
 selected.<src> and selected.<tgt> (Moses-style text pair), scores/part-*.parquet (scores of
 the whole pool), lm/ (the models and vocabularies), hf/ with --hf-dataset (a Hugging Face
-dataset, save_to_disk), sweep.csv and sweep.png with --sweep, report.json and manifest.json
-(what `rnnenc regenerate` needs to rebuild the subset byte for byte).
+dataset, save_to_disk), sweep.csv and sweep.png with --sweep, _report.json and _manifest.json
+(what `rnnenc regenerate` needs to rebuild the subset byte for byte). The Parquet datasets to
+open are OUT/selected and OUT/scores (pandas.read_parquet("OUT/selected"), pyarrow.dataset, Dask;
+DuckDB: 'OUT/selected/*.parquet').
 
 examples:
   rnnenc select corpus/ --in-domain newstest --budget-words 348M --out selected/

@@ -63,7 +63,7 @@ def _format_table(summary: dict[str, Any]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline.artifacts import read_artifact, read_manifest
+    from pipeline.artifacts import read_artifact, read_manifest, report_path
     from pipeline.errors import UserError
     from pipeline.summary import model_summary, plot_histograms, table_summary
 
@@ -75,7 +75,7 @@ def main(args: argparse.Namespace) -> int:
     manifest = read_manifest(path) if path.is_dir() else None
     if manifest:
         out["manifest"] = {k: manifest.get(k) for k in ("stage", "kind", "created", "languages", "counts")}
-    report = path / "report.json"
+    report = report_path(path)
     if path.is_dir() and report.is_file():
         out["report"] = json.loads(report.read_text())
     if artifact.kind == "model" or path.suffix == ".pt":

@@ -10,7 +10,7 @@ Runs on the GPU when there is one (bf16 autocast), else on all CPU cores; --devi
 On a Dask cluster (--scheduler or DASK_SCHEDULER_ADDRESS) whose workers declare a GPU resource
 (`dask worker --resources GPU=1`), training runs as one task on such a worker; otherwise here.
 Writes into --out: model.pt (best validated parameters), checkpoints/, metrics.csv,
-tensorboard/, learning_curve.png, report.json, manifest.json. After an interruption, rerun the
+tensorboard/, learning_curve.png, _report.json, _manifest.json. After an interruption, rerun the
 same command with --resume: the run continues from the last checkpoint and ends with the same
 parameters as an uninterrupted one (bitwise on the CPU with the same --threads).
 
@@ -26,9 +26,8 @@ import json
 import logging
 
 from pipeline.artifacts import phrase_table_path, vocabulary_path
-from pipeline.train import TrainConfig, train
+from pipeline.train_config import TrainConfig
 from workflows.cli import add_cluster_arguments
-from workflows.cluster import dask_client, gpu_resources, scheduler_address
 from workflows.stages import input_path, output_path
 
 log = logging.getLogger("rnnenc")
@@ -79,6 +78,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    # here, not at the top: torch (pipeline.train) and distributed would slow down --help
+    from pipeline.train import train
+    from workflows.cluster import dask_client, gpu_resources, scheduler_address
+
     # a phrases output stands for its table/, a vocab output for its vocab.<lang>.txt files
     args.phrase_table = str(phrase_table_path(args.phrase_table))
     args.src_vocab = str(vocabulary_path(args.src_vocab, "source"))

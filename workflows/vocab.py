@@ -8,8 +8,8 @@ in the paper), ties broken by byte order, after the special symbols <pad>=0, <un
 
 Writes OUT/vocab.<lang>.txt (one token a line, the line index is the id) and
 OUT/vocab.<lang>.json (counts, coverage) per side, OUT/counts.<lang>.tsv.gz (every word and
-its count, in vocabulary order, to cut another size without counting again), OUT/report.json
-and, last, OUT/manifest.json. Coverage = share of the running words (as counted) that the
+its count, in vocabulary order, to cut another size without counting again), OUT/_report.json
+and, last, OUT/_manifest.json. Coverage = share of the running words (as counted) that the
 vocabulary covers; the paper reports about 93 % at 15,000 words.
 
 example:
