@@ -45,7 +45,7 @@ def test_mert_command_and_bleu(tmp_path):
     assert not any(c.startswith("--mertmertargs") for c in command)
     seeded = mert_command(tmp_path, tmp_path / "d.en", tmp_path / "d.fr", tmp_path / "moses.ini", tmp_path / "w", 2,
                           seed=7)
-    assert seeded[-1] == "--mertmertargs=-r 7"  # mert's own random seed, for each iteration
+    assert seeded[-1] == "--mertmertargs=-r 7 "  # mert's own random seed, for each iteration
     refs = ["le chat est sur le tapis .", "c &apos; est la vie ."]
     assert bleu(refs, refs, "fr")["bleu"] == 100.0
     assert bleu(["le chien"] * 2, refs, "fr")["bleu"] < 10

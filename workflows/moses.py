@@ -76,7 +76,8 @@ def mert_command(moses: Path, dev_src: Path, dev_ref: Path, moses_ini: Path, wor
                "--maximum-iterations", str(iterations),
                "--decoder-flags", f"-threads {threads} {decoder_flags}".strip(), "--no-filter-phrase-table"]
     if seed is not None:
-        command.append(f"--mertmertargs=-r {seed}")
+        # mert-moses.pl glues the next option straight after these ("-r 1--sctype"): end with a space
+        command.append(f"--mertmertargs=-r {seed} ")
     return command
 
 
