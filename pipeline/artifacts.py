@@ -238,6 +238,13 @@ def remove_stale_temporaries(out_dir: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def published_path(path: str | os.PathLike) -> str:
+    """``path`` as it will be once its stage's temporary output (``OUT.tmp-xxxxxxxx``, see
+    ``atomic_output_dir``) is renamed: what messages name, so a warning never points at a
+    directory that is gone by the time it is read."""
+    return re.sub(r"\.tmp-[0-9a-f]{8}(?=/|$)", "", str(path))
+
+
 def glob_escape(name: str) -> str:
     """``name`` with glob's special characters taken literally."""
     return re.sub(r"([*?\[])", r"[\1]", name)

@@ -26,6 +26,7 @@ from typing import Any
 
 import kenlm
 
+from pipeline.artifacts import published_path
 from pipeline.errors import UserError
 
 log = logging.getLogger("rnnenc")
@@ -132,7 +133,7 @@ def train_lm(text_files: Iterable[str | os.PathLike], out_path: str | os.PathLik
         message = result.stderr.decode(errors="replace")
         if result.returncode != 0 and any(marker in message for marker in _BAD_DISCOUNT_MARKERS):
             log.warning("%s: too little data for Kneser-Ney discount estimation; retrying lmplz with "
-                        "--discount_fallback (the model will be weak)", out_path)
+                        "--discount_fallback (the model will be weak)", published_path(out_path))
             fallback = True
             result = _run_lmplz(bin_dir, text_files, arpa, config, Path(tmp), vocab_file, fallback)
             message = result.stderr.decode(errors="replace")

@@ -297,3 +297,11 @@ def test_plain_progress_reports_count_rate_and_time_left():
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("score: 4/10 part, ") and "left" in lines[0]
     assert lines[-1].startswith("score: 10/10 part, ") and lines[-1].endswith("(loss=1.5)") and len(lines) == 3
+
+
+def test_messages_name_the_published_path_not_the_temporary():
+    from pipeline.artifacts import published_path
+
+    assert published_path("/r/select.tmp-0123abcd/lm/in.en.binary") == "/r/select/lm/in.en.binary"
+    assert published_path("/r/lm.tmp-89abcdef") == "/r/lm"
+    assert published_path("/r/my.tmp-notahexid/x") == "/r/my.tmp-notahexid/x"  # not one of ours
