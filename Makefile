@@ -37,7 +37,7 @@ demo: install kenlm
 	$(BIN)/rnnenc demo
 
 lint: install
-	$(BIN)/ruff check pipeline workflows tests benchmarks
+	$(BIN)/ruff check rnnenc pipeline workflows tests benchmarks
 
 # benchmarks/table1.py is the hours-long Table 1 experiment (it needs Moses and Multi30k): run it by hand
 bench: install kenlm

@@ -1,7 +1,7 @@
 """`rnnenc COMMAND --help` wall time, every command, against `python -c pass`.
 
 Each round runs `python -c pass` (the interpreter's own start-up, the baseline) and then
-`python -m workflows.cli COMMAND --help` for every command, each in a fresh process, back to
+`python -m rnnenc.workflows.cli COMMAND --help` for every command, each in a fresh process, back to
 back; ratios to the baseline are taken within a round, then the median over rounds (the CPUs
 here are shared and change speed from minute to minute). A command's --help imports its module
 only (workflows.cli), so the figure is the cost of that module's imports at the top level:
@@ -49,7 +49,7 @@ import sys
 import time
 from pathlib import Path
 
-from workflows.stages import STAGES
+from rnnenc.workflows.stages import STAGES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -80,7 +80,7 @@ def main() -> None:
         base = wall_seconds([sys.executable, "-c", "pass"], env)
         baseline.append(base)
         for command in commands:
-            took = wall_seconds([sys.executable, "-m", "workflows.cli", *([command] if command else []), "--help"], env)
+            took = wall_seconds([sys.executable, "-m", "rnnenc.workflows.cli", *([command] if command else []), "--help"], env)
             seconds[command].append(took)
             ratios[command].append(took / base)
     print(f"python -c pass: median {statistics.median(baseline):.3f} s over {args.rounds} rounds "

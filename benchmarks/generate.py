@@ -35,9 +35,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does (workflow
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline.generate import beam_search  # noqa: E402
-from pipeline.model import EncoderDecoder, EncoderDecoderConfig  # noqa: E402
-from pipeline.vocab import EOS_ID, Vocabulary  # noqa: E402
+from rnnenc.pipeline.generate import beam_search  # noqa: E402
+from rnnenc.pipeline.model import EncoderDecoder, EncoderDecoderConfig  # noqa: E402
+from rnnenc.pipeline.vocab import EOS_ID, Vocabulary  # noqa: E402
 
 
 def paper_model(seed: int = 0) -> tuple[EncoderDecoder, Vocabulary, Vocabulary]:

@@ -42,11 +42,11 @@ from pathlib import Path
 from distributed import Client, LocalCluster, get_task_stream
 from sacremoses import MosesPunctNormalizer, MosesTokenizer
 
-from pipeline.corpus import CorpusInput
-from pipeline.ingest import ingest
-from pipeline.preprocess import PreprocessConfig, tokenize
-from pipeline.synthetic import DemoConfig, generate_demo
-from workflows.cluster import DaskExecutor
+from rnnenc.pipeline.corpus import CorpusInput
+from rnnenc.pipeline.ingest import ingest
+from rnnenc.pipeline.preprocess import PreprocessConfig, tokenize
+from rnnenc.pipeline.synthetic import DemoConfig, generate_demo
+from rnnenc.workflows.cluster import DaskExecutor
 
 
 def baseline(src: Path, tgt: Path, config: PreprocessConfig) -> tuple[float, int]:

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from distributed import Client, LocalCluster
 
-from pipeline.phrase_table import ExportConfig, export_moses, import_moses
-from pipeline.synthetic import DemoConfig, generate_demo
-from workflows.cluster import DaskExecutor
+from rnnenc.pipeline.phrase_table import ExportConfig, export_moses, import_moses
+from rnnenc.pipeline.synthetic import DemoConfig, generate_demo
+from rnnenc.workflows.cluster import DaskExecutor
 
 
 def peak_rss_mb() -> float:

@@ -44,10 +44,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from distributed import Client, LocalCluster, get_task_stream
 
-from pipeline.alignment import AlignConfig, align_part
-from pipeline.phrases import PhraseConfig, build_phrase_table
-from pipeline.synthetic import DemoConfig, tokenised_sample
-from workflows.cluster import DaskExecutor
+from rnnenc.pipeline.alignment import AlignConfig, align_part
+from rnnenc.pipeline.phrases import PhraseConfig, build_phrase_table
+from rnnenc.pipeline.synthetic import DemoConfig, tokenised_sample
+from rnnenc.workflows.cluster import DaskExecutor
 
 
 def make_corpus(root: Path, pairs: int, rows_per_part: int) -> tuple[list[str], list[str], float]:
@@ -72,7 +72,7 @@ def run(workers: int, corpus: list[str], aligned: list[str], out: Path, config: 
             Client(cluster) as client:
         client.wait_for_workers(workers)
         # warm the workers' imports so that they do not count as extraction time
-        client.run(lambda: __import__("pipeline.phrases"))
+        client.run(lambda: __import__("rnnenc.pipeline.phrases"))
         with get_task_stream(client) as stream:
             report = build_phrase_table(
                 corpus, aligned, out, config,

@@ -78,7 +78,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.model import (
+from rnnenc.pipeline.model import (
     EncoderDecoder,
     EncoderDecoderConfig,
     load_model,
@@ -86,16 +86,16 @@ from pipeline.model import (
     model_flops,
     save_model,
 )
-from pipeline.phrase_table import phrase_table_schema
-from pipeline.rescore import (
+from rnnenc.pipeline.phrase_table import phrase_table_schema
+from rnnenc.pipeline.rescore import (
     RescoreConfig,
     batch_sizes,
     plan_units,
     rescore_unit,
     torch_threads,
 )
-from pipeline.scorer import PhraseScorer, ScoreStats, scoring_flops
-from pipeline.vocab import Vocabulary
+from rnnenc.pipeline.scorer import PhraseScorer, ScoreStats, scoring_flops
+from rnnenc.pipeline.vocab import Vocabulary
 
 WORDS = 16_000
 KNOWN = 15_000
@@ -292,8 +292,8 @@ def end_to_end_cpu(model_path: Path, tables: list[Path], args: argparse.Namespac
                    tmp: Path) -> list[dict]:
     """``rnnenc rescore``'s own Dask map (workflows.rescore.rescore) on a fresh LocalCluster of
     ``workers`` single-threaded worker processes per table; memory = the largest worker's peak RSS."""
-    from pipeline.rescore import rescore
-    from workflows.cluster import DaskExecutor, dask_client
+    from rnnenc.pipeline.rescore import rescore
+    from rnnenc.workflows.cluster import DaskExecutor, dask_client
 
     def peak_rss_mib() -> float:
         # VmHWM, this process image's own high-water mark: ru_maxrss would carry the RSS of the

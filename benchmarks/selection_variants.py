@@ -43,11 +43,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.artifacts import MANIFEST_NAME
-from pipeline.executor import SERIAL
-from pipeline.select import SelectConfig, run_selection
-from pipeline.synthetic import DemoConfig, generate_demo
-from workflows import cli
+from rnnenc.pipeline.artifacts import MANIFEST_NAME
+from rnnenc.pipeline.executor import SERIAL
+from rnnenc.pipeline.select import SelectConfig, run_selection
+from rnnenc.pipeline.synthetic import DemoConfig, generate_demo
+from rnnenc.workflows import cli
 
 # (method, score, out model, normalise)
 VARIANTS = (

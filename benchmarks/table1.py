@@ -34,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.artifacts import report_path
+from rnnenc.pipeline.artifacts import report_path
 
 ROOT = Path(__file__).resolve().parent.parent
 SPLITS = {"train": "train", "val": "val", "test": "test_2016_flickr"}
@@ -170,13 +170,13 @@ def measure_dims(work: Path, candidates: list[str], updates: int, sample_rows: i
     for dims in candidates:
         hidden, embedding, maxout = dims.split("/")
         out = work / f"dims-{hidden}-{embedding}-{maxout}"
-        subprocess.run([sys.executable, "-m", "workflows.cli", "train", "--phrase-table", str(work / "phrases"),
+        subprocess.run([sys.executable, "-m", "rnnenc.workflows.cli", "train", "--phrase-table", str(work / "phrases"),
                         "--src-vocab", str(work / "vocab"), "--tgt-vocab", str(work / "vocab"), "--out", str(out),
                         "--hidden", hidden, "--embedding", embedding, "--maxout", maxout, "--updates", str(updates),
                         "--valid-pairs", "64", "--valid-every", str(updates), "--checkpoint-every", str(updates),
                         "--quiet"], check=True, env=env, stdout=subprocess.DEVNULL)
         rate = json.loads(report_path(out).read_text())["updates_per_s"]
-        subprocess.run([sys.executable, "-m", "workflows.cli", "rescore", "--phrase-table", str(sample),
+        subprocess.run([sys.executable, "-m", "rnnenc.workflows.cli", "rescore", "--phrase-table", str(sample),
                         "--model", str(out), "--out", str(out) + "-rescored", "--workers", "2", "--quiet"],
                        check=True, env=env, stdout=subprocess.DEVNULL)
         pairs_per_s = json.loads(report_path(Path(str(out) + "-rescored")).read_text())["pairs_per_second"]
@@ -220,7 +220,7 @@ def main() -> int:
     elif not (work / "data" / f"train.{args.src}").is_file():
         parser.error("give --multi30k (the data is unpacked into WORK/data once)")
     (work / "table1.yaml").write_text(workflow(args))
-    command = [sys.executable, "-m", "workflows.cli", "run", str(work / "table1.yaml"),
+    command = [sys.executable, "-m", "rnnenc.workflows.cli", "run", str(work / "table1.yaml"),
                *(["--until", args.until] if args.until else [])]
     started = time.perf_counter()
     status = subprocess.run(command, env=os.environ | {"PYTHONPATH": str(ROOT)}).returncode

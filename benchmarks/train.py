@@ -69,7 +69,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
-from pipeline.model import (  # noqa: E402
+from rnnenc.pipeline.model import (  # noqa: E402
     Batch,
     EncoderDecoder,
     EncoderDecoderConfig,
@@ -77,8 +77,8 @@ from pipeline.model import (  # noqa: E402
     pad_ids,
     resolve_device,  # noqa: E402
 )
-from pipeline.optim import make_clip_and_step  # noqa: E402
-from pipeline.train import TrainConfig, autocast  # noqa: E402
+from rnnenc.pipeline.optim import make_clip_and_step  # noqa: E402
+from rnnenc.pipeline.train import TrainConfig, autocast  # noqa: E402
 
 
 def random_batches(n: int, config: EncoderDecoderConfig, batch_size: int = 64, seed: int = 0) -> list[Batch]:

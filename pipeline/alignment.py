@@ -43,7 +43,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.errors import UserError
+from rnnenc.pipeline.errors import UserError
 
 Link = tuple[int, int]  # (source index, target index)
 

@@ -42,7 +42,7 @@ from typing import Any
 
 import xxhash
 
-from pipeline.errors import UserError
+from rnnenc.pipeline.errors import UserError
 
 MANIFEST_NAME = "_manifest.json"
 #: the sidecars' names in outputs written before they started with "_": still read

@@ -41,7 +41,7 @@ from typing import IO, Literal, NamedTuple
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.errors import UserError, located
+from rnnenc.pipeline.errors import UserError, located
 
 InvalidUtf8 = Literal["replace", "reject"]
 OnError = Literal["fail", "skip"]

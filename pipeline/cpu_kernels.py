@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pipeline.model import gru_step
+from rnnenc.pipeline.model import gru_step
 
 if TYPE_CHECKING:
-    from pipeline.model import Batch, EncoderDecoder
+    from rnnenc.pipeline.model import Batch, EncoderDecoder
 
 
 class PackedGRU(torch.autograd.Function):

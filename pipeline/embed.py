@@ -24,10 +24,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.errors import UserError
-from pipeline.model import EncoderDecoder, make_batch
-from pipeline.tsne import DEFAULT_PERPLEXITY, tsne_2d
-from pipeline.vocab import SPECIALS, Vocabulary
+from rnnenc.pipeline.errors import UserError
+from rnnenc.pipeline.model import EncoderDecoder, make_batch
+from rnnenc.pipeline.tsne import DEFAULT_PERPLEXITY, tsne_2d
+from rnnenc.pipeline.vocab import SPECIALS, Vocabulary
 
 
 def frequent_words(vocab: Vocabulary, n: int) -> list[str]:
@@ -133,7 +133,7 @@ def sample_phrases(table: str | Path, n: int, seed: int = 0, column: str = "sour
     """
     import pyarrow.parquet as pq
 
-    from pipeline.phrase_table import list_parts
+    from rnnenc.pipeline.phrase_table import list_parts
 
     if n < 1:
         raise UserError(f"--sample must be at least 1 (got {n})")

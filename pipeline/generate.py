@@ -41,10 +41,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pipeline.errors import UserError
-from pipeline.model import EncoderDecoder, make_batch, resolve_device, score_pairs
-from pipeline.train_config import TrainConfig
-from pipeline.vocab import EOS_ID, PAD_ID, UNK_ID, Vocabulary
+from rnnenc.pipeline.errors import UserError
+from rnnenc.pipeline.model import EncoderDecoder, make_batch, resolve_device, score_pairs
+from rnnenc.pipeline.train_config import TrainConfig
+from rnnenc.pipeline.vocab import EOS_ID, PAD_ID, UNK_ID, Vocabulary
 
 DEFAULT_MAX_LENGTH = TrainConfig.max_length  # target words before </s>: training's default max_length
 
@@ -350,7 +350,7 @@ def phi_column(schema, name: str | None = None) -> str:
     """
     import pyarrow as pa
 
-    from pipeline.phrase_table import read_score_columns
+    from rnnenc.pipeline.phrase_table import read_score_columns
 
     if name is not None:
         index = schema.get_field_index(name)
@@ -381,7 +381,7 @@ def table_candidates(table: str | Path, sources: Iterable[str], phi: str | None 
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from pipeline.phrase_table import list_parts
+    from rnnenc.pipeline.phrase_table import list_parts
 
     wanted = list(dict.fromkeys(sources))
     found: dict[str, dict[str, float]] = {s: {} for s in wanted}

@@ -20,13 +20,19 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow.parquet as pq
 
-from pipeline.artifacts import REJECTS_NAME, REPORT_NAME, atomic_output_dir, write_json_atomic, write_manifest
-from pipeline.corpus import CorpusInput, InvalidUtf8, OnError, escape_bytes, read_batches
-from pipeline.errors import UserError
-from pipeline.executor import Executor
+from rnnenc.pipeline.artifacts import (
+    REJECTS_NAME,
+    REPORT_NAME,
+    atomic_output_dir,
+    write_json_atomic,
+    write_manifest,
+)
+from rnnenc.pipeline.corpus import CorpusInput, InvalidUtf8, OnError, escape_bytes, read_batches
+from rnnenc.pipeline.errors import UserError
+from rnnenc.pipeline.executor import Executor
 
 if TYPE_CHECKING:  # sacremoses (0.3 s) loads where lines are tokenised: not for `rnnenc ingest --help`
-    from pipeline.preprocess import PreprocessConfig
+    from rnnenc.pipeline.preprocess import PreprocessConfig
 
 log = logging.getLogger("rnnenc")
 DEFAULT_ROWS_PER_PART = 100_000     # the largest default part (memory); smaller corpora get smaller parts
@@ -37,8 +43,8 @@ def default_rows_per_part(inputs: Sequence[CorpusInput]) -> int:
     """Pairs per part when none is given: the inputs' estimated pairs in
     ``pipeline.partitioning.TARGET_TASKS`` parts of 10,000 to 100,000 pairs, in thousands (a
     58k-pair pool: 6 parts, not 1); 100,000 when a size can't be estimated (a HF dataset)."""
-    from pipeline.corpus import estimate_pairs
-    from pipeline.partitioning import default_size
+    from rnnenc.pipeline.corpus import estimate_pairs
+    from rnnenc.pipeline.partitioning import default_size
 
     estimates = [estimate_pairs(corpus) for corpus in inputs]
     if any(e is None for e in estimates):
@@ -90,7 +96,7 @@ def _write_rejects(reject_parts: Sequence[Path], reader_rejects: list[dict], pat
 
 def preprocess_item(item: tuple[str, str, str, str], config: PreprocessConfig) -> dict[str, Any]:
     """Worker task: ``preprocess_shard`` of one (raw shard, part, rejects, corpus name)."""
-    from pipeline.preprocess import preprocess_shard
+    from rnnenc.pipeline.preprocess import preprocess_shard
 
     raw_path, out_path, rejects_path, corpus = item
     return preprocess_shard(raw_path, out_path, rejects_path, corpus, config)

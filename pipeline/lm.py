@@ -26,8 +26,8 @@ from typing import Any
 
 import kenlm
 
-from pipeline.artifacts import published_path
-from pipeline.errors import UserError
+from rnnenc.pipeline.artifacts import published_path
+from rnnenc.pipeline.errors import UserError
 
 log = logging.getLogger("rnnenc")
 
@@ -194,8 +194,8 @@ LM_NAME = "lm.binary"
 def _side_text(corpus: Path, lang: str, work: Path, index: int) -> Path:
     """One side of ``corpus`` as tokenised text: a select output's ``selected.<lang>``, an ingest
     output's parts, or a text file as is."""
-    from pipeline.artifacts import output_stage
-    from pipeline.selection import export_side
+    from rnnenc.pipeline.artifacts import output_stage
+    from rnnenc.pipeline.selection import export_side
 
     if corpus.is_file():
         return corpus
@@ -222,7 +222,7 @@ def build_target_lm(corpora: Iterable[str | os.PathLike], lang: str, out: str | 
         order: the n-gram order (5, as Moses baselines use).
         memory: lmplz's sorting memory (``-S``).
     """
-    from pipeline.artifacts import REPORT_NAME, atomic_output_dir, write_json_atomic, write_manifest
+    from rnnenc.pipeline.artifacts import REPORT_NAME, atomic_output_dir, write_json_atomic, write_manifest
 
     corpora = [Path(c) for c in corpora]
     if not corpora:

@@ -47,8 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.errors import UserError
-from pipeline.vocab import EOS_ID, PAD_ID, Vocabulary
+from rnnenc.pipeline.errors import UserError
+from rnnenc.pipeline.vocab import EOS_ID, PAD_ID, Vocabulary
 
 MODEL_FORMAT = "rnnenc-encdec-1"
 
@@ -252,7 +252,7 @@ class EncoderDecoder(nn.Module):
         # equations over length-packed steps with a hand-written backward (tests/test_model.py
         # holds both paths equal, values and gradients). Imported here: it builds on gru_step.
         if self.packed_cpu_gru and batch.src.device.type == "cpu":
-            from pipeline.cpu_kernels import packed_token_logprobs
+            from rnnenc.pipeline.cpu_kernels import packed_token_logprobs
             return packed_token_logprobs(self, batch)
         # -- the plain formula ----------------------------------------------------------------
         c = self.encode(batch.src, batch.src_lengths)

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import UserError
-from pipeline.executor import SERIAL, Executor
+from rnnenc.pipeline.errors import UserError
+from rnnenc.pipeline.executor import SERIAL, Executor
 
 PHRASE_DICTIONARY_PREFIX = "PhraseDictionary"
 DEFAULT_INITIAL_WEIGHT = 0.2
@@ -220,13 +220,13 @@ def set_language_model(text: str, lm_path: str, order: int) -> str:
 
 def language_model(path: str | os.PathLike) -> tuple[str, int]:
     """(binary path, order) of an lm stage output or of a KenLM model file."""
-    from pipeline.artifacts import read_artifact
+    from rnnenc.pipeline.artifacts import read_artifact
 
     artifact = read_artifact(path, expect=("language-model",))
     if not artifact.main.is_file():
         raise UserError(f"{artifact.main}: no such language model")
     if artifact.kind == "language-model":
-        from pipeline.artifacts import read_manifest
+        from rnnenc.pipeline.artifacts import read_manifest
 
         return str(artifact.main.resolve()), int((read_manifest(artifact.path) or {})["config"]["order"])
     import kenlm
@@ -245,9 +245,9 @@ def export_stage(table_dir: str | os.PathLike, out_dir: str | os.PathLike, *, mo
     file), or, with ``lm`` and no ``moses_ini``, a new one in train-model.perl's layout.
     ``filter_to``: write only the rows whose source phrase occurs in these inputs (corpus
     directories or tokenised text; n-grams up to ``max_phrase_length``)."""
-    from pipeline.artifacts import REPORT_NAME, atomic_output_dir, write_json_atomic, write_manifest
-    from pipeline.phrase_filter import DEFAULT_MAX_PHRASE_LENGTH, source_phrases
-    from pipeline.phrase_table import (
+    from rnnenc.pipeline.artifacts import REPORT_NAME, atomic_output_dir, write_json_atomic, write_manifest
+    from rnnenc.pipeline.phrase_filter import DEFAULT_MAX_PHRASE_LENGTH, source_phrases
+    from rnnenc.pipeline.phrase_table import (
         ExportConfig,
         export_moses,
         list_parts,

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import UserError
+from rnnenc.pipeline.errors import UserError
 
 ALIGNMENT_NAME = "grow-diag-final-and"
 DEFAULT_REORDERING = "msd-bidirectional-fe"
@@ -36,7 +36,7 @@ def write_corpus_text(corpus: str | os.PathLike, prefix: Path, source_lang: str,
     returns the number of pairs."""
     import pyarrow.parquet as pq
 
-    from pipeline.artifacts import corpus_path
+    from rnnenc.pipeline.artifacts import corpus_path
 
     parts = sorted(corpus_path(corpus).glob("part-*.parquet"))
     if not parts:
@@ -106,8 +106,8 @@ def train_moses_baseline(corpus: str | os.PathLike, out_dir: str | os.PathLike, 
         cores: train-model.perl's ``-cores`` (parallel extraction and scoring).
     Returns the report (pairs, phrase-table entries, seconds per step).
     """
-    from pipeline.artifacts import REPORT_NAME, atomic_output_dir, write_json_atomic, write_manifest
-    from pipeline.moses import language_model
+    from rnnenc.pipeline.artifacts import REPORT_NAME, atomic_output_dir, write_json_atomic, write_manifest
+    from rnnenc.pipeline.moses import language_model
 
     needed = [*TRAINING_PROGRAMS, *(() if alignment else ("bin/fast_align", "bin/atools"))]
     if reordering != "none":

@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.errors import UserError
-from pipeline.executor import SERIAL, Executor
+from rnnenc.pipeline.errors import UserError
+from rnnenc.pipeline.executor import SERIAL, Executor
 
 DEFAULT_MAX_PHRASE_LENGTH = 7   # Moses's extraction default, and filter-model-given-input.pl's
 
@@ -104,14 +104,14 @@ def filter_table(table_dir: str | os.PathLike, out_dir: str | os.PathLike, input
     """Write the rows of the Parquet phrase table ``table_dir`` whose source phrase occurs in
     ``inputs`` to ``out_dir`` (a phrase table of the same schema, part for part); returns the
     report (rows read, rows kept, distinct input phrases)."""
-    from pipeline.artifacts import (
+    from rnnenc.pipeline.artifacts import (
         REPORT_NAME,
         atomic_output_dir,
         read_artifact,
         write_json_atomic,
         write_manifest,
     )
-    from pipeline.phrase_table import list_parts
+    from rnnenc.pipeline.phrase_table import list_parts
 
     artifact = read_artifact(table_dir, expect=("phrase-table",))
     parts = list_parts(artifact.main)

@@ -97,9 +97,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.corpus import escape_bytes, open_binary
-from pipeline.errors import UserError, located
-from pipeline.executor import SERIAL, Executor
+from rnnenc.pipeline.corpus import escape_bytes, open_binary
+from rnnenc.pipeline.errors import UserError, located
+from rnnenc.pipeline.executor import SERIAL, Executor
 
 SCORES_KEY = b"rnnenc.scores"
 FIELDS_KEY = b"rnnenc.fields"
@@ -394,7 +394,7 @@ class Range:
 def default_split_bytes(paths: Sequence[str | os.PathLike]) -> int:
     """Bytes per range when none is given: the plain-text inputs in
     ``pipeline.partitioning.TARGET_TASKS`` ranges of 16 MiB to 256 MiB (a 101 MB table: 7 ranges)."""
-    from pipeline.partitioning import default_size
+    from rnnenc.pipeline.partitioning import default_size
 
     plain = sum(os.path.getsize(p) for p in paths if Path(p).is_file() and not is_compressed(p))
     return default_size(plain, floor=MIN_SPLIT_BYTES, cap=DEFAULT_SPLIT_BYTES)
@@ -663,7 +663,7 @@ def import_moses(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
     names (default: Moses's standard four, ``MOSES_SCORE_NAMES``, for a table of four scores,
     else ``score<N>``). Returns the report.
     """
-    from pipeline.artifacts import (
+    from rnnenc.pipeline.artifacts import (
         REJECTS_NAME,
         REPORT_NAME,
         atomic_output_dir,
@@ -889,7 +889,7 @@ def sorted_runs(part: str, run_dir: str, index: int, *, precision: int = 6,
     """Format one part as Moses lines, in sorted runs of at most about ``run_bytes`` bytes on disk:
     the score columns ``score_names`` (default all), the rows whose source phrase is in the
     phrase list ``phrases_file`` (``pipeline.phrase_filter.write_phrases``; default all)."""
-    from pipeline.phrase_filter import keep_rows, read_phrases
+    from rnnenc.pipeline.phrase_filter import keep_rows, read_phrases
 
     pf = pq.ParquetFile(part)
     scores = select_scores(read_score_columns(pf.schema_arrow), score_names, part)
@@ -1033,7 +1033,7 @@ def export_moses(table_dir: str | os.PathLike, out_path: str | os.PathLike, conf
         items = list(enumerate(str(p) for p in parts))
         phrases_file = None
         if phrases is not None:
-            from pipeline.phrase_filter import write_phrases
+            from rnnenc.pipeline.phrase_filter import write_phrases
 
             phrases_file = write_phrases(phrases, run_dir / "phrases.txt")
         results = executor.map(_sorted_runs_item, items, desc="format and sort", run_dir=str(run_dir),

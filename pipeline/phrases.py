@@ -62,8 +62,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import xxhash
 
-from pipeline.alignment import AlignConfig, align_part, parse_links
-from pipeline.artifacts import (
+from rnnenc.pipeline.alignment import AlignConfig, align_part, parse_links
+from rnnenc.pipeline.artifacts import (
     REPORT_NAME,
     atomic_output_dir,
     corpus_path,
@@ -71,9 +71,9 @@ from pipeline.artifacts import (
     write_json_atomic,
     write_manifest,
 )
-from pipeline.errors import UserError
-from pipeline.executor import SERIAL, Executor
-from pipeline.phrase_table import (
+from rnnenc.pipeline.errors import UserError
+from rnnenc.pipeline.executor import SERIAL, Executor
+from rnnenc.pipeline.phrase_table import (
     MOSES_SCORE_NAMES,
     ExportConfig,
     export_moses,

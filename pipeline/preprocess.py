@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from sacremoses import MosesPunctNormalizer, MosesTokenizer
 
-from pipeline.corpus import REJECT_SCHEMA
+from rnnenc.pipeline.corpus import REJECT_SCHEMA
 
 CORPUS_SCHEMA = pa.schema([
     ("source", pa.string()), ("target", pa.string()),

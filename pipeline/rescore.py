@@ -48,7 +48,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.artifacts import (
+from rnnenc.pipeline.artifacts import (
     OWNER_NAME,
     REPORT_NAME,
     check_output_target,
@@ -60,19 +60,19 @@ from pipeline.artifacts import (
     write_json_atomic,
     write_manifest,
 )
-from pipeline.errors import UserError
-from pipeline.executor import Executor
-from pipeline.model import EncoderDecoderConfig, load_model, model_flops, resolve_device
-from pipeline.phrase_table import (
+from rnnenc.pipeline.errors import UserError
+from rnnenc.pipeline.executor import Executor
+from rnnenc.pipeline.model import EncoderDecoderConfig, load_model, model_flops, resolve_device
+from rnnenc.pipeline.phrase_table import (
     RESERVED_COLUMNS,
     list_parts,
     read_score_columns,
     with_score_columns,
     with_scores_metadata,
 )
-from pipeline.rescore_config import DEFAULT_ROWS_PER_UNIT, MIN_ROWS_PER_UNIT, RescoreConfig
-from pipeline.scorer import PhraseScorer, scoring_flops
-from pipeline.vocab import Vocabulary
+from rnnenc.pipeline.rescore_config import DEFAULT_ROWS_PER_UNIT, MIN_ROWS_PER_UNIT, RescoreConfig
+from rnnenc.pipeline.scorer import PhraseScorer, scoring_flops
+from rnnenc.pipeline.vocab import Vocabulary
 
 log = logging.getLogger("rnnenc")
 
@@ -368,7 +368,7 @@ def vocabulary_mismatch(sources: Sequence[str], targets: Sequence[str], src_voca
 def default_rows_per_unit(table: str | os.PathLike, group_rows: int) -> int:
     """Rows per unit when none is given: the table in ``pipeline.partitioning.TARGET_TASKS`` units
     of whole groups, from 16,384 to 100,000 rows (a 98k-row table: 6 units, not 1)."""
-    from pipeline.partitioning import default_size
+    from rnnenc.pipeline.partitioning import default_size
 
     rows = sum(pq.ParquetFile(p).metadata.num_rows for p in list_parts(table))
     return default_size(rows, floor=MIN_ROWS_PER_UNIT, cap=DEFAULT_ROWS_PER_UNIT, step=max(1, group_rows))

@@ -8,7 +8,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.errors import UserError
+from rnnenc.pipeline.errors import UserError
 
 DEFAULT_ROWS_PER_UNIT = 100_000  # the largest default unit (memory); smaller tables get smaller units
 MIN_ROWS_PER_UNIT = 16_384       # the smallest default unit: two groups of 8,192 rows

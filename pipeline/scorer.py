@@ -45,8 +45,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.model import EncoderDecoder, EncoderDecoderConfig, gru_step
-from pipeline.vocab import EOS_ID, UNK_ID, Vocabulary
+from rnnenc.pipeline.model import EncoderDecoder, EncoderDecoderConfig, gru_step
+from rnnenc.pipeline.vocab import EOS_ID, UNK_ID, Vocabulary
 
 #: a bucket's last batch is padded to a multiple of this many rows: the batch shapes are a
 #: function of the group's content either way; multiples of 16 keep the element-wise loops free

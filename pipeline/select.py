@@ -22,8 +22,8 @@ from typing import Any
 
 import kenlm
 
-from pipeline import lm, selection
-from pipeline.artifacts import (
+from rnnenc.pipeline import lm, selection
+from rnnenc.pipeline.artifacts import (
     REPORT_NAME,
     atomic_output_dir,
     changed_inputs,
@@ -33,9 +33,9 @@ from pipeline.artifacts import (
     write_json_atomic,
     write_manifest,
 )
-from pipeline.errors import UserError
-from pipeline.executor import Executor
-from pipeline.selection import Cut, SideModels
+from rnnenc.pipeline.errors import UserError
+from rnnenc.pipeline.executor import Executor
+from rnnenc.pipeline.selection import Cut, SideModels
 
 log = logging.getLogger("rnnenc")
 

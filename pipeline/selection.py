@@ -51,10 +51,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 
-from pipeline import lm
-from pipeline.artifacts import manifest_path, require_manifest
-from pipeline.errors import UserError
-from pipeline.executor import Executor
+from rnnenc.pipeline import lm
+from rnnenc.pipeline.artifacts import manifest_path, require_manifest
+from rnnenc.pipeline.errors import UserError
+from rnnenc.pipeline.executor import Executor
 
 Method = Literal["moore-lewis", "axelrod"]
 Side = Literal["source", "target"]

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.errors import UserError
+from rnnenc.pipeline.errors import UserError
 
 HISTOGRAM_BINS = 20
 HEAD_ROWS = 5
@@ -36,7 +36,7 @@ def _numeric(field: pa.Field) -> bool:
 def table_summary(directory: str | os.PathLike, head: int = HEAD_ROWS, bins: int = HISTOGRAM_BINS) -> dict[str, Any]:
     """Schema, rows, first ``head`` rows, per-column statistics and score histograms of the Parquet
     table in ``directory`` (its ``part-*.parquet`` files, or every ``*.parquet``)."""
-    from pipeline.phrase_table import read_score_columns
+    from rnnenc.pipeline.phrase_table import read_score_columns
 
     directory = Path(directory)
     parts = sorted(directory.glob("part-*.parquet")) or sorted(directory.glob("*.parquet"))
@@ -128,7 +128,7 @@ def model_summary(path: str | os.PathLike) -> dict[str, Any]:
                                "vocabulary": {payload[f"{side}_vocab"].get("lang") or side:
                                               len(payload[f"{side}_vocab"].get("itos", []))
                                               for side in ("src", "tgt") if isinstance(payload.get(f"{side}_vocab"), dict)}}
-    from pipeline.artifacts import report_path
+    from rnnenc.pipeline.artifacts import report_path
 
     report = report_path(path.parent)
     if report.is_file():

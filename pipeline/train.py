@@ -51,14 +51,27 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.artifacts import REPORT_NAME, read_manifest, remove_manifest, write_json_atomic, write_manifest
-from pipeline.errors import UserError
-from pipeline.model import Batch, EncoderDecoder, EncoderDecoderConfig, make_batch, resolve_device, save_model
-from pipeline.optim import make_clip_and_step
-from pipeline.phrase_table import list_parts
-from pipeline.progress import progress
-from pipeline.train_config import TrainConfig
-from pipeline.vocab import Vocabulary
+from rnnenc.pipeline.artifacts import (
+    REPORT_NAME,
+    read_manifest,
+    remove_manifest,
+    write_json_atomic,
+    write_manifest,
+)
+from rnnenc.pipeline.errors import UserError
+from rnnenc.pipeline.model import (
+    Batch,
+    EncoderDecoder,
+    EncoderDecoderConfig,
+    make_batch,
+    resolve_device,
+    save_model,
+)
+from rnnenc.pipeline.optim import make_clip_and_step
+from rnnenc.pipeline.phrase_table import list_parts
+from rnnenc.pipeline.progress import progress
+from rnnenc.pipeline.train_config import TrainConfig
+from rnnenc.pipeline.vocab import Vocabulary
 
 log = logging.getLogger("rnnenc")
 

@@ -8,7 +8,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.errors import UserError
+from rnnenc.pipeline.errors import UserError
 
 
 @dataclass

@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.artifacts import (
+from rnnenc.pipeline.artifacts import (
     REPORT_NAME,
     atomic_output_dir,
     corpus_path,
@@ -28,9 +28,9 @@ from pipeline.artifacts import (
     write_json_atomic,
     write_manifest,
 )
-from pipeline.errors import UserError
-from pipeline.executor import SERIAL, Executor
-from pipeline.phrase_table import list_parts
+from rnnenc.pipeline.errors import UserError
+from rnnenc.pipeline.executor import SERIAL, Executor
+from rnnenc.pipeline.phrase_table import list_parts
 
 PAD, UNK, EOS = "<pad>", "<unk>", "</s>"
 SPECIALS: tuple[str, ...] = (PAD, UNK, EOS)

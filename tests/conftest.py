@@ -69,7 +69,7 @@ def tiny_phrase_table(root: Path, rows: int = 400) -> tuple[Path, Path, Path]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.vocab import Vocabulary
+    from rnnenc.pipeline.vocab import Vocabulary
 
     table = root / "table"
     table.mkdir(parents=True)

@@ -8,9 +8,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.alignment import AlignConfig, align_part, format_links, grow_diag_final_and, parse_links
-from pipeline.errors import UserError
-from pipeline.synthetic import DemoConfig, generate_demo, tokenised_sample
+from rnnenc.pipeline.alignment import AlignConfig, align_part, format_links, grow_diag_final_and, parse_links
+from rnnenc.pipeline.errors import UserError
+from rnnenc.pipeline.synthetic import DemoConfig, generate_demo, tokenised_sample
 
 DEMO = DemoConfig(pool_size=500, in_domain_size=50, dev_size=20, phrase_table_pairs=200)
 

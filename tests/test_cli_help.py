@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from workflows.stages import STAGES
+from rnnenc.workflows.stages import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = os.environ | {"PYTHONPATH": str(ROOT)}
@@ -33,7 +33,7 @@ def test_building_a_commands_parser_imports_neither_torch_nor_distributed(comman
 
 @pytest.mark.parametrize("command", ["", *sorted(STAGES)])
 def test_help_of_every_command_is_quick(command):
-    argv = [sys.executable, "-m", "workflows.cli", *([command] if command else []), "--help"]
+    argv = [sys.executable, "-m", "rnnenc.workflows.cli", *([command] if command else []), "--help"]
     started = time.perf_counter()
     result = subprocess.run(argv, capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=120)
     seconds = time.perf_counter() - started

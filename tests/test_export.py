@@ -15,10 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.artifacts import MANIFEST_NAME, REPORT_NAME
-from pipeline.errors import UserError
-from pipeline.moses import export_stage, update_moses_ini
-from pipeline.phrase_table import (
+from rnnenc.pipeline.artifacts import MANIFEST_NAME, REPORT_NAME
+from rnnenc.pipeline.errors import UserError
+from rnnenc.pipeline.moses import export_stage, update_moses_ini
+from rnnenc.pipeline.phrase_table import (
     ExportConfig,
     export_moses,
     import_moses,
@@ -30,8 +30,8 @@ from pipeline.phrase_table import (
     with_score_columns,
     with_scores_metadata,
 )
-from pipeline.synthetic import DemoConfig, generate_demo
-from workflows import cli
+from rnnenc.pipeline.synthetic import DemoConfig, generate_demo
+from rnnenc.workflows import cli
 
 SCORES = [{"name": f"score{i}", "domain": "prob"} for i in range(4)]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import _start_cluster
-from pipeline.artifacts import MANIFEST_NAME, REPORT_NAME
+from rnnenc.pipeline.artifacts import MANIFEST_NAME, REPORT_NAME
 
 EN = "the cat sat on the mat near the door of the little house ."
 FR = "le chat était assis sur le tapis près de la porte de la petite maison ."
@@ -45,7 +45,7 @@ def cluster(tmp_path: Path):
 
 
 def ingest(corpus: tuple[Path, Path], out: Path, address: str) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "workflows.cli", "ingest", "--src", str(corpus[0]), "--tgt", str(corpus[1]),
+    argv = [sys.executable, "-m", "rnnenc.workflows.cli", "ingest", "--src", str(corpus[0]), "--tgt", str(corpus[1]),
             "--src-lang", "en", "--tgt-lang", "fr", "--out", str(out), "--scheduler", address,
             "--rows-per-part", "250", "--quiet"]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -144,13 +144,13 @@ def test_an_unreachable_scheduler_is_one_line(corpus, tmp_path):
 
 def test_the_first_failing_item_in_input_order_is_reported_whatever_finishes_first(dask_client):
     """Items 3 and 5 fail at once, item 1 late: the error is item 1's, every run."""
-    from pipeline.errors import UserError
-    from workflows.cluster import map_partitions
+    from rnnenc.pipeline.errors import UserError
+    from rnnenc.workflows.cluster import map_partitions
 
     def _fails_after(item: tuple[int, float]) -> int:  # nested: the workers get it by value
         import time
 
-        from pipeline.errors import UserError
+        from rnnenc.pipeline.errors import UserError
 
         index, delay = item
         time.sleep(delay)

@@ -10,18 +10,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.artifacts import MANIFEST_NAME, REPORT_NAME
-from pipeline.errors import UserError
-from pipeline.moses import export_stage, new_moses_ini
-from pipeline.phrase_filter import filter_table, source_phrases
-from pipeline.phrase_table import (
+from rnnenc.pipeline.artifacts import MANIFEST_NAME, REPORT_NAME
+from rnnenc.pipeline.errors import UserError
+from rnnenc.pipeline.moses import export_stage, new_moses_ini
+from rnnenc.pipeline.phrase_filter import filter_table, source_phrases
+from rnnenc.pipeline.phrase_table import (
     ExportConfig,
     export_moses,
     list_parts,
     phrase_table_schema,
     with_scores_metadata,
 )
-from workflows import cli
+from rnnenc.workflows import cli
 
 SCORES = [{"name": f"score{i}", "domain": "prob"} for i in range(4)] + [
     {"name": "rnn_logp", "domain": "log"}, {"name": "rnn_unk", "domain": "log", "penalty": True}]
@@ -81,7 +81,7 @@ def test_export_chooses_columns_and_filters(tmp_path):
 
 
 def test_export_with_an_lm_and_no_ini_writes_train_model_perls_layout(tmp_path):
-    from pipeline.lm import LMConfig, train_lm
+    from rnnenc.pipeline.lm import LMConfig, train_lm
 
     table = write_table(tmp_path / "table")
     text = tmp_path / "lm.txt"

@@ -16,15 +16,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline.artifacts import MANIFEST_NAME, REPORT_NAME
-from pipeline.embed import embed_phrases, embed_words, sample_phrases
-from pipeline.generate import beam_search, compare_with_table, comparison_markdown, sample
-from pipeline.model import load_model, score_pairs
-from pipeline.phrase_table import import_moses, list_parts
-from pipeline.synthetic import DemoConfig, generate_demo
-from pipeline.train import TrainConfig, draw_validation, train
-from pipeline.vocab import EOS_ID, PAD_ID, Vocabulary
-from workflows.cli import main as cli_main
+from rnnenc.pipeline.artifacts import MANIFEST_NAME, REPORT_NAME
+from rnnenc.pipeline.embed import embed_phrases, embed_words, sample_phrases
+from rnnenc.pipeline.generate import beam_search, compare_with_table, comparison_markdown, sample
+from rnnenc.pipeline.model import load_model, score_pairs
+from rnnenc.pipeline.phrase_table import import_moses, list_parts
+from rnnenc.pipeline.synthetic import DemoConfig, generate_demo
+from rnnenc.pipeline.train import TrainConfig, draw_validation, train
+from rnnenc.pipeline.vocab import EOS_ID, PAD_ID, Vocabulary
+from rnnenc.workflows.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = DemoConfig(seed=5, pool_size=500, in_domain_size=100, dev_size=50, phrase_table_pairs=3000,
@@ -155,7 +155,7 @@ def test_hypothesis_scores_are_the_models_scores(demo):
 
 
 def test_ban_unk_and_bad_arguments(demo):
-    from pipeline.errors import UserError
+    from rnnenc.pipeline.errors import UserError
 
     hyps = beam_search(demo["model"], demo["src_vocab"], demo["tgt_vocab"], ["qqq zzz"], beam=8, ban_unk=True)[0]
     assert all("<unk>" not in h.tokens for h in hyps)
@@ -208,7 +208,7 @@ def test_comparison_with_the_phrase_table(demo):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "workflows.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "rnnenc.workflows.cli", *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=300, env=os.environ | {"OMP_NUM_THREADS": "1"})
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from conftest import tiny_phrase_table
-from pipeline.model import load_model, score_pairs
-from pipeline.train import TrainConfig, train
+from rnnenc.pipeline.model import load_model, score_pairs
+from rnnenc.pipeline.train import TrainConfig, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

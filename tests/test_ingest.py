@@ -18,13 +18,13 @@ import pytest
 import zstandard
 from sacremoses import MosesPunctNormalizer, MosesTokenizer
 
-from pipeline.artifacts import REJECTS_NAME, REPORT_NAME, is_complete, read_manifest
-from pipeline.corpus import CorpusInput
-from pipeline.errors import UserError
-from pipeline.ingest import ingest
-from pipeline.preprocess import CompiledPunctNormalizer, PreprocessConfig, tokenize
-from pipeline.synthetic import DemoConfig, generate_demo
-from workflows.cluster import DaskExecutor
+from rnnenc.pipeline.artifacts import REJECTS_NAME, REPORT_NAME, is_complete, read_manifest
+from rnnenc.pipeline.corpus import CorpusInput
+from rnnenc.pipeline.errors import UserError
+from rnnenc.pipeline.ingest import ingest
+from rnnenc.pipeline.preprocess import CompiledPunctNormalizer, PreprocessConfig, tokenize
+from rnnenc.pipeline.synthetic import DemoConfig, generate_demo
+from rnnenc.workflows.cluster import DaskExecutor
 
 CONFIG = PreprocessConfig(source_lang="en", target_lang="fr")
 EN = ["Hello, world!", "It's a |test| <b>.", "", "one two three", "short", "x " * 100, "a b c d e f g h i j"]
@@ -161,7 +161,7 @@ def test_malformed_tsv_and_null_parquet(tmp_path, dask_client):
 
 def test_cleaning_options_and_lowercase():
     assert tokenize("Hello, World «quoted»", "en", lowercase=True) == 'hello , world &quot; quoted &quot;'
-    from pipeline.preprocess import clean_reason
+    from rnnenc.pipeline.preprocess import clean_reason
 
     config = PreprocessConfig("en", "fr", max_tokens=5, max_ratio=2)
     assert clean_reason(6, 6, config) == "too long"
@@ -198,7 +198,7 @@ def test_killed_ingest_leaves_no_trusted_output(tmp_path):
     en = [f"line {i} with a few words ." for i in range(20000)]
     src, tgt = write_pair(tmp_path, en, en)
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "workflows.cli", "ingest", "--src", src, "--tgt", tgt,
+    proc = subprocess.Popen([sys.executable, "-m", "rnnenc.workflows.cli", "ingest", "--src", src, "--tgt", tgt,
                              "--src-lang", "en", "--tgt-lang", "fr", "--out", str(out), "--workers", "1",
                              "--rows-per-part", "500", "--quiet"], start_new_session=True)
     deadline = time.time() + 60
@@ -215,7 +215,7 @@ def test_killed_ingest_leaves_no_trusted_output(tmp_path):
 
 def test_cli_user_error_is_one_line_without_traceback(tmp_path):
     src, tgt = write_pair(tmp_path, EN, FR[:2])
-    cmd = [sys.executable, "-m", "workflows.cli", "ingest", "--src", src, "--tgt", tgt, "--src-lang", "en",
+    cmd = [sys.executable, "-m", "rnnenc.workflows.cli", "ingest", "--src", src, "--tgt", tgt, "--src-lang", "en",
            "--tgt-lang", "fr", "--out", str(tmp_path / "out"), "--workers", "1", "--quiet"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
@@ -228,7 +228,7 @@ def test_cli_user_error_is_one_line_without_traceback(tmp_path):
 
 def test_cli_ingest_through_two_worker_cluster(tmp_path, dask_address):
     src, tgt = write_pair(tmp_path, EN, FR)
-    result = subprocess.run([sys.executable, "-m", "workflows.cli", "ingest", "--src", src, "--tgt", tgt,
+    result = subprocess.run([sys.executable, "-m", "rnnenc.workflows.cli", "ingest", "--src", src, "--tgt", tgt,
                              "--src-lang", "en", "--tgt-lang", "fr", "--out", str(tmp_path / "out"),
                              "--scheduler", dask_address, "--rows-per-part", "2", "--on-error", "skip"],
                             capture_output=True, text=True, timeout=120)
@@ -297,7 +297,7 @@ def test_truncated_compressed_corpus_is_a_user_error_naming_file_and_line(tmp_pa
 
 
 def test_corrupt_gzip_names_the_line_it_reached(tmp_path):
-    from pipeline.corpus import read_tsv
+    from rnnenc.pipeline.corpus import read_tsv
 
     data = "".join(f"line {i} of the corpus, with words\tligne {i}\n" for i in range(20000)).encode()
     whole = gzip.compress(data)
@@ -323,7 +323,7 @@ def test_corrupt_gzip_names_the_line_it_reached(tmp_path):
 
 
 def test_zstd_with_several_frames_is_read_to_the_end(tmp_path):
-    from pipeline.corpus import open_binary
+    from rnnenc.pipeline.corpus import open_binary
 
     data = b"".join(b"line %d\n" % i for i in range(50000))
     path = tmp_path / "multi.zst"
@@ -338,7 +338,7 @@ def test_zstd_with_several_frames_is_read_to_the_end(tmp_path):
 
 
 def test_cli_truncated_gzip_is_one_line_with_and_without_skip(tmp_path, dask_address, capsys):
-    from workflows import cli
+    from rnnenc.workflows import cli
 
     en = [f"sentence {i} with a few words ." for i in range(3000)]
     src, tgt = write_pair(tmp_path, en, en, opener=gzip.open, suffix=".gz")
@@ -353,7 +353,7 @@ def test_cli_truncated_gzip_is_one_line_with_and_without_skip(tmp_path, dask_add
 
 
 def test_escape_bytes_round_trips_every_byte():
-    from pipeline.corpus import escape_bytes, unescape_bytes
+    from rnnenc.pipeline.corpus import escape_bytes, unescape_bytes
 
     samples = [bytes(range(256)), b"", b"\\", b"\\\\t", b"\\x41", "été\t\u2028".encode(), b"\xc3", b"a\r\n\tb"]
     samples += [bytes(b % 256 for b in range(k, k + 97)) for k in range(0, 512, 7)]
@@ -363,7 +363,7 @@ def test_escape_bytes_round_trips_every_byte():
 
 
 def _read_rejects(path: Path) -> tuple[list[str], dict[tuple[str, int], list[str]]]:
-    from pipeline.corpus import unescape_bytes
+    from rnnenc.pipeline.corpus import unescape_bytes
 
     lines = gzip.decompress(path.read_bytes()).decode("utf-8").split("\n")
     assert lines[-1] == ""
@@ -421,7 +421,7 @@ def test_no_clean_keeps_every_line_of_a_test_set(tmp_path, dask_address):
     tgt.write_text("Un chat .\nVide\nUn .\nSalut\n")
     common = ["--src", str(src), "--tgt", str(tgt), "--src-lang", "en", "--tgt-lang", "fr", "--scheduler",
               dask_address, "--max-tokens", "5", "--max-ratio", "2", "--quiet"]
-    from workflows import cli
+    from rnnenc.workflows import cli
 
     assert cli.main(["ingest", *common, "--out", str(tmp_path / "cleaned")]) == 0
     assert cli.main(["ingest", *common, "--out", str(tmp_path / "kept"), "--no-clean"]) == 0

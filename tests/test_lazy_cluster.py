@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from workflows import cli, cluster
+from rnnenc.workflows import cli, cluster
 
 TABLE = "a ||| b ||| 0.5 0.5 0.5 0.5 ||| 0-0 ||| 1 1 1\nc ||| d ||| 0.5 0.5 0.5 0.5 ||| 0-0 ||| 1 1 1\n"
 
@@ -54,7 +54,7 @@ def test_two_line_import_wall_time_in_a_subprocess(tmp_path):
     """The issue's figure is under 3 s; the bound here is generous for loaded CI machines."""
     (tmp_path / "pt.txt").write_text(TABLE)
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "workflows.cli", "phrase-table", str(tmp_path / "pt.txt"), "--out",
+    done = subprocess.run([sys.executable, "-m", "rnnenc.workflows.cli", "phrase-table", str(tmp_path / "pt.txt"), "--out",
                            str(tmp_path / "out"), "--quiet"], capture_output=True, text=True, timeout=120)
     seconds = time.perf_counter() - started
     assert done.returncode == 0, done.stderr
@@ -79,10 +79,10 @@ def test_default_parts_are_sized_from_the_input_alone(tmp_path):
     """A 58k-pair pool gets 6 parts (it got 1), a 98k-row table 6 rescore units, a 101 MB table 7
     ranges; caps keep big inputs' parts bounded; no worker count enters (outputs must not depend
     on it)."""
-    from pipeline.corpus import CorpusInput, estimate_pairs
-    from pipeline.ingest import default_rows_per_part
-    from pipeline.partitioning import default_size
-    from pipeline.phrase_table import default_split_bytes, plan_ranges
+    from rnnenc.pipeline.corpus import CorpusInput, estimate_pairs
+    from rnnenc.pipeline.ingest import default_rows_per_part
+    from rnnenc.pipeline.partitioning import default_size
+    from rnnenc.pipeline.phrase_table import default_split_bytes, plan_ranges
 
     assert default_size(58_000, floor=10_000, cap=100_000, step=1000) == 10_000
     assert default_size(98_000, floor=16_384, cap=100_000, step=8192) == 16_384
@@ -104,7 +104,7 @@ def test_a_small_tables_default_units_keep_two_workers_busy(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.rescore import default_rows_per_unit, plan_units
+    from rnnenc.pipeline.rescore import default_rows_per_unit, plan_units
 
     (tmp_path / "t").mkdir()
     pq.write_table(pa.table({"source": ["a"] * 98_000, "target": ["b"] * 98_000}), tmp_path / "t" / "part-00000.parquet")

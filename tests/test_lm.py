@@ -1,4 +1,4 @@
-"""pipeline.lm: the KenLM toolchain lookup, lmplz training, cached loading, cross-entropy."""
+"""rnnenc.pipeline.lm: the KenLM toolchain lookup, lmplz training, cached loading, cross-entropy."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import kenlm
 import pytest
 
-from pipeline import lm
-from pipeline.errors import UserError
+from rnnenc.pipeline import lm
+from rnnenc.pipeline.errors import UserError
 
 
 def _corpus(path: Path, lines: int, seed: int = 3) -> list[str]:

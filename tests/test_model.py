@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.cpu_kernels import LogSoftmaxPick, PackedGRU
-from pipeline.errors import UserError
-from pipeline.model import (
+from rnnenc.pipeline.cpu_kernels import LogSoftmaxPick, PackedGRU
+from rnnenc.pipeline.errors import UserError
+from rnnenc.pipeline.model import (
     EncoderDecoder,
     EncoderDecoderConfig,
     gru_step,
@@ -20,8 +20,8 @@ from pipeline.model import (
     save_model,
     score_pairs,
 )
-from pipeline.scorer import PhraseScorer
-from pipeline.vocab import EOS_ID, Vocabulary
+from rnnenc.pipeline.scorer import PhraseScorer
+from rnnenc.pipeline.vocab import EOS_ID, Vocabulary
 
 SRC = Vocabulary("the a cat dog sat on mat red".split(), lang="en")
 TGT = Vocabulary("le la chat chien assis sur tapis rouge".split(), lang="fr")

@@ -7,17 +7,17 @@ import sys
 
 import pytest
 
-from pipeline.artifacts import MANIFEST_NAME, REPORT_NAME
-from pipeline.errors import UserError
-from workflows.demo import BASELINE_MOSES_INI
-from workflows.moses import bleu, find_moses, mert_command
+from rnnenc.pipeline.artifacts import MANIFEST_NAME, REPORT_NAME
+from rnnenc.pipeline.errors import UserError
+from rnnenc.workflows.demo import BASELINE_MOSES_INI
+from rnnenc.workflows.moses import bleu, find_moses, mert_command
 
 
 def test_without_moses_it_fails_unless_asked_to_skip(tmp_path, monkeypatch):
     # no MOSES_HOME and a cache without a Moses build (KenLM is not needed here)
     env = {k: v for k, v in __import__("os").environ.items() if k != "MOSES_HOME"} | {"RNNENC_CACHE": str(tmp_path)}
     (tmp_path / "x").write_text("a\n")
-    argv = [sys.executable, "-m", "workflows.cli", "moses", "--moses-ini", "x", "--dev-src", "x",
+    argv = [sys.executable, "-m", "rnnenc.workflows.cli", "moses", "--moses-ini", "x", "--dev-src", "x",
             "--dev-ref", "x", "--out", str(tmp_path / "out")]
     failed = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert failed.returncode == 1 and "Traceback" not in failed.stderr
@@ -70,9 +70,9 @@ BASELINE_INI = "\n".join(line for line in BASELINE_MOSES_INI.format(phrase_table
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """The demo's phrase table through rnnenc's import and export, with a baseline moses.ini."""
-    from pipeline.moses import export_stage
-    from pipeline.phrase_table import import_moses
-    from pipeline.synthetic import DemoConfig, generate_demo, tokenised_sample
+    from rnnenc.pipeline.moses import export_stage
+    from rnnenc.pipeline.phrase_table import import_moses
+    from rnnenc.pipeline.synthetic import DemoConfig, generate_demo, tokenised_sample
 
     root = tmp_path_factory.mktemp("moses")
     config = DemoConfig(seed=5, pool_size=300, in_domain_size=300, dev_size=20, phrase_table_pairs=3000)
@@ -89,7 +89,7 @@ def exported(tmp_path_factory):
 
 @NEEDS_MOSES
 def test_real_moses_tunes_and_decodes_rnnencs_export(exported, tmp_path, capsys):
-    from workflows import cli
+    from rnnenc.workflows import cli
 
     out = tmp_path / "out"
     argv = ["moses", "--moses-ini", str(exported / "export"), "--dev-src", str(exported / "dev.en"),
@@ -108,7 +108,7 @@ def test_real_moses_tunes_and_decodes_rnnencs_export(exported, tmp_path, capsys)
 
 @NEEDS_MOSES
 def test_a_failed_tuning_keeps_its_log_and_says_where(exported, tmp_path, capsys, monkeypatch):
-    from workflows import cli
+    from rnnenc.workflows import cli
 
     broken = tmp_path / "broken.ini"
     broken.write_text((exported / "export" / "moses.ini").read_text().replace(
@@ -125,9 +125,9 @@ def test_a_failed_tuning_keeps_its_log_and_says_where(exported, tmp_path, capsys
 def test_lm_stage_trains_the_target_lm_and_export_puts_it_in_moses_ini(exported, tmp_path):
     """`rnnenc lm` on a select output's target side (+ in-domain text); `export --lm` sets the
     ini's KenLM feature, or adds one with train-model.perl's weight."""
-    from pipeline.artifacts import write_manifest
-    from pipeline.moses import export_stage, set_language_model
-    from workflows import cli
+    from rnnenc.pipeline.artifacts import write_manifest
+    from rnnenc.pipeline.moses import export_stage, set_language_model
+    from rnnenc.workflows import cli
 
     select = tmp_path / "select"  # what a select output holds for this stage
     select.mkdir()
@@ -150,8 +150,8 @@ def test_lm_stage_trains_the_target_lm_and_export_puts_it_in_moses_ini(exported,
 
 @NEEDS_MOSES
 def test_real_moses_decodes_with_the_lm_stages_model(exported, tmp_path):
-    from pipeline.lm import build_target_lm
-    from pipeline.moses import export_stage
+    from rnnenc.pipeline.lm import build_target_lm
+    from rnnenc.pipeline.moses import export_stage
 
     build_target_lm([exported / "dev.fr", exported / "test.fr"], "fr", tmp_path / "lm", order=3)
     export_stage(exported / "table", tmp_path / "export", moses_ini=exported / "baseline.ini", lm=tmp_path / "lm")
@@ -163,7 +163,7 @@ def test_real_moses_decodes_with_the_lm_stages_model(exported, tmp_path):
 
 
 def test_mert_dev_bleu_reads_the_last_best_line(tmp_path):
-    from workflows.moses import mert_dev_bleu
+    from rnnenc.workflows.moses import mert_dev_bleu
 
     log = tmp_path / "mert.log"
     log.write_text("noise\n(1) BEST at 1: 0.1 0.2 => 0.2042 at Wed Dec 2\n(2) BEST at 2: 0.3 0.1 => 0.25 at Wed\n")
@@ -175,9 +175,9 @@ def test_mert_dev_bleu_reads_the_last_best_line(tmp_path):
 @pytest.fixture(scope="module")
 def small_corpus(tmp_path_factory):
     """300 in-domain demo pairs ingested (the tokeniser's output), and a 3-gram LM on their target side."""
-    from pipeline.lm import build_target_lm
-    from pipeline.synthetic import DemoConfig, tokenised_sample
-    from workflows import cli
+    from rnnenc.pipeline.lm import build_target_lm
+    from rnnenc.pipeline.synthetic import DemoConfig, tokenised_sample
+    from rnnenc.workflows import cli
 
     root = tmp_path_factory.mktemp("corpus")
     pairs = tokenised_sample(DemoConfig(seed=3), "in", 320)
@@ -198,7 +198,7 @@ def test_moses_train_builds_a_baseline_rnnenc_imports_exports_and_moses_decodes(
     import gzip
     import json
 
-    from workflows import cli
+    from rnnenc.workflows import cli
 
     base = tmp_path / "baseline"
     assert cli.main(["moses-train", "--corpus", str(small_corpus / "corpus"), "--lm", str(small_corpus / "lm"),
@@ -226,7 +226,7 @@ def test_moses_train_builds_a_baseline_rnnenc_imports_exports_and_moses_decodes(
 
 
 def test_moses_train_without_moses_is_one_line(tmp_path, monkeypatch, capsys):
-    from workflows import cli
+    from rnnenc.workflows import cli
 
     monkeypatch.delenv("MOSES_HOME", raising=False)
     monkeypatch.setenv("RNNENC_CACHE", str(tmp_path))

@@ -15,10 +15,10 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.artifacts import MANIFEST_NAME, REJECTS_NAME, REPORT_NAME, read_manifest
-from pipeline.synthetic import DemoConfig, generate_demo
-from workflows.config import load_workflow
-from workflows.run import run_workflow
+from rnnenc.pipeline.artifacts import MANIFEST_NAME, REJECTS_NAME, REPORT_NAME, read_manifest
+from rnnenc.pipeline.synthetic import DemoConfig, generate_demo
+from rnnenc.workflows.config import load_workflow
+from rnnenc.workflows.run import run_workflow
 
 TINY = DemoConfig(seed=11, pool_size=2000, in_domain_size=400, dev_size=60, phrase_table_pairs=300)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.artifacts import (
+from rnnenc.pipeline.artifacts import (
     LEGACY_MANIFEST_NAME,
     LEGACY_REPORT_NAME,
     MANIFEST_NAME,
@@ -31,12 +31,12 @@ from pipeline.artifacts import (
     report_path,
     write_manifest,
 )
-from pipeline.errors import UserError
-from pipeline.phrase_table import import_moses
-from pipeline.selection import open_corpus
-from workflows import cli
-from workflows.config import load_workflow
-from workflows.run import plan_workflow, run_workflow
+from rnnenc.pipeline.errors import UserError
+from rnnenc.pipeline.phrase_table import import_moses
+from rnnenc.pipeline.selection import open_corpus
+from rnnenc.workflows import cli
+from rnnenc.workflows.config import load_workflow
+from rnnenc.workflows.run import plan_workflow, run_workflow
 
 EN = ["Hello world .", "A small cat .", "The house is red .", "I see a dog ."]
 FR = ["Bonjour le monde .", "Un petit chat .", "La maison est rouge .", "Je vois un chien ."]
@@ -185,7 +185,7 @@ def test_stale_temporaries_of_killed_runs_are_removed_not_others(tmp_path, dask_
 def test_sigterm_removes_the_temporary_and_a_rerun_cleans_after_sigkill(tmp_path):
     src, tgt = corpus(tmp_path / "in", copies=5000)  # seconds of work: time to interrupt it
     out = tmp_path / "out"
-    argv = [sys.executable, "-m", "workflows.cli", *ingest_argv(src, tgt, out, "")[:-3], "--workers", "1", "--quiet"]
+    argv = [sys.executable, "-m", "rnnenc.workflows.cli", *ingest_argv(src, tgt, out, "")[:-3], "--workers", "1", "--quiet"]
     for sig in (signal.SIGTERM, signal.SIGKILL):
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 120
@@ -206,7 +206,7 @@ def test_sigterm_removes_the_temporary_and_a_rerun_cleans_after_sigkill(tmp_path
 def test_relative_paths_reach_workers_that_run_elsewhere(tmp_path, dask_address):
     here = tmp_path / "client"
     corpus(here / "in")
-    result = subprocess.run([sys.executable, "-m", "workflows.cli",
+    result = subprocess.run([sys.executable, "-m", "rnnenc.workflows.cli",
                              *ingest_argv("in/x.en", "in/x.fr", "out/utf8", dask_address)],
                             cwd=here, capture_output=True, text=True, timeout=180,
                             env=os.environ | {"PYTHONPATH": str(Path(__file__).parents[1])})
@@ -225,7 +225,7 @@ def test_a_full_disk_is_one_line_and_the_old_output_survives(tmp_path, dask_addr
     def full(*_args, **_kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"{out}.tmp-0000/{REPORT_NAME}")
 
-    monkeypatch.setattr("pipeline.ingest.write_json_atomic", full)
+    monkeypatch.setattr("rnnenc.pipeline.ingest.write_json_atomic", full)
     assert cli.main(ingest_argv(src, tgt, out, dask_address)) == 1
     err = one_line_error(capsys)
     assert "No space left on device" in err and REPORT_NAME in err and "free some space" in err
@@ -243,7 +243,7 @@ def test_atomic_output_dir_checks_again_before_replacing(tmp_path):
 
 
 def test_embedded_cluster_listens_on_loopback_only():
-    from workflows.cluster import dask_client
+    from rnnenc.workflows.cluster import dask_client
 
     with dask_client(None, 1) as client:
         assert client.dashboard_link.startswith("http://127.0.0.1:")
@@ -264,7 +264,7 @@ def test_quiet_local_cluster_shutdown_prints_no_tracebacks(tmp_path, dask_addres
     src, tgt = corpus(tmp_path / "in", copies=50)
     assert cli.main(ingest_argv(src, tgt, tmp_path / "pool", dask_address)) == 0
     for run in range(3):
-        result = subprocess.run([sys.executable, "-m", "workflows.cli", "vocab", "--corpus", str(tmp_path / "pool"),
+        result = subprocess.run([sys.executable, "-m", "rnnenc.workflows.cli", "vocab", "--corpus", str(tmp_path / "pool"),
                                  "--out", str(tmp_path / f"vocab{run}"), "--quiet", "--workers", "2"],
                                 capture_output=True, text=True, timeout=180)
         assert result.returncode == 0 and result.stderr == "", result.stderr
@@ -274,7 +274,7 @@ def test_progress_off_a_terminal_is_plain_lines(tmp_path, dask_address):
     """stderr to a file: no carriage returns, short lines, and the stage's progress as a line."""
     src, tgt = corpus(tmp_path / "in", copies=500)
     with open(tmp_path / "stderr.log", "w") as err:
-        result = subprocess.run([sys.executable, "-m", "workflows.cli",
+        result = subprocess.run([sys.executable, "-m", "rnnenc.workflows.cli",
                                  *ingest_argv(src, tgt, tmp_path / "out", dask_address)[:-1], "--rows-per-part", "400"],
                                 stdout=subprocess.PIPE, stderr=err, text=True, timeout=180)
     assert result.returncode == 0
@@ -286,7 +286,7 @@ def test_progress_off_a_terminal_is_plain_lines(tmp_path, dask_address):
 def test_plain_progress_reports_count_rate_and_time_left():
     import io
 
-    from pipeline.progress import PlainProgress
+    from rnnenc.pipeline.progress import PlainProgress
 
     out = io.StringIO()
     bar = PlainProgress(total=10, desc="score", unit="part", interval=0.0, stream=out)
@@ -300,7 +300,7 @@ def test_plain_progress_reports_count_rate_and_time_left():
 
 
 def test_messages_name_the_published_path_not_the_temporary():
-    from pipeline.artifacts import published_path
+    from rnnenc.pipeline.artifacts import published_path
 
     assert published_path("/r/select.tmp-0123abcd/lm/in.en.binary") == "/r/select/lm/in.en.binary"
     assert published_path("/r/lm.tmp-89abcdef") == "/r/lm"

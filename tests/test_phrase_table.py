@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.artifacts import MANIFEST_NAME, REJECTS_NAME, REPORT_NAME
-from pipeline.errors import UserError
-from pipeline.phrase_table import (
+from rnnenc.pipeline.artifacts import MANIFEST_NAME, REJECTS_NAME, REPORT_NAME
+from rnnenc.pipeline.errors import UserError
+from rnnenc.pipeline.phrase_table import (
     MOSES_SCORE_NAMES,
     ExportConfig,
     Range,
@@ -28,8 +28,8 @@ from pipeline.phrase_table import (
     with_score_columns,
     with_scores_metadata,
 )
-from pipeline.synthetic import DemoConfig, generate_demo
-from workflows import cli
+from rnnenc.pipeline.synthetic import DemoConfig, generate_demo
+from rnnenc.workflows import cli
 
 DEMO = DemoConfig(seed=5, pool_size=500, in_domain_size=50, dev_size=20, phrase_table_pairs=3000)
 
@@ -246,7 +246,7 @@ def test_range_dataclass_is_picklable_and_hashable():
 
 
 def test_fast_block_path_equals_line_by_line_parsing(demo):
-    from pipeline.phrase_table import TableSpec, _fast_block, _rows_table, parse_line
+    from rnnenc.pipeline.phrase_table import TableSpec, _fast_block, _rows_table, parse_line
 
     blocks = {
         "demo": (demo["plain"].read_bytes().split(b"\n")[:-1], TableSpec(4, 5)),
@@ -326,7 +326,7 @@ def test_cli_truncated_gzip_table_on_the_cluster_is_one_line(tmp_path, dask_addr
 
 
 def test_scores_outside_their_prob_domain_are_refused_at_import(tmp_path):
-    from pipeline.phrase_table import TableSpec, _fast_block
+    from rnnenc.pipeline.phrase_table import TableSpec, _fast_block
 
     # 0 is what the export accepts (it writes Moses's floor exp(-100)); so does the import.
     path = tmp_path / "zero.txt"
@@ -359,7 +359,7 @@ def test_scores_outside_their_prob_domain_are_refused_at_import(tmp_path):
 
 
 def test_each_range_reports_its_first_bad_line_and_the_import_the_first_of_all(tmp_path):
-    from pipeline.phrase_table import detect_spec, import_range
+    from rnnenc.pipeline.phrase_table import detect_spec, import_range
 
     lines = [GOOD.replace("a b", f"p{i}") for i in range(400)]
     bad = {57: "a ||| x ||| 0.5 -1 1 0.125 ||| 0-0 ||| 1 1 1", 58: "a ||| x", 230: "q ||| r ||| 2 1 1 1 ||| 0-0 ||| 1 1 1",
@@ -391,7 +391,7 @@ def test_each_range_reports_its_first_bad_line_and_the_import_the_first_of_all(t
 
 
 def test_phrase_table_rejects_keep_the_exact_bytes_of_each_line(tmp_path):
-    from pipeline.corpus import unescape_bytes
+    from rnnenc.pipeline.corpus import unescape_bytes
 
     bad = [b"a\tb ||| x ||| 0.5 -0.25 1 0.125 ||| 0-0 ||| 1 1 1",          # a tab inside the phrase
            b"back\\slash \\t ||| x\xff\xfe ||| 0.5 0.25 1 0.125 ||| 0-0 ||| 1 1 1",  # \ and invalid UTF-8

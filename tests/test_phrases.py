@@ -13,12 +13,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.alignment import AlignConfig, align_part
-from pipeline.phrase_table import export_moses
-from pipeline.phrases import PhraseConfig, build_phrase_table, phrase_spans, run_phrases, sentence_pairs
-from pipeline.synthetic import DemoConfig, generate_demo, tokenised_sample
-from workflows import cli
-from workflows.cluster import DaskExecutor
+from rnnenc.pipeline.alignment import AlignConfig, align_part
+from rnnenc.pipeline.phrase_table import export_moses
+from rnnenc.pipeline.phrases import (
+    PhraseConfig,
+    build_phrase_table,
+    phrase_spans,
+    run_phrases,
+    sentence_pairs,
+)
+from rnnenc.pipeline.synthetic import DemoConfig, generate_demo, tokenised_sample
+from rnnenc.workflows import cli
+from rnnenc.workflows.cluster import DaskExecutor
 
 DEMO = DemoConfig(pool_size=500, in_domain_size=50, dev_size=20, phrase_table_pairs=200)
 FAST = AlignConfig(iterations=(3, 3, 3), samplers=1)

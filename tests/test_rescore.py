@@ -20,11 +20,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline.artifacts import MANIFEST_NAME, REPORT_NAME, file_hash, read_manifest, write_manifest
-from pipeline.errors import UserError
-from pipeline.model import EncoderDecoder, EncoderDecoderConfig, load_model, save_model, score_pairs
-from pipeline.phrase_table import MOSES_SCORE_NAMES, import_moses, read_score_columns
-from pipeline.rescore import (
+from rnnenc.pipeline.artifacts import MANIFEST_NAME, REPORT_NAME, file_hash, read_manifest, write_manifest
+from rnnenc.pipeline.errors import UserError
+from rnnenc.pipeline.model import EncoderDecoder, EncoderDecoderConfig, load_model, save_model, score_pairs
+from rnnenc.pipeline.phrase_table import MOSES_SCORE_NAMES, import_moses, read_score_columns
+from rnnenc.pipeline.rescore import (
     RescoreConfig,
     plan_units,
     prepare_staging,
@@ -35,12 +35,12 @@ from pipeline.rescore import (
     staging_dir,
     torch_threads,
 )
-from pipeline.scorer import PhraseScorer
-from pipeline.synthetic import DemoConfig, generate_demo
-from pipeline.vocab import Vocabulary
-from workflows import cli
-from workflows import rescore as rescore_command
-from workflows.cluster import DaskExecutor
+from rnnenc.pipeline.scorer import PhraseScorer
+from rnnenc.pipeline.synthetic import DemoConfig, generate_demo
+from rnnenc.pipeline.vocab import Vocabulary
+from rnnenc.workflows import cli
+from rnnenc.workflows import rescore as rescore_command
+from rnnenc.workflows.cluster import DaskExecutor
 
 DEMO = DemoConfig(seed=3, pool_size=2000, in_domain_size=200, dev_size=50, phrase_table_pairs=1500)
 SCORES = [{"name": name, "domain": "prob"} for name in MOSES_SCORE_NAMES]  # an imported table's four
@@ -263,7 +263,7 @@ def test_killed_cli_run_resumes(data: dict, dask_address: str, tmp_path: Path) -
     rows = big.to_pylist()
     table = write_table(big, tmp_path / "table", rows_per_part=len(rows), row_group_size=100)
     out = tmp_path / "out"
-    argv = [sys.executable, "-m", "workflows.cli", "rescore", "--phrase-table", str(table), "--model",
+    argv = [sys.executable, "-m", "rnnenc.workflows.cli", "rescore", "--phrase-table", str(table), "--model",
             str(data["model"]), "--out", str(out), "--scheduler", dask_address, "--device", "cpu",
             "--rows-per-unit", "100", "--group-rows", str(GROUP), "--encoder-batch", "8", "--decoder-batch", "16",
             "--readout-rows", "4",
@@ -391,7 +391,7 @@ def test_gpu_bf16_scores_and_partition_independence(data: dict, tmp_path: Path) 
 
 
 def test_a_second_run_or_a_foreign_output_is_refused_before_any_work(data: dict, dask_client, tmp_path: Path) -> None:
-    from pipeline.artifacts import output_lock
+    from rnnenc.pipeline.artifacts import output_lock
 
     out = tmp_path / "out"
     with output_lock(out):  # a run in progress

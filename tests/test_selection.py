@@ -17,14 +17,14 @@ import pyarrow.parquet as pq
 import pytest
 import xxhash
 
-from pipeline import selection
-from pipeline.artifacts import MANIFEST_NAME, REPORT_NAME
-from pipeline.errors import UserError
-from pipeline.executor import SERIAL
-from pipeline.select import SelectConfig, regenerate, run_selection
-from pipeline.synthetic import DemoConfig, generate_demo
-from workflows import cli
-from workflows.cluster import DaskExecutor
+from rnnenc.pipeline import selection
+from rnnenc.pipeline.artifacts import MANIFEST_NAME, REPORT_NAME
+from rnnenc.pipeline.errors import UserError
+from rnnenc.pipeline.executor import SERIAL
+from rnnenc.pipeline.select import SelectConfig, regenerate, run_selection
+from rnnenc.pipeline.synthetic import DemoConfig, generate_demo
+from rnnenc.workflows import cli
+from rnnenc.workflows.cluster import DaskExecutor
 
 # The demo text separates words by spaces except punctuation: enough of a tokeniser here.
 _TOKEN = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?|\S")

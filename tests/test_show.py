@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from pipeline.errors import UserError
-from workflows import cli
+from rnnenc.pipeline.errors import UserError
+from rnnenc.workflows import cli
 
 LINES = ["a ||| x ||| 0.5 0.25 0.5 0.125 ||| 0-0 ||| 1 1 1", "a b ||| x y ||| 1 0.5 0.01 0.001 ||| 0-0 1-1 ||| 2 2 1",
          "c ||| z ||| 0.1 0.1 0.1 0.1 ||| 0-0 ||| 1 1 1"]
@@ -35,8 +35,8 @@ def test_show_a_phrase_table_output(tmp_path, capsys):
 def test_show_a_model(tmp_path, capsys):
     import torch
 
-    from pipeline.model import EncoderDecoder, EncoderDecoderConfig, save_model
-    from pipeline.vocab import Vocabulary
+    from rnnenc.pipeline.model import EncoderDecoder, EncoderDecoderConfig, save_model
+    from rnnenc.pipeline.vocab import Vocabulary
 
     src, tgt = Vocabulary(["a", "b"], lang="en"), Vocabulary(["x", "y", "z"], lang="fr")
     torch.manual_seed(0)
@@ -55,6 +55,6 @@ def test_show_refuses_what_it_cannot_read(tmp_path, capsys):
     assert "not a readable rnnenc model" in capsys.readouterr().err
     assert cli.main(["show", str(tmp_path / "missing")]) == 1
     with pytest.raises(UserError):
-        from pipeline.summary import table_summary
+        from rnnenc.pipeline.summary import table_summary
 
         table_summary(tmp_path)

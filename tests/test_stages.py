@@ -10,19 +10,19 @@ import textwrap
 
 import pytest
 
-from pipeline.artifacts import MANIFEST_NAME
-from pipeline.errors import UserError
-from workflows import cli
-from workflows.config import load_workflow
-from workflows.run import run_workflow, stage_key
-from workflows.stages import STAGES, StageSpec, path_roles, register
+from rnnenc.pipeline.artifacts import MANIFEST_NAME
+from rnnenc.pipeline.errors import UserError
+from rnnenc.workflows import cli
+from rnnenc.workflows.config import load_workflow
+from rnnenc.workflows.run import run_workflow, stage_key
+from rnnenc.workflows.stages import STAGES, StageSpec, path_roles, register
 
 TOY = textwrap.dedent('''
     """Count the lines of a file (a toy stage)."""
     from pathlib import Path
 
-    from pipeline.artifacts import atomic_output_dir, write_manifest
-    from workflows.stages import input_path, output_path
+    from rnnenc.pipeline.artifacts import atomic_output_dir, write_manifest
+    from rnnenc.workflows.stages import input_path, output_path
 
 
     def add_arguments(parser):
@@ -126,15 +126,15 @@ def test_help_imports_only_the_command_it_describes():
 
     probe = ("import sys, workflows.cli as cli\n"
              "try:\n    cli.main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
-             "print(sorted(m for m in ('torch', 'distributed', 'workflows.train', 'workflows.ingest') if m in sys.modules))")
-    for argv, expected in ((["--help"], "[]"), (["ingest", "--help"], "['workflows.ingest']")):
+             "print(sorted(m for m in ('torch', 'distributed', 'rnnenc.workflows.train', 'rnnenc.workflows.ingest') if m in sys.modules))")
+    for argv, expected in ((["--help"], "[]"), (["ingest", "--help"], "['rnnenc.workflows.ingest']")):
         out = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, check=True,
                              timeout=60).stdout.strip().splitlines()[-1]
         assert out == expected, argv  # never torch, never another stage's module
 
 
 def test_stage_outputs_stand_for_their_main_output_and_inner_paths_still_work(tmp_path):
-    from pipeline.artifacts import (
+    from rnnenc.pipeline.artifacts import (
         model_path,
         moses_ini_path,
         phrase_table_path,

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.synthetic import DemoConfig, DemoFiles, generate_demo, tokenised_sample
+from rnnenc.pipeline.synthetic import DemoConfig, DemoFiles, generate_demo, tokenised_sample
 
 SMALL = DemoConfig(pool_size=3000, in_domain_size=400, dev_size=100, phrase_table_pairs=800)
 

@@ -17,7 +17,7 @@ def load_table1():
 
 
 def test_the_experiment_is_one_valid_workflow(tmp_path):
-    from workflows.config import load_workflow
+    from rnnenc.workflows.config import load_workflow
 
     table1 = load_table1()
     work = tmp_path / "table1"
@@ -49,7 +49,7 @@ def test_the_experiment_is_one_valid_workflow(tmp_path):
 def test_the_report_averages_the_mert_runs(tmp_path):
     import json
 
-    from pipeline.artifacts import LEGACY_REPORT_NAME, REPORT_NAME
+    from rnnenc.pipeline.artifacts import LEGACY_REPORT_NAME, REPORT_NAME
 
     table1 = load_table1()
     for system, bleus in (("baseline", (30.0, 31.0, 32.0)), ("rnn", (31.0, 32.0, 33.0))):

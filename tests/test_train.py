@@ -21,12 +21,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline.artifacts import REPORT_NAME, read_manifest
-from pipeline.errors import UserError
-from pipeline.model import EncoderDecoder, EncoderDecoderConfig, load_model, score_pairs
-from pipeline.optim import ADADELTA_CHUNK, clip_and_adadelta_, make_clip_and_step
-from pipeline.synthetic import DemoConfig, generate_demo
-from pipeline.train import (
+from rnnenc.pipeline.artifacts import REPORT_NAME, read_manifest
+from rnnenc.pipeline.errors import UserError
+from rnnenc.pipeline.model import EncoderDecoder, EncoderDecoderConfig, load_model, score_pairs
+from rnnenc.pipeline.optim import ADADELTA_CHUNK, clip_and_adadelta_, make_clip_and_step
+from rnnenc.pipeline.synthetic import DemoConfig, generate_demo
+from rnnenc.pipeline.train import (
     CHECKPOINT_FORMAT,
     STATE_TYPES,
     PairSampler,
@@ -37,7 +37,7 @@ from pipeline.train import (
     save_checkpoint,
     train,
 )
-from pipeline.vocab import Vocabulary
+from rnnenc.pipeline.vocab import Vocabulary
 
 TINY = dict(embedding=8, hidden=16, maxout=8, output_rank=8, threads=1, seed=7)
 SRC_WORDS = "the a cat dog sat on mat red big small house".split()
@@ -134,7 +134,7 @@ def test_resume_after_a_kill_ends_with_the_same_parameters(toy, tmp_path):
     run(toy, tmp_path / "straight", TrainConfig(**common))
 
     killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "workflows.cli", "train", "--phrase-table", str(toy["table"]),
+    cmd = [sys.executable, "-m", "rnnenc.workflows.cli", "train", "--phrase-table", str(toy["table"]),
            "--src-vocab", str(toy["src"]), "--tgt-vocab", str(toy["tgt"]), "--out", str(killed),
            "--cache-dir", str(toy["cache"]), "--quiet", "--updates", "240", "--batch-size", "16",
            "--max-length", "10", "--valid-pairs", "40", "--valid-every", "30", "--checkpoint-every", "20",
@@ -231,7 +231,7 @@ def test_resume_never_unpickles_code_from_a_crafted_checkpoint(toy, tmp_path):
 
     # the command line: exit status 1, one line on stderr, nothing run
     proc = subprocess.run(
-        [sys.executable, "-m", "workflows.cli", "train", "--phrase-table", str(toy["table"]),
+        [sys.executable, "-m", "rnnenc.workflows.cli", "train", "--phrase-table", str(toy["table"]),
          "--src-vocab", str(toy["src"]), "--tgt-vocab", str(toy["tgt"]), "--out", str(out),
          "--cache-dir", str(toy["cache"]), "--quiet", "--updates", "4", "--batch-size", "4", "--valid-pairs", "0",
          "--checkpoint-every", "1", "--embedding", "8", "--hidden", "16", "--maxout", "8", "--threads", "1",

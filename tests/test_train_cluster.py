@@ -5,9 +5,9 @@ from __future__ import annotations
 from distributed import Client, get_task_stream
 
 from conftest import _start_cluster, tiny_phrase_table
-from pipeline.artifacts import read_manifest
-from workflows.cli import build_parser
-from workflows.train import main
+from rnnenc.pipeline.artifacts import read_manifest
+from rnnenc.workflows.cli import build_parser
+from rnnenc.workflows.train import main
 
 
 def test_train_runs_as_a_task_on_the_gpu_worker(tmp_path):

@@ -11,11 +11,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.artifacts import MANIFEST_NAME, REPORT_NAME, write_manifest
-from pipeline.errors import UserError
-from pipeline.phrase_table import import_moses
-from pipeline.synthetic import DemoConfig, generate_demo
-from pipeline.vocab import (
+from rnnenc.pipeline.artifacts import MANIFEST_NAME, REPORT_NAME, write_manifest
+from rnnenc.pipeline.errors import UserError
+from rnnenc.pipeline.phrase_table import import_moses
+from rnnenc.pipeline.synthetic import DemoConfig, generate_demo
+from rnnenc.pipeline.vocab import (
     SPECIALS,
     Vocabulary,
     build_vocabulary,
@@ -24,8 +24,8 @@ from pipeline.vocab import (
     coverage,
     merge_counts,
 )
-from pipeline.vocab import build_vocabularies as build
-from workflows import cli
+from rnnenc.pipeline.vocab import build_vocabularies as build
+from rnnenc.workflows import cli
 
 
 def counts_table(counts: dict[str, int]) -> pa.Table:

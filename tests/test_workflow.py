@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from conftest import _start_cluster
-from pipeline.artifacts import REPORT_NAME, read_manifest
-from pipeline.errors import UserError
-from pipeline.synthetic import DemoConfig, generate_demo
-from workflows.config import load_workflow
-from workflows.run import run_workflow
+from rnnenc.pipeline.artifacts import REPORT_NAME, read_manifest
+from rnnenc.pipeline.errors import UserError
+from rnnenc.pipeline.synthetic import DemoConfig, generate_demo
+from rnnenc.workflows.config import load_workflow
+from rnnenc.workflows.run import run_workflow
 
 TINY = DemoConfig(seed=7, pool_size=3000, in_domain_size=600, dev_size=100, phrase_table_pairs=300)
 
@@ -87,18 +87,18 @@ def test_invalid_workflows_give_one_clear_line(demo_data, body, message):
 def test_cli_reports_workflow_errors_without_traceback(demo_data):
     path = write_workflow(demo_data, "run: r\nlanguages: {source: en, target: fr}\nstages: {a: {command: ingest}}\nbogus: 1\n",
                           "bad.yaml")
-    result = subprocess.run([sys.executable, "-m", "workflows.cli", "run", str(path)], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "rnnenc.workflows.cli", "run", str(path)], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 1
     assert result.stderr.strip() == f"rnnenc: error: {path}: bogus: unknown key"
 
 
 def test_whole_chain_through_two_workers_skips_and_reruns_downstream(demo_data, dask_address, monkeypatch):
-    from workflows.demo import write_baseline_moses_ini
+    from rnnenc.workflows.demo import write_baseline_moses_ini
 
     monkeypatch.delenv("MOSES_HOME", raising=False)
     # the chain without Moses (the stage's no-op path); tests/test_moses_stage.py tunes with real Moses
-    monkeypatch.setattr("workflows.moses.find_moses", lambda _home: None)
+    monkeypatch.setattr("rnnenc.workflows.moses.find_moses", lambda _home: None)
     write_baseline_moses_ini(demo_data / "data", demo_data / "artifacts" / "r1")
     (demo_data / "moses.ini").write_text((demo_data / "data" / "moses.ini").read_text())
     path = write_workflow(demo_data, WORKFLOW.format(run="r1", fraction=0.1) + FULL_CHAIN)
@@ -208,7 +208,7 @@ def test_openmp_waiters_spin_in_training_commands_and_never_in_local_workers():
         out = subprocess.run([sys.executable, "-c", probe, command], env=env, capture_output=True, text=True,
                              check=True, cwd=Path(__file__).parent.parent).stdout.strip()
         assert out == expected, command
-    from workflows.cluster import dask_client
+    from rnnenc.workflows.cluster import dask_client
 
     with dask_client(None, 1) as client:
         assert list(client.run(lambda: os.environ.get("GOMP_SPINCOUNT")).values()) == ["0"]
@@ -219,8 +219,8 @@ def test_a_copied_project_reruns_nothing_and_check_says_why(tmp_path, dask_addre
     `rnnenc run --check` says which stages would run and why, and runs nothing."""
     import shutil
 
-    from workflows import cli
-    from workflows.run import plan_workflow
+    from rnnenc.workflows import cli
+    from rnnenc.workflows.run import plan_workflow
 
     project = tmp_path / "project"
     (project / "data").mkdir(parents=True)

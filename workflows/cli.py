@@ -18,8 +18,8 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from pipeline.errors import UserError
-from workflows.stages import STAGES, path_roles
+from rnnenc.pipeline.errors import UserError
+from rnnenc.workflows.stages import STAGES, path_roles
 
 log = logging.getLogger("rnnenc")
 
@@ -129,7 +129,7 @@ def _command(argv: Sequence[str]) -> str | None:
 
 
 def _version() -> str:
-    from pipeline import __version__
+    from rnnenc.pipeline import __version__
     return __version__
 
 

@@ -23,8 +23,8 @@ from distributed import Client, Future, LocalCluster, wait
 from distributed.client import FuturesCancelledError
 from distributed.comm.core import CommClosedError
 
-from pipeline.errors import UserError
-from pipeline.progress import progress
+from rnnenc.pipeline.errors import UserError
+from rnnenc.pipeline.progress import progress
 
 log = logging.getLogger("rnnenc")
 T = TypeVar("T")

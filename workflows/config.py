@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from pipeline.errors import UserError
+from rnnenc.pipeline.errors import UserError
 
 REFERENCE = re.compile(r"\$\{([A-Za-z0-9_.-]+)\}")
 # Options whose values name files or directories that must exist before the run starts (unless
@@ -111,7 +111,7 @@ def _format_validation_error(source: str, exc: ValidationError) -> str:
 
 
 def _stage_parser(command: str) -> tuple[Any, argparse.ArgumentParser]:
-    from workflows.stages import STAGES
+    from rnnenc.workflows.stages import STAGES
 
     spec = STAGES.get(command)
     if spec is None or not spec.workflow_stage:
@@ -122,7 +122,7 @@ def _stage_parser(command: str) -> tuple[Any, argparse.ArgumentParser]:
         raise UserError(f"command '{command}' has not landed in this version of rnnenc yet")
     parser = _RaisingParser(prog=f"rnnenc {command}", add_help=False)
     module.add_arguments(parser)
-    from workflows.cli import add_common_arguments
+    from rnnenc.workflows.cli import add_common_arguments
 
     add_common_arguments(parser)
     return module, parser
@@ -157,7 +157,7 @@ def _resolve(value: Any, base: Path, outputs: dict[str, Path], where: str, deps:
 def _stage_argv(name: str, options: dict[str, Any], actions: dict[str, argparse.Action], base: Path,
                 outputs: dict[str, Path], source: str, deps: list[str],
                 inputs: list[Path]) -> list[str]:
-    from workflows.stages import ROLE
+    from rnnenc.workflows.stages import ROLE
 
     positional: list[str] = []
     argv: list[str] = []

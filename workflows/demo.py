@@ -18,29 +18,29 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.artifacts import (
+from rnnenc.pipeline.artifacts import (
     LEGACY_MANIFEST_NAME,
     LEGACY_REPORT_NAME,
     MANIFEST_NAME,
     REPORT_NAME,
     report_path,
 )
-from workflows.cli import add_cluster_arguments
+from rnnenc.workflows.cli import add_cluster_arguments
 
 if TYPE_CHECKING:  # numpy, pyarrow, yaml, pydantic: loaded to run the demo, not for --help
-    from pipeline.synthetic import DemoConfig
+    from rnnenc.pipeline.synthetic import DemoConfig
 
 log = logging.getLogger("rnnenc")
 TEMPLATE = "demo.yaml"
 
 
 def demo_workflow_text() -> str:
-    return resources.files("workflows").joinpath("workflows", TEMPLATE).read_text(encoding="utf-8")
+    return resources.files("rnnenc.workflows").joinpath("workflows", TEMPLATE).read_text(encoding="utf-8")
 
 
 def prepare_data(data_dir: Path, config: DemoConfig) -> None:
     """Generate the demo data unless the same config already generated it."""
-    from pipeline.synthetic import generate_demo
+    from rnnenc.pipeline.synthetic import generate_demo
 
     truth = data_dir / "truth.json"
     wanted = json.loads(json.dumps(asdict(config)))
@@ -173,9 +173,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import yaml
 
-    from pipeline.synthetic import DemoConfig
-    from workflows.config import load_workflow
-    from workflows.run import run_workflow
+    from rnnenc.pipeline.synthetic import DemoConfig
+    from rnnenc.workflows.config import load_workflow
+    from rnnenc.workflows.run import run_workflow
 
     root = Path(args.dir)
     data_dir = root / "data"

@@ -26,9 +26,9 @@ from __future__ import annotations
 import argparse
 import logging
 
-from pipeline.errors import UserError
-from pipeline.tsne import DEFAULT_PERPLEXITY
-from workflows.stages import input_path, output_path
+from rnnenc.pipeline.errors import UserError
+from rnnenc.pipeline.tsne import DEFAULT_PERPLEXITY
+from rnnenc.workflows.stages import input_path, output_path
 
 log = logging.getLogger("rnnenc")
 
@@ -58,7 +58,7 @@ def main(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
     import torch
 
-    from pipeline.artifacts import (
+    from rnnenc.pipeline.artifacts import (
         REPORT_NAME,
         atomic_output_dir,
         model_path,
@@ -66,7 +66,7 @@ def main(args: argparse.Namespace) -> int:
         write_json_atomic,
         write_manifest,
     )
-    from pipeline.embed import (
+    from rnnenc.pipeline.embed import (
         embed_phrases,
         embed_words,
         label_priority,
@@ -74,7 +74,7 @@ def main(args: argparse.Namespace) -> int:
         read_label_texts,
         sample_phrases,
     )
-    from pipeline.model import load_model, resolve_device
+    from rnnenc.pipeline.model import load_model, resolve_device
 
     for name in ("words", "label", "threads"):
         if getattr(args, name) < 0:

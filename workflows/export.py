@@ -28,13 +28,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pipeline.artifacts import phrase_table_path
-from pipeline.errors import UserError
-from pipeline.moses import DEFAULT_INITIAL_WEIGHT, export_stage
-from pipeline.phrase_table import DEFAULT_RUN_BYTES, ExportConfig
-from workflows.cli import add_cluster_arguments
-from workflows.phrase_table import parse_size
-from workflows.stages import input_path, output_path
+from rnnenc.pipeline.artifacts import phrase_table_path
+from rnnenc.pipeline.errors import UserError
+from rnnenc.pipeline.moses import DEFAULT_INITIAL_WEIGHT, export_stage
+from rnnenc.pipeline.phrase_table import DEFAULT_RUN_BYTES, ExportConfig
+from rnnenc.workflows.cli import add_cluster_arguments
+from rnnenc.workflows.phrase_table import parse_size
+from rnnenc.workflows.stages import input_path, output_path
 
 
 def parse_weights(items: list[str] | None) -> dict[str, float]:
@@ -105,8 +105,8 @@ def describe(report: dict[str, Any]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline.artifacts import moses_ini_path
-    from workflows.cluster import cluster_executor
+    from rnnenc.pipeline.artifacts import moses_ini_path
+    from rnnenc.workflows.cluster import cluster_executor
 
     args.table = str(phrase_table_path(args.table))  # a phrases output stands for its table/
     if args.moses_ini:

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.phrase_filter import DEFAULT_MAX_PHRASE_LENGTH
-from workflows.cli import add_cluster_arguments
-from workflows.stages import input_path, output_path
+from rnnenc.pipeline.phrase_filter import DEFAULT_MAX_PHRASE_LENGTH
+from rnnenc.workflows.cli import add_cluster_arguments
+from rnnenc.workflows.stages import input_path, output_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,8 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline.phrase_filter import filter_table
-    from workflows.cluster import cluster_executor
+    from rnnenc.pipeline.phrase_filter import filter_table
+    from rnnenc.workflows.cluster import cluster_executor
 
     with cluster_executor(args.scheduler, args.workers, quiet=args.quiet, key_prefix="filter") as executor:
         report = filter_table(args.table, args.out, args.input, max_length=args.max_phrase_length,

@@ -31,12 +31,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.errors import UserError
-from pipeline.train_config import TrainConfig
-from workflows.stages import input_path, output_path
+from rnnenc.pipeline.errors import UserError
+from rnnenc.pipeline.train_config import TrainConfig
+from rnnenc.workflows.stages import input_path, output_path
 
 if TYPE_CHECKING:  # pipeline.generate imports torch: only main() loads it, never --help
-    from pipeline.generate import Hypothesis
+    from rnnenc.pipeline.generate import Hypothesis
 
 log = logging.getLogger("rnnenc")
 
@@ -100,7 +100,7 @@ def parquet_phrases(table: str, column: str, limit: int | None) -> list[str]:
     """The distinct non-empty values of ``column`` in table order (the first ``limit``)."""
     import pyarrow.parquet as pq
 
-    from pipeline.phrase_table import list_parts
+    from rnnenc.pipeline.phrase_table import list_parts
 
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be at least 1 (got {limit})")
@@ -130,15 +130,15 @@ def generations_tsv(sources: list[str], results: list[list[Hypothesis]]) -> str:
 def main(args: argparse.Namespace) -> int:
     import torch
 
-    from pipeline.artifacts import atomic_output_dir, model_path, phrase_table_path, write_manifest
-    from pipeline.generate import (
+    from rnnenc.pipeline.artifacts import atomic_output_dir, model_path, phrase_table_path, write_manifest
+    from rnnenc.pipeline.generate import (
         beam_search,
         compare_with_table,
         comparison_markdown,
         comparison_tsv,
         sample,
     )
-    from pipeline.model import load_model, resolve_device
+    from rnnenc.pipeline.model import load_model, resolve_device
 
     if args.phrase_table:  # a phrases output stands for its table/
         args.phrase_table = str(phrase_table_path(args.phrase_table))

@@ -31,14 +31,14 @@ import argparse
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from pipeline.corpus import CorpusInput
-from pipeline.errors import UserError
-from pipeline.ingest import DEFAULT_ROWS_PER_PART, MIN_ROWS_PER_PART, corpus_name, ingest
-from workflows.cli import add_cluster_arguments
-from workflows.stages import input_path, output_path
+from rnnenc.pipeline.corpus import CorpusInput
+from rnnenc.pipeline.errors import UserError
+from rnnenc.pipeline.ingest import DEFAULT_ROWS_PER_PART, MIN_ROWS_PER_PART, corpus_name, ingest
+from rnnenc.workflows.cli import add_cluster_arguments
+from rnnenc.workflows.stages import input_path, output_path
 
 if TYPE_CHECKING:  # sacremoses: loaded to run, not for --help
-    from pipeline.preprocess import PreprocessConfig
+    from rnnenc.pipeline.preprocess import PreprocessConfig
 
 
 def inputs_from_args(args: argparse.Namespace) -> list[CorpusInput]:
@@ -104,7 +104,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
-    from pipeline.preprocess import PreprocessConfig
+    from rnnenc.pipeline.preprocess import PreprocessConfig
 
     return PreprocessConfig(source_lang=args.src_lang, target_lang=args.tgt_lang, lowercase=args.lowercase,
                             normalize_punctuation=not args.no_normalize_punctuation,
@@ -123,7 +123,7 @@ def print_report(report: dict[str, Any]) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from workflows.cluster import cluster_executor  # distributed: not for --help
+    from rnnenc.workflows.cluster import cluster_executor  # distributed: not for --help
 
     inputs = inputs_from_args(args)
     config = config_from_args(args)

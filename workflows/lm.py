@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from workflows.stages import input_path, output_path
+from rnnenc.workflows.stages import input_path, output_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline.lm import LM_NAME, build_target_lm
+    from rnnenc.pipeline.lm import LM_NAME, build_target_lm
 
     report = build_target_lm(args.corpus, args.lang, args.out, order=args.order, memory=args.lm_memory)
     print(f"trained a {report['order']}-gram '{report['lang']}' language model on {report['sentences']:,} "

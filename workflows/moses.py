@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import (
+from rnnenc.pipeline.artifacts import (
     REPORT_NAME,
     atomic_output_dir,
     moses_ini_path,
@@ -41,9 +41,9 @@ from pipeline.artifacts import (
     write_json_atomic,
     write_manifest,
 )
-from pipeline.errors import UserError
-from pipeline.moses_train import run_logged
-from workflows.stages import input_path, output_path
+from rnnenc.pipeline.errors import UserError
+from rnnenc.pipeline.moses_train import run_logged
+from rnnenc.workflows.stages import input_path, output_path
 
 log = logging.getLogger("rnnenc")
 

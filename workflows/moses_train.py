@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from workflows.stages import input_path, output_path
+from rnnenc.workflows.stages import input_path, output_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,9 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline.errors import UserError
-    from pipeline.moses_train import train_moses_baseline
-    from workflows.moses import find_moses
+    from rnnenc.pipeline.errors import UserError
+    from rnnenc.pipeline.moses_train import train_moses_baseline
+    from rnnenc.workflows.moses import find_moses
 
     moses = find_moses(args.moses_home)
     if moses is None:

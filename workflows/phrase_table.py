@@ -26,13 +26,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pipeline.phrase_table import (
+from rnnenc.pipeline.phrase_table import (
     DEFAULT_PROB_SCORES,
     DEFAULT_ROWS_PER_GROUP,
     import_moses,
 )
-from workflows.cli import add_cluster_arguments
-from workflows.stages import input_path, output_path
+from rnnenc.workflows.cli import add_cluster_arguments
+from rnnenc.workflows.stages import input_path, output_path
 
 
 def parse_size(text: str) -> int:
@@ -87,8 +87,8 @@ def describe(report: dict[str, Any]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline.artifacts import moses_table_path, read_artifact
-    from workflows.cluster import cluster_executor
+    from rnnenc.pipeline.artifacts import moses_table_path, read_artifact
+    from rnnenc.workflows.cluster import cluster_executor
 
     # a moses-train output stands for its table, and tells the languages
     for path in args.input:

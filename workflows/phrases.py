@@ -30,13 +30,13 @@ import argparse
 import logging
 from typing import TYPE_CHECKING
 
-from pipeline.errors import UserError
-from workflows.cli import add_cluster_arguments
-from workflows.stages import input_path, output_path
+from rnnenc.pipeline.errors import UserError
+from rnnenc.workflows.cli import add_cluster_arguments
+from rnnenc.workflows.stages import input_path, output_path
 
 if TYPE_CHECKING:  # pandas, eflomal's wrapper and distributed load in main(), never for --help
-    from pipeline.alignment import AlignConfig
-    from pipeline.phrases import PhraseConfig
+    from rnnenc.pipeline.alignment import AlignConfig
+    from rnnenc.pipeline.phrases import PhraseConfig
 
 log = logging.getLogger("rnnenc")
 
@@ -78,8 +78,8 @@ def _iterations(text: str | None) -> tuple[int, int, int] | None:
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[PhraseConfig, AlignConfig]:
-    from pipeline.alignment import AlignConfig
-    from pipeline.phrases import PhraseConfig
+    from rnnenc.pipeline.alignment import AlignConfig
+    from rnnenc.pipeline.phrases import PhraseConfig
 
     phrases = PhraseConfig(max_length=args.max_phrase_length, min_count=args.min_count, buckets=args.buckets)
     align = AlignConfig(model=args.align_model, iterations=_iterations(args.align_iterations),
@@ -90,9 +90,9 @@ def config_from_args(args: argparse.Namespace) -> tuple[PhraseConfig, AlignConfi
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline.phrase_table import list_parts
-    from pipeline.phrases import corpus_parts, run_phrases
-    from workflows.cluster import cluster_executor
+    from rnnenc.pipeline.phrase_table import list_parts
+    from rnnenc.pipeline.phrases import corpus_parts, run_phrases
+    from rnnenc.workflows.cluster import cluster_executor
 
     phrases, align = config_from_args(args)
     # Input mistakes are reported before a cluster is started.

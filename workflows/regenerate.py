@@ -16,21 +16,21 @@ import argparse
 import logging
 from pathlib import Path
 
-from pipeline.select import regenerate
-from workflows.stages import input_path, output_path
+from rnnenc.pipeline.select import regenerate
+from rnnenc.workflows.stages import input_path, output_path
 
 log = logging.getLogger("rnnenc")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     input_path(parser, "manifest", help="_manifest.json of an 'rnnenc select' output (or its directory)")
     output_path(parser, "--out", help="where to rebuild the subset (default: <selection>.regenerated)")
-    from workflows.cli import add_cluster_arguments
+    from rnnenc.workflows.cli import add_cluster_arguments
 
     add_cluster_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
-    from workflows.cluster import cluster_executor
+    from rnnenc.workflows.cluster import cluster_executor
 
     manifest = Path(args.manifest)
     selection_dir = manifest if manifest.is_dir() else manifest.parent

@@ -31,10 +31,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import model_path, phrase_table_path
-from pipeline.rescore_config import DEFAULT_ROWS_PER_UNIT, MIN_ROWS_PER_UNIT, RescoreConfig
-from workflows.cli import add_cluster_arguments
-from workflows.stages import input_path, output_path
+from rnnenc.pipeline.artifacts import model_path, phrase_table_path
+from rnnenc.pipeline.rescore_config import DEFAULT_ROWS_PER_UNIT, MIN_ROWS_PER_UNIT, RescoreConfig
+from rnnenc.workflows.cli import add_cluster_arguments
+from rnnenc.workflows.stages import input_path, output_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,9 +89,9 @@ def print_report(report: dict[str, Any], out: str) -> None:
 
 def main(args: argparse.Namespace) -> int:
     # here, not at the top: torch (pipeline.rescore) and distributed would slow down --help
-    from pipeline.moses import export_stage
-    from pipeline.rescore import rescore
-    from workflows.cluster import cluster_executor
+    from rnnenc.pipeline.moses import export_stage
+    from rnnenc.pipeline.rescore import rescore
+    from rnnenc.workflows.cluster import cluster_executor
 
     # a phrases output stands for its table/, a train output for its model.pt
     args.phrase_table, args.model = str(phrase_table_path(args.phrase_table)), str(model_path(args.model))

@@ -26,11 +26,11 @@ from typing import Any
 
 import xxhash
 
-from pipeline.artifacts import is_complete, output_stage, path_record, write_json_atomic
-from pipeline.errors import UserError
-from workflows.cli import add_cluster_arguments
-from workflows.config import Stage, Workflow, load_workflow
-from workflows.stages import STAGES, input_path
+from rnnenc.pipeline.artifacts import is_complete, output_stage, path_record, write_json_atomic
+from rnnenc.pipeline.errors import UserError
+from rnnenc.workflows.cli import add_cluster_arguments
+from rnnenc.workflows.config import Stage, Workflow, load_workflow
+from rnnenc.workflows.stages import STAGES, input_path
 
 log = logging.getLogger("rnnenc")
 
@@ -117,7 +117,7 @@ def run_workflow(workflow: Workflow, *, scheduler: str | None = None, workers: i
                  quiet: bool = False, debug: bool = False, force: set[str] | None = None,
                  until: str | None = None) -> list[dict[str, Any]]:
     """Run (or skip) every stage in order; return one record per stage."""
-    from workflows.cluster import dask_client  # distributed: not for `rnnenc run --help`
+    from rnnenc.workflows.cluster import dask_client  # distributed: not for `rnnenc run --help`
 
     force = force or set()
     names = [stage.name for stage in workflow.stages]

@@ -43,10 +43,10 @@ import argparse
 import logging
 from pathlib import Path
 
-from pipeline import selection
-from pipeline.errors import UserError
-from pipeline.select import DEFAULT_GRID, SelectConfig, run_selection
-from workflows.stages import input_path, output_path
+from rnnenc.pipeline import selection
+from rnnenc.pipeline.errors import UserError
+from rnnenc.pipeline.select import DEFAULT_GRID, SelectConfig, run_selection
+from rnnenc.workflows.stages import input_path, output_path
 
 log = logging.getLogger("rnnenc")
 
@@ -109,7 +109,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "LANG=A,B gives one model per fold (A scores fold 1, B fold 0: see "
                              "pipeline/selection.py)")
     parser.add_argument("--hf-dataset", action="store_true", help="also write a Hugging Face dataset in OUT/hf")
-    from workflows.cli import add_cluster_arguments
+    from rnnenc.workflows.cli import add_cluster_arguments
 
     add_cluster_arguments(parser)
 
@@ -151,7 +151,7 @@ def config_from_args(args: argparse.Namespace) -> SelectConfig:
 
 
 def main(args: argparse.Namespace) -> int:
-    from workflows.cluster import cluster_executor
+    from rnnenc.workflows.cluster import cluster_executor
 
     cfg = config_from_args(args)
     with cluster_executor(args.scheduler, args.workers, quiet=args.quiet) as executor:

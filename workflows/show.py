@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from workflows.stages import input_path, output_path
+from rnnenc.workflows.stages import input_path, output_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,9 +63,9 @@ def _format_table(summary: dict[str, Any]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline.artifacts import read_artifact, read_manifest, report_path
-    from pipeline.errors import UserError
-    from pipeline.summary import model_summary, plot_histograms, table_summary
+    from rnnenc.pipeline.artifacts import read_artifact, read_manifest, report_path
+    from rnnenc.pipeline.errors import UserError
+    from rnnenc.pipeline.summary import model_summary, plot_histograms, table_summary
 
     path = Path(args.path)
     if not path.exists():

@@ -25,10 +25,10 @@ import argparse
 import json
 import logging
 
-from pipeline.artifacts import phrase_table_path, vocabulary_path
-from pipeline.train_config import TrainConfig
-from workflows.cli import add_cluster_arguments
-from workflows.stages import input_path, output_path
+from rnnenc.pipeline.artifacts import phrase_table_path, vocabulary_path
+from rnnenc.pipeline.train_config import TrainConfig
+from rnnenc.workflows.cli import add_cluster_arguments
+from rnnenc.workflows.stages import input_path, output_path
 
 log = logging.getLogger("rnnenc")
 
@@ -79,8 +79,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     # here, not at the top: torch (pipeline.train) and distributed would slow down --help
-    from pipeline.train import train
-    from workflows.cluster import dask_client, gpu_resources, scheduler_address
+    from rnnenc.pipeline.train import train
+    from rnnenc.workflows.cluster import dask_client, gpu_resources, scheduler_address
 
     # a phrases output stands for its table/, a vocab output for its vocab.<lang>.txt files
     args.phrase_table = str(phrase_table_path(args.phrase_table))

@@ -22,10 +22,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pipeline.artifacts import phrase_table_path
-from pipeline.vocab import DEFAULT_SIZE, build_vocabularies
-from workflows.cli import add_cluster_arguments
-from workflows.stages import input_path, output_path
+from rnnenc.pipeline.artifacts import phrase_table_path
+from rnnenc.pipeline.vocab import DEFAULT_SIZE, build_vocabularies
+from rnnenc.workflows.cli import add_cluster_arguments
+from rnnenc.workflows.stages import input_path, output_path
 
 
 def describe(report: dict[str, Any]) -> list[str]:
@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from workflows.cluster import cluster_executor
+    from rnnenc.workflows.cluster import cluster_executor
 
     kind, path = ("corpus", args.corpus) if args.corpus else ("phrase-table", str(phrase_table_path(args.phrase_table)))
     with cluster_executor(args.scheduler, args.workers, quiet=args.quiet, key_prefix="vocab") as executor:
