@@ -218,7 +218,9 @@ def main(args: argparse.Namespace) -> int:
         run_logged(command, tuning / "mert.log", "mert-moses.pl")
         report["seconds"] = {"tuning": round(time.perf_counter() - started, 1)}
         report["mert"] = {"iterations": args.mert_iterations, "seed": args.seed,
-                          "runs": len(list((tuning / "mert").glob("run*.out"))),
+                          # decoder runs: run1.out, run2.out, ... (not run1.mert.out and the like)
+                          "runs": sum(1 for p in (tuning / "mert").glob("run*.out")
+                                      if re.fullmatch(r"run\d+\.out", p.name)),
                           "dev_bleu": mert_dev_bleu(tuning / "mert.log")}
         tuned = tmp / "moses.tuned.ini"
         shutil.copy(tuning / "mert" / "moses.ini", tuned)
