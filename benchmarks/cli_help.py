@@ -43,9 +43,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -76,19 +78,31 @@ def main() -> None:
     baseline: list[float] = []
     seconds: dict[str, list[float]] = {c: [] for c in commands}
     ratios: dict[str, list[float]] = {c: [] for c in commands}
-    for _ in range(args.rounds):
+    # and a whole small command: a 2-line phrase-table import (one task: no cluster is started)
+    work = Path(tempfile.mkdtemp(prefix="cli-bench-"))
+    (work / "pt.txt").write_text("a ||| b ||| 0.5 0.5 0.5 0.5\nc ||| d ||| 0.5 0.5 0.5 0.5\n")
+    small = "phrase-table (2-line import)"
+    seconds[small], ratios[small] = [], []
+    for round_ in range(args.rounds):
         base = wall_seconds([sys.executable, "-c", "pass"], env)
         baseline.append(base)
         for command in commands:
             took = wall_seconds([sys.executable, "-m", "rnnenc.workflows.cli", *([command] if command else []), "--help"], env)
             seconds[command].append(took)
             ratios[command].append(took / base)
+        took = wall_seconds([sys.executable, "-m", "rnnenc.workflows.cli", "phrase-table", str(work / "pt.txt"),
+                             "--out", str(work / f"out-{round_}"), "--quiet"], env)
+        seconds[small].append(took)
+        ratios[small].append(took / base)
+    shutil.rmtree(work)
+    commands.append(small)
     print(f"python -c pass: median {statistics.median(baseline):.3f} s over {args.rounds} rounds "
           f"({', '.join(f'{b:.3f}' for b in baseline)})")
     print()
     print(f"{'command':<28} {'median s':>9} {'max s':>7} {'x python -c pass':>17}")
     for command in commands:
-        name = f"rnnenc {command} --help" if command else "rnnenc --help"
+        name = (f"rnnenc {command}" if command == small else f"rnnenc {command} --help" if command
+                else "rnnenc --help")
         print(f"{name:<28} {statistics.median(seconds[command]):>9.3f} {max(seconds[command]):>7.3f} "
               f"{statistics.median(ratios[command]):>16.1f}x")
 

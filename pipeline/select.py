@@ -129,7 +129,7 @@ def run_selection(cfg: SelectConfig, out: str | Path, executor: Executor) -> dic
         in_domain: dict[str, Any] = {}
         for side in sides:
             lang = langs[side]
-            lines, tokens, vocab = selection.export_side(cfg.in_domain, lang, work / f"in_domain.{lang}")
+            lines, tokens, vocab = selection.export_side(cfg.in_domain, lang, work / f"in_domain.{lang}", pool)
             selection.write_vocab(vocab, lm_dir / f"vocab.{lang}.txt")
             in_domain[lang] = {"lines": lines, "tokens": tokens, "vocabulary": len(vocab)}
         report["in_domain"] = in_domain
@@ -305,7 +305,7 @@ def _sweep(cfg: SelectConfig, pool: selection.Corpus, sides: Sequence[str], lang
     dev_lines: dict[str, list[str]] = {}
     for side in sides:
         lang = langs[side]
-        selection.export_side(dev_spec, lang, work / f"dev.{lang}")
+        selection.export_side(dev_spec, lang, work / f"dev.{lang}", pool)
         dev_lines[side] = (work / f"dev.{lang}").read_text(encoding="utf-8").splitlines()
     points: dict[int, selection.SweepPoint] = {}
 

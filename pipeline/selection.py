@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -53,8 +53,10 @@ import xxhash
 
 from rnnenc.pipeline import lm
 from rnnenc.pipeline.artifacts import manifest_path, require_manifest
+from rnnenc.pipeline.dedup import pair_hash  # the tie-break of equal scores: the same stable hash
 from rnnenc.pipeline.errors import UserError
 from rnnenc.pipeline.executor import Executor
+from rnnenc.pipeline.preprocess import TextPreprocessor, describe_settings, recorded_preprocessing
 
 Method = Literal["moore-lewis", "axelrod"]
 Side = Literal["source", "target"]
@@ -74,12 +76,18 @@ MAX_CANDIDATES = 200_000
 
 @dataclass(frozen=True)
 class Corpus:
-    """An ingested corpus directory: its parts in corpus order and its languages."""
+    """An ingested corpus directory: its parts in corpus order, its languages and the config
+    its manifest records (its preprocessing: ``pipeline.preprocess.recorded_preprocessing``)."""
 
     path: str
     parts: tuple[str, ...]
     source_lang: str
     target_lang: str
+    config: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def preprocessing(self) -> dict[str, Any] | None:
+        """The recorded text settings, None when the manifest records none."""
+        return recorded_preprocessing(self.config, self.path)
 
     def column(self, lang: str) -> Side:
         """``"source"`` or ``"target"``: the column holding ``lang``."""
@@ -105,14 +113,37 @@ def open_corpus(path: str | Path) -> Corpus:
     parts = tuple(str(p) for p in sorted(path.glob(PART_GLOB)))
     if not parts:
         raise UserError(f"{path}: no {PART_GLOB} files")
-    return Corpus(str(path), parts, langs[0], langs[1])
+    return Corpus(str(path), parts, langs[0], langs[1], config)
 
 
-def export_side(spec: str | Path, lang: str, out_file: str | Path) -> tuple[int, int, set[str]]:
+def check_same_preprocessing(corpus: Corpus, pool: Corpus) -> None:
+    """Refuse, in one line naming both settings, a corpus whose recorded preprocessing differs
+    from the pool's: its sentences would not match the pool's tokens (a corpus that records none,
+    not written by ``rnnenc ingest``, is taken as it is)."""
+    mine, theirs = corpus.preprocessing(), pool.preprocessing()
+    if mine is None or theirs is None:
+        return
+    differ = [key for key in sorted(set(mine) | set(theirs)) if mine.get(key) != theirs.get(key)]
+    if differ:
+        raise UserError(f"{corpus.path}: preprocessed as {describe_settings(mine, differ)} but the pool {pool.path} "
+                        f"as {describe_settings(theirs, differ)}; ingest it with the pool's options")
+
+
+def export_side(spec: str | Path, lang: str, out_file: str | Path,
+                pool: Corpus | None = None) -> tuple[int, int, set[str]]:
     """Write one side of an in-domain or dev set as tokenised text, one sentence a line.
 
-    ``spec`` is an ingested corpus directory or a plain-text prefix (``spec.<lang>`` holds
-    tokenised sentences). Returns (lines, tokens, vocabulary). An empty set is a UserError.
+    Parameters:
+        spec: an ingested corpus directory, or a plain-text prefix (``spec.<lang>``, one
+            sentence a line).
+        lang: the side's language.
+        out_file: the text file to write.
+        pool: the pool the set is compared with. A corpus directory must record the pool's
+            preprocessing (``check_same_preprocessing``); plain text is preprocessed as the pool
+            records (``pipeline.preprocess.TextPreprocessor``), and is taken as already tokenised
+            only when the pool records no preprocessing (or no pool is given).
+
+    Returns (lines, tokens, vocabulary). An empty set is a UserError.
     """
     spec = Path(spec)
     lines = tokens = 0
@@ -120,6 +151,8 @@ def export_side(spec: str | Path, lang: str, out_file: str | Path) -> tuple[int,
     with open(out_file, "w", encoding="utf-8", newline="\n") as out:
         if spec.is_dir():
             corpus = open_corpus(spec)
+            if pool is not None:
+                check_same_preprocessing(corpus, pool)
             column = corpus.column(lang)
             where = corpus.path
             for part in corpus.parts:
@@ -134,10 +167,12 @@ def export_side(spec: str | Path, lang: str, out_file: str | Path) -> tuple[int,
             where = str(text)
             if not text.is_file():
                 raise UserError(f"{text}: no such file (the '{lang}' side of {spec})")
+            recorded = pool.preprocessing() if pool is not None else None
+            preprocess = TextPreprocessor(pool.config, pool.path, lang) if recorded is not None else str
             with open(text, encoding="utf-8", errors="strict") as handle:
                 try:
                     for lines, sentence in enumerate(handle, 1):  # noqa: B007 - the count is the result
-                        words = sentence.split()
+                        words = preprocess(sentence.rstrip("\r\n")).split()
                         tokens += len(words)
                         vocab.update(words)
                         out.write(" ".join(words) + "\n")
@@ -264,12 +299,6 @@ def sortable_key(scores: np.ndarray) -> np.ndarray:
         raise ValueError("NaN selection score")
     bits = scores.view(np.uint64)
     return np.where(bits & _SIGN, ~bits, bits | _SIGN)
-
-
-def pair_hash(source: Sequence[str], target: Sequence[str]) -> np.ndarray:
-    """The stable tie-break of a pair: xxh3_64 of ``source TAB target``."""
-    return np.fromiter((xxhash.xxh3_64_intdigest(f"{s}\t{t}".encode()) for s, t in zip(source, target, strict=True)),
-                       dtype=np.uint64, count=len(source))
 
 
 def cross_entropies(model: Any, sentences: Sequence[str], lengths: Sequence[int], normalise: str) -> np.ndarray:

@@ -405,3 +405,89 @@ def test_bad_input_gives_one_error_line(small, tmp_path, dask_client, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
     assert not any((tmp_path / d).exists() for d in "abcdefghijk")
+
+
+# --------------------------------------------------------------------------------------------
+# In-domain and dev sets preprocessed as the pool was
+
+
+@pytest.fixture(scope="module")
+def ingested(tmp_path_factory) -> dict[str, Path]:
+    """A 600-pair demo pool and its 100-pair in-domain set, really ingested (lowercased, and
+    cased), and the in-domain set as raw text (PREFIX.en, PREFIX.fr)."""
+    from rnnenc.pipeline.corpus import CorpusInput
+    from rnnenc.pipeline.ingest import ingest
+    from rnnenc.pipeline.preprocess import PreprocessConfig
+
+    root = tmp_path_factory.mktemp("ingested")
+    files = generate_demo(root / "demo", DemoConfig(seed=7, pool_size=600, in_domain_size=100, dev_size=20,
+                                                    phrase_table_pairs=100))
+    out: dict[str, Path] = {"raw_in_domain": root / "in_domain_text"}
+    for name, (src, tgt) in {"pool": (files.pool_src, files.pool_tgt),
+                             "in_domain": (files.in_domain_src, files.in_domain_tgt)}.items():
+        for lowercase in (True, False):
+            key = f"{name}_{'lower' if lowercase else 'cased'}"
+            ingest(SERIAL, [CorpusInput("text", (str(src), str(tgt)), name)], root / key,
+                   PreprocessConfig("en", "fr", lowercase=lowercase, clean=False))
+            out[key] = root / key
+    for lang, path in (("en", files.in_domain_src), ("fr", files.in_domain_tgt)):
+        Path(f"{out['raw_in_domain']}.{lang}").write_bytes(path.read_bytes())
+    return out
+
+
+def test_in_domain_corpus_preprocessed_otherwise_than_the_pool_is_refused_in_one_line(ingested, tmp_path):
+    with pytest.raises(UserError) as error:
+        run_selection(SelectConfig(pool=str(ingested["pool_lower"]), in_domain=str(ingested["in_domain_cased"]),
+                                   mode="pairs", amount="10"), tmp_path / "sel", SERIAL)
+    message = str(error.value)
+    assert "\n" not in message
+    assert message == (f"{ingested['in_domain_cased']}: preprocessed as lowercase=False but the pool "
+                       f"{ingested['pool_lower']} as lowercase=True; ingest it with the pool's options")
+    assert not (tmp_path / "sel").exists()
+    # The dev set of a sweep too.
+    with pytest.raises(UserError, match="preprocessed as lowercase=False"):
+        run_selection(SelectConfig(pool=str(ingested["pool_lower"]), in_domain=str(ingested["in_domain_lower"]),
+                                   dev=str(ingested["in_domain_cased"]), mode="sweep", sweep_grid=[0.5],
+                                   sweep_refine=0, order=3), tmp_path / "sweep", SERIAL)
+
+
+def test_plain_text_in_domain_set_is_preprocessed_as_the_pool_was(ingested, tmp_path):
+    """Raw text given as --in-domain selects exactly what the same text ingested as the pool was
+    selects (taken as it is, its untokenised and cased words would have missed the pool's)."""
+    pool = selection.open_corpus(ingested["pool_lower"])
+    selection.export_side(ingested["raw_in_domain"], "en", tmp_path / "text.en", pool)
+    selection.export_side(ingested["in_domain_lower"], "en", tmp_path / "corpus.en", pool)
+    assert (tmp_path / "text.en").read_bytes() == (tmp_path / "corpus.en").read_bytes()
+    raw = Path(f"{ingested['raw_in_domain']}.en").read_text().splitlines()
+    assert (tmp_path / "text.en").read_text().splitlines() != raw
+    for in_domain in ("raw_in_domain", "in_domain_lower"):
+        run_selection(SelectConfig(pool=str(ingested["pool_lower"]), in_domain=str(ingested[in_domain]),
+                                   mode="pairs", amount="100", order=3), tmp_path / in_domain, SERIAL)
+    assert (tmp_path / "raw_in_domain" / "selected.en").read_bytes() == \
+        (tmp_path / "in_domain_lower" / "selected.en").read_bytes()
+
+
+def test_plain_text_is_truecased_with_the_pools_model(tmp_path):
+    from rnnenc.pipeline.corpus import CorpusInput
+    from rnnenc.pipeline.ingest import ingest
+    from rnnenc.pipeline.preprocess import PreprocessConfig
+
+    (tmp_path / "p.en").write_text("The cat sat on the mat.\nParis is big.\nWe like Paris.\nthe end.\n")
+    (tmp_path / "p.fr").write_text("Le chat.\nParis est grand.\nNous aimons Paris.\nla fin.\n")
+    config = PreprocessConfig("en", "fr", truecase=("en", "fr"), aggressive_dash_splits=True)
+    ingest(SERIAL, [CorpusInput("text", (str(tmp_path / "p.en"), str(tmp_path / "p.fr")), "p")], tmp_path / "pool",
+           config)
+    (tmp_path / "t.en").write_text("The well-known cat.\n")
+    selection.export_side(tmp_path / "t", "en", tmp_path / "out.en", selection.open_corpus(tmp_path / "pool"))
+    assert (tmp_path / "out.en").read_text() == "the well @-@ known cat .\n"
+    # An in-domain corpus ingested with another truecase model is refused, naming the model.
+    (tmp_path / "i.en").write_text("The cat.\nThe Cat is here.\n")
+    (tmp_path / "i.fr").write_text("Le chat.\nLe chat est ici.\n")
+    ingest(SERIAL, [CorpusInput("text", (str(tmp_path / "i.en"), str(tmp_path / "i.fr")), "i")], tmp_path / "in",
+           config)
+    with pytest.raises(UserError, match=r"preprocessed as truecase-model\.en="):
+        selection.export_side(tmp_path / "in", "en", tmp_path / "x.en", selection.open_corpus(tmp_path / "pool"))
+    # Ingested with the pool's models, it is accepted.
+    ingest(SERIAL, [CorpusInput("text", (str(tmp_path / "i.en"), str(tmp_path / "i.fr")), "i")], tmp_path / "in2",
+           config, truecase_models={lang: str(tmp_path / "pool" / f"truecase-model.{lang}") for lang in ("en", "fr")})
+    selection.export_side(tmp_path / "in2", "en", tmp_path / "y.en", selection.open_corpus(tmp_path / "pool"))

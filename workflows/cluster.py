@@ -272,6 +272,11 @@ def results_in_order(client: Client, futures: list[Future], bar: Any = None) -> 
                     continue
                 if future.status == "cancelled" and (failed is not None and i > failed[0]):
                     continue  # cancelled by us after an earlier failure
+                if future.status not in ("error", "cancelled"):
+                    # its worker died between wait() and here: Dask runs it again (pending or
+                    # lost, not failed), so it goes back among the pending
+                    pending.add(future)
+                    continue
                 error = _future_error(client, future)
                 if failed is None or i < failed[0]:
                     failed = (i, error)

@@ -2,9 +2,13 @@ r"""Tokenise, clean and shard parallel corpora into Parquet.
 
 Reads text pairs (--src/--tgt, .gz/.bz2/.xz/.zst transparently), two-column TSV (--tsv),
 Parquet (--parquet) and Hugging Face datasets (--hf, a save_to_disk directory or a hub name);
-normalises punctuation and tokenises with sacremoses (Moses escaping), optionally lowercases,
-and cleans as Moses clean-corpus-n.perl does. Writes OUT/part-NNNNN.parquet (source, target,
-source_tokens, target_tokens, corpus, line), OUT/_report.json and, last, OUT/_manifest.json.
+normalises punctuation and tokenises with sacremoses (Moses escaping; tokenizer.perl's -a and
+-no-escape as options), optionally lowercases or truecases (a Moses truecaser trained on the
+corpus, or a given truecase-model), cleans as Moses clean-corpus-n.perl does and, as options,
+drops pairs whose sides py3langid finds in another language (--langid) and exact duplicate
+pairs (--dedup, the first occurrence kept). Writes OUT/part-NNNNN.parquet (source, target,
+source_tokens, target_tokens, corpus, line), OUT/_truecase-model.<lang> with --truecase,
+OUT/_report.json and, last, OUT/_manifest.json.
 OUT is one Parquet dataset: pandas.read_parquet("OUT"), pyarrow.dataset.dataset("OUT"),
 dask.dataframe.read_parquet("OUT") and DuckDB's read_parquet('OUT/*.parquet') read its parts
 alone (the other files' names start with "_" or ".", which Parquet readers skip).
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rnnenc.pipeline.corpus import CorpusInput
@@ -81,6 +86,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     processing.add_argument("--lowercase", action="store_true", help="lowercase both sides")
     processing.add_argument("--no-normalize-punctuation", action="store_true",
                             help="skip Moses punctuation normalisation")
+    processing.add_argument("--aggressive-dash-splits", action="store_true",
+                            help="split hyphens inside words, as tokenizer.perl -a: well-known -> well @-@ known")
+    processing.add_argument("--no-escape", action="store_true",
+                            help="leave | < > & ' \" [ ] unescaped, as tokenizer.perl -no-escape; Moses itself "
+                                 "needs them escaped (| separates factors and ||| phrase-table fields), so "
+                                 "only for tools other than Moses")
+    processing.add_argument("--truecase", action="store_true",
+                            help="train a Moses truecaser on each side's tokenised text (OUT/_truecase-model.<lang>, "
+                                 "as train-truecaser.perl writes it) and truecase both sides with it")
+    input_path(processing, "--truecase-model", action="append", metavar="LANG=PATH",
+                            help="truecase that side with this Moses truecase model instead (copied to "
+                                 "OUT/_truecase-model.<lang>); repeat per language")
+    processing.add_argument("--dedup", action="store_true",
+                            help="drop every pair identical (after tokenising and truecasing) to an earlier one, "
+                                 "keeping the first in input order; counted as 'duplicate'")
+    processing.add_argument("--langid", action="store_true",
+                            help="drop a pair when py3langid does not identify a side's raw text as its language "
+                                 "(--src-lang/--tgt-lang); counted as 'wrong language'")
+    processing.add_argument("--langid-min-prob", type=float, default=0.0, metavar="P",
+                            help="with --langid: also drop a side identified with a probability below P "
+                                 "(0 to 1; default: %(default)s)")
     processing.add_argument("--min-tokens", type=int, default=1, help="drop sides shorter (default: %(default)s)")
     processing.add_argument("--max-tokens", type=int, default=80, help="drop sides longer (default: %(default)s)")
     processing.add_argument("--no-clean", action="store_true",
@@ -103,13 +129,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_cluster_arguments(parser)
 
 
+def truecase_models_from_args(args: argparse.Namespace) -> dict[str, str]:
+    """--truecase-model LANG=PATH options as {lang: absolute path}."""
+    models = {}
+    for value in args.truecase_model or []:
+        lang, sep, path = value.partition("=")
+        if not sep or not lang or not path:
+            raise UserError(f"--truecase-model {value}: expected LANG=PATH")
+        models[lang] = str(Path(path).resolve())
+    return models
+
+
 def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
     from rnnenc.pipeline.preprocess import PreprocessConfig
 
+    if args.langid_min_prob and not args.langid:
+        raise UserError("--langid-min-prob: only with --langid")
+    if not 0 <= args.langid_min_prob <= 1:
+        raise UserError(f"--langid-min-prob {args.langid_min_prob}: a probability, 0 to 1")
+    given = truecase_models_from_args(args)
+    truecased = [lang for lang in (args.src_lang, args.tgt_lang) if args.truecase or lang in given]
     return PreprocessConfig(source_lang=args.src_lang, target_lang=args.tgt_lang, lowercase=args.lowercase,
                             normalize_punctuation=not args.no_normalize_punctuation,
                             min_tokens=args.min_tokens, max_tokens=args.max_tokens, max_ratio=args.max_ratio,
-                            clean=not args.no_clean)
+                            clean=not args.no_clean, aggressive_dash_splits=args.aggressive_dash_splits,
+                            escape=not args.no_escape, truecase=tuple(truecased), langid=args.langid,
+                            langid_min_prob=args.langid_min_prob)
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -130,6 +175,7 @@ def main(args: argparse.Namespace) -> int:
     with cluster_executor(args.scheduler, args.workers, quiet=args.quiet, key_prefix="ingest") as executor:
         report = ingest(executor, inputs, args.out, config,
                         rows_per_part=args.rows_per_part, invalid_utf8=args.invalid_utf8, on_error=args.on_error,
-                        rejects_path=args.rejects)
+                        rejects_path=args.rejects, deduplicate=args.dedup,
+                        truecase_models=truecase_models_from_args(args))
     print_report(report)
     return 0

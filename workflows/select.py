@@ -20,8 +20,11 @@ Variants, to compare with other tools (lp(s) = log10 p(s </s> | <s>)):
   --normalise sentence H(s) = -lp(s), the sentence's total log-probability, instead of the
                        per-word -lp(s) / (n + 1): the scores then grow with the length
 
-The in-domain and dev sets are an ingested corpus directory or a prefix of tokenised text
-files (PREFIX.en, PREFIX.fr). Paths must be readable from every Dask worker (shared disk).
+The in-domain and dev sets are an ingested corpus directory, which must record the pool's
+preprocessing (lowercasing, punctuation normalisation, tokenizer options, truecasing: another
+is refused), or a prefix of plain text files (PREFIX.en, PREFIX.fr), which are preprocessed
+as the pool's manifest records (with the pool's truecase models): give them untokenised. Paths
+must be readable from every Dask worker (shared disk).
 
 Outputs in --out: selected/part-*.parquet (the pool's columns + score, in pool order),
 selected.<src> and selected.<tgt> (Moses-style text pair), scores/part-*.parquet (scores of
@@ -67,7 +70,8 @@ def _lm_option(values: list[str] | None, option: str) -> dict[str, str]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     input_path(parser, "pool", help="the pool: a corpus directory written by 'rnnenc ingest'")
     input_path(parser, "--in-domain", required=True, metavar="CORPUS|PREFIX",
-                        help="in-domain set: a corpus directory, or PREFIX with tokenised PREFIX.<lang> files")
+                        help="in-domain set: a corpus directory ingested as the pool was, or PREFIX with "
+                             "plain-text PREFIX.<lang> files (preprocessed as the pool was)")
     output_path(parser, "--out", required=True, help="output directory")
     parser.add_argument("--method", choices=selection.METHODS, default=SelectConfig.method,
                         help="axelrod: both sides (default); moore-lewis: one side (--lang)")
