@@ -144,7 +144,8 @@ def report(work: Path, runs: int) -> str:
                 delta = f"{statistics.mean(test) - base:+.2f}"
             out.append(f"| {LABELS[system]} | {mean_sd(dev)} | {mean_sd(test)} | {mean_sd(chrf)} | {delta} | "
                        f"{len(test)} |")
-    reports = (report_path(p) for p in sorted(work.glob("moses_*")))
+    reports = [report_path(work / f"moses_{table}_{system}_{seed}") for table in TABLES for system in SYSTEMS
+               for seed in range(1, runs + 1)]
     signature = next((json.loads(p.read_text())["test"]["signature"] for p in reports if p.is_file()), None)
     if signature:
         out += ["", f"sacrebleu: {signature}"]
