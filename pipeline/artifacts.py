@@ -50,6 +50,7 @@ LEGACY_MANIFEST_NAME = "manifest.json"
 REPORT_NAME = "_report.json"  # counts, rejected lines by reason, timings
 LEGACY_REPORT_NAME = "report.json"
 REJECTS_NAME = "_rejects.tsv.gz"  # ingest's and phrase-table's rejected lines (--on-error skip)
+LOG_NAME = "_rnnenc.log"  # the stage's log records (INFO and up, whatever --quiet said), added once published
 OWNER_NAME = ".rnnenc-output"  # {"stage": ...}: written first into every output directory
 _HASH_BLOCK = 1 << 22
 _TMP_SUFFIX = re.compile(r"\.tmp-[0-9a-f]{8}$")
@@ -68,7 +69,8 @@ def path_record(path: str | os.PathLike) -> dict[str, Any]:
     """``{"path", "size", "hash"}`` for a file, or for every file below a directory."""
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file())
+        # the data, not the log of the run that wrote it (LOG_NAME: timestamps)
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.name != LOG_NAME)
         digest = xxhash.xxh3_128()
         size = 0
         for file in files:

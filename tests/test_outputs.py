@@ -19,6 +19,7 @@ import pytest
 from rnnenc.pipeline.artifacts import (
     LEGACY_MANIFEST_NAME,
     LEGACY_REPORT_NAME,
+    LOG_NAME,
     MANIFEST_NAME,
     OWNER_NAME,
     REPORT_NAME,
@@ -52,7 +53,9 @@ def corpus(where: Path, copies: int = 1) -> tuple[Path, Path]:
 
 
 def snapshot(where: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(where)): p.read_bytes() for p in sorted(where.rglob("*")) if p.is_file()}
+    """Every file's bytes but the stage logs' (their timestamps differ between runs)."""
+    return {str(p.relative_to(where)): p.read_bytes() for p in sorted(where.rglob("*"))
+            if p.is_file() and p.name != LOG_NAME}
 
 
 def ingest_argv(src: Path | str, tgt: Path | str, out: Path | str, address: str) -> list[str]:

@@ -10,13 +10,15 @@ distributed in its ``main()``, so ``rnnenc COMMAND --help`` does not either (tes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
 import os
 import re
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 from rnnenc.pipeline.errors import UserError
 from rnnenc.workflows.stages import STAGES, path_roles
@@ -137,8 +139,55 @@ def configure_logging(debug: bool, quiet: bool) -> None:
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s rnnenc %(levelname)s %(message)s",
                         datefmt="%H:%M:%S", force=True)
+    for handler in logging.getLogger().handlers:  # the terminal's level, whatever a stage log asks of loggers
+        handler.setLevel(level)
     for noisy in ("distributed", "asyncio", "fsspec", "datasets", "urllib3", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING if debug else logging.ERROR)
+
+
+@contextlib.contextmanager
+def stage_log(out: str | os.PathLike | None) -> Iterator[None]:
+    """Also write the stage's log records (``rnnenc`` logger, INFO and up, with --quiet too) to a
+    file: into the published output as ``_rnnenc.log`` (``LOG_NAME``) when the stage succeeds,
+    kept beside it as ``OUT.failed.log`` when it fails (the next success removes that one)."""
+    if not out:
+        yield
+        return
+    from rnnenc.pipeline.artifacts import LOG_NAME, is_complete
+
+    out = Path(out)
+    if not out.parent.is_dir():
+        yield
+        return
+    pending = out.with_name(f".{out.name}.log-{os.getpid()}")
+    handler = logging.FileHandler(pending, encoding="utf-8")
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    logger = logging.getLogger("rnnenc")
+    level = logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    failed = out.with_name(f"{out.name}.failed.log")
+    ok = False
+    try:
+        yield
+        ok = True
+    except BaseException as exc:
+        # the file only: the terminal gets main()'s one line
+        handler.handle(logger.makeRecord(logger.name, logging.ERROR, __file__, 0, "failed: %s", (exc,), None))
+        raise
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        handler.close()
+        if ok and out.is_dir() and is_complete(out):
+            os.replace(pending, out / LOG_NAME)
+            failed.unlink(missing_ok=True)
+        elif ok:
+            pending.unlink(missing_ok=True)  # a stage that wrote nothing (skipped): no log to keep
+        else:
+            os.replace(pending, failed)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -166,7 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError:  # not the main thread (rnnenc called from a thread): leave signals alone
         previous = None
     try:
-        return int(module.main(args) or 0)
+        with stage_log(getattr(args, "out", None) if STAGES[args.command].workflow_stage else None):
+            return int(module.main(args) or 0)
     except UserError as exc:
         if args.debug:
             raise

@@ -28,7 +28,7 @@ import xxhash
 
 from rnnenc.pipeline.artifacts import is_complete, output_stage, path_record, write_json_atomic
 from rnnenc.pipeline.errors import UserError
-from rnnenc.workflows.cli import add_cluster_arguments
+from rnnenc.workflows.cli import add_cluster_arguments, stage_log
 from rnnenc.workflows.config import Stage, Workflow, load_workflow
 from rnnenc.workflows.stages import STAGES, input_path
 
@@ -155,7 +155,8 @@ def run_workflow(workflow: Workflow, *, scheduler: str | None = None, workers: i
                                                                  "status": "running"})
                 module = STAGES[stage.command].load()
                 started = time.perf_counter()
-                status = module.main(args)
+                with stage_log(stage.out):
+                    status = module.main(args)
                 if status:
                     raise UserError(f"stage {stage.name} ('rnnenc {stage.command}') failed with status {status}")
                 seconds = round(time.perf_counter() - started, 2)
