@@ -485,9 +485,9 @@ def test_plain_text_is_truecased_with_the_pools_model(tmp_path):
     (tmp_path / "i.fr").write_text("Le chat.\nLe chat est ici.\n")
     ingest(SERIAL, [CorpusInput("text", (str(tmp_path / "i.en"), str(tmp_path / "i.fr")), "i")], tmp_path / "in",
            config)
-    with pytest.raises(UserError, match=r"preprocessed as truecase-model\.en="):
+    with pytest.raises(UserError, match=r"preprocessed as _truecase-model\.en="):
         selection.export_side(tmp_path / "in", "en", tmp_path / "x.en", selection.open_corpus(tmp_path / "pool"))
     # Ingested with the pool's models, it is accepted.
     ingest(SERIAL, [CorpusInput("text", (str(tmp_path / "i.en"), str(tmp_path / "i.fr")), "i")], tmp_path / "in2",
-           config, truecase_models={lang: str(tmp_path / "pool" / f"truecase-model.{lang}") for lang in ("en", "fr")})
+           config, truecase_models={lang: str(tmp_path / "pool" / f"_truecase-model.{lang}") for lang in ("en", "fr")})
     selection.export_side(tmp_path / "in2", "en", tmp_path / "y.en", selection.open_corpus(tmp_path / "pool"))

@@ -10,6 +10,7 @@ distributed in its ``main()``, so ``rnnenc COMMAND --help`` does not either (tes
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import errno
 import logging
@@ -145,49 +146,45 @@ def configure_logging(debug: bool, quiet: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING if debug else logging.ERROR)
 
 
+class _RecentRecords(logging.Handler):
+    """The last ``capacity`` formatted records, in memory: nothing is written before the stage's
+    output exists (its directory may not be ours to write beside, or lie inside an input)."""
+
+    def __init__(self, capacity: int = 20_000):
+        super().__init__(logging.INFO)
+        self.lines: collections.deque[str] = collections.deque(maxlen=capacity)
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
 @contextlib.contextmanager
 def stage_log(out: str | os.PathLike | None) -> Iterator[None]:
-    """Also write the stage's log records (``rnnenc`` logger, INFO and up, with --quiet too) to a
-    file: into the published output as ``_rnnenc.log`` (``LOG_NAME``) when the stage succeeds,
-    kept beside it as ``OUT.failed.log`` when it fails (the next success removes that one)."""
+    """Also keep the stage's log records (``rnnenc`` logger, INFO and up, with --quiet too) and
+    write them into its output as ``_rnnenc.log`` (``LOG_NAME``) once the stage has published it
+    (the last 20,000 records). A failed stage writes none: its error is the one line on stderr."""
     if not out:
         yield
         return
     from rnnenc.pipeline.artifacts import LOG_NAME, is_complete
 
     out = Path(out)
-    if not out.parent.is_dir():
-        yield
-        return
-    pending = out.with_name(f".{out.name}.log-{os.getpid()}")
-    handler = logging.FileHandler(pending, encoding="utf-8")
-    handler.setLevel(logging.INFO)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    handler = _RecentRecords()
     logger = logging.getLogger("rnnenc")
     level = logger.level
     logger.addHandler(handler)
     if logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)
-    failed = out.with_name(f"{out.name}.failed.log")
-    ok = False
     try:
         yield
-        ok = True
-    except BaseException as exc:
-        # the file only: the terminal gets main()'s one line
-        handler.handle(logger.makeRecord(logger.name, logging.ERROR, __file__, 0, "failed: %s", (exc,), None))
-        raise
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
-        handler.close()
-        if ok and out.is_dir() and is_complete(out):
-            os.replace(pending, out / LOG_NAME)
-            failed.unlink(missing_ok=True)
-        elif ok:
-            pending.unlink(missing_ok=True)  # a stage that wrote nothing (skipped): no log to keep
-        else:
-            os.replace(pending, failed)
+    if out.is_dir() and is_complete(out):
+        tmp = out / f".{LOG_NAME}.tmp-{os.getpid()}"
+        tmp.write_text("".join(f"{line}\n" for line in handler.lines), encoding="utf-8")
+        os.replace(tmp, out / LOG_NAME)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
