@@ -22,7 +22,7 @@ from rnnenc.pipeline.artifacts import MANIFEST_NAME, REPORT_NAME
 EN = "the cat sat on the mat near the door of the little house ."
 FR = "le chat était assis sur le tapis près de la porte de la petite maison ."
 LINES = 20_000
-TIMEOUT = "5"  # RNNENC_LOST_WORKERS_TIMEOUT: the bounded wait once no worker is left
+TIMEOUT = "20"  # RNNENC_LOST_WORKERS_TIMEOUT: the bounded wait once no worker is left (a loaded machine starts a worker in 5-10 s)
 
 
 @pytest.fixture
@@ -92,7 +92,7 @@ def test_losing_the_cluster_mid_ingest_ends_with_one_line(what, corpus, cluster,
     KILLS[what](procs)
     line = ends_with_one_line(proc, within=90)
     if what == "every worker":
-        assert "every Dask worker was lost and none came back within 5 s" in line
+        assert f"every Dask worker was lost and none came back within {TIMEOUT} s" in line
     else:
         assert "lost the Dask scheduler at tcp://127.0.0.1:" in line
     nothing_trusted(out)
