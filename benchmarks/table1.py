@@ -86,6 +86,8 @@ def workflow(args: argparse.Namespace) -> str:
     ]
     # rnnenc's side first (no Moses needed until the tuning), then Moses's table
     for table, source in (("rnnenc", "${phrases}"), ("moses", "${moses_table}")):
+        if table not in args.tables:
+            continue
         if table == "moses":
             lines += ["  moses_baseline: {command: moses-train, corpus: \"${train_corpus}\", lm: \"${lm}\"}",
                       "  moses_table: {command: phrase-table, input: [\"${moses_baseline}\"]}"]
@@ -93,14 +95,19 @@ def workflow(args: argparse.Namespace) -> str:
         if table == "rnnenc":
             lines.append(f"  train: {{command: train, phrase_table: \"${{phrases}}\", src_vocab: \"${{vocab}}\", "
                          f"tgt_vocab: \"${{vocab}}\", {model}}}")
+    if "rnnenc" not in args.tables:  # the RNN always trains on rnnenc's table
+        lines.append(f"  train: {{command: train, phrase_table: \"${{phrases}}\", src_vocab: \"${{vocab}}\", "
+                     f"tgt_vocab: \"${{vocab}}\", {model}}}")
+    for table in args.tables:
         lines.append(f"  rescore_{table}: {{command: rescore, phrase_table: \"${{filter_{table}}}\", "
                      f"model: \"${{train}}\"}}")
         ini = "" if table == "rnnenc" else ", moses_ini: \"${moses_baseline}\""
-        for system, scores in SYSTEMS.items():
+        for system in args.systems:
+            scores = SYSTEMS[system]
             lines.append(f"  export_{table}_{system}: {{command: export, table: \"${{rescore_{table}}}\", "
                          f"lm: \"${{lm}}\", scores: \"{scores}\"{ini}}}")
-    for table in TABLES:
-        for system in SYSTEMS:
+    for table in args.tables:
+        for system in args.systems:
             for seed in range(1, args.runs + 1):
                 lines.append(
                     f"  moses_{table}_{system}_{seed}: {{command: moses, moses_ini: \"${{export_{table}_{system}}}\", "
@@ -185,6 +192,17 @@ def measure_dims(work: Path, candidates: list[str], updates: int, sample_rows: i
               f"{to_rescore / pairs_per_s / 60:.1f} |", flush=True)
 
 
+def names(known: dict[str, str]):
+    """An argparse type: a comma-separated subset of ``known``'s keys, in the given order."""
+    def parse(text: str) -> list[str]:
+        chosen = [name.strip() for name in text.split(",") if name.strip()]
+        unknown = [name for name in chosen if name not in known]
+        if unknown or not chosen:
+            raise argparse.ArgumentTypeError(f"choose from {', '.join(known)} (got {text!r})")
+        return chosen
+    return parse
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--multi30k", type=Path, help="a Multi30k checkout or bare git snapshot (github:multi30k/dataset)")
@@ -203,6 +221,10 @@ def main() -> int:
     parser.add_argument("--maxout", type=int, default=128)
     parser.add_argument("--updates", type=int, default=8000)
     parser.add_argument("--until", help="stop after this workflow stage")
+    parser.add_argument("--tables", type=names(TABLES), default=list(TABLES),
+                        help="comma-separated baseline tables to run, in this order (default: %(default)s)")
+    parser.add_argument("--systems", type=names(SYSTEMS), default=list(SYSTEMS),
+                        help="comma-separated systems to tune, in this order (default: %(default)s)")
     parser.add_argument("--measure-dims", nargs="*", metavar="H/E/M",
                         help="time training and rescoring at these sizes (needs the phrases, vocab and "
                              "filter_rnnenc stages), e.g. 128/64/64 256/100/128 1000/100/500")
