@@ -83,8 +83,10 @@ def workflow(args: argparse.Namespace) -> str:
         f"  lm: {{command: lm, corpus: [\"${{train_corpus}}\"], lang: {t}, order: 5}}",
         "  phrases: {command: phrases, corpus: \"${train_corpus}\"}",
         "  vocab: {command: vocab, phrase_table: \"${phrases}\", size: 15000}",
+        # the RNN trains on rnnenc's table whichever tables are tuned; no Moses needed up to here
+        f"  train: {{command: train, phrase_table: \"${{phrases}}\", src_vocab: \"${{vocab}}\", "
+        f"tgt_vocab: \"${{vocab}}\", {model}}}",
     ]
-    # rnnenc's side first (no Moses needed until the tuning), then Moses's table
     for table, source in (("rnnenc", "${phrases}"), ("moses", "${moses_table}")):
         if table not in args.tables:
             continue
@@ -92,12 +94,6 @@ def workflow(args: argparse.Namespace) -> str:
             lines += ["  moses_baseline: {command: moses-train, corpus: \"${train_corpus}\", lm: \"${lm}\"}",
                       "  moses_table: {command: phrase-table, input: [\"${moses_baseline}\"]}"]
         lines.append(f"  filter_{table}: {{command: filter, table: \"{source}\", input: [\"${{dev}}\", \"${{test}}\"]}}")
-        if table == "rnnenc":
-            lines.append(f"  train: {{command: train, phrase_table: \"${{phrases}}\", src_vocab: \"${{vocab}}\", "
-                         f"tgt_vocab: \"${{vocab}}\", {model}}}")
-    if "rnnenc" not in args.tables:  # the RNN always trains on rnnenc's table
-        lines.append(f"  train: {{command: train, phrase_table: \"${{phrases}}\", src_vocab: \"${{vocab}}\", "
-                     f"tgt_vocab: \"${{vocab}}\", {model}}}")
     for table in args.tables:
         lines.append(f"  rescore_{table}: {{command: rescore, phrase_table: \"${{filter_{table}}}\", "
                      f"model: \"${{train}}\"}}")
