@@ -148,12 +148,12 @@ def run_selection(cfg: SelectConfig, out: str | Path, executor: Executor) -> dic
         t = lap("language_models", t)
 
         score_parts = [str(tmp / "scores" / name) for name in names]
-        executor.map(selection.score_partition, list(zip(pool.parts, score_parts, strict=True)),
-               desc="scoring", models=models, seed=cfg.seed, normalise=cfg.normalise)
+        scored = executor.map(selection.score_partition, list(zip(pool.parts, score_parts, strict=True)),
+                              desc="scoring", models=models, seed=cfg.seed, normalise=cfg.normalise)
         t = lap("scoring", t)
 
         cut, sweep = _decide(cfg, pool, sides, langs, budget_side, totals, score_parts, work, lm_dir, tmp,
-                             lm_config, executor)
+                             lm_config, executor, [r["first_round"] for r in scored])
         if sweep is not None:
             report["sweep"] = sweep
         t = lap("deciding", t)
@@ -253,10 +253,17 @@ def _sum(results: Sequence[dict[str, int]]) -> dict[str, int]:
 
 def _decide(cfg: SelectConfig, pool: selection.Corpus, sides: Sequence[str], langs: dict[str, str],
             budget_side: str, totals: dict[str, int], score_parts: list[str], work: Path, lm_dir: Path,
-            out: Path, lm_config: lm.LMConfig, executor: Executor) -> tuple[Cut, dict[str, Any] | None]:
-    """The cut for the configured mode (and the sweep record when sweeping)."""
+            out: Path, lm_config: lm.LMConfig, executor: Executor,
+            first_rounds: Sequence[dict[str, Any]]) -> tuple[Cut, dict[str, Any] | None]:
+    """The cut for the configured mode (and the sweep record when sweeping); ``first_rounds``
+    are the score parts' first-round histograms (``score_partition``'s)."""
+    merged: dict[str, tuple[Any, Any]] = {}
+
     def cut_for(budget: int, weight: str, total: int) -> Cut:
-        return selection.find_cut(score_parts, budget, weight, total, executor, max_candidates=cfg.max_candidates)
+        if weight not in merged:
+            merged[weight] = selection.merge_first_rounds(first_rounds, weight)
+        return selection.find_cut(score_parts, budget, weight, total, executor, max_candidates=cfg.max_candidates,
+                                  first_round=merged[weight])
 
     if cfg.mode == "pairs":
         budget = selection.parse_count(_amount(cfg))

@@ -387,7 +387,8 @@ def score_partition(task: tuple[str, str], models: Sequence[SideModels], seed: i
                                "tiebreak": pair_hash(source, target),
                                "source_tokens": table["source_tokens"], "target_tokens": table["target_tokens"]}
     pq.write_table(pa.table(columns), out)
-    return {"pairs": table.num_rows}
+    tokens = {side: np.asarray(table[f"{side}_tokens"], dtype=np.int64) for side in ("source", "target")}
+    return {"pairs": table.num_rows, "first_round": first_round_histogram(key, tokens)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -468,14 +469,45 @@ def candidates_partition(scores_part: str, level: int, prefix: int | None, lo: i
                     rows["corpus"].to_pylist(), rows["line"].to_pylist(), weights, strict=True))
 
 
+def first_round_histogram(key: np.ndarray, tokens: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The cut search's first round for one score part, computed while scoring: its bins (the
+    key's top ``_HIST_BITS`` bits) depend on nothing but the key, so the pool need not be read
+    again for it. Sparse: the used bins and, per bin, the pairs and each side's tokens.
+
+    Parameters:
+        key: the part's sortable keys (``sortable_key``).
+        tokens: ``{"source": ..., "target": ...}``, each row's token counts.
+    """
+    used, inverse = np.unique(key >> np.uint64(64 - _HIST_BITS), return_inverse=True)
+    histogram = {"bins": used.astype(np.int64), "pairs": np.bincount(inverse, minlength=len(used)).astype(np.int64)}
+    for side, counts in tokens.items():
+        histogram[f"{side}_tokens"] = np.bincount(inverse, weights=counts, minlength=len(used)).astype(np.int64)
+    return histogram
+
+
+def merge_first_rounds(histograms: Sequence[dict[str, np.ndarray]], weight: str) -> tuple[np.ndarray, np.ndarray]:
+    """The pool's first-round (counts, weights) of ``weight`` from the parts' sparse histograms,
+    as ``find_cut``'s first pass would have counted them."""
+    counts = np.zeros(1 << _HIST_BITS, dtype=np.int64)
+    weights = np.zeros(1 << _HIST_BITS, dtype=np.int64)
+    for histogram in histograms:
+        np.add.at(counts, histogram["bins"], histogram["pairs"])
+        np.add.at(weights, histogram["bins"], histogram[weight])
+    return counts, weights
+
+
 def find_cut(scores_parts: Sequence[str], budget: int, weight: str, total_weight: int, executor: Executor,
-             max_candidates: int = MAX_CANDIDATES) -> Cut:
+             max_candidates: int = MAX_CANDIDATES,
+             first_round: tuple[np.ndarray, np.ndarray] | None = None) -> Cut:
     """The longest prefix of the key order whose summed ``weight`` is <= ``budget``, exactly.
 
     ``weight`` is ``"pairs"`` or a tokens column (``source_tokens``/``target_tokens``);
     ``total_weight`` is the pool's total. Each round is one pass over the score parts (a
     histogram of the interval holding the first excluded pair); the last gathers at most
-    about ``max_candidates`` rows on the driver and sorts them.
+    about ``max_candidates`` rows on the driver and sorts them. ``first_round``, the first
+    round's (counts, weights) as scoring computed them (``merge_first_rounds``), saves a pass:
+    then a pool whose boundary bin holds at most ``max_candidates`` pairs costs one pass.
+    ``Cut.rounds`` counts the passes made here.
     """
     if budget >= total_weight:
         return Cut(first_excluded=None, pairs=None, weight=total_weight)
@@ -487,11 +519,15 @@ def find_cut(scores_parts: Sequence[str], budget: int, weight: str, total_weight
     while True:
         span = hi - lo
         shift = max(0, span.bit_length() - _HIST_BITS)
-        rounds += 1
-        results = executor.map(histogram_partition, parts, desc=f"cut search, round {rounds}", level=level,
-                         prefix=prefix, lo=lo, hi=hi, shift=shift, weight=weight)
-        counts = np.sum([r[0] for r in results], axis=0)
-        weights = np.sum([r[1] for r in results], axis=0)
+        if first_round is not None:  # the first round, counted while scoring (same bins: lo 0, shift 48)
+            counts, weights = first_round
+            first_round = None
+        else:
+            rounds += 1
+            results = executor.map(histogram_partition, parts, desc=f"cut search, round {rounds}", level=level,
+                                   prefix=prefix, lo=lo, hi=hi, shift=shift, weight=weight)
+            counts = np.sum([r[0] for r in results], axis=0)
+            weights = np.sum([r[1] for r in results], axis=0)
         inside = int(counts.sum())
         if inside <= max_candidates or (span == 0 and level == 1):
             break

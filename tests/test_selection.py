@@ -128,6 +128,18 @@ def test_cut_is_exact_with_ties_and_duplicates(tmp_path):
             assert cut.pairs == len(expected)
             if max_candidates == 10:
                 assert cut.rounds > 2  # the small limit forced the narrowing rounds (and the hash level)
+            # the first round as scoring counts it: the same cut, one pass fewer
+            histograms = []
+            for part in parts:
+                table = pq.read_table(part)
+                histograms.append(selection.first_round_histogram(
+                    np.asarray(table["key"]), {side: np.asarray(table[f"{side}_tokens"], dtype=np.int64)
+                                               for side in ("source", "target")}))
+            fused = selection.find_cut(parts, budget, weight, int(w.sum()), SERIAL, max_candidates=max_candidates,
+                                       first_round=selection.merge_first_rounds(histograms, weight))
+            assert fused.first_excluded == cut.first_excluded and fused.pairs == cut.pairs
+            if cut.first_excluded is not None:
+                assert fused.rounds == cut.rounds - 1
 
 
 @pytest.mark.determinism
