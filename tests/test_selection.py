@@ -186,6 +186,12 @@ def test_regenerate_is_byte_identical_and_stops_on_changes(small, tmp_path, dask
                      "--scheduler", dask_client.scheduler.address, "--quiet"])
     assert code == 0
     assert hashes(out) == hashes(tmp_path / "again")
+    # A selection by an rnnenc that wrote neither raw files nor input-aligned scores regenerates too.
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    manifest["outputs"] = [o for o in manifest["outputs"]
+                           if not o["path"].startswith(("selected.raw.", "input_scores/"))]
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest))
+    regenerate(out, tmp_path / "older", SERIAL)
     # A changed model is named...
     model = out / "lm" / "in.fr.binary"
     original = model.read_bytes()
