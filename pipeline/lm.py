@@ -191,22 +191,42 @@ def perplexity(model: kenlm.Model, sentences: Iterable[str]) -> float:
 LM_NAME = "lm.binary"
 
 
-def _side_text(corpus: Path, lang: str, work: Path, index: int) -> Path:
+def _side_text(corpus: Path, lang: str, work: Path, index: int, reference: Any) -> Path:
     """One side of ``corpus`` as tokenised text: a select output's ``selected.<lang>``, an ingest
-    output's parts, or a text file as is."""
+    output's parts, or a text file, preprocessed as ``reference`` records (as it is without one)."""
     from rnnenc.pipeline.artifacts import output_stage
-    from rnnenc.pipeline.selection import export_side
+    from rnnenc.pipeline.selection import export_side, preprocess_file, text_preprocessor
 
-    if corpus.is_file():
-        return corpus
-    if output_stage(corpus) == "select":
-        text = corpus / f"selected.{lang}"
-        if not text.is_file():
-            raise UserError(f"{text}: missing from the select output {corpus}")
-        return text
     text = work / f"corpus-{index}.{lang}"
+    if corpus.is_file():
+        if reference is None:
+            return corpus
+        preprocess_file(corpus, text_preprocessor(reference, lang), text)
+        return text
+    if output_stage(corpus) == "select":
+        selected = corpus / f"selected.{lang}"
+        if not selected.is_file():
+            raise UserError(f"{selected}: missing from the select output {corpus}")
+        return selected
     export_side(corpus, lang, text)
     return text
+
+
+def _reference_corpus(corpora: Iterable[Path]) -> Any:
+    """The ingested corpus whose recorded preprocessing the corpora given to the lm stage follow
+    (``selection.recorded_corpus`` of each output given); two that differ are refused in one line."""
+    from rnnenc.pipeline.selection import check_same_preprocessing, recorded_corpus
+
+    reference = None
+    for corpus in corpora:
+        found = recorded_corpus(corpus) if corpus.is_dir() else None
+        if found is None:
+            continue
+        if reference is None:
+            reference = found
+        elif found.path != reference.path:
+            check_same_preprocessing(found, reference, f"{reference.path} (an earlier --corpus's text)")
+    return reference
 
 
 def build_target_lm(corpora: Iterable[str | os.PathLike], lang: str, out: str | os.PathLike, *,
@@ -215,8 +235,12 @@ def build_target_lm(corpora: Iterable[str | os.PathLike], lang: str, out: str | 
     (the selection's target side and the in-domain target text, as Cho et al. built the Moses LM
     from the selected data), written to ``out/lm.binary`` (atomically, manifest last).
 
+    The outputs given must follow one recorded preprocessing (``selection.recorded_corpus``: an
+    ingested corpus recording another is refused in one line), and text files are preprocessed
+    as it records (taken as they are when no output given records one).
+
     Parameters:
-        corpora: select outputs, ingest outputs or tokenised text files.
+        corpora: select outputs, ingest outputs or text files.
         lang: the side to model (the target language).
         out: the output directory.
         order: the n-gram order (5, as Moses baselines use).
@@ -233,11 +257,13 @@ def build_target_lm(corpora: Iterable[str | os.PathLike], lang: str, out: str | 
     with atomic_output_dir(out, stage="lm", inputs=corpora) as tmp:
         work = tmp / ".work"
         work.mkdir()
-        texts = [_side_text(c, lang, work, i) for i, c in enumerate(corpora)]
+        reference = _reference_corpus(corpora)
+        texts = [_side_text(c, lang, work, i, reference) for i, c in enumerate(corpora)]
         trained = train_lm(texts, tmp / LM_NAME, LMConfig(order=order, memory=memory))
         lines = sum(sum(1 for _ in open(t, encoding="utf-8")) for t in texts)
         shutil.rmtree(work)
         report = {"stage": "lm", "lang": lang, "order": order, "sentences": lines,
+                  "text_preprocessed_as": reference.path if reference else None,
                   "discount_fallback": trained.discount_fallback, "seconds": round(time.perf_counter() - started, 3)}
         write_json_atomic(tmp / REPORT_NAME, report)
     write_manifest(out, stage="lm", inputs=corpora, config={"lang": lang, "order": order, "memory": memory},

@@ -244,7 +244,8 @@ def export_stage(table_dir: str | os.PathLike, out_dir: str | os.PathLike, *, mo
     one updated (reading the language model ``lm`` when given: an lm stage output or a KenLM
     file), or, with ``lm`` and no ``moses_ini``, a new one in train-model.perl's layout.
     ``filter_to``: write only the rows whose source phrase occurs in these inputs (corpus
-    directories or tokenised text; n-grams up to ``max_phrase_length``)."""
+    directories, or text preprocessed as the table's corpus records, as ``rnnenc filter`` reads
+    them; n-grams up to ``max_phrase_length``)."""
     from rnnenc.pipeline.artifacts import REPORT_NAME, atomic_output_dir, write_json_atomic, write_manifest
     from rnnenc.pipeline.phrase_filter import DEFAULT_MAX_PHRASE_LENGTH, source_phrases
     from rnnenc.pipeline.phrase_table import (
@@ -273,7 +274,11 @@ def export_stage(table_dir: str | os.PathLike, out_dir: str | os.PathLike, *, mo
                          score_names=[s["name"] for s in scores], name=feature, initial_weight=initial_weight,
                          weights=weights, source=str(moses_ini), penalties=[s["name"] for s in scores if s.get("penalty")])
     lm_model = language_model(lm) if lm is not None else None
-    phrases = (source_phrases(filter_to, max_phrase_length or DEFAULT_MAX_PHRASE_LENGTH) if filter_to else None)
+    from rnnenc.pipeline.selection import recorded_corpus
+
+    # text inputs are preprocessed as the table's corpus records (phrase_filter.input_sentences)
+    phrases = (source_phrases(filter_to, max_phrase_length or DEFAULT_MAX_PHRASE_LENGTH, recorded_corpus(table_dir))
+               if filter_to else None)
     given = [table_dir, *([moses_ini] if moses_ini is not None else []), *([lm] if lm is not None else []),
              *filter_to]
     with atomic_output_dir(out_dir, stage="export", inputs=given) as tmp:

@@ -6,8 +6,10 @@ phrase is one of those n-grams gives the decoder the same translation options fr
 fraction of the size, and so makes rescoring (one RNN pass per row) and exporting that much
 cheaper. Filtering changes no row: scores, alignments, counts and line numbers are kept.
 
-The inputs are tokenised exactly as the table's source side (a corpus written by ``rnnenc
-ingest``, whose ``source`` column is, or a tokenised text file).
+The inputs are tokenised exactly as the table's source side: a corpus written by ``rnnenc
+ingest`` (its ``source`` column), which must record the preprocessing of the corpus the table
+was built from, or a text file, preprocessed as that corpus records (taken as it is when the
+table's manifests lead to no such record: an imported Moses table).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -24,14 +26,26 @@ import pyarrow.parquet as pq
 from rnnenc.pipeline.errors import UserError
 from rnnenc.pipeline.executor import SERIAL, Executor
 
+if TYPE_CHECKING:  # kenlm and sacremoses: loaded where text is preprocessed
+    from rnnenc.pipeline.selection import Corpus
+
 DEFAULT_MAX_PHRASE_LENGTH = 7   # Moses's extraction default, and filter-model-given-input.pl's
 
 
-def input_sentences(path: str | os.PathLike) -> Iterable[str]:
+def input_sentences(path: str | os.PathLike, reference: Corpus | None = None) -> Iterable[str]:
     """The tokenised source sentences of ``path``: a corpus directory (its ``source`` column) or a
-    text file (one sentence a line)."""
+    text file (one sentence a line).
+
+    ``reference``: the corpus whose recorded preprocessing the table's source side follows
+    (``selection.recorded_corpus``). A text file is then preprocessed as it records (give it
+    untokenised), and an ingested corpus recording another preprocessing is refused; without one,
+    text is taken as it is (tokenised as the table is).
+    """
+    from rnnenc.pipeline.selection import check_corpus_input, text_preprocessor
+
     path = Path(path)
     if path.is_dir():
+        check_corpus_input(path, reference, f"the phrase table's corpus {reference.path if reference else ''}")
         parts = sorted(path.glob("part-*.parquet"))
         if not parts:
             raise UserError(f"{path}: no part-*.parquet files: not a corpus written by 'rnnenc ingest'")
@@ -40,23 +54,26 @@ def input_sentences(path: str | os.PathLike) -> Iterable[str]:
                 raise UserError(f"{part}: no 'source' column: not a corpus written by 'rnnenc ingest'")
             yield from pq.read_table(part, columns=["source"]).column("source").to_pylist()
     elif path.is_file():
+        preprocess = text_preprocessor(reference, reference.source_lang) if reference else str
         with open(path, encoding="utf-8", errors="strict") as handle:
             try:
                 for line in handle:
-                    yield line.rstrip("\n")
+                    yield preprocess(line.rstrip("\r\n"))
             except UnicodeDecodeError as exc:
                 raise UserError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
     else:
         raise UserError(f"{path}: no such file or directory")
 
 
-def source_phrases(paths: Sequence[str | os.PathLike], max_length: int = DEFAULT_MAX_PHRASE_LENGTH) -> list[str]:
-    """Every n-gram (1 to ``max_length`` tokens) of the sentences of ``paths``, sorted."""
+def source_phrases(paths: Sequence[str | os.PathLike], max_length: int = DEFAULT_MAX_PHRASE_LENGTH,
+                   reference: Corpus | None = None) -> list[str]:
+    """Every n-gram (1 to ``max_length`` tokens) of the sentences of ``paths`` (``input_sentences``,
+    preprocessed as ``reference`` records), sorted."""
     if max_length < 1:
         raise UserError("filter: the maximum phrase length must be at least 1")
     phrases: set[str] = set()
     for path in paths:
-        for sentence in input_sentences(path):
+        for sentence in input_sentences(path, reference):
             tokens = sentence.split()
             for start in range(len(tokens)):
                 for end in range(start + 1, min(len(tokens), start + max_length) + 1):
@@ -112,10 +129,12 @@ def filter_table(table_dir: str | os.PathLike, out_dir: str | os.PathLike, input
         write_manifest,
     )
     from rnnenc.pipeline.phrase_table import list_parts
+    from rnnenc.pipeline.selection import recorded_corpus
 
     artifact = read_artifact(table_dir, expect=("phrase-table",))
     parts = list_parts(artifact.main)
-    phrases = source_phrases(inputs, max_length)
+    reference = recorded_corpus(table_dir)
+    phrases = source_phrases(inputs, max_length, reference)
     out_dir = Path(out_dir)
     with atomic_output_dir(out_dir, stage="filter", inputs=[table_dir, *inputs]) as tmp:
         phrases_file = Path(write_phrases(phrases, out_dir.parent / f".{out_dir.name}.phrases-{os.getpid()}"))
@@ -127,7 +146,8 @@ def filter_table(table_dir: str | os.PathLike, out_dir: str | os.PathLike, input
         rows, kept = sum(r["rows"] for r in results), sum(r["kept"] for r in results)
         report = {"stage": "filter", "rows": rows, "kept": kept, "dropped": rows - kept,
                   "kept_fraction": round(kept / rows, 6) if rows else 0.0, "input_phrases": len(phrases),
-                  "max_phrase_length": max_length, "parts": len(parts)}
+                  "max_phrase_length": max_length, "parts": len(parts),
+                  "text_preprocessed_as": reference.path if reference else None}
         write_json_atomic(tmp / REPORT_NAME, report)
     langs = artifact.languages
     write_manifest(out_dir, stage="filter", inputs=[table_dir, *inputs],

@@ -33,7 +33,11 @@ CORPUS_SCHEMA = pa.schema([
     ("source", pa.string()), ("target", pa.string()),
     ("source_tokens", pa.int32()), ("target_tokens", pa.int32()),
     ("corpus", pa.string()), ("line", pa.int64()),
+    ("source_raw", pa.string()), ("target_raw", pa.string()),
 ])
+#: the columns holding each side's original text, untokenised (absent from corpora ingested
+#: before rnnenc kept it)
+RAW_COLUMNS = {"source": "source_raw", "target": "target_raw"}
 
 EMPTY = "empty side"
 TOO_LONG = "too long"
@@ -207,7 +211,8 @@ def preprocess_table(raw: pa.Table, corpus: str, config: PreprocessConfig) -> tu
     """Tokenise, clean and (with ``config.langid``) language-check one partition of raw pairs
     (columns source, target, line); truecasing comes later (it needs the whole corpus's model).
 
-    Returns the kept pairs (``CORPUS_SCHEMA``), the dropped ones as reject records
+    Returns the kept pairs (``CORPUS_SCHEMA``: ``source_raw``/``target_raw`` hold each side's
+    text as the reader decoded it, before any preprocessing), the dropped ones as reject records
     (``REJECT_SCHEMA``: with the original bytes of both sides, from the optional ``raw_source``
     and ``raw_target`` columns, else the text's UTF-8), and the counts of dropped pairs by reason.
     """
@@ -239,6 +244,8 @@ def preprocess_table(raw: pa.Table, corpus: str, config: PreprocessConfig) -> tu
         kept["target_tokens"].append(n_target)
         kept["corpus"].append(corpus)
         kept["line"].append(line)
+        kept["source_raw"].append(source)
+        kept["target_raw"].append(target)
     return pa.table(kept, schema=CORPUS_SCHEMA), rejects, dropped
 
 

@@ -108,7 +108,16 @@ def run_selection(cfg: SelectConfig, out: str | Path, executor: Executor) -> dic
     lm_config = lm.LMConfig(order=cfg.order, memory=cfg.lm_memory)
     names = [Path(p).name for p in pool.parts]
     formula = selection.describe_score(cfg.score, cfg.out_model, cfg.normalise, scored_langs)
-    report: dict[str, Any] = {"method": cfg.method, "languages": scored_langs, "score": formula, "timings_s": {}}
+    raw_text = selection.has_raw_text(pool.parts)
+    if cfg.hf_dataset and not raw_text:
+        raise UserError(f"--hf-dataset: the pool {pool.path} holds no original text (source_raw/target_raw: "
+                        "ingested by an older rnnenc); ingest it again to get the dataset of raw pairs")
+    report: dict[str, Any] = {"method": cfg.method, "languages": scored_langs, "score": formula, "timings_s": {},
+                              "raw_text": raw_text}
+    if not raw_text:
+        report["raw_text_note"] = (f"{pool.path} holds no source_raw/target_raw columns (ingested by an older "
+                                   "rnnenc): no selected.raw.<lang> files; ingest it again to get them")
+        log.warning("select: %s", report["raw_text_note"])
     timings = report["timings_s"]
 
     def lap(name: str, since: float) -> float:
@@ -160,11 +169,20 @@ def run_selection(cfg: SelectConfig, out: str | Path, executor: Executor) -> dic
 
         tasks = [(p, s, str(tmp / "selected" / name), str(work / "text" / f"part-{i:05d}"))
                  for i, (p, s, name) in enumerate(zip(pool.parts, score_parts, names, strict=True))]
-        kept = _sum(executor.map(selection.keep_partition, tasks, desc="writing the selection", cut=cut))
+        kept = _sum(executor.map(selection.keep_partition, tasks, desc="writing the selection", cut=cut,
+                                 raw_text=raw_text))
         for side, lang in langs.items():
             selection.concatenate(_texts(work, "text", len(pool.parts), side), tmp / f"selected.{lang}")
+            if raw_text:
+                selection.concatenate(_texts(work, "text", len(pool.parts), f"raw.{side}"),
+                                      tmp / f"selected.raw.{lang}")
+        if raw_text:
+            report["raw_line_breaks_replaced"] = kept.pop("raw_line_breaks_replaced")
+        report["input_scores"] = selection.write_input_scores(pool, score_parts, work, tmp, executor)
+        if not report["input_scores"]["written"]:
+            log.warning("select: no input-aligned scores: %s", report["input_scores"]["reason"])
         if cfg.hf_dataset:
-            _save_hf(sorted((tmp / "selected").glob(selection.PART_GLOB)), tmp / "hf", work / "hf-cache")
+            _save_hf(sorted((tmp / "selected").glob(selection.PART_GLOB)), tmp / "hf", work, langs)
         shutil.rmtree(work)
         lap("writing", t)
         cut_record = cut.record() | {"pairs": kept["pairs"], "weight": kept[f"{budget_side}_tokens"]
@@ -347,10 +365,27 @@ def _sweep(cfg: SelectConfig, pool: selection.Corpus, sides: Sequence[str], lang
     return best.pairs, {"points": len(points), "best_pairs": best.pairs, "best_perplexity": best.objective}
 
 
-def _save_hf(parts: list[Path], out: Path, cache: Path) -> None:
+def _save_hf(parts: list[Path], out: Path, work: Path, langs: dict[str, str]) -> None:
+    """The selection as a Hugging Face dataset of raw pairs, in the shape of wmt14 and what
+    translation trainers read: ``{"translation": {src: raw text, tgt: raw text}}``, with
+    ``corpus``, ``line`` and ``score``; converted a part at a time."""
     import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    dataset = datasets.Dataset.from_parquet([str(p) for p in parts], cache_dir=str(cache))
+    from rnnenc.pipeline.preprocess import RAW_COLUMNS
+
+    converted = work / "hf-parts"
+    converted.mkdir()
+    files = []
+    for i, part in enumerate(parts):
+        table = pq.read_table(part, columns=[*RAW_COLUMNS.values(), "corpus", "line", "score"])
+        pairs = pa.StructArray.from_arrays([table[RAW_COLUMNS[side]].combine_chunks() for side in langs],
+                                           names=list(langs.values()))
+        files.append(str(converted / f"part-{i:05d}.parquet"))
+        pq.write_table(pa.table({"translation": pairs, "corpus": table["corpus"], "line": table["line"],
+                                 "score": table["score"]}), files[-1])
+    dataset = datasets.Dataset.from_parquet(files, cache_dir=str(work / "hf-cache"))
     dataset.save_to_disk(str(out))
 
 
@@ -358,7 +393,9 @@ def _save_hf(parts: list[Path], out: Path, cache: Path) -> None:
 # Regenerating a selection from its manifest (the command line is workflows.regenerate)
 
 # Outputs that must come out byte-identical (hf/ holds fingerprints, the report timings).
-COMPARED = ("selected/", "scores/", "selected.")
+COMPARED = ("selected/", "scores/", "selected.", f"{selection.INPUT_SCORES_DIR}/")
+#: outputs an older rnnenc did not write: compared only when the manifest records them
+NEWER_OUTPUTS = ("selected.raw.", f"{selection.INPUT_SCORES_DIR}/")
 
 
 def _load(given: str | Path) -> tuple[Path, dict[str, Any]]:
@@ -398,6 +435,9 @@ def regenerate(manifest_path: str | Path, out: str | Path, executor: Executor) -
     rebuilt = run_selection(cfg, out, executor)
     before = {o["path"]: o["hash"] for o in manifest["outputs"] if o["path"].startswith(COMPARED)}
     after = {o["path"]: o["hash"] for o in rebuilt["outputs"] if o["path"].startswith(COMPARED)}
+    for prefix in NEWER_OUTPUTS:  # a selection by an older rnnenc, which did not write them
+        if not any(path.startswith(prefix) for path in before):
+            after = {path: digest for path, digest in after.items() if not path.startswith(prefix)}
     differ = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
     if differ:
         raise UserError(f"{out}: the rebuilt subset differs from {path} in: {', '.join(differ)}")

@@ -40,8 +40,11 @@ module never creates a Dask client.
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Sequence
+import re
+import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -56,7 +59,12 @@ from rnnenc.pipeline.artifacts import manifest_path, require_manifest
 from rnnenc.pipeline.dedup import pair_hash  # the tie-break of equal scores: the same stable hash
 from rnnenc.pipeline.errors import UserError
 from rnnenc.pipeline.executor import Executor
-from rnnenc.pipeline.preprocess import TextPreprocessor, describe_settings, recorded_preprocessing
+from rnnenc.pipeline.preprocess import (
+    RAW_COLUMNS,
+    TextPreprocessor,
+    describe_settings,
+    recorded_preprocessing,
+)
 
 Method = Literal["moore-lewis", "axelrod"]
 Side = Literal["source", "target"]
@@ -116,17 +124,87 @@ def open_corpus(path: str | Path) -> Corpus:
     return Corpus(str(path), parts, langs[0], langs[1], config)
 
 
-def check_same_preprocessing(corpus: Corpus, pool: Corpus) -> None:
+def check_same_preprocessing(corpus: Corpus, pool: Corpus, reference: str | None = None) -> None:
     """Refuse, in one line naming both settings, a corpus whose recorded preprocessing differs
     from the pool's: its sentences would not match the pool's tokens (a corpus that records none,
-    not written by ``rnnenc ingest``, is taken as it is)."""
+    not written by ``rnnenc ingest``, is taken as it is). ``reference`` names ``pool`` in the
+    message (default: "the pool PATH")."""
     mine, theirs = corpus.preprocessing(), pool.preprocessing()
     if mine is None or theirs is None:
         return
     differ = [key for key in sorted(set(mine) | set(theirs)) if mine.get(key) != theirs.get(key)]
     if differ:
-        raise UserError(f"{corpus.path}: preprocessed as {describe_settings(mine, differ)} but the pool {pool.path} "
-                        f"as {describe_settings(theirs, differ)}; ingest it with the pool's options")
+        advice = "the pool's options" if reference is None else f"the options of {pool.path}"
+        raise UserError(f"{corpus.path}: preprocessed as {describe_settings(mine, differ)} but "
+                        f"{reference or f'the pool {pool.path}'} as {describe_settings(theirs, differ)}; "
+                        f"ingest it with {advice}")
+
+
+#: the stages whose text follows that of their first input (a corpus or a table built from one)
+_TEXT_FROM_FIRST_INPUT = ("phrases", "rescore", "filter", "export", "moses-train")
+
+
+def recorded_corpus(path: str | Path) -> Corpus | None:
+    """The ingested corpus whose recorded preprocessing the text of the rnnenc output ``path``
+    follows, found through the manifests: an ingest output itself, a select output's pool, the
+    corpus of a phrases or moses-train output, the table of a filter, rescore or export output
+    (a file or table inside an output, ``phrases/table`` or ``export/moses.ini``, stands for it).
+    None where the chain leaves rnnenc (an imported Moses table, a plain file, a moved input) or
+    the corpus records no preprocessing: text is then taken as it is."""
+    from rnnenc.pipeline.artifacts import read_manifest
+
+    path = Path(path)
+    for _ in range(32):
+        manifest = read_manifest(path) if path.is_dir() else None
+        for _up in range(2):  # a file or table inside an output, or inside its model/ (moses-train)
+            if manifest is not None:
+                break
+            path = path.parent
+            manifest = read_manifest(path)
+        if manifest is None:
+            return None
+        stage, config = manifest.get("stage"), manifest.get("config") or {}
+        if stage == "ingest":
+            corpus = open_corpus(path)
+            return corpus if corpus.preprocessing() is not None else None
+        inputs = manifest.get("inputs") or []
+        following = config.get("pool") if stage == "select" else (
+            inputs[0].get("path") if stage in _TEXT_FROM_FIRST_INPUT and inputs else None)
+        if not following or not Path(following).exists():
+            return None
+        path = Path(following)
+    return None
+
+
+def text_preprocessor(reference: Corpus | None, lang: str) -> Callable[[str], str]:
+    """Plain text of ``lang`` preprocessed as ``reference`` records (``TextPreprocessor``), or taken
+    as it is when there is no reference or it records nothing."""
+    if reference is None or reference.preprocessing() is None:
+        return str
+    return TextPreprocessor(reference.config, reference.path, lang)
+
+
+def preprocess_file(path: str | Path, preprocess: Callable[[str], str], out: str | Path) -> None:
+    """The text file ``path`` preprocessed line by line (``text_preprocessor``) into ``out``, one
+    sentence a line (the line count kept)."""
+    with open(path, encoding="utf-8", errors="strict") as handle, open(out, "w", encoding="utf-8",
+                                                                       newline="\n") as target:
+        done = 0
+        try:
+            for line in handle:
+                target.write(" ".join(preprocess(line.rstrip("\r\n")).split()) + "\n")
+                done += 1
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{path}:{done + 1}: invalid UTF-8 ({exc.reason})") from None
+
+
+def check_corpus_input(path: str | Path, reference: Corpus | None, what: str) -> None:
+    """Refuse an ingested corpus ``path`` preprocessed otherwise than ``reference`` (``what`` names
+    the reference in the one-line message); anything else passes."""
+    from rnnenc.pipeline.artifacts import output_stage
+
+    if reference is not None and Path(path).is_dir() and output_stage(path) == "ingest":
+        check_same_preprocessing(open_corpus(path), reference, what)
 
 
 def export_side(spec: str | Path, lang: str, out_file: str | Path,
@@ -167,8 +245,7 @@ def export_side(spec: str | Path, lang: str, out_file: str | Path,
             where = str(text)
             if not text.is_file():
                 raise UserError(f"{text}: no such file (the '{lang}' side of {spec})")
-            recorded = pool.preprocessing() if pool is not None else None
-            preprocess = TextPreprocessor(pool.config, pool.path, lang) if recorded is not None else str
+            preprocess = text_preprocessor(pool, lang)
             with open(text, encoding="utf-8", errors="strict") as handle:
                 try:
                     for lines, sentence in enumerate(handle, 1):  # noqa: B007 - the count is the result
@@ -567,12 +644,14 @@ def keep_mask(scores: pa.Table, cut: Cut) -> np.ndarray:
 
 
 def keep_partition(task: tuple[str, str, str | None, str | None], cut: Cut,
-                   text_sides: Sequence[Side] = ("source", "target")) -> dict[str, int]:
+                   text_sides: Sequence[Side] = ("source", "target"), raw_text: bool = False) -> dict[str, int]:
     """Write the pairs of one pool partition that the cut keeps.
 
     ``task`` is (pool part, score part, selected Parquet part or None, text prefix or None):
     the Parquet part gets the pool's columns plus ``score``; ``<prefix>.<side>`` the text of
-    each of ``text_sides``. Returns the kept pairs and tokens.
+    each of ``text_sides``, and with ``raw_text`` ``<prefix>.raw.<side>`` its original text
+    (``RAW_COLUMNS``; a line break inside a value becomes a space, so that the files stay
+    line-aligned, and is counted). Returns the kept pairs and tokens.
     """
     part, scores_part, parquet_out, text_prefix = task
     scores = pq.read_table(scores_part, columns=["key", "tiebreak", "corpus", "line", "score"])
@@ -583,12 +662,134 @@ def keep_partition(task: tuple[str, str, str | None, str | None], cut: Cut,
     kept = table.filter(mask)
     if parquet_out is not None:
         pq.write_table(kept.append_column("score", scores["score"].filter(mask)), parquet_out)
+    broken = 0
     if text_prefix is not None:
         for side in text_sides:
             _write_lines(f"{text_prefix}.{side}", kept[side].to_pylist())
+            if raw_text:
+                raw = kept[RAW_COLUMNS[side]].to_pylist()
+                one_line = [_one_line(text) for text in raw]
+                broken += sum(a != b for a, b in zip(raw, one_line, strict=True))
+                _write_lines(f"{text_prefix}.raw.{side}", one_line)
     return {"pairs": kept.num_rows,
             "source_tokens": int(pa.compute.sum(kept["source_tokens"]).as_py() or 0),
-            "target_tokens": int(pa.compute.sum(kept["target_tokens"]).as_py() or 0)}
+            "target_tokens": int(pa.compute.sum(kept["target_tokens"]).as_py() or 0),
+            **({"raw_line_breaks_replaced": broken} if raw_text else {})}
+
+
+_LINE_BREAK = re.compile(r"\r\n|[\r\n]")
+
+
+def _one_line(text: str | None) -> str:
+    return _LINE_BREAK.sub(" ", text) if text and ("\n" in text or "\r" in text) else (text or "")
+
+
+def has_raw_text(parts: Sequence[str]) -> bool:
+    """Whether every part holds the original text (``RAW_COLUMNS``: corpora ingested before rnnenc
+    kept it have none)."""
+    return all(set(RAW_COLUMNS.values()) <= set(pq.read_schema(part).names) for part in parts)
+
+
+# --------------------------------------------------------------------------------------------
+# Scores aligned with the pool's input files (Moses EMS's mml-filter reads one score a line)
+
+#: the line of the input-aligned scores for an input line that ingest dropped: mml-filter.py keeps
+#: a line whose value is >= its threshold (or is its ignore_score, "99999"), never this one
+DROPPED_MARKER = "-inf"
+INPUT_SCORES_DIR = "input_scores"
+
+Run = tuple[str, int, int, int, str]  # (corpus, first line, last line, pairs, segment file)
+
+
+def input_scores_partition(task: tuple[str, str]) -> list[Run] | None:
+    """Write one score part's stretch of the input-aligned score files.
+
+    ``task`` is (score part, segment prefix). For each run of consecutive rows of one corpus,
+    ``<prefix>.<k>`` gets one line per input line from the run's first line to its last:
+    ``-score`` (Moses's mml-score.perl sign: higher is more in-domain) for a scored pair,
+    ``DROPPED_MARKER`` for a line in between that ingest dropped. Returns the runs (corpus,
+    first, last, pairs, file), or None when the lines do not increase (not an ingest output's
+    order: the stage then writes no input-aligned scores).
+    """
+    scores_part, prefix = task
+    table = pq.read_table(scores_part, columns=["corpus", "line", "score"])
+    corpora, lines = table["corpus"].to_pylist(), table["line"].to_pylist()
+    values = (-np.asarray(table["score"], dtype=np.float64)).tolist()
+    runs: list[Run] = []
+    start = 0
+    while start < len(lines):
+        end = start
+        while end + 1 < len(lines) and corpora[end + 1] == corpora[start]:
+            end += 1
+        if any(b <= a for a, b in zip(lines[start:end], lines[start + 1:end + 1], strict=True)):
+            return None
+        path = f"{prefix}.{len(runs)}"
+        with open(path, "w", encoding="utf-8", newline="\n") as out:
+            previous = lines[start] - 1
+            for line, value in zip(lines[start:end + 1], values[start:end + 1], strict=True):
+                out.write(f"{DROPPED_MARKER}\n" * (line - previous - 1) + f"{value!r}\n")
+                previous = line
+        runs.append((corpora[start], lines[start], lines[end], end - start + 1, path))
+        start = end + 1
+    return runs
+
+
+def _write_markers(out: Any, count: int) -> None:
+    marker = f"{DROPPED_MARKER}\n".encode()
+    for done in range(0, count, 1 << 16):
+        out.write(marker * min(1 << 16, count - done))
+
+
+def write_input_scores(pool: Corpus, score_parts: Sequence[str], work: Path, out_dir: Path,
+                       executor: Executor) -> dict[str, Any]:
+    """``out_dir/input_scores/<corpus>.txt`` for each corpus of the pool: one line per line
+    (or row) of the original input, in input order (``input_scores_partition``: ``-score``, or
+    ``DROPPED_MARKER`` for a line ingest dropped), as Moses EMS's mml-filter reads a score
+    file. Needs the per-corpus line counts of the pool's ingest report; returns the record for
+    the report (``written`` False, with the reason, when the pool cannot give them)."""
+    from rnnenc.pipeline.artifacts import report_path
+
+    report_file = report_path(pool.path)
+    corpora = (json.loads(report_file.read_text()).get("corpora") if report_file.is_file() else None) or {}
+    line_counts = {name: counts.get("lines_read") for name, counts in corpora.items()}
+    if not line_counts or not all(isinstance(n, int) for n in line_counts.values()):
+        return {"written": False, "reason": f"{report_file}: no per-corpus line counts (not an rnnenc ingest output)"}
+    segments = work / "input-scores"
+    segments.mkdir()
+    results = executor.map(input_scores_partition, [(p, str(segments / f"part-{i:05d}"))
+                                                    for i, p in enumerate(score_parts)],
+                           desc="input-aligned scores")
+    runs = [run for result in results if result is not None for run in result]
+    by_corpus: dict[str, list[Run]] = {name: [] for name in line_counts}
+    ordered = None not in results and all(run[0] in by_corpus for run in runs)
+    for run in runs if ordered else ():
+        previous = by_corpus[run[0]]
+        if previous and run[1] <= previous[-1][2]:
+            ordered = False
+        previous.append(run)
+    seen = [run[0] for run in runs]
+    if ordered and [c for i, c in enumerate(seen) if i == 0 or seen[i - 1] != c] != \
+            [c for c in line_counts if by_corpus[c]]:
+        ordered = False  # a corpus's rows are not together, or not in input order
+    if not ordered or any(rs and rs[-1][2] > line_counts[c] for c, rs in by_corpus.items()):
+        shutil.rmtree(segments)
+        return {"written": False, "reason": f"{pool.path}: its rows are not in input order, or lie beyond the "
+                                            "line counts of its ingest report"}
+    (out_dir / INPUT_SCORES_DIR).mkdir()
+    record: dict[str, Any] = {"written": True, "dropped_marker": DROPPED_MARKER, "files": {}}
+    for name, total in line_counts.items():
+        position = pairs = 0
+        with open(out_dir / INPUT_SCORES_DIR / f"{name}.txt", "wb") as out:
+            for _corpus, first, last, count, path in by_corpus[name]:
+                _write_markers(out, first - position - 1)
+                with open(path, "rb") as segment:
+                    shutil.copyfileobj(segment, out, 1 << 20)
+                position, pairs = last, pairs + count
+            _write_markers(out, total - position)
+        record["files"][f"{INPUT_SCORES_DIR}/{name}.txt"] = {"lines": total, "scored": pairs,
+                                                             "dropped": total - pairs}
+    shutil.rmtree(segments)
+    return record
 
 
 def concatenate(files: Sequence[str | Path], out: str | Path) -> None:

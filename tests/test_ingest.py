@@ -21,6 +21,7 @@ from sacremoses import MosesPunctNormalizer, MosesTokenizer
 from rnnenc.pipeline.artifacts import REJECTS_NAME, REPORT_NAME, is_complete, read_manifest
 from rnnenc.pipeline.corpus import CorpusInput
 from rnnenc.pipeline.errors import UserError
+from rnnenc.pipeline.executor import SERIAL
 from rnnenc.pipeline.ingest import ingest
 from rnnenc.pipeline.preprocess import CompiledPunctNormalizer, PreprocessConfig, tokenize
 from rnnenc.pipeline.synthetic import DemoConfig, generate_demo
@@ -95,6 +96,25 @@ def test_tsv_parquet_and_hf_readers_agree(tmp_path, dask_client):
         tables[kind] = read_corpus(tmp_path / f"out-{kind}")
     for kind, table in tables.items():
         assert table.equals(tables["text"]), kind
+
+
+@pytest.mark.parametrize("options", [{}, {"truecase": ("en", "fr")}, {"lowercase": True, "dedup": True}])
+def test_original_text_is_kept_beside_the_tokens(tmp_path, options):
+    """source_raw/target_raw hold each side as it was read, through truecasing and deduplication."""
+    en = ["It's Tom & Jerry.", "A <b> | c.", "It's Tom & Jerry.", "Fine\tthanks."]
+    fr = ["Il y a des tâches en cours d'exécution.", "Un <b> | c.", "Il y a des tâches en cours d'exécution.", "Bien."]
+    src, tgt = write_pair(tmp_path, en, fr)
+    dedup = options.pop("dedup", False)
+    ingest(SERIAL, [CorpusInput("text", (src, tgt), "c")], tmp_path / "out",
+           PreprocessConfig("en", "fr", **options), rows_per_part=2, deduplicate=dedup)
+    table = read_corpus(tmp_path / "out")
+    lines = table.column("line").to_pylist()
+    assert lines == ([1, 2, 4] if dedup else [1, 2, 3, 4])
+    original = {side: Path(path).read_bytes().split(b"\n") for side, path in (("source", src), ("target", tgt))}
+    for side in ("source", "target"):
+        assert [text.encode() for text in table.column(f"{side}_raw").to_pylist()] == \
+            [original[side][n - 1] for n in lines]
+    assert "&apos;" in table.column("target").to_pylist()[0]
 
 
 def test_several_corpora_are_kept_apart(tmp_path, dask_client):

@@ -34,10 +34,12 @@ def _tokenise(line: str) -> str:
     return " ".join(_TOKEN.findall(line))
 
 
-def write_corpus(src: Path, tgt: Path, out: Path, parts: int, name: str = "pool") -> Path:
-    """A corpus directory in the format of `rnnenc ingest` (CONTRIBUTING.md, "Corpus")."""
-    en = [_tokenise(line) for line in src.read_text().splitlines()]
-    fr = [_tokenise(line) for line in tgt.read_text().splitlines()]
+def write_corpus(src: Path, tgt: Path, out: Path, parts: int, name: str = "pool", raw: bool = True) -> Path:
+    """A corpus directory in the format of `rnnenc ingest` (CONTRIBUTING.md, "Corpus"); without
+    ``raw``, as rnnenc wrote it before it kept the original text (no source_raw/target_raw)."""
+    raw_en, raw_fr = src.read_text().splitlines(), tgt.read_text().splitlines()
+    en = [_tokenise(line) for line in raw_en]
+    fr = [_tokenise(line) for line in raw_fr]
     out.mkdir(parents=True)
     step = -(-len(en) // parts)
     for i in range(parts):
@@ -48,7 +50,11 @@ def write_corpus(src: Path, tgt: Path, out: Path, parts: int, name: str = "pool"
             "target_tokens": pa.array([len(t.split()) for t in fr[rows]], pa.int32()),
             "corpus": [name] * len(en[rows]),
             "line": pa.array(range(i * step + 1, i * step + 1 + len(en[rows])), pa.int64())})
+        if raw:
+            table = table.append_column("source_raw", pa.array(raw_en[rows])).append_column(
+                "target_raw", pa.array(raw_fr[rows]))
         pq.write_table(table, out / f"part-{i:05d}.parquet")
+    (out / REPORT_NAME).write_text(json.dumps({"corpora": {name: {"lines_read": len(en)}}}))
     (out / MANIFEST_NAME).write_text(json.dumps({"stage": "ingest",
                                                    "config": {"source_lang": "en", "target_lang": "fr"}}))
     return out
@@ -60,7 +66,8 @@ def read_dir(path: Path) -> pa.Table:
 
 def hashes(out: Path) -> dict[str, str]:
     manifest = json.loads((out / MANIFEST_NAME).read_text())
-    return {o["path"]: o["hash"] for o in manifest["outputs"] if o["path"].startswith(("selected", "scores"))}
+    return {o["path"]: o["hash"] for o in manifest["outputs"]
+            if o["path"].startswith(("selected", "scores", "input_scores"))}
 
 
 @pytest.fixture(scope="module")
@@ -152,10 +159,11 @@ def test_same_bytes_for_any_partitioning_and_workers(small, tmp_path, dask_clien
     seven = run_selection(SelectConfig(pool=str(small["pool7"]), **cfg), tmp_path / "seven", mapper)
     # 1 worker vs 2: every selected/scores file byte-identical.
     assert hashes(tmp_path / "serial") == hashes(tmp_path / "cluster")
-    # 1 partition vs 7: the same text files, and the same rows in the same order.
-    for lang in ("en", "fr"):
-        assert (tmp_path / "serial" / f"selected.{lang}").read_bytes() == \
-            (tmp_path / "seven" / f"selected.{lang}").read_bytes()
+    assert {"selected.raw.en", "selected.raw.fr", "input_scores/pool.txt"} <= set(hashes(tmp_path / "serial"))
+    # 1 partition vs 7: the same text files (tokenised, raw, input-aligned scores), and the same
+    # rows in the same order.
+    for name in ("selected.en", "selected.fr", "selected.raw.en", "selected.raw.fr", "input_scores/pool.txt"):
+        assert (tmp_path / "serial" / name).read_bytes() == (tmp_path / "seven" / name).read_bytes(), name
     assert read_dir(tmp_path / "serial" / "selected").equals(read_dir(tmp_path / "seven" / "selected"))
     assert len(list((tmp_path / "seven" / "selected").glob("part-*.parquet"))) == 7
     # The word budget is met by the longest prefix of the score order.
@@ -171,7 +179,8 @@ def test_same_bytes_for_any_partitioning_and_workers(small, tmp_path, dask_clien
     import datasets
 
     hf = datasets.load_from_disk(str(tmp_path / "serial" / "hf"))
-    assert hf.num_rows == counts["selected_pairs"] and hf[0]["source"] == selected["source"][0].as_py()
+    assert hf.num_rows == counts["selected_pairs"]
+    assert hf[0]["translation"] == {"en": selected["source_raw"][0].as_py(), "fr": selected["target_raw"][0].as_py()}
     report = json.loads((tmp_path / "serial" / REPORT_NAME).read_text())
     assert report["selected"]["pairs"] == counts["selected_pairs"] and report["out_domain_sample"]["fold0_pairs"] > 0
 
@@ -189,6 +198,12 @@ def test_regenerate_is_byte_identical_and_stops_on_changes(small, tmp_path, dask
                      "--scheduler", dask_client.scheduler.address, "--quiet"])
     assert code == 0
     assert hashes(out) == hashes(tmp_path / "again")
+    # A selection by an rnnenc that wrote neither raw files nor input-aligned scores regenerates too.
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    manifest["outputs"] = [o for o in manifest["outputs"]
+                           if not o["path"].startswith(("selected.raw.", "input_scores/"))]
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest))
+    regenerate(out, tmp_path / "older", SERIAL)
     # A changed model is named...
     model = out / "lm" / "in.fr.binary"
     original = model.read_bytes()
@@ -324,6 +339,85 @@ def test_default_score_columns_are_todays(small, tmp_path):
         "tiebreak", "source_tokens", "target_tokens"]
     manifest = json.loads((out / MANIFEST_NAME).read_text())
     assert set(manifest["selection"]["lms"]["models"]["en"]) == {"in", "out_fold0", "out_fold1"}
+
+
+# --------------------------------------------------------------------------------------------
+# The original text through selection, and scores aligned with the input files
+
+
+def test_raw_text_hf_dataset_and_input_aligned_scores(tmp_path):
+    """An ingested pool's original text comes out of selection as it went in (apostrophes and
+    ampersands unescaped): in selected/, selected.raw.<lang> and the HF dataset; the
+    input-aligned scores have one line per input line, -inf where ingest dropped the pair."""
+    import datasets
+
+    from rnnenc.pipeline.corpus import CorpusInput
+    from rnnenc.pipeline.ingest import ingest
+    from rnnenc.pipeline.preprocess import PreprocessConfig
+
+    files = generate_demo(tmp_path / "demo", DemoConfig(seed=3, pool_size=400, in_domain_size=100, dev_size=20,
+                                                        phrase_table_pairs=100))
+    en, fr = files.pool_src.read_text().splitlines(), files.pool_tgt.read_text().splitlines()
+    en[4], fr[4] = "Tom & Jerry's tasks are running.", "Il y a des tâches en cours d'exécution."
+    en[7] = ""                      # empty side: dropped
+    fr[9] = " ".join(["mot"] * 90)  # too long: dropped
+    (tmp_path / "p.en").write_text("".join(f"{line}\n" for line in en))
+    (tmp_path / "p.fr").write_text("".join(f"{line}\n" for line in fr))
+    ingest(SERIAL, [CorpusInput("text", (str(tmp_path / "p.en"), str(tmp_path / "p.fr")), "p")], tmp_path / "pool",
+           PreprocessConfig("en", "fr"), rows_per_part=150)
+    ingest(SERIAL, [CorpusInput("text", (str(files.in_domain_src), str(files.in_domain_tgt)), "in")],
+           tmp_path / "in", PreprocessConfig("en", "fr"))
+    out = tmp_path / "sel"
+    run_selection(SelectConfig(pool=str(tmp_path / "pool"), in_domain=str(tmp_path / "in"), mode="fraction",
+                               amount="1.0", order=3, hf_dataset=True), out, SERIAL)
+    selected = read_dir(out / "selected")
+    lines = selected["line"].to_pylist()
+    dropped = sorted(set(range(1, 401)) - set(lines))  # ours (8, 10) and the demo's own (length ratio)
+    assert {8, 10} <= set(dropped) and lines == read_dir(tmp_path / "pool")["line"].to_pylist()
+    row = lines.index(5)
+    assert selected["target"][row].as_py() == "Il y a des tâches en cours d&apos; exécution ."
+    assert selected["target_raw"][row].as_py().encode() == "Il y a des tâches en cours d'exécution.".encode()
+    assert selected["source_raw"][row].as_py() == "Tom & Jerry's tasks are running."
+    for lang, original in (("en", en), ("fr", fr)):
+        text = (out / f"selected.raw.{lang}").read_bytes()
+        assert text == "".join(f"{original[n - 1]}\n" for n in lines).encode()
+        assert (out / f"selected.{lang}").read_text().count("\n") == len(lines)
+    hf = datasets.load_from_disk(str(out / "hf"))
+    assert hf.column_names == ["translation", "corpus", "line", "score"] and hf.num_rows == len(lines)
+    assert hf[row]["translation"] == {"en": "Tom & Jerry's tasks are running.",
+                                      "fr": "Il y a des tâches en cours d'exécution."}
+    # One score per input line, in input order; -inf (never kept by mml-filter) where ingest dropped.
+    aligned = (out / "input_scores" / "p.txt").read_text().splitlines()
+    assert len(aligned) == len(en) == 400
+    assert [n for n, value in enumerate(aligned, 1) if value == "-inf"] == dropped
+    scores = read_dir(out / "scores")
+    assert all(float(aligned[n - 1]) == -s for n, s in zip(scores["line"].to_pylist(), scores["score"].to_pylist(),
+                                                            strict=True))
+    report = json.loads((out / REPORT_NAME).read_text())
+    assert report["raw_text"] is True
+    assert report["input_scores"]["files"] == {"input_scores/p.txt": {"lines": 400, "scored": len(lines),
+                                                                      "dropped": len(dropped)}}
+
+
+def test_a_pool_without_raw_text_is_still_selectable(small, tmp_path):
+    """A pool ingested before rnnenc kept the original text: selected without raw files (said in
+    the report); --hf-dataset, a dataset of raw pairs, is refused in one line."""
+    pool = tmp_path / "old"
+    pool.mkdir()
+    for part in small["pool1"].glob("part-*.parquet"):
+        pq.write_table(pq.read_table(part).drop_columns(["source_raw", "target_raw"]), pool / part.name)
+    (pool / MANIFEST_NAME).write_bytes((small["pool1"] / MANIFEST_NAME).read_bytes())  # no ingest report either
+    cfg = dict(pool=str(pool), in_domain=str(small["in_domain"]), mode="pairs", amount="100")
+    with pytest.raises(UserError, match=r"^--hf-dataset: the pool .*old holds no original text"):
+        run_selection(SelectConfig(**cfg, hf_dataset=True), tmp_path / "hf", SERIAL)
+    assert not (tmp_path / "hf").exists()
+    run_selection(SelectConfig(**cfg), tmp_path / "sel", SERIAL)
+    assert (tmp_path / "sel" / "selected.en").read_text().count("\n") == 100
+    assert not list((tmp_path / "sel").glob("selected.raw.*")) and not (tmp_path / "sel" / "input_scores").exists()
+    report = json.loads((tmp_path / "sel" / REPORT_NAME).read_text())
+    assert report["raw_text"] is False and "no selected.raw.<lang> files" in report["raw_text_note"]
+    assert report["input_scores"]["written"] is False and "no per-corpus line counts" in \
+        report["input_scores"]["reason"]
 
 
 def test_single_given_model_scores_as_cross_fit_with_that_model_on_both_folds(small, tmp_path):

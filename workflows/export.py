@@ -66,7 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "system without rnn_unk (default: all, in the table's order)")
     input_path(parser, "--filter-to", action="append", metavar="PATH",
                help="write only the rows whose source phrase occurs in this input (a corpus directory or "
-                    "tokenised text: a tuning or test set), as filter-model-given-input.pl does; repeat")
+                    "text, preprocessed as the table's corpus records, as 'rnnenc filter' reads it: a tuning "
+                    "or test set), as filter-model-given-input.pl does; repeat")
     parser.add_argument("--max-phrase-length", type=int, default=7, metavar="N",
                         help="with --filter-to: the longest source phrase looked up (default: %(default)s)")
     parser.add_argument("--feature", metavar="NAME",

@@ -5,8 +5,11 @@ never looks up any other row, so a table filtered to the tuning and test sets tr
 exactly as the whole table does, and rescoring it (one RNN pass per row) and exporting it cost a
 fraction. Rows are kept unchanged (scores, alignments, counts, line numbers).
 
-Inputs are tokenised as the table's source side: corpus directories written by 'rnnenc ingest'
-(their source column) or tokenised text files. Writes a phrase table OUT (part for part of the
+Inputs are corpus directories written by 'rnnenc ingest' (their source column), which must
+record the preprocessing of the corpus the table was built from (found through the manifests:
+phrases -> select -> pool; another is refused in one line), or text files, preprocessed as that
+corpus records (give them untokenised; taken as they are, tokenised, when the table's manifests
+lead to no record, e.g. an imported Moses table). Writes a phrase table OUT (part for part of the
 input), OUT/_report.json (rows read and kept) and, last, OUT/_manifest.json. OUT opens as one
 Parquet dataset by its name (pandas.read_parquet("OUT"), pyarrow.dataset, Dask; DuckDB:
 'OUT/*.parquet').
@@ -29,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     input_path(parser, "--table", required=True, metavar="DIR",
                help="the Parquet phrase table (a phrase-table, phrases or rescore output)")
     input_path(parser, "--input", action="append", required=True, metavar="PATH",
-               help="a corpus directory written by 'rnnenc ingest' or a tokenised source text file; repeat")
+               help="a corpus directory written by 'rnnenc ingest', or a source text file (preprocessed as "
+                    "the table's corpus records); repeat")
     parser.add_argument("--max-phrase-length", type=int, default=DEFAULT_MAX_PHRASE_LENGTH, metavar="N",
                         help="longest source phrase looked up (default: %(default)s)")
     output_path(parser, "--out", required=True, help="output directory (replaced atomically)")

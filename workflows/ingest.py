@@ -7,7 +7,8 @@ normalises punctuation and tokenises with sacremoses (Moses escaping; tokenizer.
 corpus, or a given truecase-model), cleans as Moses clean-corpus-n.perl does and, as options,
 drops pairs whose sides py3langid finds in another language (--langid) and exact duplicate
 pairs (--dedup, the first occurrence kept). Writes OUT/part-NNNNN.parquet (source, target,
-source_tokens, target_tokens, corpus, line), OUT/_truecase-model.<lang> with --truecase,
+source_tokens, target_tokens, corpus, line, and source_raw, target_raw: each side's original
+text), OUT/_truecase-model.<lang> with --truecase,
 OUT/_report.json and, last, OUT/_manifest.json.
 OUT is one Parquet dataset: pandas.read_parquet("OUT"), pyarrow.dataset.dataset("OUT"),
 dask.dataframe.read_parquet("OUT") and DuckDB's read_parquet('OUT/*.parquet') read its parts

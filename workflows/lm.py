@@ -3,6 +3,10 @@ selection (and the in-domain target text), as Cho et al. built their Moses LM fr
 data. `rnnenc export --lm` writes it into the moses.ini, so no hand step stands between
 selection and tuning.
 
+Text files are preprocessed as the outputs given record (a select output: its pool's
+preprocessing; an ingest output: its own); two that record different preprocessing are
+refused in one line; with no output given, text files are taken as they are (tokenised).
+
 Writes OUT/lm.binary, OUT/_report.json and, last, OUT/_manifest.json.
 
 example:
@@ -18,7 +22,8 @@ from rnnenc.workflows.stages import input_path, output_path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     input_path(parser, "--corpus", action="append", required=True, metavar="PATH",
-               help="a select output (its selected.<lang>), an ingest output or a tokenised text file; repeat")
+               help="a select output (its selected.<lang>), an ingest output or a text file (preprocessed as "
+                    "the outputs given record); repeat")
     parser.add_argument("--lang", "--tgt-lang", dest="lang", required=True,
                         help="the language modelled: the target side, e.g. fr")
     parser.add_argument("--order", type=int, default=5, help="n-gram order (default: %(default)s)")

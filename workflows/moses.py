@@ -7,9 +7,12 @@ does it). --seed fixes mert's random seed: tune several times with different see
 the mean and spread, as MERT's variance asks (Clark et al., 2011).
 
 Inputs are the moses.ini written by 'rnnenc export' (phrase table with the RNN features added),
-a tuning set (newstest2012+2013 in the paper) and a test set (newstest2014), tokenised as the
-phrase table was: corpus directories written by 'rnnenc ingest' (--dev, --test) or pairs of
-tokenised text files.
+a tuning set (newstest2012+2013 in the paper) and a test set (newstest2014): corpus directories
+written by 'rnnenc ingest' (--dev, --test), which must record the preprocessing of the corpus the
+phrase table was built from (found through the manifests: export -> table -> phrases -> select
+-> pool; another is refused in one line), or pairs of text files, preprocessed as that corpus
+records (taken as they are, tokenised, when the moses.ini leads to no record). The raw reference
+(--test-raw-ref) is never preprocessed.
 Moses is found through --moses-home, $MOSES_HOME, then the build of scripts/build_moses.sh in
 ~/.cache/rnnenc/moses-*. Tuning runs in OUT.tuning/ (mert-moses.pl's working directory and
 mert.log), which a failure or Ctrl-C keeps and a rerun continues; --mert-iterations caps it.
@@ -135,14 +138,45 @@ def corpus_to_text(corpus: Path, out_prefix: Path) -> tuple[Path, Path]:
     return src, ref
 
 
+def tuning_and_test_text(args: argparse.Namespace, reference: Any, tuning: Path,
+                         out: Path) -> tuple[Path, Path, Path | None, Path | None]:
+    """The tuning and test sets (source, reference) as mert-moses.pl and the decoder read them: an
+    ingested corpus's tokenised sides, or text files preprocessed as the phrase table's corpus
+    records (``reference``: ``selection.recorded_corpus`` of the moses.ini; as they are without
+    one), written into ``tuning`` and ``out``. --test-raw-ref is never preprocessed: BLEU is
+    scored against it as given."""
+    from rnnenc.pipeline.selection import preprocess_file, text_preprocessor
+
+    langs = (reference.source_lang, reference.target_lang) if reference else (args.src_lang, args.tgt_lang)
+
+    def text(given: str, lang: str, target: Path) -> Path:
+        preprocess = text_preprocessor(reference, lang)
+        if preprocess is str:
+            return Path(given)
+        preprocess_file(given, preprocess, target)
+        return target
+
+    def sides(corpus: str | None, src: str | None, ref: str | None, prefix: Path) -> tuple[Path | None, Path | None]:
+        if corpus:
+            return corpus_to_text(Path(corpus), prefix)
+        if src and ref:
+            return text(src, langs[0], prefix.with_suffix(".src")), text(ref, langs[1], prefix.with_suffix(".ref"))
+        return None, None
+
+    dev_src, dev_ref = sides(args.dev, args.dev_src, args.dev_ref, tuning / "dev")
+    assert dev_src is not None and dev_ref is not None
+    return (dev_src, dev_ref, *sides(args.test, args.test_src, args.test_ref, out / "test"))
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     input_path(parser, "--moses-ini", required=True, help="moses.ini written by 'rnnenc export'")
     input_path(parser, "--dev", metavar="CORPUS", help="tuning set: a corpus directory written by 'rnnenc ingest'")
-    input_path(parser, "--dev-src", help="or: tokenised tuning source (one sentence a line)")
-    input_path(parser, "--dev-ref", help="and its tokenised reference")
+    input_path(parser, "--dev-src", help="or: tuning source text, one sentence a line (preprocessed as the "
+                                         "phrase table's corpus records; tokenised when none is recorded)")
+    input_path(parser, "--dev-ref", help="and its reference (likewise)")
     input_path(parser, "--test", metavar="CORPUS", help="test set: a corpus directory written by 'rnnenc ingest'")
-    input_path(parser, "--test-src", help="or: tokenised test source")
-    input_path(parser, "--test-ref", help="and its tokenised reference")
+    input_path(parser, "--test-src", help="or: test source text (likewise)")
+    input_path(parser, "--test-ref", help="and its reference (likewise)")
     input_path(parser, "--test-raw-ref", metavar="FILE",
                help="the test set's untokenised reference text: BLEU and chrF against it, comparable to "
                     "published scores (default: the detokenised --test-ref)")
@@ -171,6 +205,13 @@ def main(args: argparse.Namespace) -> int:
     for corpus in (args.dev, args.test):
         if corpus and not Path(corpus).is_dir():
             raise UserError(f"{corpus}: no such corpus directory")
+    from rnnenc.pipeline.selection import check_corpus_input, recorded_corpus
+
+    # the phrase table's text follows the corpus it was built from: the sets must too
+    reference = recorded_corpus(args.moses_ini)
+    for corpus in (args.dev, args.test):
+        if corpus:
+            check_corpus_input(corpus, reference, f"the phrase table's corpus {reference.path if reference else ''}")
     moses = find_moses(args.moses_home)
     if moses is None:
         why = ("no Moses installation found. Build one with scripts/build_moses.sh, or set MOSES_HOME (or "
@@ -203,10 +244,8 @@ def main(args: argparse.Namespace) -> int:
             log.info("tuning: %s holds another tuning run; starting over", tuning)
             shutil.rmtree(tuning / "mert", ignore_errors=True)
         write_json_atomic(previous, run)
-        dev_src, dev_ref = (corpus_to_text(Path(args.dev), tuning / "dev") if args.dev
-                            else (Path(args.dev_src), Path(args.dev_ref)))
-        if args.test:
-            args.test_src, args.test_ref = corpus_to_text(Path(args.test), tmp / "test")
+        dev_src, dev_ref, test_src, test_ref = tuning_and_test_text(args, reference, tuning, tmp)
+        args.test_src, args.test_ref = (str(test_src), str(test_ref)) if test_src and test_ref else (None, None)
         command = mert_command(moses, dev_src.resolve(), dev_ref.resolve(), Path(args.moses_ini).resolve(),
                                (tuning / "mert").resolve(), args.threads, args.mert_iterations, args.decoder_flags,
                                args.seed)

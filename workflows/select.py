@@ -26,13 +26,17 @@ is refused), or a prefix of plain text files (PREFIX.en, PREFIX.fr), which are p
 as the pool's manifest records (with the pool's truecase models): give them untokenised. Paths
 must be readable from every Dask worker (shared disk).
 
-Outputs in --out: selected/part-*.parquet (the pool's columns + score, in pool order),
-selected.<src> and selected.<tgt> (Moses-style text pair), scores/part-*.parquet (scores of
-the whole pool), lm/ (the models and vocabularies), hf/ with --hf-dataset (a Hugging Face
-dataset, save_to_disk), sweep.csv and sweep.png with --sweep, _report.json and _manifest.json
-(what `rnnenc regenerate` needs to rebuild the subset byte for byte). The Parquet datasets to
-open are OUT/selected and OUT/scores (pandas.read_parquet("OUT/selected"), pyarrow.dataset, Dask;
-DuckDB: 'OUT/selected/*.parquet').
+Outputs in --out: selected/part-*.parquet (the pool's columns, source_raw/target_raw
+included, + score, in pool order), selected.<src> and selected.<tgt> (Moses-style tokenised text
+pair), selected.raw.<src> and selected.raw.<tgt> (the same pairs' original text, one a line),
+scores/part-*.parquet (scores of the pool's pairs), input_scores/<corpus>.txt (one line per
+line of each original input, as Moses EMS's mml-filter reads it: -score, higher is more
+in-domain, and -inf for a line ingest dropped), lm/ (the models and vocabularies), hf/ with
+--hf-dataset (a Hugging Face dataset of the raw pairs, {"translation": {src, tgt}}), sweep.csv
+and sweep.png with --sweep, _report.json and _manifest.json (what `rnnenc regenerate` needs to
+rebuild the subset byte for byte). The Parquet datasets to open are OUT/selected and
+OUT/scores (pandas.read_parquet("OUT/selected"), pyarrow.dataset, Dask; DuckDB:
+'OUT/selected/*.parquet').
 
 examples:
   rnnenc select corpus/ --in-domain newstest --budget-words 348M --out selected/
@@ -112,7 +116,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="use this out-of-domain KenLM model instead of training one; with cross-fit, "
                              "LANG=A,B gives one model per fold (A scores fold 1, B fold 0: see "
                              "pipeline/selection.py)")
-    parser.add_argument("--hf-dataset", action="store_true", help="also write a Hugging Face dataset in OUT/hf")
+    parser.add_argument("--hf-dataset", action="store_true",
+                        help="also write a Hugging Face dataset of the raw pairs in OUT/hf "
+                             "({\"translation\": {src, tgt}}, wmt14's shape)")
     from rnnenc.workflows.cli import add_cluster_arguments
 
     add_cluster_arguments(parser)
