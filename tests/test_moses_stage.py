@@ -9,7 +9,7 @@ import pytest
 
 from rnnenc.pipeline.artifacts import MANIFEST_NAME, REPORT_NAME
 from rnnenc.pipeline.errors import UserError
-from rnnenc.workflows.demo import BASELINE_MOSES_INI
+from rnnenc.workflows.demo import baseline_moses_ini
 from rnnenc.workflows.moses import bleu, find_moses, mert_command
 
 
@@ -62,8 +62,7 @@ MOSES = find_moses(None)
 NEEDS_MOSES = pytest.mark.skipif(MOSES is None, reason="no Moses build found (MOSES_HOME, or scripts/build_moses.sh "
                                                        "into ~/.cache/rnnenc/moses-*): the real-Moses tests skip")
 # the demo's baseline moses.ini without its language model (these tests need none)
-BASELINE_INI = "\n".join(line for line in BASELINE_MOSES_INI.format(phrase_table="/nowhere/phrase-table.gz",
-                                                                   lm="").split("\n")
+BASELINE_INI = "\n".join(line for line in baseline_moses_ini("/nowhere/phrase-table.gz", "").split("\n")
                          if not line.startswith(("KENLM", "LM0")))
 
 

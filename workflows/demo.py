@@ -55,41 +55,22 @@ def prepare_data(data_dir: Path, config: DemoConfig) -> None:
     generate_demo(data_dir, config)
 
 
-BASELINE_MOSES_INI = """\
-# Moses configuration of the demo's phrase-based baseline, as train-model.perl writes it.
-# 'rnnenc export' writes an updated copy with the RNN features added.
+def baseline_moses_ini(phrase_table: str | Path, lm: str | Path) -> str:
+    """The demo baseline's moses.ini: the table's four Moses scores and a 4-gram KenLM model, in
+    train-model.perl's layout with its initial weights (``pipeline.moses.new_moses_ini``)."""
+    from rnnenc.pipeline.moses import new_moses_ini
+    from rnnenc.pipeline.phrase_table import MOSES_SCORE_NAMES
 
-[input-factors]
-0
-
-[mapping]
-0 T 0
-
-[distortion-limit]
-6
-
-[feature]
-UnknownWordPenalty
-WordPenalty
-PhrasePenalty
-PhraseDictionaryMemory name=TranslationModel0 num-features=4 path={phrase_table} input-factor=0 output-factor=0
-Distortion
-KENLM name=LM0 factor=0 path={lm} order=4
-
-[weight]
-UnknownWordPenalty0= 1
-WordPenalty0= -1
-PhrasePenalty0= 0.2
-TranslationModel0= 0.2 0.2 0.2 0.2
-Distortion0= 0.3
-LM0= 0.5
-"""
+    text, _weights = new_moses_ini(str(phrase_table), [{"name": name} for name in MOSES_SCORE_NAMES], str(lm), 4)
+    body = text.split("\n", 1)[1]  # new_moses_ini's first line says rnnenc export wrote it
+    return ("# Moses configuration of the demo's phrase-based baseline, as train-model.perl writes it.\n"
+            "# 'rnnenc export' writes an updated copy with the RNN features added.\n" + body)
 
 
 def write_baseline_moses_ini(data_dir: Path, root: Path) -> Path:
     path = data_dir / "moses.ini"
-    path.write_text(BASELINE_MOSES_INI.format(phrase_table=(data_dir / "phrase-table.gz").resolve(),
-                                              lm=(root / "select" / "lm" / "in.fr.binary").resolve()))
+    path.write_text(baseline_moses_ini((data_dir / "phrase-table.gz").resolve(),
+                                       (root / "select" / "lm" / "in.fr.binary").resolve()))
     return path
 
 
