@@ -233,3 +233,25 @@ def test_moses_train_without_moses_is_one_line(tmp_path, monkeypatch, capsys):
     assert cli.main(["moses-train", "--corpus", str(tmp_path), "--lm", str(tmp_path / "lm"), "--out",
                      str(tmp_path / "out"), "--quiet"]) == 1
     assert "moses-train: no Moses installation found" in capsys.readouterr().err
+
+
+def test_a_test_corpus_gives_its_own_raw_references(tmp_path):
+    """`moses --test CORPUS` scores against the corpus's original target text (ingest keeps it), not
+    the detokenised tokens; a corpus ingested before rnnenc kept it falls back to those."""
+    import pyarrow.parquet as pq
+
+    from rnnenc.workflows import cli
+    from rnnenc.workflows.moses import corpus_raw_references
+
+    raw = ["C'est la vie.", "Tom & Jerry «ici»"]
+    (tmp_path / "t.en").write_text("That's life.\nTom and Jerry here\n")
+    (tmp_path / "t.fr").write_text("".join(f"{line}\n" for line in raw))
+    assert cli.main(["ingest", "--src", str(tmp_path / "t.en"), "--tgt", str(tmp_path / "t.fr"), "--src-lang", "en",
+                     "--tgt-lang", "fr", "--no-clean", "--out", str(tmp_path / "test"), "--workers", "1",
+                     "--quiet"]) == 0
+    assert corpus_raw_references(tmp_path / "test") == raw
+    old = tmp_path / "old"
+    old.mkdir()
+    part = sorted((tmp_path / "test").glob("part-*.parquet"))[0]
+    pq.write_table(pq.read_table(part).drop_columns(["source_raw", "target_raw"]), old / part.name)
+    assert corpus_raw_references(old) is None

@@ -138,6 +138,17 @@ def corpus_to_text(corpus: Path, out_prefix: Path) -> tuple[Path, Path]:
     return src, ref
 
 
+def corpus_raw_references(corpus: Path) -> list[str] | None:
+    """An ingested corpus's original target text (``target_raw``, one per pair, in order): the raw
+    reference BLEU is computed against. None for a corpus ingested before rnnenc kept it."""
+    import pyarrow.parquet as pq
+
+    parts = sorted(corpus.glob("part-*.parquet"))
+    if not parts or "target_raw" not in pq.read_schema(parts[0]).names:
+        return None
+    return [text for part in parts for text in pq.read_table(part, columns=["target_raw"])["target_raw"].to_pylist()]
+
+
 def tuning_and_test_text(args: argparse.Namespace, reference: Any, tuning: Path,
                          out: Path) -> tuple[Path, Path, Path | None, Path | None]:
     """The tuning and test sets (source, reference) as mert-moses.pl and the decoder read them: an
@@ -179,7 +190,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     input_path(parser, "--test-ref", help="and its reference (likewise)")
     input_path(parser, "--test-raw-ref", metavar="FILE",
                help="the test set's untokenised reference text: BLEU and chrF against it, comparable to "
-                    "published scores (default: the detokenised --test-ref)")
+                    "published scores (default: a --test corpus's own original text, which ingest keeps; "
+                    "else the detokenised --test-ref)")
     parser.add_argument("--moses-home", help="Moses installation (default: $MOSES_HOME)")
     parser.add_argument("--tgt-lang", default="fr", help="target language, for detokenisation (default: fr)")
     parser.add_argument("--src-lang", default="en", help="source language (recorded in the report)")
@@ -271,7 +283,9 @@ def main(args: argparse.Namespace) -> int:
                              *args.decoder_flags.split()], tmp / "decode.log", "the Moses decoder",
                             stdin=source, stdout=hyp)
             report["seconds"]["decoding"] = round(time.perf_counter() - started, 1)
-            raw = _lines(Path(args.test_raw_ref)) if args.test_raw_ref else None
+            # the raw references: --test-raw-ref, else the test corpus's own original text
+            raw = (_lines(Path(args.test_raw_ref)) if args.test_raw_ref
+                   else corpus_raw_references(Path(args.test)) if args.test else None)
             report["test"] = bleu(_lines(tmp / "test.hyp"), _lines(Path(args.test_ref)), args.tgt_lang, raw)
             print(f"moses: test BLEU {report['test']['bleu']:.2f} chrF {report['test']['chrf']:.2f} against the "
                   f"{report['test']['reference']} reference ({report['test']['signature']})")
