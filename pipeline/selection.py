@@ -44,8 +44,9 @@ import json
 import math
 import re
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import compress
 from pathlib import Path
 from typing import Any, Literal
 
@@ -378,22 +379,24 @@ def sortable_key(scores: np.ndarray) -> np.ndarray:
     return np.where(bits & _SIGN, ~bits, bits | _SIGN)
 
 
-def cross_entropies(model: Any, sentences: Sequence[str], lengths: Sequence[int], normalise: str) -> np.ndarray:
+def cross_entropies(model: Any, sentences: Iterable[str], lengths: Sequence[int] | np.ndarray,
+                    normalise: str) -> np.ndarray:
     """``H(s)`` of each tokenised sentence under a kenlm model, log10, ``</s>`` included.
 
     Parameters:
         model: a ``kenlm.Model``.
-        sentences: the sentences, tokens separated by spaces.
+        sentences: the sentences, tokens separated by spaces (any iterable, one per length).
         lengths: their numbers of tokens ``n``.
         normalise: ``word``: ``-log10 p(s </s> | <s>) / (n + 1)``; ``sentence``: ``-log10 p(s </s> | <s>)``.
     """
-    if normalise == "word":
-        values = (-model.score(s, bos=True, eos=True) / (n + 1) for s, n in zip(sentences, lengths, strict=True))
-    elif normalise == "sentence":
-        values = (-model.score(s, bos=True, eos=True) for s in sentences)
-    else:
+    if normalise not in NORMALISATIONS:
         raise ValueError(f"unknown normalisation '{normalise}'")
-    return np.fromiter(values, dtype=np.float64, count=len(sentences))
+    # kenlm's score() defaults are bos=True, eos=True; mapping it directly keeps the per-sentence
+    # cost in C (a Python expression per sentence costs a third of the scoring). The division is
+    # IEEE's either way, so the values are the same bits as -score / (n + 1) in Python.
+    lengths = np.asarray(lengths, dtype=np.float64)
+    log_prob = np.fromiter(map(model.score, sentences), dtype=np.float64, count=len(lengths))
+    return -log_prob / (lengths + 1.0) if normalise == "word" else -log_prob
 
 
 def describe_score(score: str, out_model: str, normalise: str, langs: Sequence[str]) -> str:
@@ -453,9 +456,9 @@ def score_partition(task: tuple[str, str], models: Sequence[SideModels], seed: i
             cross_fitted = True
             h_out = np.empty(table.num_rows, dtype=np.float64)
             for k, path in enumerate(outs):
-                rows = np.flatnonzero(fold == 1 - k)  # this fold's model scores the other fold
-                h_out[rows] = cross_entropies(lm.load_model(path), [words[side][i] for i in rows],
-                                              [lengths[i] for i in rows], normalise)
+                scored = fold == 1 - k  # this fold's model scores the other fold
+                h_out[scored] = cross_entropies(lm.load_model(path), compress(words[side], scored.tolist()),
+                                                np.asarray(lengths)[scored], normalise)
         components[f"h_out_{side}"] = h_out
         score += h_in - h_out
     key = sortable_key(score)
@@ -605,18 +608,18 @@ def find_cut(scores_parts: Sequence[str], budget: int, weight: str, total_weight
                                    prefix=prefix, lo=lo, hi=hi, shift=shift, weight=weight)
             counts = np.sum([r[0] for r in results], axis=0)
             weights = np.sum([r[1] for r in results], axis=0)
-        inside = int(counts.sum())
-        if inside <= max_candidates or (span == 0 and level == 1):
-            break
-        if span == 0:  # one score value holds too many pairs: narrow on the tie-break hash
-            level, prefix, lo, hi = 1, lo, 0, 2**64 - 1
-            continue
+        # narrow to the bin holding the first excluded pair (the histogram is paid for already)
         cumulative = below + np.cumsum(weights)
-        b = int(np.argmax(cumulative > budget))  # the bin holding the first excluded pair
-        before = int(cumulative[b - 1]) if b else below
+        b = int(np.argmax(cumulative > budget))  # exists: below <= budget < below + the interval's weight
         below_pairs += int(counts[:b].sum())
-        below = before
+        below = int(cumulative[b - 1]) if b else below
         lo, hi = lo + (b << shift), min(hi, lo + ((b + 1) << shift) - 1)
+        if int(counts[b]) <= max_candidates:
+            break
+        if lo == hi:  # one value holds too many pairs: narrow on the tie-break hash (duplicates: gather)
+            if level == 1:
+                break
+            level, prefix, lo, hi = 1, lo, 0, 2**64 - 1
     rounds += 1
     candidates = [row for rows in executor.map(candidates_partition, parts, desc="cut search, candidates", level=level,
                                          prefix=prefix, lo=lo, hi=hi, weight=weight) for row in rows]
