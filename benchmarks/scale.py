@@ -92,7 +92,7 @@ def run_size(root: Path, pairs: int, workers: int) -> dict[str, dict[str, float]
         ingested = json.loads(report_path(root / "pool").read_text())
         results["ingest"] = {"words": ingested["source_words"] + ingested["target_words"], "seconds": seconds,
                              "peak": peak, "pairs": ingested["lines_read"]}
-        seconds, peak = stage(client, ["select", "--pool", str(root / "pool"), "--in-domain", str(root / "in_domain"),
+        seconds, peak = stage(client, ["select", str(root / "pool"), "--in-domain", str(root / "in_domain"),
                                        "--method", "axelrod", "--fraction", str(SELECTED_SHARE),
                                        "--out", str(root / "select")])
         selected = _manifest_counts(root / "select")
