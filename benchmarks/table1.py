@@ -104,7 +104,7 @@ def workflow(args: argparse.Namespace) -> str:
                          f"lm: \"${{lm}}\", scores: \"{scores}\"{ini}}}")
     for table in args.tables:
         for system in args.systems:
-            for seed in range(1, args.runs + 1):
+            for seed in args.seeds or range(1, args.runs + 1):
                 lines.append(
                     f"  moses_{table}_{system}_{seed}: {{command: moses, moses_ini: \"${{export_{table}_{system}}}\", "
                     f"dev: \"${{dev}}\", test: \"${{test}}\", test_raw_ref: data/test.{t}, "
@@ -216,6 +216,8 @@ def main() -> int:
     parser.add_argument("--embedding", type=int, default=100)
     parser.add_argument("--maxout", type=int, default=128)
     parser.add_argument("--updates", type=int, default=8000)
+    parser.add_argument("--seeds", type=lambda text: [int(x) for x in text.split(",")],
+                        help="comma-separated MERT seeds to tune, in this order (default: 1 to --runs)")
     parser.add_argument("--until", help="stop after this workflow stage")
     parser.add_argument("--tables", type=names(TABLES), default=list(TABLES),
                         help="comma-separated baseline tables to run, in this order (default: %(default)s)")
