@@ -26,7 +26,8 @@ def test_the_experiment_is_one_valid_workflow(tmp_path):
         for lang in ("en", "de"):
             (work / "data" / f"{split}.{lang}").write_text("a b\n")
     args = argparse.Namespace(work=work, src="en", tgt="de", runs=3, mert_iterations=4, threads=2, decoder_flags="-search-algorithm 1", hidden=64,
-                              embedding=32, maxout=32, updates=100)
+                              embedding=32, maxout=32, updates=100, tables=list(table1.TABLES),
+                              systems=list(table1.SYSTEMS), seeds=None)
     path = work / "table1.yaml"
     path.write_text(table1.workflow(args))
     flow = load_workflow(path)
@@ -44,6 +45,12 @@ def test_the_experiment_is_one_valid_workflow(tmp_path):
     assert export[export.index("--scores") + 1].endswith(",rnn_logp") and "--moses-ini" not in export
     assert "--moses-ini" in stages["export_moses_rnn"].argv  # Moses's own moses.ini, reordering model and all
     assert "filter_rnnenc" in stages["rescore_rnnenc"].depends_on
+    # a subset (--tables moses --systems rnn_wp --seeds 3,1): only those tunings, the RNN still trained on rnnenc's table
+    subset = argparse.Namespace(**vars(args) | {"tables": ["moses"], "systems": ["rnn_wp"], "seeds": [3, 1]})
+    path.write_text(table1.workflow(subset))
+    names = [stage.name for stage in load_workflow(path).stages]
+    assert [n for n in names if n.startswith("moses_moses")] == ["moses_moses_rnn_wp_3", "moses_moses_rnn_wp_1"]
+    assert "train" in names and "filter_rnnenc" not in names and "export_moses_baseline" not in names
 
 
 def test_the_report_averages_the_mert_runs(tmp_path):
