@@ -31,11 +31,15 @@ columns (tools' bookkeeping) are ignored by the export.
 
 Import
 ------
-``plan_ranges`` cuts plain-text inputs into byte ranges that start at line starts
-(compressed inputs cannot be split: one range per file); ``count_newlines`` gives every range
-its exact first line number; ``import_range`` parses one range into one part, streaming, in
-row groups of ``rows_per_group`` rows. ``import_moses`` strings them together over any
-``executor`` (``pipeline.executor``: a Dask map in ``workflows``, a plain loop by default).
+``plan_ranges`` cuts plain-text inputs into byte ranges that start at line starts; a
+compressed input cannot be cut (it is not seekable), so ``decompressed_chunks`` decompresses it
+once, in the calling process, into plain chunk files of the same size cut at line starts.
+``import_items`` hands the ranges and chunks over as tasks as soon as they are known, each with
+its exact first line number (the newlines before it, counted here while the earlier tasks run);
+``import_range`` parses one range or chunk into one part, streaming, in row groups of
+``rows_per_group`` rows. ``import_moses`` strings them together over any ``executor``
+(``pipeline.executor``: a Dask map in ``workflows``, a plain loop by default). A single task
+(a small input) is handed over as a list, so an embedded cluster runs it in this process.
 
 A line is rejected, never dropped silently, when it is not UTF-8, has fewer than three
 fields or another number of fields than the table's first line, an empty source or target
@@ -54,9 +58,10 @@ written ``\\\\``, an invalid byte ``\\xNN``, a tab ``\\t``, a carriage return ``
 import with ``file:line`` under either policy: the rest of the file is lost, not one line.
 
 Fields are split at ``|||`` and trimmed of surrounding blanks (space, tab, CR), as Moses reads
-them. Each block of about 4 MB of lines is parsed with Arrow kernels; a block holding any line
-those cannot vouch for is parsed line by line (``parse_line``), which names the bad line.
-Memory per task is bounded by the block and the row group, whatever the table's size.
+them. Each block of about 4 MB of lines is parsed with Arrow kernels, straight from the bytes
+read (``_fast_block``); a block holding any line those cannot vouch for is parsed line by line
+(``parse_line``), which names the bad line. Memory per task is bounded by the block and the row
+group, whatever the table's size.
 
 Export
 ------
@@ -79,6 +84,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import heapq
+import itertools
 import json
 import math
 import os
@@ -382,13 +388,24 @@ def detect_spec(path: str | os.PathLike, num_scores: int | None = None, max_line
 
 @dataclass(frozen=True)
 class Range:
-    """Bytes [start, end) of ``path`` (end None: to the end), starting at a line start."""
+    """Bytes [start, end) of ``path`` (end None: to the end), starting at a line start.
+
+    ``name``: the input file the lines are from, when ``path`` is a chunk of it decompressed into
+    the staging directory (``decompressed_chunks``): errors, rejects and the report name it, and
+    the chunk is removed once imported.
+    """
 
     path: str
     start: int = 0
     end: int | None = None
     first_line: int = 1
     index: int = 0
+    name: str = ""
+
+    @property
+    def label(self) -> str:
+        """The file named in errors and rejects."""
+        return self.name or self.path
 
 
 def default_split_bytes(paths: Sequence[str | os.PathLike]) -> int:
@@ -460,8 +477,9 @@ def number_ranges(ranges: Sequence[Range], newlines: Sequence[int]) -> list[Rang
     return out
 
 
-def _range_blocks(rng: Range, block_bytes: int = 1 << 22) -> Iterator[list[bytes]]:
-    """The range's lines (without their newline), in blocks of about ``block_bytes`` bytes."""
+def _range_blocks(rng: Range, block_bytes: int = 1 << 22) -> Iterator[bytes]:
+    """The range's lines in blocks of about ``block_bytes`` bytes: whole lines, each with its
+    newline (but a file's last line when it has none)."""
     whole = rng.end is None and rng.start == 0
     with (open_input(rng.path) if whole else open(rng.path, "rb")) as handle:
         if not whole:
@@ -475,7 +493,7 @@ def _range_blocks(rng: Range, block_bytes: int = 1 << 22) -> Iterator[list[bytes
                 left -= len(data)
             if not data:
                 if carry:
-                    yield [carry]
+                    yield carry
                 return
             data = carry + data
             cut = data.rfind(b"\n")
@@ -483,7 +501,134 @@ def _range_blocks(rng: Range, block_bytes: int = 1 << 22) -> Iterator[list[bytes
                 carry = data
                 continue
             carry = data[cut + 1:]
-            yield data[:cut].split(b"\n")
+            yield data[:cut + 1]
+
+
+def block_lines(block: bytes) -> list[bytes]:
+    """A block's lines, without their newlines."""
+    return (block[:-1] if block.endswith(b"\n") else block).split(b"\n")
+
+
+def _numpy_array(values: np.ndarray) -> pa.Array:
+    """A 1-d numeric numpy array as an Arrow array without a copy (``pa.array`` would import
+    pandas, half a second of a worker's first task)."""
+    values = np.ascontiguousarray(values)
+    return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
+
+
+def _numpy_view(array: pa.Array) -> np.ndarray:
+    """The values of a numeric Arrow array without nulls, as numpy (``to_numpy`` imports pandas)."""
+    dtype = array.type.to_pandas_dtype()
+    return np.frombuffer(array.buffers()[1], dtype=dtype)[array.offset:array.offset + len(array)]
+
+
+def _lines_array(block: bytes) -> pa.Array:
+    """A block's lines as one binary array over the block's own bytes (no copy), each line
+    with its newline."""
+    ends = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10) + 1
+    if not block.endswith(b"\n"):
+        ends = np.append(ends, len(block))
+    if len(block) > np.iinfo(np.int32).max:
+        raise UserError("phrase-table: a block of lines over 2 GiB (a line that long?)")
+    offsets = np.zeros(len(ends) + 1, dtype=np.int32)
+    offsets[1:] = ends
+    return pa.Array.from_buffers(pa.binary(), len(ends), [None, pa.py_buffer(offsets), pa.py_buffer(block)])
+
+
+def decompressed_chunks(path: str, staging: Path, split_bytes: int, index: int = 0,
+                        broken: list[UserError] | None = None) -> Iterator[tuple[Range, bool]]:
+    """Decompress ``path`` once, here, into chunk files of about ``split_bytes`` bytes cut at
+    line starts (``staging/chunk-<index>.txt``, index counting up); yield each as a Range named
+    ``path`` with its exact first line, with whether another chunk follows (known by reading
+    on: a chunk is handed over once the next one has begun, or the file has ended).
+
+    A file that cannot be decompressed to the end (truncated, corrupt) ends with a chunk of its
+    complete lines before the break, and the UserError (``file:line``) goes to ``broken``
+    (raised when ``broken`` is None).
+    """
+    line = 1
+    done: Range | None = None          # the last chunk closed, yielded once we know if one follows
+    out = None
+    chunk = staging
+    size = complete = newlines = 0
+
+    def close() -> Range:
+        assert out is not None
+        out.truncate(complete if failed else size)
+        out.close()
+        return Range(str(chunk), 0, complete if failed else size, line, index, name=str(path))
+
+    failed = False
+    with open_input(path) as handle:
+        while True:
+            try:
+                data = handle.read1(1 << 22)   # read1: a break loses one step's bytes, not 4 MB
+            except UserError as exc:
+                if broken is None:
+                    raise
+                broken.append(exc)
+                failed, data = True, b""
+            if not data and (out is not None or done is not None):
+                break
+            while True:
+                if out is None:
+                    if done is not None:
+                        yield done, True
+                        line += newlines
+                        index += 1
+                        done = None
+                    chunk = staging / f"chunk-{index:05d}.txt"
+                    out = open(chunk, "wb")
+                    size = complete = newlines = 0
+                take = len(data)
+                if size + take >= split_bytes:
+                    cut = data.find(b"\n", max(0, split_bytes - size - 1))
+                    take = cut + 1 if cut >= 0 else take
+                piece = data[:take]
+                out.write(piece)
+                ends = piece.count(b"\n")
+                if ends:
+                    newlines += ends
+                    complete = size + piece.rfind(b"\n") + 1
+                size += take
+                data = data[take:]
+                if size >= split_bytes and piece.endswith(b"\n"):
+                    done, out = close(), None
+                if not data:
+                    break
+            if failed:
+                break
+    if out is not None:
+        last = close()
+        if done is not None:
+            yield done, True
+        yield last, False
+    elif done is not None:
+        yield done, False
+
+
+def import_items(ranges: Sequence[Range], staging: Path, split_bytes: int,
+                 broken: list[UserError] | None = None) -> Iterator[tuple[Range, bool]]:
+    """The import's tasks, in order, as (range, whether another follows): plain ranges numbered
+    here as they come (a range's first line is the newlines before it, counted while the
+    earlier ranges are being imported); a compressed file decompressed here into chunks
+    (``decompressed_chunks``), each a task as soon as it is written. A broken compressed file
+    ends the tasks; its UserError goes to ``broken``."""
+    index = line = 0
+    for k, rng in enumerate(ranges):
+        last = k == len(ranges) - 1
+        if rng.end is None and is_compressed(rng.path):
+            for chunk, more in decompressed_chunks(rng.path, staging, split_bytes, index, broken):
+                index += 1
+                yield chunk, more or not (last or broken)
+            if broken:
+                return
+            continue
+        line = 1 if rng.start == 0 else line
+        yield Range(rng.path, rng.start, rng.end, line, index), not last
+        index += 1
+        if not last:
+            line += count_newlines(rng)
 
 
 def _escape_text(raw: bytes) -> str:
@@ -538,36 +683,44 @@ def _rows_table(schema: pa.Schema, spec: TableSpec, rows: list[tuple[int, str, s
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def _fast_block(lines: list[bytes], first_line: int, schema: pa.Schema, spec: TableSpec) -> pa.Table | None:
-    """The block parsed with Arrow kernels, or None when any line needs a closer look.
+def _fast_block(lines: bytes | list[bytes], first_line: int, schema: pa.Schema, spec: TableSpec) -> pa.Table | None:
+    """The block (``_range_blocks``' bytes, or a list of lines) parsed with Arrow kernels, or
+    None when any line needs a closer look.
 
     Gives the table ``parse_line`` would give; anything unusual (a bad line, ``nan``, a score
-    Arrow cannot cast, an odd field count) returns None and the caller falls back to it.
+    Arrow cannot cast, an odd field count) returns None and the caller falls back to it. The
+    lines keep their newline: it can only end a line's last field, and the fields are trimmed
+    of it with the blanks (where ``parse_line`` strips it first).
     """
     import pyarrow.compute as pc
 
-    n = len(lines)
+    block = b"".join(line + b"\n" for line in lines) if isinstance(lines, list) else lines
+    if not block:
+        return None
     try:
-        text = pa.array(lines, pa.binary()).cast(pa.string())
+        text = _lines_array(block).cast(pa.string())
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         return None                                    # invalid UTF-8 somewhere
+    n, k = len(text), spec.num_fields
     parts = pc.split_pattern(text, "|||")
-    if pc.min(pc.list_value_length(parts)).as_py() != spec.num_fields or \
-            pc.max(pc.list_value_length(parts)).as_py() != spec.num_fields:
+    counts = pc.min_max(pc.list_value_length(parts))
+    if counts["min"].as_py() != k or counts["max"].as_py() != k:
         return None
-    fields = [pc.utf8_trim(pc.list_element(parts, i), " \t\r") for i in range(spec.num_fields)]
+    # Every line has k fields: field i of line r is item r * k + i of the flat list. (No
+    # pc.list_element: a Python scalar argument makes pyarrow import pandas in each worker.)
+    flat = pc.utf8_trim(pc.list_flatten(parts), " \t\r\n")
+    fields = [flat.take(_numpy_array(np.arange(i, n * k, k, dtype=np.int64))) for i in range(k)]
     for phrase in fields[:2]:
-        if pc.any(pc.equal(phrase, "")).as_py():
-            return None
-    tokens = pc.utf8_split_whitespace(fields[2])
-    lengths = pc.list_value_length(tokens)
-    if pc.min(lengths).as_py() != spec.num_scores or pc.max(lengths).as_py() != spec.num_scores:
+        if not _numpy_view(pc.utf8_length(phrase)).all():
+            return None                                # an empty phrase
+    if pc.any(pc.match_substring(fields[2], "_")).as_py():
         return None
-    flat = pc.list_flatten(tokens)
-    if pc.any(pc.match_substring(flat, "_")).as_py():
+    tokens = pc.utf8_split_whitespace(fields[2])
+    counts = pc.min_max(pc.list_value_length(tokens))
+    if counts["min"].as_py() != spec.num_scores or counts["max"].as_py() != spec.num_scores:
         return None
     try:
-        values = flat.cast(pa.float64()).to_numpy()
+        values = _numpy_view(pc.list_flatten(tokens).cast(pa.float64()))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
     if not np.isfinite(values).all() or (np.abs(values) > FLOAT32_MAX).any():
@@ -575,21 +728,20 @@ def _fast_block(lines: list[bytes], first_line: int, schema: pa.Schema, spec: Ta
     grid = values.reshape(n, spec.num_scores)
     if (grid < 0).any() or (grid[:, :spec.prob_scores] > 1).any():
         return None                                    # check_score_range names the line
-    scores = grid.astype(np.float32)
-    empty = pa.array([""] * n, pa.string())
-    arrays = [fields[0], fields[1], *(pa.array(scores[:, i]) for i in range(spec.num_scores)),
+    scores = grid.astype(np.float32).T
+    empty = _numpy_array(np.zeros(n + 1, dtype=np.int32))
+    empty = pa.Array.from_buffers(pa.string(), n, [None, empty.buffers()[1], pa.py_buffer(b"")])
+    arrays = [fields[0], fields[1], *(_numpy_array(row) for row in scores),
               fields[3] if spec.num_fields > 3 else empty, fields[4] if spec.num_fields > 4 else empty]
-    k = max(0, spec.num_fields - 5)
-    if k:
-        values_extra = pa.concat_arrays([f.combine_chunks() if isinstance(f, pa.ChunkedArray) else f
-                                         for f in fields[5:]])
-        order = (np.arange(n)[:, None] + np.arange(k)[None, :] * n).ravel()
-        extra = pa.ListArray.from_arrays(pa.array(np.arange(0, n * k + 1, k, dtype=np.int32)),
-                                         values_extra.take(pa.array(order)))
+    if k > 5:
+        # the 6th and later fields of each line, in line order: a list over the flat fields
+        order = (np.arange(n)[:, None] * k + np.arange(5, k)[None, :]).ravel()
+        extra = pa.ListArray.from_arrays(_numpy_array(np.arange(0, n * (k - 5) + 1, k - 5, dtype=np.int32)),
+                                         flat.take(_numpy_array(order)))
     else:
-        extra = pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, dtype=np.int32)), pa.array([], pa.string()))
-    arrays += [extra, pa.array(np.arange(first_line, first_line + n, dtype=np.int64))]
-    return pa.Table.from_arrays(arrays, schema=schema)
+        extra = pa.ListArray.from_arrays(_numpy_array(np.zeros(n + 1, dtype=np.int32)), empty.slice(0, 0))
+    lines_column = _numpy_array(np.arange(first_line, first_line + n, dtype=np.int64))
+    return pa.Table.from_arrays([*arrays, extra, lines_column], schema=schema)
 
 
 def import_range(rng: Range, out_dir: str, spec: TableSpec, on_error: OnError = "fail",
@@ -598,7 +750,8 @@ def import_range(rng: Range, out_dir: str, spec: TableSpec, on_error: OnError = 
 
     Streams blocks of about ``block_bytes``: each is parsed by Arrow kernels, or line by line
     (``parse_line``) when it holds a line the fast path cannot vouch for. Returns counts:
-    lines, rows, rejected by reason, and the part's path (None if no row).
+    lines, rows, rejected by reason, and the part's path (None if no row). A decompressed
+    chunk (``rng.name`` set) is removed once its part is written.
     """
     out = Path(out_dir)
     part = out / f"part-{rng.index:05d}.parquet"
@@ -615,21 +768,21 @@ def import_range(rng: Range, out_dir: str, spec: TableSpec, on_error: OnError = 
             if table is not None:
                 fast_blocks += 1
                 writer.write(table)
-                number += len(block)
+                number += table.num_rows
                 continue
             slow_blocks += 1
             rows = []
-            for raw in block:
+            for raw in block_lines(block):
                 try:
                     rows.append((number, *parse_line(raw, spec)))
                 except BadLine as bad:
                     if on_error == "fail":
-                        raise located(rng.path, number, f"{bad.detail} (use --on-error skip to write such "
-                                                        "lines to a rejects file)") from None
+                        raise located(rng.label, number, f"{bad.detail} (use --on-error skip to write such "
+                                                         "lines to a rejects file)") from None
                     rejected[bad.reason] += 1
                     if rejects is None:
                         rejects = open(rejects_path, "w", encoding="utf-8", newline="\n")
-                    rejects.write(f"{rng.path}\t{number}\t{bad.reason}\t{bad.detail}\t{_escape_text(raw)}\n")
+                    rejects.write(f"{rng.label}\t{number}\t{bad.reason}\t{bad.detail}\t{_escape_text(raw)}\n")
                 number += 1
             if rows:
                 writer.write(_rows_table(schema, spec, rows))
@@ -642,7 +795,9 @@ def import_range(rng: Range, out_dir: str, spec: TableSpec, on_error: OnError = 
     finally:
         if rejects is not None:
             rejects.close()
-    return {"index": rng.index, "path": rng.path, "first_line": rng.first_line, "lines": number - rng.first_line,
+    if rng.name:
+        Path(rng.path).unlink(missing_ok=True)
+    return {"index": rng.index, "path": rng.label, "first_line": rng.first_line, "lines": number - rng.first_line,
             "rows": writer.rows, "rejected": dict(rejected), "blocks": [fast_blocks, slow_blocks],
             "part": str(part) if writer.rows else None,
             "rejects": str(rejects_path) if rejects is not None else None}
@@ -686,14 +841,19 @@ def import_moses(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
     if split_bytes is None:
         split_bytes = default_split_bytes(inputs)
     ranges = plan_ranges(inputs, split_bytes)
-    plain = [r for r in ranges if r.end is not None]
-    counts = dict(zip(plain, executor.map(count_newlines, plain, desc="count lines"), strict=True)) if plain else {}
-    ranges = number_ranges(ranges, [counts.get(r, 0) for r in ranges])
     with atomic_output_dir(out_dir, stage="phrase-table", inputs=inputs) as tmp:
         staging = tmp / ".staging"
         staging.mkdir()
-        results = executor.map(import_range, ranges, desc="import", out_dir=str(staging), spec=spec,
+        broken: list[UserError] = []
+        pending = import_items(ranges, staging, split_bytes, broken)
+        first, more = next(pending)
+        # One task is a list (an embedded cluster runs it here, and starts none); more are
+        # handed over one by one, as they are numbered (or decompressed).
+        items = itertools.chain([first], (rng for rng, _ in pending)) if more else [first]
+        results = executor.map(import_range, items, desc="import", out_dir=str(staging), spec=spec,
                                on_error=on_error, rows_per_group=rows_per_group)
+        if broken:
+            raise broken[0]
         rejected: Counter = Counter()
         files: dict[str, Counter] = {}
         parts = 0
@@ -732,7 +892,7 @@ def import_moses(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
             "score_names": list(spec.names()),
             "num_fields": spec.num_fields,
             "prob_scores": min(prob_scores, spec.num_scores),
-            "ranges": len(ranges),
+            "ranges": len(results),
             "parts": parts,
             "rows_per_group": rows_per_group,
             "seconds": round(seconds, 3),
