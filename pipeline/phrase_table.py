@@ -65,10 +65,12 @@ group, whatever the table's size.
 
 Export
 ------
-Each part is formatted and sorted in memory in runs of at most ``run_bytes`` bytes, each run
-written to disk; the runs are then merged (``heapq.merge``, or ``LC_ALL=C sort -m`` with
-``sorter="sort"``) into the gzip output. The order is ``LC_ALL=C sort``'s: lines compared as
-bytes, without the newline. Fields are joined by `` ||| `` (an empty field leaves just
+Each part is formatted and sorted in memory in runs of at most ``run_bytes`` bytes (16 MiB: a
+worker's memory does not grow with the table), each run written to disk; the runs are then
+merged here (``heapq.merge``, or ``LC_ALL=C sort -m`` in one pass with ``sorter="sort"``) into
+the gzip output, deflated on all cores (``ParallelGzip``: one gzip member, which any gzip
+reader reads; the compressed bytes are not ``GzipFile``'s). The order is ``LC_ALL=C sort``'s:
+lines compared as bytes, without the newline. Fields are joined by `` ||| `` (an empty field leaves just
 ``|||``, as Moses writes trailing empty fields: ``... ||| 2 2 1 ||| |||``).
 
 Score formatting: ``%.6g`` (C printf), what Moses's own scorer writes, so the lines of a table
@@ -118,7 +120,7 @@ COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
 DEFAULT_SPLIT_BYTES = 256 << 20     # the largest default range (memory); smaller tables get smaller ranges
 MIN_SPLIT_BYTES = 16 << 20          # the smallest default range
 DEFAULT_ROWS_PER_GROUP = 100_000
-DEFAULT_RUN_BYTES = 128 << 20
+DEFAULT_RUN_BYTES = 16 << 20        # a run is at most a default part (MIN_SPLIT_BYTES): memory flat in the table's size
 DEFAULT_PROB_SCORES = 4             # Moses's phi(f|e), lex(f|e), phi(e|f), lex(e|f)
 REJECT_REASONS = ("invalid_utf8", "field_count", "empty_phrase", "non_numeric_score", "score_count",
                   "score_range")
@@ -1016,18 +1018,21 @@ def format_lines(table: pa.Table, scores: Sequence[Mapping[str, str]], fields: i
     return lines, clipped
 
 
-def _write_run(chunks: list[pa.Array], path: Path) -> None:
-    """Sort lines by bytes (``LC_ALL=C sort``'s order) and write them, one a line."""
+def _write_run(chunks: list[pa.Array], path: Path, slice_rows: int = 65_536) -> None:
+    """Sort lines by bytes (``LC_ALL=C sort``'s order) and write them, one a line; ``chunks`` is
+    emptied (its arrays freed once joined), and the sorted lines are gathered and written a
+    slice at a time, so a run costs about its size in memory, not four times that."""
     import pyarrow.compute as pc
 
     lines = pa.concat_arrays(chunks).cast(pa.binary())
-    lines = lines.take(pc.sort_indices(lines))
-    lines = pc.binary_join_element_wise(lines, pa.scalar(b"\n"), b"")
-    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32 if lines.type == pa.binary() else np.int64)
-    data = lines.buffers()[2]
-    start, end = int(offsets[lines.offset]), int(offsets[lines.offset + len(lines)])
+    chunks.clear()
+    order = pc.sort_indices(lines)
     with open(path, "wb") as handle:
-        handle.write(memoryview(data)[start:end])
+        for k in range(0, len(lines), slice_rows):
+            piece = pc.binary_join_element_wise(lines.take(order.slice(k, slice_rows)), pa.scalar(b"\n"), b"")
+            offsets = np.frombuffer(piece.buffers()[1], dtype=np.int32)
+            start, end = int(offsets[piece.offset]), int(offsets[piece.offset + len(piece)])
+            handle.write(memoryview(piece.buffers()[2])[start:end])
 
 
 def select_scores(scores: Sequence[Mapping[str, str]], names: Sequence[str] | None,
@@ -1096,6 +1101,99 @@ def _read_run(path: str) -> Iterator[bytes]:
             yield line[:-1]
 
 
+class ParallelGzip:
+    """A write-only gzip stream (one member, as ``gzip.GzipFile(filename="", mtime=0)`` writes)
+    whose deflate runs on ``threads`` threads, in blocks of ``block_bytes``, pigz's way.
+
+    Each block is deflated on its own, primed with the 32 KiB before it, and ends with a sync
+    flush (so blocks concatenate into one deflate stream); a final empty block ends the stream,
+    then the CRC-32 and the size. zlib releases the GIL while it deflates. At most
+    ``2 * threads`` blocks are in flight. Readers see the same bytes as from ``GzipFile``; the
+    compressed bytes differ (a little larger: one flush marker a block).
+    """
+
+    def __init__(self, raw, compresslevel: int = 6, *, threads: int | None = None, block_bytes: int = 1 << 22):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.raw, self.level, self.block_bytes = raw, compresslevel, block_bytes
+        threads = threads or min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                 else os.cpu_count() or 1)
+        self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="gzip")
+        self.depth = 2 * max(1, threads)
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
+        self.in_flight: list = []
+        self.tail = b""
+        self.crc = 0
+        self.size = 0
+        xfl = b"\002" if compresslevel == 9 else b"\004" if compresslevel == 1 else b"\000"
+        raw.write(b"\037\213\010\000\000\000\000\000" + xfl + b"\377")
+
+    def _deflate(self, data: bytes, zdict: bytes) -> bytes:
+        import zlib
+
+        kwargs = {"zdict": zdict} if zdict else {}
+        deflate = zlib.compressobj(self.level, zlib.DEFLATED, -zlib.MAX_WBITS, zlib.DEF_MEM_LEVEL, 0, **kwargs)
+        return deflate.compress(data) + deflate.flush(zlib.Z_SYNC_FLUSH)
+
+    def _submit(self) -> None:
+        import zlib
+
+        data = b"".join(self.pending)
+        self.pending, self.pending_bytes = [], 0
+        self.crc = zlib.crc32(data, self.crc)
+        self.size += len(data)
+        self.in_flight.append(self.pool.submit(self._deflate, data, self.tail))
+        self.tail = data[-(1 << 15):]
+        while len(self.in_flight) > self.depth:
+            self.raw.write(self.in_flight.pop(0).result())
+
+    def write(self, data: bytes) -> int:
+        if data:
+            self.pending.append(bytes(data))
+            self.pending_bytes += len(data)
+            if self.pending_bytes >= self.block_bytes:
+                self._submit()
+        return len(data)
+
+    def close(self) -> None:
+        import struct
+        import zlib
+
+        if self.pool is None:
+            return
+        try:
+            if self.pending:
+                self._submit()
+            for future in self.in_flight:
+                self.raw.write(future.result())
+            self.in_flight = []
+            end = zlib.compressobj(self.level, zlib.DEFLATED, -zlib.MAX_WBITS)
+            self.raw.write(end.flush(zlib.Z_FINISH) + struct.pack("<II", self.crc, self.size & 0xFFFFFFFF))
+        finally:
+            self.pool.shutdown(cancel_futures=True)
+            self.pool = None
+
+    def __enter__(self) -> ParallelGzip:
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is None:
+            self.close()
+        elif self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+            self.pool = None
+
+
+def _sort_batch_size(runs: int) -> int:
+    """How many runs 'sort -m' merges at once: all (one pass), as far as open files allow."""
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    limit = 1024 if soft == resource.RLIM_INFINITY else soft
+    return max(2, min(runs, limit - 16))
+
+
 def merge_runs(runs: Sequence[str], out: Path, *, sorter: Sorter = "auto", fan_in: int = 64,
                tmp_dir: Path | None = None, compresslevel: int = 6) -> int:
     """Merge sorted runs into the gzip file ``out`` in C byte order; return the line count."""
@@ -1105,8 +1203,9 @@ def merge_runs(runs: Sequence[str], out: Path, *, sorter: Sorter = "auto", fan_i
     tmp_dir = tmp_dir or out.parent
     runs = list(runs)
     level = 0
-    # Bound the open files: merge groups of fan_in runs into longer runs first.
-    while len(runs) > fan_in:
+    # Bound the open files: merge groups of fan_in runs into longer runs first ('sort -m' does
+    # that itself, in one pass for up to --batch-size runs).
+    while len(runs) > fan_in and not use_sort:
         merged = []
         for k in range(0, len(runs), fan_in):
             group = runs[k:k + fan_in]
@@ -1119,8 +1218,7 @@ def merge_runs(runs: Sequence[str], out: Path, *, sorter: Sorter = "auto", fan_i
             merged.append(str(path))
         runs, level = merged, level + 1
     count = 0
-    with open(out, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0,
-                                               compresslevel=compresslevel) as gz:
+    with open(out, "wb") as raw, ParallelGzip(raw, compresslevel) as gz:
         if len(runs) == 1:
             with open(runs[0], "rb") as handle:
                 for block in iter(partial(handle.read, 1 << 22), b""):
@@ -1128,8 +1226,8 @@ def merge_runs(runs: Sequence[str], out: Path, *, sorter: Sorter = "auto", fan_i
                     count += block.count(b"\n")
         elif use_sort and runs:
             env = dict(os.environ, LC_ALL="C")
-            with subprocess.Popen(["sort", "-m", "-T", str(tmp_dir), "--", *runs], stdout=subprocess.PIPE,
-                                  env=env) as proc:
+            with subprocess.Popen(["sort", "-m", "-T", str(tmp_dir), f"--batch-size={_sort_batch_size(len(runs))}",
+                                   "--", *runs], stdout=subprocess.PIPE, env=env) as proc:
                 assert proc.stdout is not None
                 for block in iter(partial(proc.stdout.read, 1 << 20), b""):
                     gz.write(block)
@@ -1196,12 +1294,15 @@ def export_moses(table_dir: str | os.PathLike, out_path: str | os.PathLike, conf
             from rnnenc.pipeline.phrase_filter import write_phrases
 
             phrases_file = write_phrases(phrases, run_dir / "phrases.txt")
+        started = time.perf_counter()
         results = executor.map(_sorted_runs_item, items, desc="format and sort", run_dir=str(run_dir),
                                precision=config.precision, run_bytes=config.run_bytes,
                                score_names=config.scores, phrases_file=phrases_file)
         runs = [r for result in results for r in result["runs"]]
+        merging = time.perf_counter()
         rows = merge_runs(runs, out_path, sorter=config.sorter, tmp_dir=run_dir,
                           compresslevel=config.compresslevel)
+        seconds = {"format_and_sort": round(merging - started, 3), "merge": round(time.perf_counter() - merging, 3)}
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     clipped: Counter = Counter()
@@ -1212,7 +1313,7 @@ def export_moses(table_dir: str | os.PathLike, out_path: str | os.PathLike, conf
         raise UserError(f"export: wrote {rows} lines for {expected} rows (a field contains a newline?)")
     return {"rows": rows, "scores": scores, "fields": table_fields(first), "parts": len(parts),
             "runs": len(runs), "clipped": {s["name"]: clipped.get(s["name"], 0) for s in scores},
-            "clipped_total": sum(clipped.values())}
+            "clipped_total": sum(clipped.values()), "seconds": seconds}
 
 
 def _sorted_runs_item(item: tuple[int, str], run_dir: str, precision: int, run_bytes: int,

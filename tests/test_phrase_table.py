@@ -489,3 +489,45 @@ def test_truncated_gzip_in_chunks_reports_an_earlier_bad_line_first_and_else_the
         assert message.startswith(f"{path}:") and "compressed file is truncated or corrupt" in message
         assert 15001 < int(message.split(":")[1]) <= len(lines) + 1
     assert _no_output(tmp_path, tmp_path / "out")
+
+
+# ---------------------------------------------------------------------------------------------
+# Export: gzip deflated on several threads, many runs merged in one pass
+
+@pytest.mark.parametrize("threads,block", [(1, 1 << 22), (3, 1000), (2, 1)])
+def test_parallel_gzip_is_one_member_any_reader_reads(tmp_path, threads, block):
+    import io
+    import subprocess
+
+    from rnnenc.pipeline.phrase_table import ParallelGzip
+
+    rng = np.random.default_rng(3)
+    data = b"".join(b"%d ||| %x\n" % (i, int(v)) for i, v in enumerate(rng.integers(0, 1 << 40, 20_000)))
+    for payload in (b"", b"x", data):
+        raw = io.BytesIO()
+        with ParallelGzip(raw, 6, threads=threads, block_bytes=block) as gz:
+            for k in range(0, len(payload), 777):
+                gz.write(payload[k:k + 777])
+        out = raw.getvalue()
+        reference = io.BytesIO()
+        with gzip.GzipFile(filename="", mode="wb", fileobj=reference, mtime=0, compresslevel=6):
+            pass
+        assert out[:10] == reference.getvalue()[:10]                   # the header the export wrote before
+        assert gzip.decompress(out) == payload
+        (tmp_path / "p.gz").write_bytes(out)
+        assert subprocess.run(["gzip", "-dc", str(tmp_path / "p.gz")], capture_output=True, check=True).stdout == payload
+    import zlib
+
+    # one member: a reader that stops after the first member has read everything
+    member = zlib.decompressobj(31)
+    assert member.decompress(out) == data and member.eof and member.unused_data == b""
+
+
+def test_many_runs_merge_in_one_sort_pass_as_python_merges_them(demo, tmp_path):
+    import_moses([demo["plain"]], tmp_path / "t", split_bytes=50_000)
+    outputs = {}
+    for sorter in ("python", "sort"):
+        counts = export_moses(tmp_path / "t", tmp_path / f"{sorter}.gz", ExportConfig(sorter=sorter, run_bytes=2_000))
+        assert counts["runs"] > 64 and set(counts["seconds"]) == {"format_and_sort", "merge"}
+        outputs[sorter] = gzip.decompress((tmp_path / f"{sorter}.gz").read_bytes())
+    assert outputs["python"] == outputs["sort"] == demo["plain"].read_bytes()

@@ -81,7 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="merge of the sorted runs: Python heapq.merge, or 'LC_ALL=C sort -m' "
                              "(default: sort when present)")
     parser.add_argument("--run-size", type=parse_size, default=DEFAULT_RUN_BYTES, metavar="BYTES",
-                        help="bytes of lines sorted in memory per run (default: 128M)")
+                        help="bytes of lines sorted in memory per run: a worker holds about twice that "
+                             "(default: 16M)")
     add_cluster_arguments(parser)
 
 
