@@ -40,7 +40,7 @@ from pathlib import Path
 
 from distributed import Client, LocalCluster
 
-from rnnenc.pipeline.phrase_table import export_moses, import_moses
+from rnnenc.pipeline.phrase_table import ExportConfig, export_moses, import_moses
 from rnnenc.pipeline.synthetic import DemoConfig, generate_demo
 from rnnenc.workflows.cluster import DaskExecutor
 
@@ -113,10 +113,12 @@ def main() -> None:
     parser.add_argument("--lines", type=int, help="shorthand for --sizes LINES 10*LINES")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--tmp", type=Path, help="where the tables go (default: the system's temporary directory)")
+    parser.add_argument("--compress-level", type=int, default=ExportConfig.compresslevel,
+                        help="the export's gzip level (default: the export's, %(default)s)")
     args = parser.parse_args()
     sizes = [args.lines, 10 * args.lines] if args.lines else args.sizes
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; {os.cpu_count()} CPUs; "
-          f"{args.workers} worker process(es), 1 thread each", flush=True)
+          f"{args.workers} worker process(es), 1 thread each; export at gzip level {args.compress_level}", flush=True)
     rows, peaks = [], {}
     for lines in sizes:
         root = Path(tempfile.mkdtemp(prefix="rnnenc-bench-pt-", dir=args.tmp))
@@ -127,7 +129,8 @@ def main() -> None:
             rows.append((lines, "gzip -dc", None, gzip_seconds(packed), "", None, mb, ""))
             steps = (("import text", partial(import_moses, [plain], root / "text")),
                      ("import gz", partial(import_moses, [packed], root / "gz")),
-                     ("export", partial(export_moses, root / "text", root / "out.gz")))
+                     ("export", partial(export_moses, root / "text", root / "out.gz",
+                                        ExportConfig(compresslevel=args.compress_level))))
             for name, step in steps:
                 start_s, seconds, result, peak, cpu = on_fresh_cluster(args.workers, step)
                 peaks[(name, lines)] = peak

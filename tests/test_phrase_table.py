@@ -531,3 +531,15 @@ def test_many_runs_merge_in_one_sort_pass_as_python_merges_them(demo, tmp_path):
         assert counts["runs"] > 64 and set(counts["seconds"]) == {"format_and_sort", "merge"}
         outputs[sorter] = gzip.decompress((tmp_path / f"{sorter}.gz").read_bytes())
     assert outputs["python"] == outputs["sort"] == demo["plain"].read_bytes()
+
+
+def test_export_compress_level_changes_the_gzip_not_the_text(demo, tmp_path):
+    import_moses([demo["gz"]], tmp_path / "t")
+    texts, sizes = {}, {}
+    for level in ("6", "1"):
+        out = tmp_path / f"export-{level}"
+        assert cli.main(["export", "--table", str(tmp_path / "t"), "--out", str(out), "--compress-level", level,
+                         "--quiet"]) == 0
+        texts[level] = gzip.decompress((out / "phrase-table.gz").read_bytes())
+        sizes[level] = (out / "phrase-table.gz").stat().st_size
+    assert texts["6"] == texts["1"] == demo["plain"].read_bytes() and sizes["1"] > sizes["6"]
