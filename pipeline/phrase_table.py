@@ -31,11 +31,15 @@ columns (tools' bookkeeping) are ignored by the export.
 
 Import
 ------
-``plan_ranges`` cuts plain-text inputs into byte ranges that start at line starts
-(compressed inputs cannot be split: one range per file); ``count_newlines`` gives every range
-its exact first line number; ``import_range`` parses one range into one part, streaming, in
-row groups of ``rows_per_group`` rows. ``import_moses`` strings them together over any
-``executor`` (``pipeline.executor``: a Dask map in ``workflows``, a plain loop by default).
+``plan_ranges`` cuts plain-text inputs into byte ranges that start at line starts; a
+compressed input cannot be cut (it is not seekable), so ``decompressed_chunks`` decompresses it
+once, in the calling process, into plain chunk files of the same size cut at line starts.
+``import_items`` hands the ranges and chunks over as tasks as soon as they are known, each with
+its exact first line number (the newlines before it, counted here while the earlier tasks run);
+``import_range`` parses one range or chunk into one part, streaming, in row groups of
+``rows_per_group`` rows. ``import_moses`` strings them together over any ``executor``
+(``pipeline.executor``: a Dask map in ``workflows``, a plain loop by default). A single task
+(a small input) is handed over as a list, so an embedded cluster runs it in this process.
 
 A line is rejected, never dropped silently, when it is not UTF-8, has fewer than three
 fields or another number of fields than the table's first line, an empty source or target
@@ -54,16 +58,19 @@ written ``\\\\``, an invalid byte ``\\xNN``, a tab ``\\t``, a carriage return ``
 import with ``file:line`` under either policy: the rest of the file is lost, not one line.
 
 Fields are split at ``|||`` and trimmed of surrounding blanks (space, tab, CR), as Moses reads
-them. Each block of about 4 MB of lines is parsed with Arrow kernels; a block holding any line
-those cannot vouch for is parsed line by line (``parse_line``), which names the bad line.
-Memory per task is bounded by the block and the row group, whatever the table's size.
+them. Each block of about 4 MB of lines is parsed with Arrow kernels, straight from the bytes
+read (``_fast_block``); a block holding any line those cannot vouch for is parsed line by line
+(``parse_line``), which names the bad line. Memory per task is bounded by the block and the row
+group, whatever the table's size.
 
 Export
 ------
-Each part is formatted and sorted in memory in runs of at most ``run_bytes`` bytes, each run
-written to disk; the runs are then merged (``heapq.merge``, or ``LC_ALL=C sort -m`` with
-``sorter="sort"``) into the gzip output. The order is ``LC_ALL=C sort``'s: lines compared as
-bytes, without the newline. Fields are joined by `` ||| `` (an empty field leaves just
+Each part is formatted and sorted in memory in runs of at most ``run_bytes`` bytes (16 MiB: a
+worker's memory does not grow with the table), each run written to disk; the runs are then
+merged here (``heapq.merge``, or ``LC_ALL=C sort -m`` in one pass with ``sorter="sort"``) into
+the gzip output, deflated on all cores (``ParallelGzip``: one gzip member, which any gzip
+reader reads; the compressed bytes are not ``GzipFile``'s). The order is ``LC_ALL=C sort``'s:
+lines compared as bytes, without the newline. Fields are joined by `` ||| `` (an empty field leaves just
 ``|||``, as Moses writes trailing empty fields: ``... ||| 2 2 1 ||| |||``).
 
 Score formatting: ``%.6g`` (C printf), what Moses's own scorer writes, so the lines of a table
@@ -79,6 +86,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import heapq
+import itertools
 import json
 import math
 import os
@@ -112,7 +120,7 @@ COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
 DEFAULT_SPLIT_BYTES = 256 << 20     # the largest default range (memory); smaller tables get smaller ranges
 MIN_SPLIT_BYTES = 16 << 20          # the smallest default range
 DEFAULT_ROWS_PER_GROUP = 100_000
-DEFAULT_RUN_BYTES = 128 << 20
+DEFAULT_RUN_BYTES = 16 << 20        # a run is at most a default part (MIN_SPLIT_BYTES): memory flat in the table's size
 DEFAULT_PROB_SCORES = 4             # Moses's phi(f|e), lex(f|e), phi(e|f), lex(e|f)
 REJECT_REASONS = ("invalid_utf8", "field_count", "empty_phrase", "non_numeric_score", "score_count",
                   "score_range")
@@ -382,13 +390,24 @@ def detect_spec(path: str | os.PathLike, num_scores: int | None = None, max_line
 
 @dataclass(frozen=True)
 class Range:
-    """Bytes [start, end) of ``path`` (end None: to the end), starting at a line start."""
+    """Bytes [start, end) of ``path`` (end None: to the end), starting at a line start.
+
+    ``name``: the input file the lines are from, when ``path`` is a chunk of it decompressed into
+    the staging directory (``decompressed_chunks``): errors, rejects and the report name it, and
+    the chunk is removed once imported.
+    """
 
     path: str
     start: int = 0
     end: int | None = None
     first_line: int = 1
     index: int = 0
+    name: str = ""
+
+    @property
+    def label(self) -> str:
+        """The file named in errors and rejects."""
+        return self.name or self.path
 
 
 def default_split_bytes(paths: Sequence[str | os.PathLike]) -> int:
@@ -460,8 +479,9 @@ def number_ranges(ranges: Sequence[Range], newlines: Sequence[int]) -> list[Rang
     return out
 
 
-def _range_blocks(rng: Range, block_bytes: int = 1 << 22) -> Iterator[list[bytes]]:
-    """The range's lines (without their newline), in blocks of about ``block_bytes`` bytes."""
+def _range_blocks(rng: Range, block_bytes: int = 1 << 22) -> Iterator[bytes]:
+    """The range's lines in blocks of about ``block_bytes`` bytes: whole lines, each with its
+    newline (but a file's last line when it has none)."""
     whole = rng.end is None and rng.start == 0
     with (open_input(rng.path) if whole else open(rng.path, "rb")) as handle:
         if not whole:
@@ -475,7 +495,7 @@ def _range_blocks(rng: Range, block_bytes: int = 1 << 22) -> Iterator[list[bytes
                 left -= len(data)
             if not data:
                 if carry:
-                    yield [carry]
+                    yield carry
                 return
             data = carry + data
             cut = data.rfind(b"\n")
@@ -483,7 +503,134 @@ def _range_blocks(rng: Range, block_bytes: int = 1 << 22) -> Iterator[list[bytes
                 carry = data
                 continue
             carry = data[cut + 1:]
-            yield data[:cut].split(b"\n")
+            yield data[:cut + 1]
+
+
+def block_lines(block: bytes) -> list[bytes]:
+    """A block's lines, without their newlines."""
+    return (block[:-1] if block.endswith(b"\n") else block).split(b"\n")
+
+
+def _numpy_array(values: np.ndarray) -> pa.Array:
+    """A 1-d numeric numpy array as an Arrow array without a copy (``pa.array`` would import
+    pandas, half a second of a worker's first task)."""
+    values = np.ascontiguousarray(values)
+    return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
+
+
+def _numpy_view(array: pa.Array) -> np.ndarray:
+    """The values of a numeric Arrow array without nulls, as numpy (``to_numpy`` imports pandas)."""
+    dtype = array.type.to_pandas_dtype()
+    return np.frombuffer(array.buffers()[1], dtype=dtype)[array.offset:array.offset + len(array)]
+
+
+def _lines_array(block: bytes) -> pa.Array:
+    """A block's lines as one binary array over the block's own bytes (no copy), each line
+    with its newline."""
+    ends = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10) + 1
+    if not block.endswith(b"\n"):
+        ends = np.append(ends, len(block))
+    if len(block) > np.iinfo(np.int32).max:
+        raise UserError("phrase-table: a block of lines over 2 GiB (a line that long?)")
+    offsets = np.zeros(len(ends) + 1, dtype=np.int32)
+    offsets[1:] = ends
+    return pa.Array.from_buffers(pa.binary(), len(ends), [None, pa.py_buffer(offsets), pa.py_buffer(block)])
+
+
+def decompressed_chunks(path: str, staging: Path, split_bytes: int, index: int = 0,
+                        broken: list[UserError] | None = None) -> Iterator[tuple[Range, bool]]:
+    """Decompress ``path`` once, here, into chunk files of about ``split_bytes`` bytes cut at
+    line starts (``staging/chunk-<index>.txt``, index counting up); yield each as a Range named
+    ``path`` with its exact first line, with whether another chunk follows (known by reading
+    on: a chunk is handed over once the next one has begun, or the file has ended).
+
+    A file that cannot be decompressed to the end (truncated, corrupt) ends with a chunk of its
+    complete lines before the break, and the UserError (``file:line``) goes to ``broken``
+    (raised when ``broken`` is None).
+    """
+    line = 1
+    done: Range | None = None          # the last chunk closed, yielded once we know if one follows
+    out = None
+    chunk = staging
+    size = complete = newlines = 0
+
+    def close() -> Range:
+        assert out is not None
+        out.truncate(complete if failed else size)
+        out.close()
+        return Range(str(chunk), 0, complete if failed else size, line, index, name=str(path))
+
+    failed = False
+    with open_input(path) as handle:
+        while True:
+            try:
+                data = handle.read1(1 << 22)   # read1: a break loses one step's bytes, not 4 MB
+            except UserError as exc:
+                if broken is None:
+                    raise
+                broken.append(exc)
+                failed, data = True, b""
+            if not data and (out is not None or done is not None):
+                break
+            while True:
+                if out is None:
+                    if done is not None:
+                        yield done, True
+                        line += newlines
+                        index += 1
+                        done = None
+                    chunk = staging / f"chunk-{index:05d}.txt"
+                    out = open(chunk, "wb")
+                    size = complete = newlines = 0
+                take = len(data)
+                if size + take >= split_bytes:
+                    cut = data.find(b"\n", max(0, split_bytes - size - 1))
+                    take = cut + 1 if cut >= 0 else take
+                piece = data[:take]
+                out.write(piece)
+                ends = piece.count(b"\n")
+                if ends:
+                    newlines += ends
+                    complete = size + piece.rfind(b"\n") + 1
+                size += take
+                data = data[take:]
+                if size >= split_bytes and piece.endswith(b"\n"):
+                    done, out = close(), None
+                if not data:
+                    break
+            if failed:
+                break
+    if out is not None:
+        last = close()
+        if done is not None:
+            yield done, True
+        yield last, False
+    elif done is not None:
+        yield done, False
+
+
+def import_items(ranges: Sequence[Range], staging: Path, split_bytes: int,
+                 broken: list[UserError] | None = None) -> Iterator[tuple[Range, bool]]:
+    """The import's tasks, in order, as (range, whether another follows): plain ranges numbered
+    here as they come (a range's first line is the newlines before it, counted while the
+    earlier ranges are being imported); a compressed file decompressed here into chunks
+    (``decompressed_chunks``), each a task as soon as it is written. A broken compressed file
+    ends the tasks; its UserError goes to ``broken``."""
+    index = line = 0
+    for k, rng in enumerate(ranges):
+        last = k == len(ranges) - 1
+        if rng.end is None and is_compressed(rng.path):
+            for chunk, more in decompressed_chunks(rng.path, staging, split_bytes, index, broken):
+                index += 1
+                yield chunk, more or not (last or broken)
+            if broken:
+                return
+            continue
+        line = 1 if rng.start == 0 else line
+        yield Range(rng.path, rng.start, rng.end, line, index), not last
+        index += 1
+        if not last:
+            line += count_newlines(rng)
 
 
 def _escape_text(raw: bytes) -> str:
@@ -512,7 +659,10 @@ class _GroupWriter:
         table = pa.concat_tables(self.pending)
         head, rest = table.slice(0, n), table.slice(n)
         if self.writer is None:
-            self.writer = pq.ParquetWriter(self.path, self.schema, compression="zstd")
+            # `line` counts up: delta-encoded, not dictionary-encoded (a third faster to write, and smaller)
+            self.writer = pq.ParquetWriter(self.path, self.schema, compression="zstd",
+                                           use_dictionary=[n for n in self.schema.names if n != "line"],
+                                           column_encoding={"line": "DELTA_BINARY_PACKED"})
         self.writer.write_table(head, row_group_size=n)
         self.rows += head.num_rows
         self.pending = [rest] if rest.num_rows else []
@@ -538,36 +688,44 @@ def _rows_table(schema: pa.Schema, spec: TableSpec, rows: list[tuple[int, str, s
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def _fast_block(lines: list[bytes], first_line: int, schema: pa.Schema, spec: TableSpec) -> pa.Table | None:
-    """The block parsed with Arrow kernels, or None when any line needs a closer look.
+def _fast_block(lines: bytes | list[bytes], first_line: int, schema: pa.Schema, spec: TableSpec) -> pa.Table | None:
+    """The block (``_range_blocks``' bytes, or a list of lines) parsed with Arrow kernels, or
+    None when any line needs a closer look.
 
     Gives the table ``parse_line`` would give; anything unusual (a bad line, ``nan``, a score
-    Arrow cannot cast, an odd field count) returns None and the caller falls back to it.
+    Arrow cannot cast, an odd field count) returns None and the caller falls back to it. The
+    lines keep their newline: it can only end a line's last field, and the fields are trimmed
+    of it with the blanks (where ``parse_line`` strips it first).
     """
     import pyarrow.compute as pc
 
-    n = len(lines)
+    block = b"".join(line + b"\n" for line in lines) if isinstance(lines, list) else lines
+    if not block:
+        return None
     try:
-        text = pa.array(lines, pa.binary()).cast(pa.string())
+        text = _lines_array(block).cast(pa.string())
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         return None                                    # invalid UTF-8 somewhere
+    n, k = len(text), spec.num_fields
     parts = pc.split_pattern(text, "|||")
-    if pc.min(pc.list_value_length(parts)).as_py() != spec.num_fields or \
-            pc.max(pc.list_value_length(parts)).as_py() != spec.num_fields:
+    counts = pc.min_max(pc.list_value_length(parts))
+    if counts["min"].as_py() != k or counts["max"].as_py() != k:
         return None
-    fields = [pc.utf8_trim(pc.list_element(parts, i), " \t\r") for i in range(spec.num_fields)]
+    # Every line has k fields: field i of line r is item r * k + i of the flat list. (No
+    # pc.list_element: a Python scalar argument makes pyarrow import pandas in each worker.)
+    flat = pc.utf8_trim(pc.list_flatten(parts), " \t\r\n")
+    fields = [flat.take(_numpy_array(np.arange(i, n * k, k, dtype=np.int64))) for i in range(k)]
     for phrase in fields[:2]:
-        if pc.any(pc.equal(phrase, "")).as_py():
-            return None
-    tokens = pc.utf8_split_whitespace(fields[2])
-    lengths = pc.list_value_length(tokens)
-    if pc.min(lengths).as_py() != spec.num_scores or pc.max(lengths).as_py() != spec.num_scores:
+        if not _numpy_view(pc.utf8_length(phrase)).all():
+            return None                                # an empty phrase
+    if pc.any(pc.match_substring(fields[2], "_")).as_py():
         return None
-    flat = pc.list_flatten(tokens)
-    if pc.any(pc.match_substring(flat, "_")).as_py():
+    tokens = pc.utf8_split_whitespace(fields[2])
+    counts = pc.min_max(pc.list_value_length(tokens))
+    if counts["min"].as_py() != spec.num_scores or counts["max"].as_py() != spec.num_scores:
         return None
     try:
-        values = flat.cast(pa.float64()).to_numpy()
+        values = _numpy_view(pc.list_flatten(tokens).cast(pa.float64()))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
     if not np.isfinite(values).all() or (np.abs(values) > FLOAT32_MAX).any():
@@ -575,21 +733,20 @@ def _fast_block(lines: list[bytes], first_line: int, schema: pa.Schema, spec: Ta
     grid = values.reshape(n, spec.num_scores)
     if (grid < 0).any() or (grid[:, :spec.prob_scores] > 1).any():
         return None                                    # check_score_range names the line
-    scores = grid.astype(np.float32)
-    empty = pa.array([""] * n, pa.string())
-    arrays = [fields[0], fields[1], *(pa.array(scores[:, i]) for i in range(spec.num_scores)),
+    scores = grid.astype(np.float32).T
+    empty = _numpy_array(np.zeros(n + 1, dtype=np.int32))
+    empty = pa.Array.from_buffers(pa.string(), n, [None, empty.buffers()[1], pa.py_buffer(b"")])
+    arrays = [fields[0], fields[1], *(_numpy_array(row) for row in scores),
               fields[3] if spec.num_fields > 3 else empty, fields[4] if spec.num_fields > 4 else empty]
-    k = max(0, spec.num_fields - 5)
-    if k:
-        values_extra = pa.concat_arrays([f.combine_chunks() if isinstance(f, pa.ChunkedArray) else f
-                                         for f in fields[5:]])
-        order = (np.arange(n)[:, None] + np.arange(k)[None, :] * n).ravel()
-        extra = pa.ListArray.from_arrays(pa.array(np.arange(0, n * k + 1, k, dtype=np.int32)),
-                                         values_extra.take(pa.array(order)))
+    if k > 5:
+        # the 6th and later fields of each line, in line order: a list over the flat fields
+        order = (np.arange(n)[:, None] * k + np.arange(5, k)[None, :]).ravel()
+        extra = pa.ListArray.from_arrays(_numpy_array(np.arange(0, n * (k - 5) + 1, k - 5, dtype=np.int32)),
+                                         flat.take(_numpy_array(order)))
     else:
-        extra = pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, dtype=np.int32)), pa.array([], pa.string()))
-    arrays += [extra, pa.array(np.arange(first_line, first_line + n, dtype=np.int64))]
-    return pa.Table.from_arrays(arrays, schema=schema)
+        extra = pa.ListArray.from_arrays(_numpy_array(np.zeros(n + 1, dtype=np.int32)), empty.slice(0, 0))
+    lines_column = _numpy_array(np.arange(first_line, first_line + n, dtype=np.int64))
+    return pa.Table.from_arrays([*arrays, extra, lines_column], schema=schema)
 
 
 def import_range(rng: Range, out_dir: str, spec: TableSpec, on_error: OnError = "fail",
@@ -598,7 +755,8 @@ def import_range(rng: Range, out_dir: str, spec: TableSpec, on_error: OnError = 
 
     Streams blocks of about ``block_bytes``: each is parsed by Arrow kernels, or line by line
     (``parse_line``) when it holds a line the fast path cannot vouch for. Returns counts:
-    lines, rows, rejected by reason, and the part's path (None if no row).
+    lines, rows, rejected by reason, and the part's path (None if no row). A decompressed
+    chunk (``rng.name`` set) is removed once its part is written.
     """
     out = Path(out_dir)
     part = out / f"part-{rng.index:05d}.parquet"
@@ -615,21 +773,21 @@ def import_range(rng: Range, out_dir: str, spec: TableSpec, on_error: OnError = 
             if table is not None:
                 fast_blocks += 1
                 writer.write(table)
-                number += len(block)
+                number += table.num_rows
                 continue
             slow_blocks += 1
             rows = []
-            for raw in block:
+            for raw in block_lines(block):
                 try:
                     rows.append((number, *parse_line(raw, spec)))
                 except BadLine as bad:
                     if on_error == "fail":
-                        raise located(rng.path, number, f"{bad.detail} (use --on-error skip to write such "
-                                                        "lines to a rejects file)") from None
+                        raise located(rng.label, number, f"{bad.detail} (use --on-error skip to write such "
+                                                         "lines to a rejects file)") from None
                     rejected[bad.reason] += 1
                     if rejects is None:
                         rejects = open(rejects_path, "w", encoding="utf-8", newline="\n")
-                    rejects.write(f"{rng.path}\t{number}\t{bad.reason}\t{bad.detail}\t{_escape_text(raw)}\n")
+                    rejects.write(f"{rng.label}\t{number}\t{bad.reason}\t{bad.detail}\t{_escape_text(raw)}\n")
                 number += 1
             if rows:
                 writer.write(_rows_table(schema, spec, rows))
@@ -642,7 +800,9 @@ def import_range(rng: Range, out_dir: str, spec: TableSpec, on_error: OnError = 
     finally:
         if rejects is not None:
             rejects.close()
-    return {"index": rng.index, "path": rng.path, "first_line": rng.first_line, "lines": number - rng.first_line,
+    if rng.name:
+        Path(rng.path).unlink(missing_ok=True)
+    return {"index": rng.index, "path": rng.label, "first_line": rng.first_line, "lines": number - rng.first_line,
             "rows": writer.rows, "rejected": dict(rejected), "blocks": [fast_blocks, slow_blocks],
             "part": str(part) if writer.rows else None,
             "rejects": str(rejects_path) if rejects is not None else None}
@@ -686,14 +846,19 @@ def import_moses(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
     if split_bytes is None:
         split_bytes = default_split_bytes(inputs)
     ranges = plan_ranges(inputs, split_bytes)
-    plain = [r for r in ranges if r.end is not None]
-    counts = dict(zip(plain, executor.map(count_newlines, plain, desc="count lines"), strict=True)) if plain else {}
-    ranges = number_ranges(ranges, [counts.get(r, 0) for r in ranges])
     with atomic_output_dir(out_dir, stage="phrase-table", inputs=inputs) as tmp:
         staging = tmp / ".staging"
         staging.mkdir()
-        results = executor.map(import_range, ranges, desc="import", out_dir=str(staging), spec=spec,
+        broken: list[UserError] = []
+        pending = import_items(ranges, staging, split_bytes, broken)
+        first, more = next(pending)
+        # One task is a list (an embedded cluster runs it here, and starts none); more are
+        # handed over one by one, as they are numbered (or decompressed).
+        items = itertools.chain([first], (rng for rng, _ in pending)) if more else [first]
+        results = executor.map(import_range, items, desc="import", out_dir=str(staging), spec=spec,
                                on_error=on_error, rows_per_group=rows_per_group)
+        if broken:
+            raise broken[0]
         rejected: Counter = Counter()
         files: dict[str, Counter] = {}
         parts = 0
@@ -732,7 +897,7 @@ def import_moses(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
             "score_names": list(spec.names()),
             "num_fields": spec.num_fields,
             "prob_scores": min(prob_scores, spec.num_scores),
-            "ranges": len(ranges),
+            "ranges": len(results),
             "parts": parts,
             "rows_per_group": rows_per_group,
             "seconds": round(seconds, 3),
@@ -856,18 +1021,21 @@ def format_lines(table: pa.Table, scores: Sequence[Mapping[str, str]], fields: i
     return lines, clipped
 
 
-def _write_run(chunks: list[pa.Array], path: Path) -> None:
-    """Sort lines by bytes (``LC_ALL=C sort``'s order) and write them, one a line."""
+def _write_run(chunks: list[pa.Array], path: Path, slice_rows: int = 65_536) -> None:
+    """Sort lines by bytes (``LC_ALL=C sort``'s order) and write them, one a line; ``chunks`` is
+    emptied (its arrays freed once joined), and the sorted lines are gathered and written a
+    slice at a time, so a run costs about its size in memory, not four times that."""
     import pyarrow.compute as pc
 
     lines = pa.concat_arrays(chunks).cast(pa.binary())
-    lines = lines.take(pc.sort_indices(lines))
-    lines = pc.binary_join_element_wise(lines, pa.scalar(b"\n"), b"")
-    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32 if lines.type == pa.binary() else np.int64)
-    data = lines.buffers()[2]
-    start, end = int(offsets[lines.offset]), int(offsets[lines.offset + len(lines)])
+    chunks.clear()
+    order = pc.sort_indices(lines)
     with open(path, "wb") as handle:
-        handle.write(memoryview(data)[start:end])
+        for k in range(0, len(lines), slice_rows):
+            piece = pc.binary_join_element_wise(lines.take(order.slice(k, slice_rows)), pa.scalar(b"\n"), b"")
+            offsets = np.frombuffer(piece.buffers()[1], dtype=np.int32)
+            start, end = int(offsets[piece.offset]), int(offsets[piece.offset + len(piece)])
+            handle.write(memoryview(piece.buffers()[2])[start:end])
 
 
 def select_scores(scores: Sequence[Mapping[str, str]], names: Sequence[str] | None,
@@ -936,6 +1104,99 @@ def _read_run(path: str) -> Iterator[bytes]:
             yield line[:-1]
 
 
+class ParallelGzip:
+    """A write-only gzip stream (one member, as ``gzip.GzipFile(filename="", mtime=0)`` writes)
+    whose deflate runs on ``threads`` threads, in blocks of ``block_bytes``, pigz's way.
+
+    Each block is deflated on its own, primed with the 32 KiB before it, and ends with a sync
+    flush (so blocks concatenate into one deflate stream); a final empty block ends the stream,
+    then the CRC-32 and the size. zlib releases the GIL while it deflates. At most
+    ``2 * threads`` blocks are in flight. Readers see the same bytes as from ``GzipFile``; the
+    compressed bytes differ (a little larger: one flush marker a block).
+    """
+
+    def __init__(self, raw, compresslevel: int = 6, *, threads: int | None = None, block_bytes: int = 1 << 22):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.raw, self.level, self.block_bytes = raw, compresslevel, block_bytes
+        threads = threads or min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                 else os.cpu_count() or 1)
+        self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="gzip")
+        self.depth = 2 * max(1, threads)
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
+        self.in_flight: list = []
+        self.tail = b""
+        self.crc = 0
+        self.size = 0
+        xfl = b"\002" if compresslevel == 9 else b"\004" if compresslevel == 1 else b"\000"
+        raw.write(b"\037\213\010\000\000\000\000\000" + xfl + b"\377")
+
+    def _deflate(self, data: bytes, zdict: bytes) -> bytes:
+        import zlib
+
+        kwargs = {"zdict": zdict} if zdict else {}
+        deflate = zlib.compressobj(self.level, zlib.DEFLATED, -zlib.MAX_WBITS, zlib.DEF_MEM_LEVEL, 0, **kwargs)
+        return deflate.compress(data) + deflate.flush(zlib.Z_SYNC_FLUSH)
+
+    def _submit(self) -> None:
+        import zlib
+
+        data = b"".join(self.pending)
+        self.pending, self.pending_bytes = [], 0
+        self.crc = zlib.crc32(data, self.crc)
+        self.size += len(data)
+        self.in_flight.append(self.pool.submit(self._deflate, data, self.tail))
+        self.tail = data[-(1 << 15):]
+        while len(self.in_flight) > self.depth:
+            self.raw.write(self.in_flight.pop(0).result())
+
+    def write(self, data: bytes) -> int:
+        if data:
+            self.pending.append(bytes(data))
+            self.pending_bytes += len(data)
+            if self.pending_bytes >= self.block_bytes:
+                self._submit()
+        return len(data)
+
+    def close(self) -> None:
+        import struct
+        import zlib
+
+        if self.pool is None:
+            return
+        try:
+            if self.pending:
+                self._submit()
+            for future in self.in_flight:
+                self.raw.write(future.result())
+            self.in_flight = []
+            end = zlib.compressobj(self.level, zlib.DEFLATED, -zlib.MAX_WBITS)
+            self.raw.write(end.flush(zlib.Z_FINISH) + struct.pack("<II", self.crc, self.size & 0xFFFFFFFF))
+        finally:
+            self.pool.shutdown(cancel_futures=True)
+            self.pool = None
+
+    def __enter__(self) -> ParallelGzip:
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is None:
+            self.close()
+        elif self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+            self.pool = None
+
+
+def _sort_batch_size(runs: int) -> int:
+    """How many runs 'sort -m' merges at once: all (one pass), as far as open files allow."""
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    limit = 1024 if soft == resource.RLIM_INFINITY else soft
+    return max(2, min(runs, limit - 16))
+
+
 def merge_runs(runs: Sequence[str], out: Path, *, sorter: Sorter = "auto", fan_in: int = 64,
                tmp_dir: Path | None = None, compresslevel: int = 6) -> int:
     """Merge sorted runs into the gzip file ``out`` in C byte order; return the line count."""
@@ -945,8 +1206,9 @@ def merge_runs(runs: Sequence[str], out: Path, *, sorter: Sorter = "auto", fan_i
     tmp_dir = tmp_dir or out.parent
     runs = list(runs)
     level = 0
-    # Bound the open files: merge groups of fan_in runs into longer runs first.
-    while len(runs) > fan_in:
+    # Bound the open files: merge groups of fan_in runs into longer runs first ('sort -m' does
+    # that itself, in one pass for up to --batch-size runs).
+    while len(runs) > fan_in and not use_sort:
         merged = []
         for k in range(0, len(runs), fan_in):
             group = runs[k:k + fan_in]
@@ -959,8 +1221,7 @@ def merge_runs(runs: Sequence[str], out: Path, *, sorter: Sorter = "auto", fan_i
             merged.append(str(path))
         runs, level = merged, level + 1
     count = 0
-    with open(out, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0,
-                                               compresslevel=compresslevel) as gz:
+    with open(out, "wb") as raw, ParallelGzip(raw, compresslevel) as gz:
         if len(runs) == 1:
             with open(runs[0], "rb") as handle:
                 for block in iter(partial(handle.read, 1 << 22), b""):
@@ -968,8 +1229,8 @@ def merge_runs(runs: Sequence[str], out: Path, *, sorter: Sorter = "auto", fan_i
                     count += block.count(b"\n")
         elif use_sort and runs:
             env = dict(os.environ, LC_ALL="C")
-            with subprocess.Popen(["sort", "-m", "-T", str(tmp_dir), "--", *runs], stdout=subprocess.PIPE,
-                                  env=env) as proc:
+            with subprocess.Popen(["sort", "-m", "-T", str(tmp_dir), f"--batch-size={_sort_batch_size(len(runs))}",
+                                   "--", *runs], stdout=subprocess.PIPE, env=env) as proc:
                 assert proc.stdout is not None
                 for block in iter(partial(proc.stdout.read, 1 << 20), b""):
                     gz.write(block)
@@ -1036,12 +1297,15 @@ def export_moses(table_dir: str | os.PathLike, out_path: str | os.PathLike, conf
             from rnnenc.pipeline.phrase_filter import write_phrases
 
             phrases_file = write_phrases(phrases, run_dir / "phrases.txt")
+        started = time.perf_counter()
         results = executor.map(_sorted_runs_item, items, desc="format and sort", run_dir=str(run_dir),
                                precision=config.precision, run_bytes=config.run_bytes,
                                score_names=config.scores, phrases_file=phrases_file)
         runs = [r for result in results for r in result["runs"]]
+        merging = time.perf_counter()
         rows = merge_runs(runs, out_path, sorter=config.sorter, tmp_dir=run_dir,
                           compresslevel=config.compresslevel)
+        seconds = {"format_and_sort": round(merging - started, 3), "merge": round(time.perf_counter() - merging, 3)}
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     clipped: Counter = Counter()
@@ -1052,7 +1316,7 @@ def export_moses(table_dir: str | os.PathLike, out_path: str | os.PathLike, conf
         raise UserError(f"export: wrote {rows} lines for {expected} rows (a field contains a newline?)")
     return {"rows": rows, "scores": scores, "fields": table_fields(first), "parts": len(parts),
             "runs": len(runs), "clipped": {s["name"]: clipped.get(s["name"], 0) for s in scores},
-            "clipped_total": sum(clipped.values())}
+            "clipped_total": sum(clipped.values()), "seconds": seconds}
 
 
 def _sorted_runs_item(item: tuple[int, str], run_dir: str, precision: int, run_bytes: int,

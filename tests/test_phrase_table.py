@@ -428,3 +428,118 @@ def test_score_names_default_to_moses_four_and_can_be_given(tmp_path):
     # other counts keep score<N>
     path.write_text("a ||| x ||| 0.5 0.25\n")
     assert import_moses([path], tmp_path / "two")["score_names"] == ["score0", "score1"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Compressed input decompressed once into chunks, each a task
+
+@pytest.mark.parametrize("suffix", [".gz", ".bz2", ".zst"])
+def test_compressed_table_is_imported_in_chunks_equal_to_the_plain_import(demo, tmp_path, suffix):
+    data = demo["plain"].read_bytes()
+    path = tmp_path / f"pt.txt{suffix}"
+    path.write_bytes(_compress(suffix, data))
+    report = import_moses([path], tmp_path / "chunked", split_bytes=40_000, rows_per_group=300)
+    assert report["ranges"] == report["parts"] > 5
+    import_moses([demo["plain"]], tmp_path / "plain")
+    assert read_table(tmp_path / "chunked").equals(read_table(tmp_path / "plain"))
+    assert report["files"] == {str(path): {"lines": len(lines_of(demo["plain"])), "rows": report["rows_written"],
+                                           "rejected": 0}}
+    assert not list((tmp_path / "chunked").rglob("chunk-*"))
+
+
+def test_chunks_cut_at_line_starts_number_lines_and_say_whether_more_follow(tmp_path):
+    from rnnenc.pipeline.phrase_table import decompressed_chunks, import_items
+
+    lines = [f"p{i} ||| x{'y' * (i % 17)} ||| 0.5 0.25 1 0.125".encode() for i in range(3000)]
+    data = b"\n".join(lines)                                              # no final newline
+    path = tmp_path / "pt.gz"
+    path.write_bytes(gzip.compress(data))
+    (tmp_path / "s").mkdir()
+    for split in (1, 999, 10_000, 10**9):
+        chunks = list(decompressed_chunks(str(path), tmp_path / "s", split, index=3))
+        assert [more for _, more in chunks] == [True] * (len(chunks) - 1) + [False]
+        assert [c.index for c, _ in chunks] == list(range(3, 3 + len(chunks)))
+        texts = [Path(c.path).read_bytes() for c, _ in chunks]
+        assert b"".join(texts) == data and all(t.endswith(b"\n") for t in texts[:-1])
+        assert all(len(t) >= split for t in texts[:-1])
+        assert [c.first_line for c, _ in chunks] == list(np.cumsum([1] + [t.count(b"\n") for t in texts[:-1]]))
+        assert {c.name for c, _ in chunks} == {str(path)} and all(c.label == str(path) for c, _ in chunks)
+    # a small file, alone: one task, which an embedded cluster runs in this process
+    items = list(import_items(plan_ranges([path], 10**9), tmp_path / "s", 10**9))
+    assert [more for _, more in items] == [False]
+    empty = tmp_path / "empty.gz"
+    empty.write_bytes(gzip.compress(b""))
+    assert [(c.end, more) for c, more in decompressed_chunks(str(empty), tmp_path / "s", 100)] == [(0, False)]
+    mixed = list(import_items(plan_ranges([path, empty], 10**9), tmp_path / "s", 10**9))
+    assert [(Path(r.label).name, r.index, more) for r, more in mixed] == [("pt.gz", 0, True), ("empty.gz", 1, False)]
+
+
+@pytest.mark.parametrize("on_error", ["fail", "skip"])
+def test_truncated_gzip_in_chunks_reports_an_earlier_bad_line_first_and_else_the_break(tmp_path, on_error):
+    lines = [f"a{i} b ||| x{i} ||| 0.5 0.25 1 0.125 ||| 0-0 ||| 2 2 1" for i in range(20000)]
+    lines[15000] = "a ||| x"
+    path = tmp_path / "pt.txt.gz"
+    path.write_bytes(gzip.compress("".join(line + "\n" for line in lines).encode())[:-30])
+    with pytest.raises(UserError) as caught:
+        import_moses([path], tmp_path / "out", on_error=on_error, split_bytes=50_000)
+    message = str(caught.value)
+    if on_error == "fail":                     # the first bad line of all, as a single task found it
+        assert message.startswith(f"{path}:15001: 2 field(s)")
+    else:
+        assert message.startswith(f"{path}:") and "compressed file is truncated or corrupt" in message
+        assert 15001 < int(message.split(":")[1]) <= len(lines) + 1
+    assert _no_output(tmp_path, tmp_path / "out")
+
+
+# ---------------------------------------------------------------------------------------------
+# Export: gzip deflated on several threads, many runs merged in one pass
+
+@pytest.mark.parametrize("threads,block", [(1, 1 << 22), (3, 1000), (2, 1)])
+def test_parallel_gzip_is_one_member_any_reader_reads(tmp_path, threads, block):
+    import io
+    import subprocess
+
+    from rnnenc.pipeline.phrase_table import ParallelGzip
+
+    rng = np.random.default_rng(3)
+    data = b"".join(b"%d ||| %x\n" % (i, int(v)) for i, v in enumerate(rng.integers(0, 1 << 40, 20_000)))
+    for payload in (b"", b"x", data):
+        raw = io.BytesIO()
+        with ParallelGzip(raw, 6, threads=threads, block_bytes=block) as gz:
+            for k in range(0, len(payload), 777):
+                gz.write(payload[k:k + 777])
+        out = raw.getvalue()
+        reference = io.BytesIO()
+        with gzip.GzipFile(filename="", mode="wb", fileobj=reference, mtime=0, compresslevel=6):
+            pass
+        assert out[:10] == reference.getvalue()[:10]                   # the header the export wrote before
+        assert gzip.decompress(out) == payload
+        (tmp_path / "p.gz").write_bytes(out)
+        assert subprocess.run(["gzip", "-dc", str(tmp_path / "p.gz")], capture_output=True, check=True).stdout == payload
+    import zlib
+
+    # one member: a reader that stops after the first member has read everything
+    member = zlib.decompressobj(31)
+    assert member.decompress(out) == data and member.eof and member.unused_data == b""
+
+
+def test_many_runs_merge_in_one_sort_pass_as_python_merges_them(demo, tmp_path):
+    import_moses([demo["plain"]], tmp_path / "t", split_bytes=50_000)
+    outputs = {}
+    for sorter in ("python", "sort"):
+        counts = export_moses(tmp_path / "t", tmp_path / f"{sorter}.gz", ExportConfig(sorter=sorter, run_bytes=2_000))
+        assert counts["runs"] > 64 and set(counts["seconds"]) == {"format_and_sort", "merge"}
+        outputs[sorter] = gzip.decompress((tmp_path / f"{sorter}.gz").read_bytes())
+    assert outputs["python"] == outputs["sort"] == demo["plain"].read_bytes()
+
+
+def test_export_compress_level_changes_the_gzip_not_the_text(demo, tmp_path):
+    import_moses([demo["gz"]], tmp_path / "t")
+    texts, sizes = {}, {}
+    for level in ("6", "1"):
+        out = tmp_path / f"export-{level}"
+        assert cli.main(["export", "--table", str(tmp_path / "t"), "--out", str(out), "--compress-level", level,
+                         "--quiet"]) == 0
+        texts[level] = gzip.decompress((out / "phrase-table.gz").read_bytes())
+        sizes[level] = (out / "phrase-table.gz").stat().st_size
+    assert texts["6"] == texts["1"] == demo["plain"].read_bytes() and sizes["1"] > sizes["6"]

@@ -81,8 +81,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sorter", choices=["auto", "python", "sort"], default="auto",
                         help="merge of the sorted runs: Python heapq.merge, or 'LC_ALL=C sort -m' "
                              "(default: sort when present)")
+    parser.add_argument("--compress-level", type=int, choices=range(1, 10), default=ExportConfig.compresslevel,
+                        metavar="1-9", help="gzip level of the table (default: %(default)s, gzip's; 4 deflates twice "
+                                            "as fast for a file about 6%% larger)")
     parser.add_argument("--run-size", type=parse_size, default=DEFAULT_RUN_BYTES, metavar="BYTES",
-                        help="bytes of lines sorted in memory per run (default: 128M)")
+                        help="bytes of lines sorted in memory per run: a worker holds about twice that "
+                             "(default: 16M)")
     add_cluster_arguments(parser)
 
 
@@ -113,7 +117,8 @@ def main(args: argparse.Namespace) -> int:
     if args.moses_ini:
         args.moses_ini = str(moses_ini_path(args.moses_ini))
     scores = tuple(n.strip() for n in args.scores.split(",") if n.strip()) if args.scores else None
-    config = ExportConfig(precision=args.precision, run_bytes=args.run_size, sorter=args.sorter, scores=scores)
+    config = ExportConfig(precision=args.precision, run_bytes=args.run_size, sorter=args.sorter, scores=scores,
+                          compresslevel=args.compress_level)
     weights = parse_weights(args.weight)
     with cluster_executor(args.scheduler, args.workers, quiet=args.quiet, key_prefix="export") as executor:
         report = export_stage(args.table, args.out, moses_ini=args.moses_ini, config=config, feature=args.feature,

@@ -5,7 +5,8 @@ streaming, into OUT/part-NNNNN.parquet with the schema of CONTRIBUTING.md ("Phra
 (Parquet)"): source, target, one float32 column per dense score (score0, score1, ...),
 alignment, counts, extra (further fields verbatim), line; row groups of --rows-per-group rows.
 Plain text is split into byte ranges of --split-size (aligned to line starts; line numbers stay
-exact), compressed files are read one task per file; tasks run on Dask.
+exact); a compressed file is decompressed once, here, into chunks of that size, each a task as
+soon as it is written (the staging space holds up to the decompressed size); tasks run on Dask.
 
 Bad lines (invalid UTF-8, a wrong number of fields, an empty phrase, a non-numeric score,
 another number of scores than the first line, a negative score, or one of the first
@@ -69,8 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "%(default)s, Moses's phi(f|e) lex(f|e) phi(e|f) lex(e|f); 0: none). Any "
                              "negative score is refused: Moses takes the log")
     parser.add_argument("--split-size", type=parse_size, metavar="BYTES",
-                        help="plain text: bytes per task and per part (default: the input in 16 parts, "
-                             "16M to 256M each)")
+                        help="bytes per task and per part, of plain text or of a compressed file once "
+                             "decompressed (default: the plain input in 16 parts, 16M to 256M each)")
     parser.add_argument("--rows-per-group", type=int, default=DEFAULT_ROWS_PER_GROUP,
                         help="rows per Parquet row group (default: %(default)s)")
     add_cluster_arguments(parser)
