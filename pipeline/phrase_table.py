@@ -1112,7 +1112,9 @@ class ParallelGzip:
     flush (so blocks concatenate into one deflate stream); a final empty block ends the stream,
     then the CRC-32 and the size. zlib releases the GIL while it deflates. At most
     ``2 * threads`` blocks are in flight. Readers see the same bytes as from ``GzipFile``; the
-    compressed bytes differ (a little larger: one flush marker a block).
+    compressed bytes differ (a little larger: one flush marker a block), and depend on the text,
+    the level and ``block_bytes`` alone (blocks are cut at exact offsets), not on the threads or
+    on how the text is handed to ``write``.
     """
 
     def __init__(self, raw, compresslevel: int = 6, *, threads: int | None = None, block_bytes: int = 1 << 22):
@@ -1139,11 +1141,9 @@ class ParallelGzip:
         deflate = zlib.compressobj(self.level, zlib.DEFLATED, -zlib.MAX_WBITS, zlib.DEF_MEM_LEVEL, 0, **kwargs)
         return deflate.compress(data) + deflate.flush(zlib.Z_SYNC_FLUSH)
 
-    def _submit(self) -> None:
+    def _submit(self, data: bytes) -> None:
         import zlib
 
-        data = b"".join(self.pending)
-        self.pending, self.pending_bytes = [], 0
         self.crc = zlib.crc32(data, self.crc)
         self.size += len(data)
         self.in_flight.append(self.pool.submit(self._deflate, data, self.tail))
@@ -1155,8 +1155,13 @@ class ParallelGzip:
         if data:
             self.pending.append(bytes(data))
             self.pending_bytes += len(data)
-            if self.pending_bytes >= self.block_bytes:
-                self._submit()
+            # blocks of exactly block_bytes: where a block ends depends on the text alone, not on
+            # how the writes arrive (pipe reads vary), so the compressed bytes are reproducible
+            while self.pending_bytes >= self.block_bytes:
+                joined = b"".join(self.pending)
+                rest = joined[self.block_bytes:]
+                self.pending, self.pending_bytes = ([rest] if rest else []), len(rest)
+                self._submit(joined[:self.block_bytes])
         return len(data)
 
     def close(self) -> None:
@@ -1167,7 +1172,8 @@ class ParallelGzip:
             return
         try:
             if self.pending:
-                self._submit()
+                self._submit(b"".join(self.pending))
+                self.pending, self.pending_bytes = [], 0
             for future in self.in_flight:
                 self.raw.write(future.result())
             self.in_flight = []

@@ -494,7 +494,7 @@ def test_truncated_gzip_in_chunks_reports_an_earlier_bad_line_first_and_else_the
 # ---------------------------------------------------------------------------------------------
 # Export: gzip deflated on several threads, many runs merged in one pass
 
-@pytest.mark.parametrize("threads,block", [(1, 1 << 22), (3, 1000), (2, 1)])
+@pytest.mark.parametrize("threads,block", [(1, 1 << 22), (3, 1000), (2, 97)])
 def test_parallel_gzip_is_one_member_any_reader_reads(tmp_path, threads, block):
     import io
     import subprocess
@@ -521,6 +521,26 @@ def test_parallel_gzip_is_one_member_any_reader_reads(tmp_path, threads, block):
     # one member: a reader that stops after the first member has read everything
     member = zlib.decompressobj(31)
     assert member.decompress(out) == data and member.eof and member.unused_data == b""
+
+
+def test_parallel_gzip_bytes_depend_on_the_text_alone():
+    """The same text gives the same compressed bytes whatever the threads and however the writes
+    are cut (a pipe hands the merge's output over in chunks of varying size)."""
+    import io
+
+    from rnnenc.pipeline.phrase_table import ParallelGzip
+
+    rng = np.random.default_rng(5)
+    data = b"".join(b"%d ||| %x\n" % (i, int(v)) for i, v in enumerate(rng.integers(0, 1 << 40, 30_000)))
+    outputs = set()
+    for threads, seed in ((1, 0), (3, 1), (2, 2)):
+        cuts = np.sort(np.random.default_rng(seed).choice(len(data), size=200, replace=False))
+        raw = io.BytesIO()
+        with ParallelGzip(raw, 6, threads=threads, block_bytes=4096) as gz:
+            for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True):
+                gz.write(data[a:b])
+        outputs.add(raw.getvalue())
+    assert len(outputs) == 1 and gzip.decompress(outputs.pop()) == data
 
 
 def test_many_runs_merge_in_one_sort_pass_as_python_merges_them(demo, tmp_path):
