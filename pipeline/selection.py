@@ -40,6 +40,7 @@ module never creates a Dask client.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -52,6 +53,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import xxhash
 
@@ -278,17 +280,27 @@ def count_partition(part: str) -> dict[str, int]:
             "target_tokens": int(pa.compute.sum(table["target_tokens"]).as_py() or 0)}
 
 
-def _uniform(seed: int, corpus: Sequence[str], line: Sequence[int]) -> np.ndarray:
-    # A per-pair draw that depends on (seed, corpus, line) only, not on the partitioning.
-    draws = [xxhash.xxh3_64_intdigest(f"{c}\t{n}".encode(), seed=seed) for c, n in zip(corpus, line, strict=True)]
-    return np.asarray(draws, dtype=np.uint64).astype(np.float64) / 2.0**64
+def _uniform(seed: int, corpus: Sequence[str] | pa.ChunkedArray, line: Sequence[int] | pa.ChunkedArray) -> np.ndarray:
+    # A per-pair draw that depends on (seed, corpus, line) only, not on the partitioning: xxh3_64
+    # of the UTF-8 of "corpus TAB line". Arrow columns are joined by Arrow into those very bytes
+    # (its int-to-string cast writes the decimal digits Python does), sparing a string per pair.
+    if isinstance(corpus, pa.Array | pa.ChunkedArray) and isinstance(line, pa.Array | pa.ChunkedArray):
+        keys: Iterable[bytes] = pc.cast(pc.binary_join_element_wise(corpus, pc.cast(line, pa.string()), "\t"),
+                                        pa.binary()).to_pylist()
+    else:
+        keys = (f"{c}\t{n}".encode() for c, n in zip(corpus, line, strict=True))
+    draws = np.fromiter(map(functools.partial(xxhash.xxh3_64_intdigest, seed=seed), keys), dtype=np.uint64,
+                        count=len(corpus))
+    return draws.astype(np.float64) / 2.0**64
 
 
 FOLDS = 2
 
 
-def folds(seed: int, corpus: Sequence[str], line: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Each pair's uniform draw and fold (0 or 1), from (seed, corpus, line) only."""
+def folds(seed: int, corpus: Sequence[str] | pa.ChunkedArray,
+          line: Sequence[int] | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """Each pair's uniform draw and fold (0 or 1), from (seed, corpus, line) only (Python lists or
+    Arrow columns: the same draws)."""
     u = _uniform(seed, corpus, line)
     return u, (u >= 0.5).astype(np.int8)
 
@@ -385,7 +397,8 @@ def cross_entropies(model: Any, sentences: Iterable[str], lengths: Sequence[int]
 
     Parameters:
         model: a ``kenlm.Model``.
-        sentences: the sentences, tokens separated by spaces (any iterable, one per length).
+        sentences: the sentences, tokens separated by spaces, as str or UTF-8 bytes (any
+            iterable, one per length).
         lengths: their numbers of tokens ``n``.
         normalise: ``word``: ``-log10 p(s </s> | <s>) / (n + 1)``; ``sentence``: ``-log10 p(s </s> | <s>)``.
     """
@@ -435,11 +448,12 @@ def score_partition(task: tuple[str, str], models: Sequence[SideModels], seed: i
     """
     part, out = task
     table = pq.read_table(part, columns=["source", "target", "source_tokens", "target_tokens", "corpus", "line"])
-    source, target = table["source"].to_pylist(), table["target"].to_pylist()
-    _u, fold = folds(seed, table["corpus"].to_pylist(), table["line"].to_pylist())
+    _u, fold = folds(seed, table["corpus"], table["line"])
     score = np.zeros(table.num_rows, dtype=np.float64)
     components: dict[str, np.ndarray] = {}
-    words = {"source": source, "target": target}
+    # kenlm takes UTF-8 bytes as they are (a str it encodes first, once per model): Arrow hands
+    # out the bytes without a Python string per sentence, and the scores are the same.
+    words = {side: pc.cast(table[side], pa.binary()).to_pylist() for side in ("source", "target")}
     cross_fitted = False
     for side_models in models:
         side = side_models.side
@@ -464,9 +478,11 @@ def score_partition(task: tuple[str, str], models: Sequence[SideModels], seed: i
     key = sortable_key(score)
     columns: dict[str, Any] = {"corpus": table["corpus"], "line": table["line"], "score": score, **components,
                                **({"fold": fold} if cross_fitted else {}), "key": key,
-                               "tiebreak": pair_hash(source, target),
+                               "tiebreak": pair_hash(table["source"], table["target"]),
                                "source_tokens": table["source_tokens"], "target_tokens": table["target_tokens"]}
-    pq.write_table(pa.table(columns), out)
+    # Dictionary encoding only where values repeat: on the all-distinct scores and hashes it
+    # costs more than the scoring's overheads together, and makes the file no smaller.
+    pq.write_table(pa.table(columns), out, use_dictionary=["corpus"])
     tokens = {side: np.asarray(table[f"{side}_tokens"], dtype=np.int64) for side in ("source", "target")}
     return {"pairs": table.num_rows, "first_round": first_round_histogram(key, tokens)}
 
