@@ -195,7 +195,8 @@ def _side_text(corpus: Path, lang: str, work: Path, index: int, reference: Any) 
     """One side of ``corpus`` as tokenised text: a select output's ``selected.<lang>``, an ingest
     output's parts, or a text file, preprocessed as ``reference`` records (as it is without one)."""
     from rnnenc.pipeline.artifacts import output_stage
-    from rnnenc.pipeline.selection import export_side, preprocess_file, text_preprocessor
+    from rnnenc.pipeline.ingested import preprocess_file, text_preprocessor
+    from rnnenc.pipeline.selection import export_side
 
     text = work / f"corpus-{index}.{lang}"
     if corpus.is_file():
@@ -214,8 +215,8 @@ def _side_text(corpus: Path, lang: str, work: Path, index: int, reference: Any) 
 
 def _reference_corpus(corpora: Iterable[Path]) -> Any:
     """The ingested corpus whose recorded preprocessing the corpora given to the lm stage follow
-    (``selection.recorded_corpus`` of each output given); two that differ are refused in one line."""
-    from rnnenc.pipeline.selection import check_same_preprocessing, recorded_corpus
+    (``ingested.recorded_corpus`` of each output given); two that differ are refused in one line."""
+    from rnnenc.pipeline.ingested import check_same_preprocessing, recorded_corpus
 
     reference = None
     for corpus in corpora:
@@ -235,7 +236,7 @@ def build_target_lm(corpora: Iterable[str | os.PathLike], lang: str, out: str | 
     (the selection's target side and the in-domain target text, as Cho et al. built the Moses LM
     from the selected data), written to ``out/lm.binary`` (atomically, manifest last).
 
-    The outputs given must follow one recorded preprocessing (``selection.recorded_corpus``: an
+    The outputs given must follow one recorded preprocessing (``ingested.recorded_corpus``: an
     ingested corpus recording another is refused in one line), and text files are preprocessed
     as it records (taken as they are when no output given records one).
 

@@ -274,7 +274,7 @@ def export_stage(table_dir: str | os.PathLike, out_dir: str | os.PathLike, *, mo
                          score_names=[s["name"] for s in scores], name=feature, initial_weight=initial_weight,
                          weights=weights, source=str(moses_ini), penalties=[s["name"] for s in scores if s.get("penalty")])
     lm_model = language_model(lm) if lm is not None else None
-    from rnnenc.pipeline.selection import recorded_corpus
+    from rnnenc.pipeline.ingested import recorded_corpus
 
     # text inputs are preprocessed as the table's corpus records (phrase_filter.input_sentences)
     phrases = (source_phrases(filter_to, max_phrase_length or DEFAULT_MAX_PHRASE_LENGTH, recorded_corpus(table_dir))

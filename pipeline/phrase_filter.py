@@ -27,7 +27,7 @@ from rnnenc.pipeline.errors import UserError
 from rnnenc.pipeline.executor import SERIAL, Executor
 
 if TYPE_CHECKING:  # kenlm and sacremoses: loaded where text is preprocessed
-    from rnnenc.pipeline.selection import Corpus
+    from rnnenc.pipeline.ingested import Corpus
 
 DEFAULT_MAX_PHRASE_LENGTH = 7   # Moses's extraction default, and filter-model-given-input.pl's
 
@@ -37,11 +37,11 @@ def input_sentences(path: str | os.PathLike, reference: Corpus | None = None) ->
     text file (one sentence a line).
 
     ``reference``: the corpus whose recorded preprocessing the table's source side follows
-    (``selection.recorded_corpus``). A text file is then preprocessed as it records (give it
+    (``ingested.recorded_corpus``). A text file is then preprocessed as it records (give it
     untokenised), and an ingested corpus recording another preprocessing is refused; without one,
     text is taken as it is (tokenised as the table is).
     """
-    from rnnenc.pipeline.selection import check_corpus_input, text_preprocessor
+    from rnnenc.pipeline.ingested import check_corpus_input, text_preprocessor
 
     path = Path(path)
     if path.is_dir():
@@ -128,8 +128,8 @@ def filter_table(table_dir: str | os.PathLike, out_dir: str | os.PathLike, input
         write_json_atomic,
         write_manifest,
     )
+    from rnnenc.pipeline.ingested import recorded_corpus
     from rnnenc.pipeline.phrase_table import list_parts
-    from rnnenc.pipeline.selection import recorded_corpus
 
     artifact = read_artifact(table_dir, expect=("phrase-table",))
     parts = list_parts(artifact.main)

@@ -22,7 +22,7 @@ from typing import Any
 
 import kenlm
 
-from rnnenc.pipeline import lm, selection
+from rnnenc.pipeline import ingested, lm, selection
 from rnnenc.pipeline.artifacts import (
     REPORT_NAME,
     atomic_output_dir,
@@ -90,7 +90,7 @@ def run_selection(cfg: SelectConfig, out: str | Path, executor: Executor) -> dic
     with_out = cfg.score == "difference"
     if not with_out and cfg.out_lms:
         raise UserError(f"--out-lm {','.join(sorted(cfg.out_lms))}: --score in-domain uses no out-of-domain model")
-    pool = selection.open_corpus(cfg.pool)
+    pool = ingested.open_corpus(cfg.pool)
     langs = {"source": pool.source_lang, "target": pool.target_lang}
     sides = (("source", "target") if cfg.method == "axelrod"
              else (pool.column(cfg.lang or pool.source_lang),))
@@ -108,7 +108,7 @@ def run_selection(cfg: SelectConfig, out: str | Path, executor: Executor) -> dic
     lm_config = lm.LMConfig(order=cfg.order, memory=cfg.lm_memory)
     names = [Path(p).name for p in pool.parts]
     formula = selection.describe_score(cfg.score, cfg.out_model, cfg.normalise, scored_langs)
-    raw_text = selection.has_raw_text(pool.parts)
+    raw_text = ingested.has_raw_text(pool.parts)
     if cfg.hf_dataset and not raw_text:
         raise UserError(f"--hf-dataset: the pool {pool.path} holds no original text (source_raw/target_raw: "
                         "ingested by an older rnnenc); ingest it again to get the dataset of raw pairs")
@@ -182,7 +182,7 @@ def run_selection(cfg: SelectConfig, out: str | Path, executor: Executor) -> dic
         if not report["input_scores"]["written"]:
             log.warning("select: no input-aligned scores: %s", report["input_scores"]["reason"])
         if cfg.hf_dataset:
-            _save_hf(sorted((tmp / "selected").glob(selection.PART_GLOB)), tmp / "hf", work, langs)
+            _save_hf(sorted((tmp / "selected").glob(ingested.PART_GLOB)), tmp / "hf", work, langs)
         shutil.rmtree(work)
         lap("writing", t)
         cut_record = cut.record() | {"pairs": kept["pairs"], "weight": kept[f"{budget_side}_tokens"]
@@ -205,7 +205,7 @@ def run_selection(cfg: SelectConfig, out: str | Path, executor: Executor) -> dic
                                                "lms": lm_records}})
 
 
-def _train_language_models(cfg: SelectConfig, pool: selection.Corpus, sides: Sequence[str], langs: dict[str, str],
+def _train_language_models(cfg: SelectConfig, pool: ingested.Corpus, sides: Sequence[str], langs: dict[str, str],
                            totals: dict[str, int], in_domain: dict[str, Any], work: Path, lm_dir: Path,
                            lm_config: lm.LMConfig, executor: Executor
                            ) -> tuple[list[SideModels], dict[str, Any], dict[str, Any] | None]:
@@ -269,7 +269,7 @@ def _sum(results: Sequence[dict[str, int]]) -> dict[str, int]:
     return total
 
 
-def _decide(cfg: SelectConfig, pool: selection.Corpus, sides: Sequence[str], langs: dict[str, str],
+def _decide(cfg: SelectConfig, pool: ingested.Corpus, sides: Sequence[str], langs: dict[str, str],
             budget_side: str, totals: dict[str, int], score_parts: list[str], work: Path, lm_dir: Path,
             out: Path, lm_config: lm.LMConfig, executor: Executor,
             first_rounds: Sequence[dict[str, Any]]) -> tuple[Cut, dict[str, Any] | None]:
@@ -322,7 +322,7 @@ def _amount(cfg: SelectConfig) -> str:
     return cfg.amount
 
 
-def _sweep(cfg: SelectConfig, pool: selection.Corpus, sides: Sequence[str], langs: dict[str, str],
+def _sweep(cfg: SelectConfig, pool: ingested.Corpus, sides: Sequence[str], langs: dict[str, str],
            totals: dict[str, int], score_parts: list[str], work: Path, lm_dir: Path, out: Path,
            lm_config: lm.LMConfig, executor: Executor, cut_for) -> tuple[int, dict[str, Any]]:
     """XenC's method: dev perplexity of LMs trained on the top-k for a grid of k, refined at the minimum."""

@@ -33,8 +33,8 @@ from rnnenc.pipeline.artifacts import (
     write_manifest,
 )
 from rnnenc.pipeline.errors import UserError
+from rnnenc.pipeline.ingested import open_corpus
 from rnnenc.pipeline.phrase_table import import_moses
-from rnnenc.pipeline.selection import open_corpus
 from rnnenc.workflows import cli
 from rnnenc.workflows.config import load_workflow
 from rnnenc.workflows.run import plan_workflow, run_workflow

@@ -19,12 +19,12 @@ from rnnenc.pipeline.corpus import CorpusInput
 from rnnenc.pipeline.errors import UserError
 from rnnenc.pipeline.executor import SERIAL
 from rnnenc.pipeline.ingest import ingest
+from rnnenc.pipeline.ingested import recorded_corpus
 from rnnenc.pipeline.lm import build_target_lm
 from rnnenc.pipeline.moses import export_stage
 from rnnenc.pipeline.phrase_filter import filter_table
 from rnnenc.pipeline.phrase_table import list_parts
 from rnnenc.pipeline.preprocess import PreprocessConfig
-from rnnenc.pipeline.selection import recorded_corpus
 from rnnenc.workflows import cli
 from rnnenc.workflows.moses import tuning_and_test_text
 

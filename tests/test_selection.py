@@ -21,6 +21,7 @@ from rnnenc.pipeline import selection
 from rnnenc.pipeline.artifacts import MANIFEST_NAME, REPORT_NAME
 from rnnenc.pipeline.errors import UserError
 from rnnenc.pipeline.executor import SERIAL
+from rnnenc.pipeline.ingested import open_corpus
 from rnnenc.pipeline.select import SelectConfig, regenerate, run_selection
 from rnnenc.pipeline.synthetic import DemoConfig, generate_demo
 from rnnenc.workflows import cli
@@ -560,7 +561,7 @@ def test_in_domain_corpus_preprocessed_otherwise_than_the_pool_is_refused_in_one
 def test_plain_text_in_domain_set_is_preprocessed_as_the_pool_was(ingested, tmp_path):
     """Raw text given as --in-domain selects exactly what the same text ingested as the pool was
     selects (taken as it is, its untokenised and cased words would have missed the pool's)."""
-    pool = selection.open_corpus(ingested["pool_lower"])
+    pool = open_corpus(ingested["pool_lower"])
     selection.export_side(ingested["raw_in_domain"], "en", tmp_path / "text.en", pool)
     selection.export_side(ingested["in_domain_lower"], "en", tmp_path / "corpus.en", pool)
     assert (tmp_path / "text.en").read_bytes() == (tmp_path / "corpus.en").read_bytes()
@@ -584,7 +585,7 @@ def test_plain_text_is_truecased_with_the_pools_model(tmp_path):
     ingest(SERIAL, [CorpusInput("text", (str(tmp_path / "p.en"), str(tmp_path / "p.fr")), "p")], tmp_path / "pool",
            config)
     (tmp_path / "t.en").write_text("The well-known cat.\n")
-    selection.export_side(tmp_path / "t", "en", tmp_path / "out.en", selection.open_corpus(tmp_path / "pool"))
+    selection.export_side(tmp_path / "t", "en", tmp_path / "out.en", open_corpus(tmp_path / "pool"))
     assert (tmp_path / "out.en").read_text() == "the well @-@ known cat .\n"
     # An in-domain corpus ingested with another truecase model is refused, naming the model.
     (tmp_path / "i.en").write_text("The cat.\nThe Cat is here.\n")
@@ -592,8 +593,8 @@ def test_plain_text_is_truecased_with_the_pools_model(tmp_path):
     ingest(SERIAL, [CorpusInput("text", (str(tmp_path / "i.en"), str(tmp_path / "i.fr")), "i")], tmp_path / "in",
            config)
     with pytest.raises(UserError, match=r"preprocessed as _truecase-model\.en="):
-        selection.export_side(tmp_path / "in", "en", tmp_path / "x.en", selection.open_corpus(tmp_path / "pool"))
+        selection.export_side(tmp_path / "in", "en", tmp_path / "x.en", open_corpus(tmp_path / "pool"))
     # Ingested with the pool's models, it is accepted.
     ingest(SERIAL, [CorpusInput("text", (str(tmp_path / "i.en"), str(tmp_path / "i.fr")), "i")], tmp_path / "in2",
            config, truecase_models={lang: str(tmp_path / "pool" / f"_truecase-model.{lang}") for lang in ("en", "fr")})
-    selection.export_side(tmp_path / "in2", "en", tmp_path / "y.en", selection.open_corpus(tmp_path / "pool"))
+    selection.export_side(tmp_path / "in2", "en", tmp_path / "y.en", open_corpus(tmp_path / "pool"))

@@ -143,20 +143,24 @@ def corpus_raw_references(corpus: Path) -> list[str] | None:
     reference BLEU is computed against. None for a corpus ingested before rnnenc kept it."""
     import pyarrow.parquet as pq
 
-    parts = sorted(corpus.glob("part-*.parquet"))
-    if not parts or "target_raw" not in pq.read_schema(parts[0]).names:
+    from rnnenc.pipeline.ingested import PART_GLOB, has_raw_text
+    from rnnenc.pipeline.preprocess import RAW_COLUMNS
+
+    parts = sorted(str(part) for part in corpus.glob(PART_GLOB))
+    if not parts or not has_raw_text(parts):
         return None
-    return [text for part in parts for text in pq.read_table(part, columns=["target_raw"])["target_raw"].to_pylist()]
+    column = RAW_COLUMNS["target"]
+    return [text for part in parts for text in pq.read_table(part, columns=[column])[column].to_pylist()]
 
 
 def tuning_and_test_text(args: argparse.Namespace, reference: Any, tuning: Path,
                          out: Path) -> tuple[Path, Path, Path | None, Path | None]:
     """The tuning and test sets (source, reference) as mert-moses.pl and the decoder read them: an
     ingested corpus's tokenised sides, or text files preprocessed as the phrase table's corpus
-    records (``reference``: ``selection.recorded_corpus`` of the moses.ini; as they are without
+    records (``reference``: ``ingested.recorded_corpus`` of the moses.ini; as they are without
     one), written into ``tuning`` and ``out``. --test-raw-ref is never preprocessed: BLEU is
     scored against it as given."""
-    from rnnenc.pipeline.selection import preprocess_file, text_preprocessor
+    from rnnenc.pipeline.ingested import preprocess_file, text_preprocessor
 
     langs = (reference.source_lang, reference.target_lang) if reference else (args.src_lang, args.tgt_lang)
 
@@ -217,7 +221,7 @@ def main(args: argparse.Namespace) -> int:
     for corpus in (args.dev, args.test):
         if corpus and not Path(corpus).is_dir():
             raise UserError(f"{corpus}: no such corpus directory")
-    from rnnenc.pipeline.selection import check_corpus_input, recorded_corpus
+    from rnnenc.pipeline.ingested import check_corpus_input, recorded_corpus
 
     # the phrase table's text follows the corpus it was built from: the sets must too
     reference = recorded_corpus(args.moses_ini)
