@@ -153,7 +153,8 @@ def train_lm(text_files: Iterable[str | os.PathLike], out_path: str | os.PathLik
 
 @functools.lru_cache(maxsize=16)
 def load_model(path: str) -> kenlm.Model:
-    """The model at ``path``, loaded once per process (binary models are mmapped, shared)."""
+    """The model at ``path`` (a binary model is mmapped: loading it per task is cheap, and the pages
+    are shared by every worker on the machine)."""
     if not Path(path).is_file():
         raise UserError(f"{path}: language model not found")
     try:
