@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import xxhash
 
-from rnnenc.pipeline import selection
+from rnnenc.pipeline import dedup, selection
 from rnnenc.pipeline.artifacts import MANIFEST_NAME, REPORT_NAME
 from rnnenc.pipeline.errors import UserError
 from rnnenc.pipeline.executor import SERIAL
@@ -148,6 +148,42 @@ def test_cut_is_exact_with_ties_and_duplicates(tmp_path):
             assert fused.first_excluded == cut.first_excluded and fused.pairs == cut.pairs
             if cut.first_excluded is not None:
                 assert fused.rounds == cut.rounds - 1
+
+
+
+def test_arrow_hashes_and_byte_scoring_equal_the_python_ones(tmp_path):
+    """score_partition hashes Arrow-joined bytes and hands kenlm UTF-8 bytes: the same tiebreaks,
+    folds and cross-entropies as from Python strings, non-ASCII, empty and odd text included."""
+    source = ["la maison", "", "été à l'œuvre", "日本語 の 文", "a\tb", "emoji 🙂 ok", "the"]
+    target = ["the house", "x", "", "japanese text", "tab", "🙂", "le"]
+    expected = np.array([xxhash.xxh3_64_intdigest(f"{s}\t{t}".encode()) for s, t in zip(source, target, strict=True)],
+                        dtype=np.uint64)
+    assert (dedup.pair_hash(source, target) == expected).all()
+    assert (dedup.pair_hash(pa.chunked_array([source[:3], source[3:]]), pa.chunked_array([target])) == expected).all()
+    with_null = pa.chunked_array([[*source[:-1], None]])  # never written by ingest: the Python spelling
+    assert (dedup.pair_hash(with_null, pa.chunked_array([target]))
+            == dedup.pair_hash([*source[:-1], None], target)).all()
+
+    corpus = ["pool", "pool", "in:été", "pool", "c", "c", "c"]
+    line = [1, 2, 3, 10**12, 7, 2**62, 5]
+    for seed in (0, 1, 2**63):
+        u_list, fold_list = selection.folds(seed, corpus, line)
+        u_arrow, fold_arrow = selection.folds(seed, pa.chunked_array([corpus]), pa.chunked_array([line], pa.int64()))
+        assert (u_list == u_arrow).all() and (fold_list == fold_arrow).all()
+
+    arpa = tmp_path / "tiny.arpa"
+    words = {"<unk>": -2.0, "<s>": -99.0, "</s>": -0.7, "la": -0.9, "maison": -1.1, "été": -1.3, "à": -1.2,
+             "日本語": -1.7, "🙂": -1.9}
+    arpa.write_text(f"\\data\\\nngram 1={len(words)}\nngram 2=2\n\n\\1-grams:\n"
+                    + "".join(f"{p}\t{w}\t-0.3\n" for w, p in words.items())
+                    + "\n\\2-grams:\n-0.2\tla maison\n-0.4\tété à\n\n\\end\\\n", encoding="utf-8")
+    model = kenlm.Model(str(arpa))
+    lengths = [len(s.split()) for s in source]
+    for normalise in selection.NORMALISATIONS:
+        from_str = selection.cross_entropies(model, source, lengths, normalise)
+        from_bytes = selection.cross_entropies(model, [s.encode() for s in source], lengths, normalise)
+        assert from_str.tobytes() == from_bytes.tobytes()
+    assert model.score("été 日本語") == model.score("été 日本語".encode()) != model.score("<unk> <unk>")
 
 
 @pytest.mark.determinism
