@@ -72,7 +72,15 @@ def absolute_paths(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
 
 
 def _terminate(signum: int, _frame) -> None:
-    """SIGTERM ends a run like Ctrl-C: temporaries removed, completed outputs kept."""
+    """SIGTERM and Ctrl-C end a run: temporaries removed, completed outputs kept.
+
+    The interrupt lands wherever the main thread is, inside distributed's ``sync`` too, whose
+    clean-up callback can then log a traceback from the event loop's thread (a NameError in
+    distributed's own code). The run is ending and says so in one line: the cluster's loggers
+    are silenced first (when the cluster was ever loaded: else it has none to log)."""
+    cluster = sys.modules.get("rnnenc.workflows.cluster")
+    if cluster is not None:
+        cluster.silence_logs()
     raise KeyboardInterrupt
 
 
@@ -207,10 +215,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     absolute_paths(args, parser.command_parser)
     if getattr(args, "dashboard", None):
         os.environ["RNNENC_DASHBOARD"] = args.dashboard  # read by workflows.cluster.dask_client
+    # Ctrl-C only where Python's own handler has it (not where it is ignored or a host program's)
+    signals = (signal.SIGTERM, *([signal.SIGINT] if signal.getsignal(signal.SIGINT) is signal.default_int_handler
+                                 else []))
     try:
-        previous = signal.signal(signal.SIGTERM, _terminate)
+        previous = {signum: signal.signal(signum, _terminate) for signum in signals}
     except ValueError:  # not the main thread (rnnenc called from a thread): leave signals alone
-        previous = None
+        previous = {}
     try:
         with stage_log(getattr(args, "out", None) if STAGES[args.command].workflow_stage else None):
             return int(module.main(args) or 0)
@@ -234,8 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("rnnenc: interrupted; completed outputs are kept, partial ones discarded", file=sys.stderr)
         return 130
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

@@ -106,6 +106,18 @@ def _connection_lost(exc: BaseException) -> bool:
     return isinstance(exc, FuturesCancelledError) and "scheduler-connection-lost" in str(exc)
 
 
+def silence_logs() -> None:
+    """Set distributed's, tornado's and asyncio's loggers to CRITICAL (not with --debug): once a
+    run is ending (closing its client, interrupted), their tracebacks tell nothing that rnnenc
+    has not said in one line."""
+    if log.isEnabledFor(logging.DEBUG):
+        return
+    for name in ("distributed", "distributed.client", "distributed.worker", "distributed.nanny",
+                 "distributed.scheduler", "distributed.core", "distributed.batched", "tornado",
+                 "tornado.application", "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
 @contextlib.contextmanager
 def _quiet_shutdown() -> Iterator[None]:
     """Closing a client whose scheduler or workers are gone logs heartbeat tracebacks
@@ -114,11 +126,7 @@ def _quiet_shutdown() -> Iterator[None]:
     try:
         yield
     finally:
-        if not log.isEnabledFor(logging.DEBUG):
-            for name in ("distributed", "distributed.client", "distributed.worker", "distributed.nanny",
-                         "distributed.scheduler", "distributed.core", "distributed.batched", "tornado",
-                         "asyncio"):
-                logging.getLogger(name).setLevel(logging.CRITICAL)
+        silence_logs()
 
 
 def gpu_resources(client: Client) -> dict[str, float] | None:
