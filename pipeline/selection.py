@@ -328,10 +328,13 @@ def score_partition(task: tuple[str, str], models: Sequence[SideModels], seed: i
     # kenlm takes UTF-8 bytes as they are (a str it encodes first, once per model): Arrow hands
     # out the bytes without a Python string per sentence, and the scores are the same.
     words = {side: pc.cast(table[side], pa.binary()).to_pylist() for side in ("source", "target")}
+    # which rows each fold's model scores (the other fold's), shared by both sides
+    scored_by = [fold == 1 - k for k in range(FOLDS)]
+    selectors = [scored.tolist() for scored in scored_by]
     cross_fitted = False
     for side_models in models:
         side = side_models.side
-        lengths = table[f"{side}_tokens"].to_pylist()
+        lengths = table[f"{side}_tokens"].to_numpy()
         h_in = components[f"h_in_{side}"] = cross_entropies(lm.load_model(side_models.in_domain), words[side],
                                                             lengths, normalise)
         outs = side_models.out_domain
@@ -343,10 +346,9 @@ def score_partition(task: tuple[str, str], models: Sequence[SideModels], seed: i
         else:
             cross_fitted = True
             h_out = np.empty(table.num_rows, dtype=np.float64)
-            for k, path in enumerate(outs):
-                scored = fold == 1 - k  # this fold's model scores the other fold
-                h_out[scored] = cross_entropies(lm.load_model(path), compress(words[side], scored.tolist()),
-                                                np.asarray(lengths)[scored], normalise)
+            for path, scored, selector in zip(outs, scored_by, selectors, strict=True):
+                h_out[scored] = cross_entropies(lm.load_model(path), compress(words[side], selector),
+                                                lengths[scored], normalise)
         components[f"h_out_{side}"] = h_out
         score += h_in - h_out
     key = sortable_key(score)
