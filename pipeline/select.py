@@ -157,7 +157,10 @@ def run_selection(cfg: SelectConfig, out: str | Path, executor: Executor) -> dic
         t = lap("language_models", t)
 
         score_parts = [str(tmp / "scores" / name) for name in names]
-        scored = executor.map(selection.score_partition, list(zip(pool.parts, score_parts, strict=True)),
+        # where this run's sampling pass drew the folds already (trained cross-fit models), scoring reads them
+        folds = [path if Path(path).is_file() else None
+                 for path in (selection.folds_file(str(work / "sample" / f"part-{i:05d}")) for i in range(len(names)))]
+        scored = executor.map(selection.score_partition, list(zip(pool.parts, score_parts, folds, strict=True)),
                               desc="scoring", models=models, seed=cfg.seed, normalise=cfg.normalise)
         t = lap("scoring", t)
 
@@ -222,7 +225,7 @@ def _train_language_models(cfg: SelectConfig, pool: ingested.Corpus, sides: Sequ
         tasks = [(p, str(work / "sample" / f"part-{i:05d}")) for i, p in enumerate(pool.parts)]
         sample = {"rate": rate, "seed": cfg.seed} | _sum(executor.map(
             selection.sample_partition, tasks, desc="sampling the pool", sides=sides, samples=samples,
-            seed=cfg.seed))
+            seed=cfg.seed, keep_folds=cfg.out_model == "cross-fit"))
     models: list[SideModels] = []
     records: dict[str, Any] = {"given": False, "models": {}}
     for side in sides:

@@ -201,7 +201,7 @@ def out_domain_samples(out_model: str, in_tokens: int,
 
 
 def sample_partition(task: tuple[str, str], sides: Sequence[Side], samples: dict[str, tuple[float, float]],
-                     seed: int) -> dict[str, int]:
+                     seed: int, keep_folds: bool = False) -> dict[str, int]:
     """Write the seeded random samples of a pool partition (see ``out_domain_samples``).
 
     Parameters:
@@ -210,6 +210,8 @@ def sample_partition(task: tuple[str, str], sides: Sequence[Side], samples: dict
         sides: the sides written.
         samples: ``{name: (lo, hi)}``, within [0, 1].
         seed: the seed of the draws (and of the folds).
+        keep_folds: also write the part's folds to ``folds_file(prefix)``, for
+            ``score_partition`` (the draws are made once per stage, not once per pass).
 
     Returns the pairs (``<name>_pairs``) and tokens (``<name>_<side>_tokens``) of each sample.
     With cross-fitting, the out-of-domain model of fold k scores the pairs of the other fold
@@ -220,7 +222,9 @@ def sample_partition(task: tuple[str, str], sides: Sequence[Side], samples: dict
     if not all(0.0 <= lo <= hi <= 1.0 for lo, hi in samples.values()):
         raise ValueError(f"sample ranges {samples} outside [0, 1]")
     table = pq.read_table(part, columns=["corpus", "line", *sides, *(f"{s}_tokens" for s in sides)])
-    u, _fold = folds(seed, table["corpus"].to_pylist(), table["line"].to_pylist())
+    u, fold = folds(seed, table["corpus"], table["line"])
+    if keep_folds:
+        np.save(folds_file(prefix), fold, allow_pickle=False)
     counts: dict[str, int] = {}
     for name, (lo, hi) in samples.items():
         keep = (u >= lo) & (u < hi)
@@ -229,6 +233,18 @@ def sample_partition(task: tuple[str, str], sides: Sequence[Side], samples: dict
             _write_lines(f"{prefix}.{name}.{side}", table[side].filter(pa.array(keep)).to_pylist())
             counts[f"{name}_{side}_tokens"] = int(np.asarray(table[f"{side}_tokens"])[keep].sum())
     return counts
+
+
+def folds_file(prefix: str) -> str:
+    """Where ``sample_partition`` keeps the folds of the part it sampled into ``prefix``."""
+    return f"{prefix}.folds.npy"
+
+
+def _read_folds(path: str, rows: int) -> np.ndarray:
+    fold = np.load(path, allow_pickle=False)
+    if fold.dtype != np.int8 or fold.shape != (rows,):
+        raise ValueError(f"{path}: {fold.dtype} {fold.shape} folds for a part of {rows} pairs")
+    return fold
 
 
 def _write_lines(path: str, lines: list[str]) -> None:
@@ -305,12 +321,14 @@ def describe_score(score: str, out_model: str, normalise: str, langs: Sequence[s
     return f"score = {where} {term}, H(s) = {entropy}{out}; lower is more in-domain"
 
 
-def score_partition(task: tuple[str, str], models: Sequence[SideModels], seed: int,
+def score_partition(task: tuple[str, str] | tuple[str, str, str | None], models: Sequence[SideModels], seed: int,
                     normalise: str = "word") -> dict[str, Any]:
     """Score a pool partition and write ``task[1]``, a Parquet part of scores beside the pairs.
 
     Parameters:
-        task: (pool part, score part to write).
+        task: (pool part, score part to write[, its folds file or None]): the folds file
+            (``sample_partition``'s ``keep_folds``) spares drawing the folds again; without it
+            they are drawn here (the same folds).
         models: per scored side, its models (``SideModels``: whether and how there is an
             out-of-domain term).
         seed: the seed of the folds (cross-fitting).
@@ -320,18 +338,20 @@ def score_partition(task: tuple[str, str], models: Sequence[SideModels], seed: i
     model) per scored side, in the chosen normalisation; ``fold`` when cross-fitted; ``key``
     (sortable score) and ``tiebreak`` (pair hash), source_tokens, target_tokens.
     """
-    part, out = task
+    part, out, folds_path = (*task, None)[:3]
     table = pq.read_table(part, columns=["source", "target", "source_tokens", "target_tokens", "corpus", "line"])
-    _u, fold = folds(seed, table["corpus"], table["line"])
+    cross_fitted = any(len(side_models.out_domain) > 1 for side_models in models)
+    if cross_fitted:
+        fold = (_read_folds(folds_path, table.num_rows) if folds_path
+                else folds(seed, table["corpus"], table["line"])[1])
+        # which rows each fold's model scores (the other fold's), shared by both sides
+        scored_by = [fold == 1 - k for k in range(FOLDS)]
+        selectors = [scored.tolist() for scored in scored_by]
     score = np.zeros(table.num_rows, dtype=np.float64)
     components: dict[str, np.ndarray] = {}
     # kenlm takes UTF-8 bytes as they are (a str it encodes first, once per model): Arrow hands
     # out the bytes without a Python string per sentence, and the scores are the same.
     words = {side: pc.cast(table[side], pa.binary()).to_pylist() for side in ("source", "target")}
-    # which rows each fold's model scores (the other fold's), shared by both sides
-    scored_by = [fold == 1 - k for k in range(FOLDS)]
-    selectors = [scored.tolist() for scored in scored_by]
-    cross_fitted = False
     for side_models in models:
         side = side_models.side
         lengths = table[f"{side}_tokens"].to_numpy()
@@ -344,7 +364,6 @@ def score_partition(task: tuple[str, str], models: Sequence[SideModels], seed: i
         if len(outs) == 1:
             h_out = cross_entropies(lm.load_model(outs[0]), words[side], lengths, normalise)
         else:
-            cross_fitted = True
             h_out = np.empty(table.num_rows, dtype=np.float64)
             for path, scored, selector in zip(outs, scored_by, selectors, strict=True):
                 h_out[scored] = cross_entropies(lm.load_model(path), compress(words[side], selector),

@@ -186,6 +186,46 @@ def test_arrow_hashes_and_byte_scoring_equal_the_python_ones(tmp_path):
     assert model.score("été 日本語") == model.score("été 日本語".encode()) != model.score("<unk> <unk>")
 
 
+def test_scoring_reads_the_folds_the_sampling_drew_and_they_are_the_folds_it_would_draw(small, tmp_path,
+                                                                                       monkeypatch):
+    """With trained cross-fit models the sampling pass keeps each part's folds and scoring reads
+    them instead of drawing them again: the score parts are those of folds drawn while scoring
+    (given models, or no folds file), byte for byte; a folds file of another part is refused."""
+    read = []
+    real_read = selection._read_folds
+    monkeypatch.setattr(selection, "_read_folds", lambda path, rows: read.append(path) or real_read(path, rows))
+    out = tmp_path / "trained"
+    run_selection(SelectConfig(pool=str(small["pool7"]), in_domain=str(small["in_domain"]), mode="pairs",
+                               amount="100"), out, SERIAL)
+    pool = open_corpus(str(small["pool7"]))
+    assert len(read) == len(pool.parts) == 7
+    lms = {lang: str(out / "lm" / f"in.{lang}.binary") for lang in ("en", "fr")}
+    outs = {lang: f"{out / 'lm' / f'out.fold0.{lang}.binary'},{out / 'lm' / f'out.fold1.{lang}.binary'}"
+            for lang in ("en", "fr")}
+    given = tmp_path / "given"
+    run_selection(SelectConfig(pool=str(small["pool7"]), in_domain=str(small["in_domain"]), mode="pairs",
+                               amount="100", in_lms=lms, out_lms=outs), given, SERIAL)
+    assert len(read) == 7  # no sampling pass, so the folds were drawn while scoring
+    for part in pool.parts:
+        name = Path(part).name
+        assert (given / "scores" / name).read_bytes() == (out / "scores" / name).read_bytes(), name
+
+    models = [selection.SideModels(side, lms[lang], tuple(outs[lang].split(",")))
+              for side, lang in (("source", "en"), ("target", "fr"))]
+    prefix = str(tmp_path / "sample")
+    selection.sample_partition((pool.parts[0], prefix), sides=("source",), samples={"fold0": (0.0, 0.1)}, seed=1,
+                               keep_folds=True)
+    drawn, kept = tmp_path / "drawn.parquet", tmp_path / "kept.parquet"
+    selection.score_partition((pool.parts[0], str(drawn)), models=models, seed=1)
+    selection.score_partition((pool.parts[0], str(kept), selection.folds_file(prefix)), models=models, seed=1)
+    assert drawn.read_bytes() == kept.read_bytes() == (out / "scores" / Path(pool.parts[0]).name).read_bytes()
+    selection.sample_partition((pool.parts[-1], prefix), sides=("source",), samples={"fold0": (0.0, 0.1)}, seed=1,
+                               keep_folds=True)
+    assert pq.ParquetFile(pool.parts[-1]).metadata.num_rows != pq.ParquetFile(pool.parts[0]).metadata.num_rows
+    with pytest.raises(ValueError, match="folds for a part of 429 pairs"):
+        selection.score_partition((pool.parts[0], str(kept), selection.folds_file(prefix)), models=models, seed=1)
+
+
 @pytest.mark.determinism
 def test_same_bytes_for_any_partitioning_and_workers(small, tmp_path, dask_client):
     cfg = dict(in_domain=str(small["in_domain"]), mode="words", amount="3k", max_candidates=50, hf_dataset=True)
