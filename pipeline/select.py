@@ -74,6 +74,11 @@ def _spec_inputs(spec: str, langs: Sequence[str]) -> list[str]:
     return [str(path)] if path.is_dir() else [f"{spec}.{lang}" for lang in langs]
 
 
+def _sample_prefix(work: Path, index: int) -> str:
+    """Where ``sample_partition`` writes part ``index``'s samples (and its folds)."""
+    return str(work / "sample" / f"part-{index:05d}")
+
+
 def _texts(work: Path, name: str, count: int, side: str) -> list[Path]:
     return [work / name / f"part-{i:05d}.{side}" for i in range(count)]
 
@@ -159,7 +164,7 @@ def run_selection(cfg: SelectConfig, out: str | Path, executor: Executor) -> dic
         score_parts = [str(tmp / "scores" / name) for name in names]
         # where this run's sampling pass drew the folds already (trained cross-fit models), scoring reads them
         folds = [path if Path(path).is_file() else None
-                 for path in (selection.folds_file(str(work / "sample" / f"part-{i:05d}")) for i in range(len(names)))]
+                 for path in (selection.folds_file(_sample_prefix(work, i)) for i in range(len(names)))]
         scored = executor.map(selection.score_partition, list(zip(pool.parts, score_parts, folds, strict=True)),
                               desc="scoring", models=models, seed=cfg.seed, normalise=cfg.normalise)
         t = lap("scoring", t)
@@ -222,7 +227,7 @@ def _train_language_models(cfg: SelectConfig, pool: ingested.Corpus, sides: Sequ
         rate, samples = selection.out_domain_samples(cfg.out_model,
                                                      sum(in_domain[langs[s]]["tokens"] for s in sides),
                                                      sum(totals[f"{s}_tokens"] for s in sides))
-        tasks = [(p, str(work / "sample" / f"part-{i:05d}")) for i, p in enumerate(pool.parts)]
+        tasks = [(p, _sample_prefix(work, i)) for i, p in enumerate(pool.parts)]
         sample = {"rate": rate, "seed": cfg.seed} | _sum(executor.map(
             selection.sample_partition, tasks, desc="sampling the pool", sides=sides, samples=samples,
             seed=cfg.seed, keep_folds=cfg.out_model == "cross-fit"))
