@@ -34,7 +34,7 @@ from rnnenc.pipeline.artifacts import (
     write_manifest,
 )
 from rnnenc.pipeline.errors import UserError
-from rnnenc.pipeline.executor import Executor
+from rnnenc.pipeline.executor import Executor, map_grouped
 from rnnenc.pipeline.selection import Cut, SideModels
 
 log = logging.getLogger("rnnenc")
@@ -135,7 +135,9 @@ def run_selection(cfg: SelectConfig, out: str | Path, executor: Executor) -> dic
         for directory in (work / "sample", work / "text", lm_dir, tmp / "scores", tmp / "selected"):
             directory.mkdir(parents=True)
         t = time.monotonic()
-        totals = _sum(executor.map(selection.count_partition, pool.parts, desc="counting the pool"))
+        counts = executor.map(selection.count_partition, pool.parts, desc="counting the pool")
+        totals = _sum(counts)
+        part_pairs = [c["pairs"] for c in counts]
         report["pool"] = totals
         if totals["pairs"] == 0:
             raise UserError(f"{pool.path}: the pool is empty")
@@ -155,7 +157,7 @@ def run_selection(cfg: SelectConfig, out: str | Path, executor: Executor) -> dic
             lm_records: dict[str, Any] = {"given": True}
         else:
             models, lm_records, sample = _train_language_models(
-                cfg, pool, sides, langs, totals, in_domain, work, lm_dir, lm_config, executor)
+                cfg, pool, sides, langs, totals, part_pairs, in_domain, work, lm_dir, lm_config, executor)
             if sample is not None:
                 report["out_domain_sample"] = sample
         report["lms"] = lm_records
@@ -165,20 +167,21 @@ def run_selection(cfg: SelectConfig, out: str | Path, executor: Executor) -> dic
         # where this run's sampling pass drew the folds already (trained cross-fit models), scoring reads them
         folds = [path if Path(path).is_file() else None
                  for path in (selection.folds_file(_sample_prefix(work, i)) for i in range(len(names)))]
-        scored = executor.map(selection.score_partition, list(zip(pool.parts, score_parts, folds, strict=True)),
-                              desc="scoring", models=models, seed=cfg.seed, normalise=cfg.normalise)
+        scored = map_grouped(executor, selection.score_partition, list(zip(pool.parts, score_parts, folds, strict=True)),
+                             part_pairs, floor=selection.MIN_TASK_PAIRS, desc="scoring", models=models, seed=cfg.seed,
+                             normalise=cfg.normalise)
         t = lap("scoring", t)
 
-        cut, sweep = _decide(cfg, pool, sides, langs, budget_side, totals, score_parts, work, lm_dir, tmp,
-                             lm_config, executor, [r["first_round"] for r in scored])
+        cut, sweep = _decide(cfg, pool, sides, langs, budget_side, totals, part_pairs, score_parts, work, lm_dir,
+                             tmp, lm_config, executor, [r["first_round"] for r in scored])
         if sweep is not None:
             report["sweep"] = sweep
         t = lap("deciding", t)
 
         tasks = [(p, s, str(tmp / "selected" / name), str(work / "text" / f"part-{i:05d}"))
                  for i, (p, s, name) in enumerate(zip(pool.parts, score_parts, names, strict=True))]
-        kept = _sum(executor.map(selection.keep_partition, tasks, desc="writing the selection", cut=cut,
-                                 raw_text=raw_text))
+        kept = _sum(map_grouped(executor, selection.keep_partition, tasks, part_pairs, floor=selection.MIN_TASK_PAIRS,
+                                desc="writing the selection", cut=cut, raw_text=raw_text))
         for side, lang in langs.items():
             selection.concatenate(_texts(work, "text", len(pool.parts), side), tmp / f"selected.{lang}")
             if raw_text:
@@ -214,8 +217,8 @@ def run_selection(cfg: SelectConfig, out: str | Path, executor: Executor) -> dic
 
 
 def _train_language_models(cfg: SelectConfig, pool: ingested.Corpus, sides: Sequence[str], langs: dict[str, str],
-                           totals: dict[str, int], in_domain: dict[str, Any], work: Path, lm_dir: Path,
-                           lm_config: lm.LMConfig, executor: Executor
+                           totals: dict[str, int], part_pairs: list[int], in_domain: dict[str, Any], work: Path,
+                           lm_dir: Path, lm_config: lm.LMConfig, executor: Executor
                            ) -> tuple[list[SideModels], dict[str, Any], dict[str, Any] | None]:
     """Per scored side: the in-domain model and, for the score ``difference``, the out-of-domain
     model(s) on seeded pool samples of about the in-domain size: one per fold (``cross-fit``: a
@@ -228,9 +231,9 @@ def _train_language_models(cfg: SelectConfig, pool: ingested.Corpus, sides: Sequ
                                                      sum(in_domain[langs[s]]["tokens"] for s in sides),
                                                      sum(totals[f"{s}_tokens"] for s in sides))
         tasks = [(p, _sample_prefix(work, i)) for i, p in enumerate(pool.parts)]
-        sample = {"rate": rate, "seed": cfg.seed} | _sum(executor.map(
-            selection.sample_partition, tasks, desc="sampling the pool", sides=sides, samples=samples,
-            seed=cfg.seed, keep_folds=cfg.out_model == "cross-fit"))
+        sample = {"rate": rate, "seed": cfg.seed} | _sum(map_grouped(
+            executor, selection.sample_partition, tasks, part_pairs, floor=selection.MIN_TASK_PAIRS, desc="sampling the pool",
+            sides=sides, samples=samples, seed=cfg.seed, keep_folds=cfg.out_model == "cross-fit"))
     models: list[SideModels] = []
     records: dict[str, Any] = {"given": False, "models": {}}
     for side in sides:
@@ -278,8 +281,8 @@ def _sum(results: Sequence[dict[str, int]]) -> dict[str, int]:
 
 
 def _decide(cfg: SelectConfig, pool: ingested.Corpus, sides: Sequence[str], langs: dict[str, str],
-            budget_side: str, totals: dict[str, int], score_parts: list[str], work: Path, lm_dir: Path,
-            out: Path, lm_config: lm.LMConfig, executor: Executor,
+            budget_side: str, totals: dict[str, int], part_pairs: list[int], score_parts: list[str], work: Path,
+            lm_dir: Path, out: Path, lm_config: lm.LMConfig, executor: Executor,
             first_rounds: Sequence[dict[str, Any]]) -> tuple[Cut, dict[str, Any] | None]:
     """The cut for the configured mode (and the sweep record when sweeping); ``first_rounds``
     are the score parts' first-round histograms (``score_partition``'s)."""
@@ -289,7 +292,7 @@ def _decide(cfg: SelectConfig, pool: ingested.Corpus, sides: Sequence[str], lang
         if weight not in merged:
             merged[weight] = selection.merge_first_rounds(first_rounds, weight)
         return selection.find_cut(score_parts, budget, weight, total, executor, max_candidates=cfg.max_candidates,
-                                  first_round=merged[weight])
+                                  first_round=merged[weight], part_rows=part_pairs)
 
     if cfg.mode == "pairs":
         budget = selection.parse_count(_amount(cfg))
@@ -318,8 +321,8 @@ def _decide(cfg: SelectConfig, pool: ingested.Corpus, sides: Sequence[str], lang
             raise UserError(f"--threshold {cfg.amount}: not a number") from None
         return selection.threshold_cut(threshold), None
     if cfg.mode == "sweep":
-        best, record = _sweep(cfg, pool, sides, langs, totals, score_parts, work, lm_dir, out, lm_config,
-                              executor, cut_for)
+        best, record = _sweep(cfg, pool, sides, langs, totals, part_pairs, score_parts, work, lm_dir, out,
+                              lm_config, executor, cut_for)
         return cut_for(best, "pairs", totals["pairs"]), record
     raise UserError(f"unknown selection mode '{cfg.mode}' (choose from {', '.join(MODES)})")
 
@@ -331,8 +334,8 @@ def _amount(cfg: SelectConfig) -> str:
 
 
 def _sweep(cfg: SelectConfig, pool: ingested.Corpus, sides: Sequence[str], langs: dict[str, str],
-           totals: dict[str, int], score_parts: list[str], work: Path, lm_dir: Path, out: Path,
-           lm_config: lm.LMConfig, executor: Executor, cut_for) -> tuple[int, dict[str, Any]]:
+           totals: dict[str, int], part_pairs: list[int], score_parts: list[str], work: Path, lm_dir: Path,
+           out: Path, lm_config: lm.LMConfig, executor: Executor, cut_for) -> tuple[int, dict[str, Any]]:
     """XenC's method: dev perplexity of LMs trained on the top-k for a grid of k, refined at the minimum."""
     dev_spec = cfg.dev or cfg.in_domain
     dev_lines: dict[str, list[str]] = {}
@@ -348,7 +351,8 @@ def _sweep(cfg: SelectConfig, pool: ingested.Corpus, sides: Sequence[str], langs
         where.mkdir()
         tasks = [(p, s, None, str(where / f"part-{i:05d}")) for i, (p, s) in enumerate(zip(pool.parts, score_parts,
                                                                                              strict=True))]
-        kept = _sum(executor.map(selection.keep_partition, tasks, desc=f"sweep: top {n}", cut=cut, text_sides=sides))
+        kept = _sum(map_grouped(executor, selection.keep_partition, tasks, part_pairs, floor=selection.MIN_TASK_PAIRS,
+                                desc=f"sweep: top {n}", cut=cut, text_sides=sides))
         ppl = {}
         for side in sides:
             model_path = where / f"lm.{langs[side]}.binary"

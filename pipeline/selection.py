@@ -45,7 +45,7 @@ import json
 import math
 import re
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import compress
 from pathlib import Path
@@ -60,7 +60,7 @@ import xxhash
 from rnnenc.pipeline import lm
 from rnnenc.pipeline.dedup import pair_hash  # the tie-break of equal scores: the same stable hash
 from rnnenc.pipeline.errors import UserError
-from rnnenc.pipeline.executor import Executor
+from rnnenc.pipeline.executor import Executor, map_grouped
 from rnnenc.pipeline.ingested import (
     Corpus,
     Side,
@@ -78,6 +78,10 @@ NORMALISATIONS: tuple[str, ...] = ("word", "sentence")
 _SIGN = np.uint64(1 << 63)
 _HIST_BITS = 16  # 65,536 bins a round: at most four rounds per 64-bit level
 MAX_CANDIDATES = 200_000
+# A pass over a pool part (sampling, scoring, a cut round, writing) costs a few ms per 1,000
+# pairs, so a small pool's 10k-pair parts run several to a task (``map_grouped``): Dask's few ms
+# per task were 5-8 % of a 58k-pair scoring on 2 workers. Parts of 25k pairs and more run alone.
+MIN_TASK_PAIRS = 25_000
 
 
 # --------------------------------------------------------------------------------------------
@@ -489,7 +493,8 @@ def merge_first_rounds(histograms: Sequence[dict[str, np.ndarray]], weight: str)
 
 def find_cut(scores_parts: Sequence[str], budget: int, weight: str, total_weight: int, executor: Executor,
              max_candidates: int = MAX_CANDIDATES,
-             first_round: tuple[np.ndarray, np.ndarray] | None = None) -> Cut:
+             first_round: tuple[np.ndarray, np.ndarray] | None = None,
+             part_rows: Sequence[int] | None = None) -> Cut:
     """The longest prefix of the key order whose summed ``weight`` is <= ``budget``, exactly.
 
     ``weight`` is ``"pairs"`` or a tokens column (``source_tokens``/``target_tokens``);
@@ -498,11 +503,18 @@ def find_cut(scores_parts: Sequence[str], budget: int, weight: str, total_weight
     about ``max_candidates`` rows on the driver and sorts them. ``first_round``, the first
     round's (counts, weights) as scoring computed them (``merge_first_rounds``), saves a pass:
     then a pool whose boundary bin holds at most ``max_candidates`` pairs costs one pass.
-    ``Cut.rounds`` counts the passes made here.
+    ``Cut.rounds`` counts the passes made here. ``part_rows``, each score part's rows, lets
+    small parts share a task (``map_grouped``).
     """
     if budget >= total_weight:
         return Cut(first_excluded=None, pairs=None, weight=total_weight)
     parts = list(scores_parts)
+
+    def each_part(func: Callable[..., Any], desc: str, **kwargs: Any) -> list[Any]:
+        if part_rows is None:
+            return executor.map(func, parts, desc=desc, **kwargs)
+        return map_grouped(executor, func, parts, part_rows, floor=MIN_TASK_PAIRS, desc=desc, **kwargs)
+
     below = 0  # weight of the rows before the current interval
     below_pairs = 0
     level, prefix, lo, hi = 0, None, 0, 2**64 - 1
@@ -515,8 +527,8 @@ def find_cut(scores_parts: Sequence[str], budget: int, weight: str, total_weight
             first_round = None
         else:
             rounds += 1
-            results = executor.map(histogram_partition, parts, desc=f"cut search, round {rounds}", level=level,
-                                   prefix=prefix, lo=lo, hi=hi, shift=shift, weight=weight)
+            results = each_part(histogram_partition, f"cut search, round {rounds}", level=level, prefix=prefix, lo=lo,
+                                hi=hi, shift=shift, weight=weight)
             counts = np.sum([r[0] for r in results], axis=0)
             weights = np.sum([r[1] for r in results], axis=0)
         # narrow to the bin holding the first excluded pair (the histogram is paid for already)
@@ -532,8 +544,8 @@ def find_cut(scores_parts: Sequence[str], budget: int, weight: str, total_weight
                 break
             level, prefix, lo, hi = 1, lo, 0, 2**64 - 1
     rounds += 1
-    candidates = [row for rows in executor.map(candidates_partition, parts, desc="cut search, candidates", level=level,
-                                         prefix=prefix, lo=lo, hi=hi, weight=weight) for row in rows]
+    candidates = [row for rows in each_part(candidates_partition, "cut search, candidates", level=level, prefix=prefix,
+                                            lo=lo, hi=hi, weight=weight) for row in rows]
     candidates.sort(key=lambda row: row[:4])
     kept, pairs = below, below_pairs
     for row in candidates:

@@ -99,6 +99,60 @@ def test_default_parts_are_sized_from_the_input_alone(tmp_path):
     assert len(plan_ranges([tmp_path / "pt.txt"], None)) == 3
 
 
+def test_light_parts_share_tasks_evenly_and_heavy_parts_run_alone():
+    """A 58k-pair pool's six 10k parts: one task per worker (3 + 3 parts), four tasks on 4 workers;
+    parts of 36k pairs, or fewer parts than workers, one task each."""
+    from rnnenc.pipeline.partitioning import group_consecutive
+
+    pool = [10_000] * 5 + [7_942]
+    assert group_consecutive(pool, floor=25_000, workers=2) == [range(0, 3), range(3, 6)]
+    assert group_consecutive(pool, floor=25_000, workers=1) == [range(0, 3), range(3, 6)]
+    assert [len(g) for g in group_consecutive(pool, floor=25_000, workers=4)] == [1, 2, 1, 2]
+    assert group_consecutive([36_000] * 16, floor=25_000, workers=2) == [range(i, i + 1) for i in range(16)]
+    assert group_consecutive([10_000] * 3, floor=25_000, workers=8) == [range(0, 1), range(1, 2), range(2, 3)]
+    assert [len(g) for g in group_consecutive([10_000] * 17, floor=25_000, workers=2)] == [3, 3, 2, 3, 3, 3]
+    many = group_consecutive([1_000] * 5_000, floor=25_000, workers=32)
+    assert len(many) == 192 and {len(g) for g in many} <= {26, 27}
+    for weights in ([5, 0, 0, 100, 1], [0, 0, 0], [1] * 7, [9, 1, 1, 1, 1, 1, 1, 1, 9]):
+        for workers in (1, 2, 3):
+            groups = group_consecutive(weights, floor=3, workers=workers)
+            assert [i for g in groups for i in g] == list(range(len(weights))) and all(groups)
+    assert group_consecutive([], floor=10, workers=2) == []
+
+
+def test_grouped_tasks_give_each_items_result_in_order_and_the_first_failure():
+    from rnnenc.pipeline.executor import SERIAL, map_grouped
+
+    class Recording:
+        """A serial executor of 2 'workers' that records each map's items."""
+
+        workers = 2
+
+        def __init__(self):
+            self.calls = []
+
+        def map(self, func, items, *, desc="", resources=None, **kwargs):
+            self.calls.append(list(items))
+            return [func(item, **kwargs) for item in items]
+
+    def square(x, offset=0):
+        if x == 13:
+            raise ValueError(f"item {x}")
+        return x * x + offset
+
+    executor = Recording()
+    items = list(range(12))
+    assert map_grouped(executor, square, items, [1] * 12, floor=3, offset=1) == [x * x + 1 for x in items]
+    assert [len(group) for group in executor.calls[0]] == [3, 3, 3, 3]  # 12 rows, 3 a task, 2 workers: 4 tasks
+    assert map_grouped(executor, square, items, [100] * 12, floor=3) == [x * x for x in items]
+    assert executor.calls[1] == items  # heavy items: one task each
+    assert map_grouped(SERIAL, square, [], [], floor=3) == []
+    with pytest.raises(ValueError, match="item 13"):
+        map_grouped(executor, square, [12, 13, 14, 15], [1] * 4, floor=1, offset=0)
+    with pytest.raises(ValueError, match="3 items but 2 weights"):
+        map_grouped(SERIAL, square, [1, 2, 3], [1, 1], floor=1)
+
+
 def test_a_small_tables_default_units_keep_two_workers_busy(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -227,6 +227,37 @@ def test_scoring_reads_the_folds_the_sampling_drew_and_they_are_the_folds_it_wou
 
 
 @pytest.mark.determinism
+def test_small_parts_share_tasks_and_give_the_bytes_of_a_task_per_part(small, tmp_path, dask_client, monkeypatch):
+    """A small pool's parts run several to a task on the cluster (one task per worker here) in
+    every per-part pass, cut rounds included; a part per task gives the very same files."""
+    tasks: dict[str, list[int]] = {}
+
+    class Recording(DaskExecutor):
+        def map(self, func, items, **kwargs):
+            items = list(items)
+            tasks.setdefault(kwargs.get("desc", ""), []).append(len(items))
+            return super().map(func, items, **kwargs)
+
+    mapper = Recording(dask_client, quiet=True)
+    # no candidate gathered before the last round: the cut search makes rounds of its own
+    cfg = SelectConfig(pool=str(small["pool7"]), in_domain=str(small["in_domain"]), mode="words", amount="3k",
+                       max_candidates=0)
+    run_selection(cfg, tmp_path / "grouped", mapper)
+    grouped = dict(tasks)
+    workers = min(7, mapper.workers)
+    for desc in ("sampling the pool", "scoring", "cut search, round 1", "cut search, candidates",
+                 "writing the selection"):
+        assert grouped.get(desc) == [workers], (desc, grouped)
+    assert grouped["counting the pool"] == [7]
+    tasks.clear()
+    monkeypatch.setattr(selection, "MIN_TASK_PAIRS", 1)
+    run_selection(cfg, tmp_path / "alone", mapper)
+    assert tasks["scoring"] == tasks["writing the selection"] == tasks["cut search, candidates"] == [7]
+    assert hashes(tmp_path / "grouped") == hashes(tmp_path / "alone")
+    assert len(hashes(tmp_path / "alone")) >= 16
+
+
+@pytest.mark.determinism
 def test_same_bytes_for_any_partitioning_and_workers(small, tmp_path, dask_client):
     cfg = dict(in_domain=str(small["in_domain"]), mode="words", amount="3k", max_candidates=50, hf_dataset=True)
     serial = run_selection(SelectConfig(pool=str(small["pool1"]), **cfg), tmp_path / "serial",

@@ -129,6 +129,11 @@ def _quiet_shutdown() -> Iterator[None]:
         silence_logs()
 
 
+def worker_count(client: Client) -> int:
+    """The workers the scheduler has now (at least 1: tasks wait for a worker to join)."""
+    return max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))
+
+
 def gpu_resources(client: Client) -> dict[str, float] | None:
     """``{"GPU": 1}`` when some worker declares a GPU resource (``dask worker --resources GPU=1``)."""
     workers = client.scheduler_info(n_workers=-1).get("workers", {}).values()
@@ -181,6 +186,10 @@ class DaskExecutor:
         return map_partitions(self.client, func, items, desc=desc or getattr(func, "__name__", "tasks"),
                               quiet=self.quiet, key_prefix=self.key_prefix, resources=resources, **kwargs)
 
+    @property
+    def workers(self) -> int:
+        return worker_count(self.client)
+
 
 class ClusterExecutor:
     """``pipeline.executor.Executor`` that joins or starts the Dask cluster only when a stage first
@@ -211,6 +220,14 @@ class ClusterExecutor:
             state = self._state
             state["client"] = state["stack"].enter_context(dask_client(state["scheduler"], state["workers"]))
         return self._state["client"]
+
+    @property
+    def workers(self) -> int:
+        """The cluster's workers; an embedded local cluster not started yet is asked nothing
+        (it will have ``--workers``, else a worker per CPU)."""
+        if self._state["scheduler"] is None and not self.started:
+            return self._state["workers"] or os.cpu_count() or 1
+        return worker_count(self.client)
 
     def gpu_resources(self) -> dict[str, float] | None:
         """``{"GPU": 1}`` when the cluster's workers declare GPUs; an embedded local cluster's never do,
