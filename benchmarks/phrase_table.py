@@ -7,7 +7,8 @@ took 3 to 4 minutes on 2 cores at load 2 to 9, most of it for the 10M size, whic
 are distinct and the export really sorts), as text and as .gz (level 1), and measures:
 
 * `gzip -dc TABLE.gz > /dev/null`: seconds, median of 3 rounds;
-* on a fresh LocalCluster for each step (--workers processes, threads_per_worker=1), so every
+* on a fresh embedded cluster for each step (rnnenc's, as a command starts it: --workers
+  single-threaded processes), so every
   step meets cold workers and its peak is its own: `import_moses` of the text, of the .gz, and
   `export_moses` of the imported table with the defaults (sorted runs on the workers, merge and
   gzip here); seconds with the cluster's start included and excluded, MB/s of table text, the
@@ -38,11 +39,9 @@ import time
 from functools import partial
 from pathlib import Path
 
-from distributed import Client, LocalCluster
-
 from rnnenc.pipeline.phrase_table import ExportConfig, export_moses, import_moses
 from rnnenc.pipeline.synthetic import DemoConfig, generate_demo
-from rnnenc.workflows.cluster import DaskExecutor
+from rnnenc.workflows.cluster import DaskExecutor, dask_client
 
 IMPORT_TARGET, EXPORT_TARGET, MEMORY_TARGET = 0.3, 0.15, 1.2
 
@@ -90,8 +89,7 @@ def on_fresh_cluster(workers: int, step):
     """(cluster start seconds, step seconds, step's result, workers' peak RSS in MB, CPU seconds
     the step took, workers' and this process's) on a new cluster."""
     start = time.perf_counter()
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                      memory_limit="8GiB") as cluster, Client(cluster) as client:
+    with dask_client(None, workers, memory_limit="8GiB") as client:
         client.wait_for_workers(workers)
         cpu = sum(client.run(cpu_seconds).values()) + cpu_seconds()
         started = time.perf_counter()

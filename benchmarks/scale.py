@@ -3,7 +3,8 @@ words/s per core, workers' peak memory, and the wall time extrapolated to 2G wor
 
 The pool is the demo generator's (seed 1234, 10 % in-domain, an in-domain corpus of 5,000
 pairs whatever the pool size); the larger default size has about 20M words on each side. Each
-size runs on a fresh local cluster of --workers single-threaded worker processes (started
+size runs on a fresh embedded cluster of --workers single-threaded worker processes, as a
+command starts it (``workflows.cluster.dask_client``, its Dask settings included; started
 before the clock: a cluster's start is not the stages' work), through the command line as a
 user runs it (``--scheduler`` to that cluster):
 
@@ -38,11 +39,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from distributed import Client, LocalCluster
+from distributed import Client
 
 from rnnenc.pipeline.artifacts import MANIFEST_NAME, report_path
 from rnnenc.pipeline.synthetic import DemoConfig, generate_demo
 from rnnenc.workflows import cli
+from rnnenc.workflows.cluster import dask_client
 
 TARGET_MINUTES = 30  # ingest + select of 2G words on 32 workers
 SELECTED_SHARE = 0.2
@@ -82,11 +84,10 @@ def run_size(root: Path, pairs: int, workers: int) -> dict[str, dict[str, float]
     for name in ("pool", "in_domain", "select", "phrases"):
         shutil.rmtree(root / name, ignore_errors=True)
     results: dict[str, dict[str, float]] = {}
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                      host="127.0.0.1", memory_limit="8GiB") as cluster, Client(cluster) as client:
+    with dask_client(None, workers, memory_limit="8GiB") as client:
         ingest = ["ingest", "--src-lang", "en", "--tgt-lang", "fr"]
         cli.main([*ingest, "--src", str(data / "in_domain.en"), "--tgt", str(data / "in_domain.fr"),
-                  "--out", str(root / "in_domain"), "--scheduler", cluster.scheduler_address, "--quiet"])
+                  "--out", str(root / "in_domain"), "--scheduler", client.scheduler.address, "--quiet"])
         seconds, peak = stage(client, [*ingest, "--src", str(data / "pool.en"), "--tgt", str(data / "pool.fr"),
                                        "--out", str(root / "pool")])
         ingested = json.loads(report_path(root / "pool").read_text())

@@ -2,9 +2,10 @@
 single-process ``kenlm.Model.score`` loop, the cut's share of the stage, workers' peak memory.
 
 For each pool size (the demo generator's pool, seed 1234, ingested with the default
-partitioning), a fresh local cluster of 1 and then of 2 single-threaded worker processes runs
-``rnnenc select`` (axelrod, cross-fit, --budget-pairs 10 % of the pool). The baseline, in this
-process and in the same run, loads the very language models that stage trained and scores the
+partitioning), a fresh embedded cluster of 1 and then of 2 single-threaded worker processes
+(rnnenc's, as a command starts it: ``workflows.cluster.dask_client``) runs ``rnnenc select``
+(axelrod, cross-fit, --budget-pairs 10 % of the pool). The baseline, in this process and in
+the same run, loads the very language models that stage trained and scores the
 same sentences the same way (both sides; the in-domain model, then the other fold's
 out-of-domain model) in a plain loop over Python lists already in memory: the cost of the
 scoring alone, with no Parquet, no Dask, no output. Words are the scored sides' tokens.
@@ -13,7 +14,9 @@ scoring alone, with no Parquet, no Dask, no output. Words are the scored sides' 
 once, each on its half of the pool (loaded by itself), timed until both are done.
 
 Columns: ``scoring words/s`` = scored words / the stage's scoring time (report ``timings_s``);
-``x plain`` = that over the baseline's words/s (targets: >= 0.8 on 1 worker, >= 1.8 on 2);
+``x plain`` = that over the baseline's words/s of the same round, the median of the rounds'
+ratios (targets: >= 0.8 on 1 worker, >= 1.8 on 2): a round's runs are seconds apart, so a
+slow minute of a shared machine moves both sides of its ratio;
 ``cut s`` and ``cut/scoring`` = the deciding time (targets: <= 0.2 of scoring); ``peak MB`` =
 the workers' highest VmHWM (fresh processes for every run, so per size). Each figure is the
 median of --rounds runs.
@@ -38,14 +41,13 @@ from typing import Any
 import kenlm
 import numpy as np
 import pyarrow.parquet as pq
-from distributed import Client, LocalCluster
 
 from rnnenc.pipeline import selection
 from rnnenc.pipeline.artifacts import MANIFEST_NAME, report_path
 from rnnenc.pipeline.select import SelectConfig, run_selection
 from rnnenc.pipeline.synthetic import DemoConfig, generate_demo
 from rnnenc.workflows import cli
-from rnnenc.workflows.cluster import DaskExecutor
+from rnnenc.workflows.cluster import DaskExecutor, dask_client
 
 TARGET_PER_CORE, TARGET_TWO, TARGET_CUT = 0.8, 1.8, 0.2
 
@@ -77,8 +79,7 @@ def run_select(root: Path, out: Path, workers: int) -> tuple[dict, float]:
     pool_pairs = sum(pq.ParquetFile(p).metadata.num_rows for p in sorted((root / "pool").glob("part-*.parquet")))
     cfg = SelectConfig(pool=str(root / "pool"), in_domain=str(root / "in_domain"), mode="pairs",
                        amount=str(pool_pairs // 10))
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                      host="127.0.0.1", memory_limit="8GiB") as cluster, Client(cluster) as client:
+    with dask_client(None, workers, memory_limit="8GiB") as client:
         run_selection(cfg, out, DaskExecutor(client, quiet=True))
         peak = max(client.run(peak_rss_mb).values())
     return json.loads(report_path(out).read_text()), peak
@@ -167,10 +168,11 @@ def main() -> None:
                 words, seconds = plain_loop(root, root / "select-1")
                 plain.append(words / seconds)
                 two_processes.append(words / plain_loop_two_processes(root, root / "select-1"))
-            plain_rate, two_rate = statistics.median(plain), statistics.median(two_processes)
             pool = per_workers[1][0][4]["pool"]
-            rows.append((size, pool["pairs"], "plain kenlm loop", 1, plain_rate, 1.0, None, None, None, None))
-            rows.append((size, pool["pairs"], "plain loop x 2", 2, two_rate, two_rate / plain_rate,
+            rows.append((size, pool["pairs"], "plain kenlm loop", 1, statistics.median(plain), 1.0,
+                         None, None, None, None))
+            rows.append((size, pool["pairs"], "plain loop x 2", 2, statistics.median(two_processes),
+                         statistics.median(t / p for t, p in zip(two_processes, plain, strict=True)),
                          None, None, None, None))
             for workers, runs in per_workers.items():
                 scoring = statistics.median(r[0] for r in runs)
@@ -178,8 +180,8 @@ def main() -> None:
                 total = statistics.median(r[2] for r in runs)
                 peak = max(r[3] for r in runs)
                 peaks.setdefault(workers, []).append(peak)
-                rate = words / scoring
-                rows.append((size, pool["pairs"], "rnnenc select", workers, rate, rate / plain_rate, deciding,
+                ratio = statistics.median(words / r[0] / p for r, p in zip(runs, plain, strict=True))
+                rows.append((size, pool["pairs"], "rnnenc select", workers, words / scoring, ratio, deciding,
                              deciding / scoring, total, peak))
         print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; medians of {args.rounds} round(s)")
         print(f"{'pool pairs':>11} {'scorer':<17} {'workers':>7} {'scoring words/s':>16} {'x plain':>8} "

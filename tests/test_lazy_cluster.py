@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import dask.config
 import pytest
 
 from rnnenc.workflows import cli, cluster
@@ -165,3 +166,19 @@ def test_a_small_tables_default_units_keep_two_workers_busy(tmp_path):
     assert rows == 16_384
     units, _ = plan_units(tmp_path / "t", rows, 8192)
     assert len(units) == 6
+
+
+def _timer_settings() -> tuple[object, object]:
+    return dask.config.get("distributed.worker.profile.enabled"), dask.config.get("distributed.admin.tick.interval")
+
+
+def test_embedded_workers_run_without_the_profiler_and_the_fast_tick_unless_the_user_set_them(monkeypatch):
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    monkeypatch.delenv("RNNENC_DASHBOARD", raising=False)
+    with cluster.dask_client(None, 1) as client:
+        assert list(client.run(_timer_settings).values()) == [(False, "1s")]
+    # a dashboard address asked for keeps the Profile page's samples; a tick the user chose is theirs
+    with dask.config.set({"distributed.admin.tick.interval": "50ms"}), \
+            cluster.dask_client(None, 1, dashboard="127.0.0.1:0") as client:
+        assert list(client.run(_timer_settings).values()) == [(True, "50ms")]
+    assert _timer_settings() == (True, "20ms")  # this process's configuration as it was

@@ -3,7 +3,8 @@
 Default: an embedded ``LocalCluster`` of worker processes, one single-threaded worker per
 core (KenLM and sacremoses hold the GIL, so threads would not scale), every service bound to
 127.0.0.1 (the dashboard too, unless ``--dashboard ADDRESS`` says otherwise). ``--scheduler
-tcp://HOST:PORT`` or ``DASK_SCHEDULER_ADDRESS`` joins an existing cluster instead.
+tcp://HOST:PORT`` or ``DASK_SCHEDULER_ADDRESS`` joins an existing cluster instead (its own
+Dask configuration is left as it is).
 
 A stage never waits forever: losing the scheduler, or every worker for longer than
 ``RNNENC_LOST_WORKERS_TIMEOUT`` seconds (default 60), ends it with one line, and the stage's
@@ -19,6 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
+import dask.config
 from distributed import Client, Future, LocalCluster, wait
 from distributed.client import FuturesCancelledError
 from distributed.comm.core import CommClosedError
@@ -42,6 +44,31 @@ _tame_distributed_logs()
 DEFAULT_DASHBOARD = "127.0.0.1:0"
 DEFAULT_LOST_WORKERS_TIMEOUT = 60.0
 _POLL_SECONDS = 2.0
+
+
+# Two timers of distributed wake a thread of every worker that must take the GIL from the task
+# running there: the statistical profiler (a sample every 10 ms, for the dashboard's Profile
+# page) and the event-loop tick (every 20 ms, for its "unresponsive" warnings, which rnnenc
+# silences). Off and 1 s, the scoring pass of a 58k-pair pool on 2 workers takes 5-13 % less
+# (README, "Scale, measured").
+EMBEDDED_CLUSTER_CONFIG: dict[str, Any] = {"distributed.worker.profile.enabled": False,
+                                           "distributed.admin.tick.interval": "1s"}
+_PROFILE = "distributed.worker.profile.enabled"
+
+
+def embedded_cluster_config(dashboard_asked: bool) -> dict[str, Any]:
+    """The Dask settings rnnenc gives the cluster it embeds: ``EMBEDDED_CLUSTER_CONFIG``, less
+    any setting the user's Dask configuration (YAML files, ``DASK_*`` variables) changed from
+    distributed's default, and less the profiler when the user asked for a dashboard address
+    (``--dashboard``, ``RNNENC_DASHBOARD``): its Profile page then has samples to show.
+
+    Parameters:
+        dashboard_asked: whether the user named the dashboard's address.
+    """
+    shipped = dask.config.merge(*dask.config.defaults)
+    return {key: value for key, value in EMBEDDED_CLUSTER_CONFIG.items()
+            if dask.config.get(key) == dask.config.get(key, config=shipped)
+            and not (dashboard_asked and key == _PROFILE)}
 
 
 def lost_workers_timeout() -> float:
@@ -76,11 +103,14 @@ def dask_client(scheduler: str | None = None, n_workers: int | None = None,
             yield client
         return
     n_workers = n_workers or os.cpu_count() or 1
-    dashboard = dashboard or os.environ.get("RNNENC_DASHBOARD") or DEFAULT_DASHBOARD
+    dashboard = dashboard or os.environ.get("RNNENC_DASHBOARD")
+    settings = embedded_cluster_config(dashboard_asked=bool(dashboard))
+    dashboard = dashboard or DEFAULT_DASHBOARD
     log.info("starting a local Dask cluster: %d worker process(es), 1 thread each", n_workers)
     # The workers fill every core, so an OpenMP thread in one (eflomal's, torch's) must sleep at
     # once rather than spin beside the others, whatever this process does (workflows/cli.py).
-    with LocalCluster(
+    # The nannies hand the workers the configuration of the moment they start (restarts too).
+    with dask.config.set(settings), LocalCluster(
             n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
             memory_limit=memory_limit, dashboard_address=dashboard, env={"GOMP_SPINCOUNT": "0"},
             silence_logs=logging.CRITICAL) as cluster, Client(cluster) as client, _quiet_shutdown(), \
