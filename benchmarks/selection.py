@@ -15,8 +15,9 @@ once, each on its half of the pool (loaded by itself), timed until both are done
 
 Columns: ``scoring words/s`` = scored words / the stage's scoring time (report ``timings_s``);
 ``x plain`` = that over the baseline's words/s of the same round, the median of the rounds'
-ratios (targets: >= 0.8 on 1 worker, >= 1.8 on 2): a round's runs are seconds apart, so a
-slow minute of a shared machine moves both sides of its ratio;
+ratios (targets: >= 0.8 on 1 worker, >= 1.8 on 2; ``rounds``: the lowest and highest): a
+round's runs are seconds apart, so a slow minute of a shared machine moves both sides of its
+ratio;
 ``cut s`` and ``cut/scoring`` = the deciding time (targets: <= 0.2 of scoring); ``peak MB`` =
 the workers' highest VmHWM (fresh processes for every run, so per size). Each figure is the
 median of --rounds runs.
@@ -169,29 +170,29 @@ def main() -> None:
                 plain.append(words / seconds)
                 two_processes.append(words / plain_loop_two_processes(root, root / "select-1"))
             pool = per_workers[1][0][4]["pool"]
-            rows.append((size, pool["pairs"], "plain kenlm loop", 1, statistics.median(plain), 1.0,
+            rows.append((size, pool["pairs"], "plain kenlm loop", 1, statistics.median(plain), [1.0],
                          None, None, None, None))
             rows.append((size, pool["pairs"], "plain loop x 2", 2, statistics.median(two_processes),
-                         statistics.median(t / p for t, p in zip(two_processes, plain, strict=True)),
-                         None, None, None, None))
+                         [t / p for t, p in zip(two_processes, plain, strict=True)], None, None, None, None))
             for workers, runs in per_workers.items():
                 scoring = statistics.median(r[0] for r in runs)
                 deciding = statistics.median(r[1] for r in runs)
                 total = statistics.median(r[2] for r in runs)
                 peak = max(r[3] for r in runs)
                 peaks.setdefault(workers, []).append(peak)
-                ratio = statistics.median(words / r[0] / p for r, p in zip(runs, plain, strict=True))
-                rows.append((size, pool["pairs"], "rnnenc select", workers, words / scoring, ratio, deciding,
+                ratios = [words / r[0] / p for r, p in zip(runs, plain, strict=True)]
+                rows.append((size, pool["pairs"], "rnnenc select", workers, words / scoring, ratios, deciding,
                              deciding / scoring, total, peak))
         print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; medians of {args.rounds} round(s)")
         print(f"{'pool pairs':>11} {'scorer':<17} {'workers':>7} {'scoring words/s':>16} {'x plain':>8} "
-              f"{'target':>7} {'cut s':>7} {'cut/scoring':>12} {'stage s':>8} {'peak MB':>8}")
-        for _size, pairs, name, workers, rate, ratio, cut, share, total, peak in rows:
+              f"{'rounds':>9} {'target':>7} {'cut s':>7} {'cut/scoring':>12} {'stage s':>8} {'peak MB':>8}")
+        for _size, pairs, name, workers, rate, ratios, cut, share, total, peak in rows:
+            ratio, spread = statistics.median(ratios), f"{min(ratios):.2f}-{max(ratios):.2f}"
             target = "" if name.startswith("plain") else (TARGET_PER_CORE if workers == 1 else TARGET_TWO)
             verdict = "" if not target else ("PASS" if ratio >= target else "FAIL")
             cut_text = "" if cut is None else f"{cut:.2f}"
             share_text = "" if share is None else f"{share:.3f} {'PASS' if share <= TARGET_CUT else 'FAIL'}"
-            print(f"{pairs:>11,} {name:<17} {workers:>7} {rate:>16,.0f} {ratio:>8.2f} "
+            print(f"{pairs:>11,} {name:<17} {workers:>7} {rate:>16,.0f} {ratio:>8.2f} {spread:>9} "
                   f"{(f'{target} {verdict}' if target else ''):>7} {cut_text:>7} {share_text:>12} "
                   f"{'' if total is None else f'{total:.1f}':>8} {'' if peak is None else f'{peak:,.0f}':>8}")
         for workers, values in peaks.items():

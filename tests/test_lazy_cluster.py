@@ -182,3 +182,15 @@ def test_embedded_workers_run_without_the_profiler_and_the_fast_tick_unless_the_
             cluster.dask_client(None, 1, dashboard="127.0.0.1:0") as client:
         assert list(client.run(_timer_settings).values()) == [(True, "50ms")]
     assert _timer_settings() == (True, "20ms")  # this process's configuration as it was
+
+
+def test_the_worker_count_for_grouping_is_asked_of_the_scheduler_once_per_few_seconds(dask_client, monkeypatch):
+    """Any call to the scheduler just before a pass's tasks delays their start by ~10 ms."""
+    executor = cluster.DaskExecutor(dask_client, quiet=True)
+    asked = []
+    ask = dask_client.scheduler_info
+    monkeypatch.setattr(dask_client, "scheduler_info", lambda **kw: asked.append(kw) or ask(**kw))
+    workers = len(ask(n_workers=-1)["workers"])
+    assert [executor.workers for _ in range(3)] == [workers] * 3 and len(asked) == 1
+    monkeypatch.setattr(cluster, "WORKER_COUNT_SECONDS", 0.0)
+    assert executor.workers == workers and len(asked) == 2
