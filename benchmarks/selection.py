@@ -14,15 +14,15 @@ scoring alone, with no Parquet, no Dask, no output. Words are the scored sides' 
 once, each on its half of the pool (loaded by itself), timed until both are done.
 
 Columns: ``scoring words/s`` = scored words / the stage's scoring time (report ``timings_s``);
-``x plain`` = that over the baseline's words/s of the same round, the median of the rounds'
-ratios (targets: >= 0.8 on 1 worker, >= 1.8 on 2; ``rounds``: the lowest and highest): a
-round's runs are seconds apart, so a slow minute of a shared machine moves both sides of its
-ratio;
+``x plain`` = that over the words/s of the baseline run right after it, the median of the
+rounds' ratios (targets: >= 0.8 on 1 worker, >= 1.8 on 2; ``rounds``: the lowest and
+highest): the two sides of a ratio are seconds apart, so a slow minute of a shared machine
+moves both;
 ``cut s`` and ``cut/scoring`` = the deciding time (targets: <= 0.2 of scoring); ``peak MB`` =
 the workers' highest VmHWM (fresh processes for every run, so per size). Each figure is the
 median of --rounds runs.
 
-    .venv/bin/python benchmarks/selection.py                       # 58k and 580k pairs
+    .venv/bin/python benchmarks/selection.py                       # 58k and 580k pairs, ~5 min
     .venv/bin/python benchmarks/selection.py --sizes 20000 200000 --rounds 1
 """
 
@@ -151,7 +151,7 @@ def plain_loop_two_processes(root: Path, out: Path, seed: int = 1) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[58_000, 580_000], help="pool sizes in pairs")
-    parser.add_argument("--rounds", type=int, default=5, help="runs per figure; the median is shown")
+    parser.add_argument("--rounds", type=int, default=9, help="runs per figure; the median is shown")
     parser.add_argument("--dir", help="keep the data here (default: a temporary directory)")
     args = parser.parse_args()
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="rnnenc-bench-selection-"))
@@ -159,28 +159,30 @@ def main() -> None:
     try:
         for size in args.sizes:
             root = prepare(base / f"pool-{size}", size)
-            plain, two_processes, per_workers = [], [], {}
+            plain, two_processes, per_workers, baselines = [], [], {}, {}
             for _ in range(args.rounds):
                 for workers in (1, 2):
                     report, peak = run_select(root, root / f"select-{workers}", workers)
                     timings = report["timings_s"]
                     per_workers.setdefault(workers, []).append((timings["scoring"], timings["deciding"],
                                                                 timings["total"], peak, report))
-                words, seconds = plain_loop(root, root / "select-1")
-                plain.append(words / seconds)
+                    # the baseline right after each run: its ratio's two sides are seconds apart
+                    words, seconds = plain_loop(root, root / "select-1")
+                    baselines.setdefault(workers, []).append(words / seconds)
+                    plain.append(words / seconds)
                 two_processes.append(words / plain_loop_two_processes(root, root / "select-1"))
             pool = per_workers[1][0][4]["pool"]
             rows.append((size, pool["pairs"], "plain kenlm loop", 1, statistics.median(plain), [1.0],
                          None, None, None, None))
             rows.append((size, pool["pairs"], "plain loop x 2", 2, statistics.median(two_processes),
-                         [t / p for t, p in zip(two_processes, plain, strict=True)], None, None, None, None))
+                         [t / p for t, p in zip(two_processes, baselines[2], strict=True)], None, None, None, None))
             for workers, runs in per_workers.items():
                 scoring = statistics.median(r[0] for r in runs)
                 deciding = statistics.median(r[1] for r in runs)
                 total = statistics.median(r[2] for r in runs)
                 peak = max(r[3] for r in runs)
                 peaks.setdefault(workers, []).append(peak)
-                ratios = [words / r[0] / p for r, p in zip(runs, plain, strict=True)]
+                ratios = [words / r[0] / p for r, p in zip(runs, baselines[workers], strict=True)]
                 rows.append((size, pool["pairs"], "rnnenc select", workers, words / scoring, ratios, deciding,
                              deciding / scoring, total, peak))
         print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; medians of {args.rounds} round(s)")
