@@ -10,10 +10,10 @@ are distinct and the export really sorts), as text and as .gz (level 1), and mea
 * on a fresh embedded cluster for each step (rnnenc's, as a command starts it: --workers
   single-threaded processes), so every step meets cold workers and its peak is its own:
   `import_moses` of the text, of the .gz, and `export_moses` of the imported table with the
-  defaults (sorted runs on the workers, merge and gzip here); seconds with the cluster's start included and excluded, MB/s of table text, the
-  ratio to `gzip -dc` measured in the same run, the CPU seconds the step took (workers' and this
-  process's, its threads and `sort` included: what the step costs, whatever the load), and the
-  workers' peak RSS (VmHWM).
+  defaults (sorted runs on the workers, merge and gzip here); seconds with the cluster's start
+  included and excluded, MB/s of table text, the ratio to `gzip -dc` measured in the same run,
+  the CPU seconds the step took (workers' and this process's, its threads and `sort` included:
+  what the step costs, whatever the load), and the workers' peak RSS (VmHWM).
 
 The verdicts: import >= 0.3x and export >= 0.15x of gzip -dc (cluster start included: "incl";
 excluded: "excl"), workers' peak RSS at the largest size over the smallest <= 1.2 (each
