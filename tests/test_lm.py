@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 from pathlib import Path
 
@@ -48,6 +49,14 @@ def test_train_binary_model_scores_as_documented(tmp_path):
     model = lm.load_model(trained.path)
     assert model.order == 3
     assert lm.load_model(trained.path) is model  # loaded once per process
+    # another model put at the same path is loaded, not answered from the cache
+    other = lm.train_lm([tmp_path / "train.txt"], tmp_path / "other.binary", lm.LMConfig(order=2, memory="64M"))
+    os.replace(other.path, trained.path)
+    assert lm.load_model(trained.path).order == 2
+    os.replace(lm.train_lm([tmp_path / "train.txt"], tmp_path / "again.binary",
+                           lm.LMConfig(order=3, memory="64M")).path, trained.path)
+    model = lm.load_model(trained.path)
+    assert model.order == 3
     sentence = sentences[0]
     n = len(sentence.split())
     assert lm.cross_entropy(model, sentence) == pytest.approx(-model.score(sentence, bos=True, eos=True) / (n + 1))
