@@ -389,7 +389,7 @@ def score_partition(task: tuple[str, str] | tuple[str, str, str | None], models:
     key = sortable_key(score)
     columns: dict[str, Any] = {"corpus": table["corpus"], "line": table["line"], "score": score, **components,
                                **({"fold": fold} if cross_fitted else {}), "key": key,
-                               "tiebreak": pair_hash(table["source"], table["target"]),
+                               "tiebreak": pair_hash(words["source"], words["target"]),
                                "source_tokens": table["source_tokens"], "target_tokens": table["target_tokens"]}
     # Dictionary encoding only where values repeat: on the all-distinct scores and hashes it
     # costs more than the scoring's overheads together, and makes the file no smaller.

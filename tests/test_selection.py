@@ -152,7 +152,7 @@ def test_cut_is_exact_with_ties_and_duplicates(tmp_path):
 
 
 def test_arrow_hashes_and_byte_scoring_equal_the_python_ones(tmp_path):
-    """score_partition hashes Arrow-joined bytes and hands kenlm UTF-8 bytes: the same tiebreaks,
+    """score_partition hashes the UTF-8 bytes it hands kenlm: the same tiebreaks,
     folds and cross-entropies as from Python strings, non-ASCII, empty and odd text included."""
     source = ["la maison", "", "été à l'œuvre", "日本語 の 文", "a\tb", "emoji 🙂 ok", "the"]
     target = ["the house", "x", "", "japanese text", "tab", "🙂", "le"]
@@ -160,6 +160,10 @@ def test_arrow_hashes_and_byte_scoring_equal_the_python_ones(tmp_path):
                         dtype=np.uint64)
     assert (dedup.pair_hash(source, target) == expected).all()
     assert (dedup.pair_hash(pa.chunked_array([source[:3], source[3:]]), pa.chunked_array([target])) == expected).all()
+    as_bytes = [s.encode() for s in source], [t.encode() for t in target]
+    assert (dedup.pair_hash(*as_bytes) == expected).all()  # the bytes score_partition hands kenlm
+    with pytest.raises(ValueError, match="7 sources but 6 targets"):
+        dedup.pair_hash(as_bytes[0], as_bytes[1][:-1])
     with_null = pa.chunked_array([[*source[:-1], None]])  # never written by ingest: the Python spelling
     assert (dedup.pair_hash(with_null, pa.chunked_array([target]))
             == dedup.pair_hash([*source[:-1], None], target)).all()
