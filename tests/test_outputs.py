@@ -205,7 +205,7 @@ def test_an_interrupt_silences_the_clusters_loggers_before_it_raises():
 
 
 def test_interrupts_remove_the_temporary_and_a_rerun_cleans_after_sigkill(tmp_path):
-    src, tgt = corpus(tmp_path / "in", copies=5000)  # seconds of work: time to interrupt it
+    src, tgt = corpus(tmp_path / "in", copies=20000)  # seconds of work, even on a fast machine: time to interrupt it
     out = tmp_path / "out"
     argv = [sys.executable, "-m", "rnnenc.workflows.cli", *ingest_argv(src, tgt, out, "")[:-3], "--workers", "1", "--quiet"]
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
