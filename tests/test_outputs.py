@@ -204,6 +204,61 @@ def test_an_interrupt_silences_the_clusters_loggers_before_it_raises():
             logging.getLogger(name).setLevel(level)
 
 
+class _InterruptingFinaliser:
+    """Sends SIGTERM from its finaliser: the handler runs there, where Python drops exceptions."""
+
+    def __del__(self) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_an_interrupt_dropped_by_a_finaliser_still_ends_the_command(capfd):
+    """A signal's handler can run in a finaliser or a garbage-collection callback (distributed
+    has one), where Python prints the KeyboardInterrupt as "Exception ignored" and drops it: a
+    run so interrupted went on to publish its output. The command sends the signal again."""
+    hook, handler = sys.unraisablehook, signal.getsignal(signal.SIGTERM)
+    start, where = time.monotonic(), []
+    with pytest.raises(KeyboardInterrupt):
+        with cli.interrupts_end_the_run():
+            try:
+                _InterruptingFinaliser()  # dropped at once: its finaliser runs here
+                time.sleep(30)
+            except KeyboardInterrupt:
+                where.append("in the command")
+                raise
+    assert where == ["in the command"] and time.monotonic() - start < 30
+    # dropped as the command ends: the interrupt is not lost either
+    with pytest.raises(KeyboardInterrupt):
+        with cli.interrupts_end_the_run():
+            _InterruptingFinaliser()
+    assert "Exception ignored" not in capfd.readouterr().err
+    assert sys.unraisablehook is hook and signal.getsignal(signal.SIGTERM) is handler
+
+
+def test_an_interrupt_while_the_local_cluster_starts_leaves_no_traceback(monkeypatch, capfd):
+    """Ctrl-C while the workers start left a half-built cluster registered for distributed's
+    exit hook, which failed closing it (AssertionError: Status.init) under rnnenc's one line."""
+    import asyncio
+    import multiprocessing
+
+    from distributed.deploy.spec import SpecCluster, close_clusters
+    from distributed.nanny import Nanny
+
+    from rnnenc.workflows.cluster import dask_client
+
+    async def interrupted_while_starting(self) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # its handler runs in the main thread, in LocalCluster()
+        await asyncio.sleep(60)
+
+    monkeypatch.setattr(Nanny, "start_unsafe", interrupted_while_starting)
+    clusters, children = set(SpecCluster._instances), set(multiprocessing.active_children())
+    with pytest.raises(KeyboardInterrupt), cli.interrupts_end_the_run(), dask_client(None, 1):
+        pytest.fail("the cluster started")
+    assert set(SpecCluster._instances) <= clusters
+    close_clusters()  # distributed's exit hook, as the process ends
+    assert set(multiprocessing.active_children()) <= children
+    assert "Traceback" not in capfd.readouterr().err
+
+
 def test_interrupts_remove_the_temporary_and_a_rerun_cleans_after_sigkill(tmp_path):
     src, tgt = corpus(tmp_path / "in", copies=20000)  # seconds of work, even on a fast machine: time to interrupt it
     out = tmp_path / "out"

@@ -9,6 +9,7 @@ distributed in its ``main()``, so ``rnnenc COMMAND --help`` does not either (tes
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import collections
 import contextlib
@@ -71,6 +72,10 @@ def absolute_paths(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         setattr(args, dest, value)
 
 
+# while a command runs: the signal that interrupted it, and the unraisable hook it replaced
+_interrupting: dict = {}
+
+
 def _terminate(signum: int, _frame) -> None:
     """SIGTERM and Ctrl-C end a run: temporaries removed, completed outputs kept.
 
@@ -78,11 +83,76 @@ def _terminate(signum: int, _frame) -> None:
     clean-up callback can then log a traceback from the event loop's thread (a NameError in
     distributed's own code). The run is ending and says so in one line: the cluster's loggers
     are silenced first (when the cluster was ever loaded: else it has none to log)."""
+    _interrupting["signum"] = signum
     cluster = sys.modules.get("rnnenc.workflows.cluster")
     if cluster is not None:
         cluster.silence_logs()
-    raise KeyboardInterrupt
+    if not _interrupting.get("leaving"):
+        raise KeyboardInterrupt
 
+
+def _send_again(signum: int, sent: _thread.LockType) -> None:
+    os.kill(os.getpid(), signum)
+    sent.release()
+
+
+def _interrupt_again(unraisable) -> None:
+    """``sys.unraisablehook`` while a command runs: an interrupt raised where Python swallows
+    exceptions is delivered again, not lost.
+
+    A signal's handler runs in whatever Python code the main thread is in, distributed's
+    garbage-collection callback or a finaliser too, where the KeyboardInterrupt it raises is
+    printed as "Exception ignored" and dropped: the run would go on to the end after Ctrl-C.
+    Sending the signal again from another thread runs the handler at one of the main thread's
+    next instructions, outside the swallowing code (or inside the next such code, which hands it
+    on again). Sent from here, the handler would run at once, inside this hook, and be swallowed
+    too; and ``threading.Thread.start`` waits in Python code, where it would land: a bare
+    ``_thread`` returns at once."""
+    signum = _interrupting.get("signum")
+    if signum is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+        sent = _thread.allocate_lock()
+        sent.acquire()
+        _interrupting.setdefault("sending", []).append(sent)
+        _thread.start_new_thread(_send_again, (signum, sent))
+        return
+    _interrupting["previous_hook"](unraisable)
+
+
+@contextlib.contextmanager
+def interrupts_end_the_run() -> Iterator[None]:
+    """SIGTERM and Ctrl-C raise KeyboardInterrupt in the main thread (``_terminate``), swallowed
+    ones again (``_interrupt_again``); the previous handlers and hook come back on leaving.
+
+    Ctrl-C only where Python's own handler has it (not where it is ignored or a host program's);
+    nothing changes outside the main thread (rnnenc called from a thread)."""
+    signals = (signal.SIGTERM, *([signal.SIGINT] if signal.getsignal(signal.SIGINT) is signal.default_int_handler
+                                 else []))
+    try:
+        previous = {signum: signal.signal(signum, _terminate) for signum in signals}
+    except ValueError:
+        previous = None
+    if previous is None:
+        yield
+        return
+    saved = dict(_interrupting)  # a command run inside another's (tests, a host program)
+    _interrupting.clear()
+    _interrupting["previous_hook"], sys.unraisablehook = sys.unraisablehook, _interrupt_again
+    try:
+        yield
+    finally:
+        # From here an interrupt is recorded, not raised: one sent again (above) lands before
+        # the handlers go (signal.signal runs pending handlers first), never after them.
+        _interrupting["leaving"] = True
+        for sent in _interrupting.get("sending", []):
+            sent.acquire(timeout=10)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        sys.unraisablehook = _interrupting["previous_hook"]
+        interrupted = "signum" in _interrupting
+        _interrupting.clear()
+        _interrupting.update(saved)
+    if interrupted:  # the command ended normally, but its interrupt had been swallowed
+        raise KeyboardInterrupt
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -215,15 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     absolute_paths(args, parser.command_parser)
     if getattr(args, "dashboard", None):
         os.environ["RNNENC_DASHBOARD"] = args.dashboard  # read by workflows.cluster.dask_client
-    # Ctrl-C only where Python's own handler has it (not where it is ignored or a host program's)
-    signals = (signal.SIGTERM, *([signal.SIGINT] if signal.getsignal(signal.SIGINT) is signal.default_int_handler
-                                 else []))
     try:
-        previous = {signum: signal.signal(signum, _terminate) for signum in signals}
-    except ValueError:  # not the main thread (rnnenc called from a thread): leave signals alone
-        previous = {}
-    try:
-        with stage_log(getattr(args, "out", None) if STAGES[args.command].workflow_stage else None):
+        with interrupts_end_the_run(), stage_log(getattr(args, "out", None) if STAGES[args.command].workflow_stage else None):
             return int(module.main(args) or 0)
     except UserError as exc:
         if args.debug:
@@ -244,9 +307,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("rnnenc: interrupted; completed outputs are kept, partial ones discarded", file=sys.stderr)
         return 130
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -24,6 +25,7 @@ import dask.config
 from distributed import Client, Future, LocalCluster, wait
 from distributed.client import FuturesCancelledError
 from distributed.comm.core import CommClosedError
+from distributed.deploy.spec import SpecCluster
 
 from rnnenc.pipeline.errors import UserError
 from rnnenc.pipeline.progress import progress
@@ -109,7 +111,7 @@ def dask_client(scheduler: str | None = None, n_workers: int | None = None,
     # The workers fill every core, so an OpenMP thread in one (eflomal's, torch's) must sleep at
     # once rather than spin beside the others, whatever this process does (workflows/cli.py).
     # The nannies hand the workers the configuration of the moment they start (restarts too).
-    with dask.config.set(settings), LocalCluster(
+    with dask.config.set(settings), _local_cluster(
             n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
             memory_limit=memory_limit, dashboard_address=dashboard, env={"GOMP_SPINCOUNT": "0"},
             silence_logs=logging.CRITICAL) as cluster, Client(cluster) as client, _quiet_shutdown(), \
@@ -117,6 +119,35 @@ def dask_client(scheduler: str | None = None, n_workers: int | None = None,
         if client.dashboard_link:
             log.info("Dask dashboard: %s", client.dashboard_link)
         yield client
+
+
+@contextlib.contextmanager
+def _local_cluster(**kwargs: Any) -> Iterator[LocalCluster]:
+    """``LocalCluster(**kwargs)``, closed on leaving; one interrupted while it starts is closed too.
+
+    Ctrl-C while the workers start ends ``LocalCluster.__init__`` with the cluster half built
+    (its nannies still starting) and registered for distributed's exit hook, which then fails
+    closing it (``AssertionError: Status.init``) and prints that traceback under rnnenc's one
+    line. The half-built cluster is closed here, quietly, and taken off that hook's list: the
+    instance has not been returned, so that list is the only handle on it. A worker process
+    still being spawned then is ended too, before this process exits: else it finds the
+    semaphore its parent gave it gone and prints a traceback of its own."""
+    starting, children = set(SpecCluster._instances), set(multiprocessing.active_children())
+    try:
+        cluster = LocalCluster(**kwargs)
+    except BaseException:
+        for half_built in set(SpecCluster._instances) - starting:
+            with contextlib.suppress(Exception):  # the AssertionError, once its workers are closed
+                half_built.close(timeout=10)
+            SpecCluster._instances.discard(half_built)
+        spawning = set(multiprocessing.active_children()) - children
+        for process in spawning:
+            process.terminate()
+        for process in spawning:
+            process.join(timeout=10)
+        raise
+    with cluster:
+        yield cluster
 
 
 @contextlib.contextmanager
