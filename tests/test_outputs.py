@@ -234,6 +234,18 @@ def test_an_interrupt_dropped_by_a_finaliser_still_ends_the_command(capfd):
     assert sys.unraisablehook is hook and signal.getsignal(signal.SIGTERM) is handler
 
 
+def test_an_ignored_ctrl_c_stays_ignored():
+    """A run started with SIGINT ignored (nohup, a background job) keeps it so; SIGTERM still ends it."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with cli.interrupts_end_the_run():
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is cli._terminate
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_an_interrupt_while_the_local_cluster_starts_leaves_no_traceback(monkeypatch, capfd):
     """Ctrl-C while the workers start left a half-built cluster registered for distributed's
     exit hook, which failed closing it (AssertionError: Status.init) under rnnenc's one line."""
@@ -262,7 +274,11 @@ def test_an_interrupt_while_the_local_cluster_starts_leaves_no_traceback(monkeyp
 def test_interrupts_remove_the_temporary_and_a_rerun_cleans_after_sigkill(tmp_path):
     src, tgt = corpus(tmp_path / "in", copies=20000)  # seconds of work, even on a fast machine: time to interrupt it
     out = tmp_path / "out"
-    argv = [sys.executable, "-m", "rnnenc.workflows.cli", *ingest_argv(src, tgt, out, "")[:-3], "--workers", "1", "--quiet"]
+    # Ctrl-C as at a terminal: where the tests run as a background job, SIGINT comes ignored, the
+    # child inherits that, and rnnenc rightly leaves an ignored SIGINT alone (nohup, `&`)
+    as_at_a_terminal = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                        "runpy.run_module('rnnenc.workflows.cli', run_name='__main__')")
+    argv = [sys.executable, "-c", as_at_a_terminal, *ingest_argv(src, tgt, out, "")[:-3], "--workers", "1", "--quiet"]
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 120
