@@ -76,7 +76,7 @@ def test_an_up_to_date_workflow_starts_no_cluster(tmp_path, monkeypatch, capsys)
 
 
 def test_default_parts_are_sized_from_the_input_alone(tmp_path):
-    """A 58k-pair pool gets 6 parts (it got 1), a 98k-row table 6 rescore units, a 101 MB table 7
+    """A 58k-pair pool gets 6 equal parts (it got 1), a 98k-row table 6 rescore units, a 101 MB table 7
     ranges; caps keep big inputs' parts bounded; no worker count enters (outputs must not depend
     on it)."""
     from rnnenc.pipeline.corpus import CorpusInput, estimate_pairs
@@ -94,7 +94,10 @@ def test_default_parts_are_sized_from_the_input_alone(tmp_path):
     (tmp_path / "pool.fr").write_bytes(line * 58_000)
     pool = CorpusInput("text", (str(tmp_path / "pool.en"), str(tmp_path / "pool.fr")), "pool")
     assert estimate_pairs(pool) == 58_000
-    assert default_rows_per_part([pool]) == 10_000  # 6 parts
+    assert default_rows_per_part([pool]) == 9_667  # 6 equal parts, not 5 of 10k and one of 8k
+    (tmp_path / "small.en").write_bytes(line * 5_000)
+    small = CorpusInput("text", (str(tmp_path / "small.en"), str(tmp_path / "pool.fr")), "small")
+    assert default_rows_per_part([small]) == 10_000  # one part, with the floor's margin for a miss
     (tmp_path / "pt.txt").write_bytes(b"a ||| b ||| 0.5 0.5 0.5 0.5\n" * 1_200_000)  # 33.6 MB
     assert default_split_bytes([tmp_path / "pt.txt"]) == 16 << 20
     assert len(plan_ranges([tmp_path / "pt.txt"], None)) == 3
