@@ -96,7 +96,8 @@ def test_default_parts_are_sized_from_the_input_alone(tmp_path):
     assert estimate_pairs(pool) == 58_000
     assert default_rows_per_part([pool]) == 9_667  # 6 equal parts, not 5 of 10k and one of 8k
     (tmp_path / "small.en").write_bytes(line * 5_000)
-    small = CorpusInput("text", (str(tmp_path / "small.en"), str(tmp_path / "pool.fr")), "small")
+    (tmp_path / "small.fr").write_bytes(line * 5_000)
+    small = CorpusInput("text", (str(tmp_path / "small.en"), str(tmp_path / "small.fr")), "small")
     assert default_rows_per_part([small]) == 10_000  # one part, with the floor's margin for a miss
     (tmp_path / "pt.txt").write_bytes(b"a ||| b ||| 0.5 0.5 0.5 0.5\n" * 1_200_000)  # 33.6 MB
     assert default_split_bytes([tmp_path / "pt.txt"]) == 16 << 20
